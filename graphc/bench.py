@@ -1,0 +1,85 @@
+"""Side-by-side latency of several models, measured interleaved in one run.
+
+All models get the same inputs (``--data`` rows or synthetic ones from the first model's
+signature and ``--shape``), warm up, then are timed round-robin, one run each per round,
+with the starting model rotated every round so no model always runs right after another.
+Reported: p50/p90 latency, size on disk, and ratios against the first model.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from graphc.data import Dataset, load_dataset, model_signature, synthetic_dataset, validate
+from graphc.model_io import file_size, load_model
+from graphc.report import markdown_table
+from graphc.runtime import open_session
+from graphc.stats import human_bytes
+
+
+@dataclass
+class BenchResult:
+    model: str
+    size_bytes: int
+    p50_ms: float
+    p90_ms: float
+    runs: int
+
+    def as_dict(self) -> dict:
+        return dict(vars(self))
+
+
+def _feeds_for(models, data: pathlib.Path | None, shapes, batch: int) -> dict[str, np.ndarray]:
+    first = models[0]
+    if data is not None:
+        dataset = load_dataset(data, model_signature(first))
+    else:
+        overrides = dict(shapes)
+        dynamic_first = {s.shape[0] for s in model_signature(first) if s.shape and not isinstance(s.shape[0], int)}
+        for dim in dynamic_first:
+            if dim and dim not in overrides:
+                overrides[dim] = (batch,)
+        dataset = synthetic_dataset(first, shapes=overrides)
+    feeds, _ = next(dataset.batches(batch))
+    for model in models[1:]:  # every model must accept the same inputs
+        validate(feeds, model_signature(model), "the benchmark inputs")
+    return feeds
+
+
+def bench(paths: Sequence[pathlib.Path], threads: int | None = None, data: pathlib.Path | None = None,
+          shapes: Mapping[str, tuple[int, ...]] | None = None, batch: int = 1,
+          warmup: int = 5, runs: int = 30) -> list[BenchResult]:
+    models = [load_model(p) for p in paths]
+    feeds = _feeds_for(models, data, shapes or {}, batch)
+    sessions = [open_session(m, threads, what=str(p)) for m, p in zip(models, paths)]
+    del models
+    for session in sessions:
+        for _ in range(warmup):
+            session.run(None, feeds)
+    times: list[list[float]] = [[] for _ in sessions]
+    for round_index in range(runs):
+        for k in range(len(sessions)):
+            i = (round_index + k) % len(sessions)
+            start = time.perf_counter()
+            sessions[i].run(None, feeds)
+            times[i].append(time.perf_counter() - start)
+    return [BenchResult(str(p), file_size(p), float(np.percentile(t, 50) * 1e3), float(np.percentile(t, 90) * 1e3),
+                        len(t)) for p, t in zip(paths, times)]
+
+
+def bench_table(results: Sequence[BenchResult]) -> str:
+    base = results[0]
+    rows = [["#", "model", "size", "p50 ms", "p90 ms", "speed-up vs #1 (p50)", "size vs #1"]]
+    for i, r in enumerate(results, 1):
+        rows.append([str(i), r.model, human_bytes(r.size_bytes), f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}",
+                     f"{base.p50_ms / r.p50_ms:.2f}x", f"{r.size_bytes / base.size_bytes:.3f}x"])
+    return markdown_table(rows)
+
+
+def dataset_summary(dataset: Dataset) -> str:
+    return ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in dataset.inputs.items())

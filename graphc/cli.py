@@ -1,0 +1,210 @@
+"""The ``graphc`` command line: optimize, inspect, bench, eval.
+
+Every user error prints one line (``graphc: error: ...``) and exits 2; a bug in graphc
+exits 1 (``GRAPHC_DEBUG=1`` shows its traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import traceback
+
+from graphc import __version__
+from graphc.errors import GraphcError
+
+PASS_SPEC_HELP = """\
+pass spec (--passes): passes joined by ',' and run in order. Each pass is
+  NAME                         the pass with default options
+  NAME:VALUE                   sets the pass's main option (prune:0.5 == prune:ratio=0.5)
+  NAME:KEY=VALUE[:KEY=VALUE]   sets named options (int8:calib=entropy:per_channel=true)
+Booleans are true/false (also 1/0, yes/no). Unknown passes or options and bad values are
+errors that list the valid ones.
+"""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports usage errors in one line and exits 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _passes_help() -> str:
+    from graphc.passes import PASSES
+    from graphc.spec import describe_options
+
+    lines = [PASS_SPEC_HELP, "passes:"]
+    for name, cls in sorted(PASSES.items()):
+        lines.append(f"  {name}: {cls.summary}")
+        lines += [f"      {line}" for line in describe_options(cls.Options, cls.main_option)]
+    return "\n".join(lines)
+
+
+def _add_shape(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shape", action="append", metavar="NAME=DxDx..",
+                        help="concrete shape for a dynamic input (image=1x3x224x224) or dim (batch=8); "
+                             "repeatable or comma-separated")
+
+
+def _add_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="onnxruntime intra-op threads (default: onnxruntime's choice)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="graphc", description="graphc: an ONNX graph-level compression compiler "
+                           "(prune, quantize, distill on the ONNX graph).")
+    parser.add_argument("--version", action="version", version=f"graphc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+
+    opt = sub.add_parser("optimize", help="run passes on a model and write the result",
+                         description="Run graph-rewrite passes on MODEL and write OUT atomically; the input "
+                                     "is never modified. Prints a report table (size, params, MACs, per pass).",
+                         epilog=_passes_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    opt.add_argument("model", type=pathlib.Path, metavar="MODEL", help="input .onnx model")
+    opt.add_argument("--passes", required=True, metavar="SPEC", help="passes to run (see below)")
+    opt.add_argument("-o", "--output", required=True, type=pathlib.Path, metavar="OUT", help="output .onnx path")
+    opt.add_argument("--data", type=pathlib.Path, metavar="D",
+                     help="calibration / sample inputs: .npz keyed by input name or a directory of "
+                          "<input>.npy (default: synthetic inputs)")
+    opt.add_argument("--train-data", type=pathlib.Path, metavar="T", help="training inputs (same formats)")
+    opt.add_argument("--eval-data", type=pathlib.Path, metavar="E", help="evaluation inputs with labels")
+    opt.add_argument("--metric", metavar="M", help="evaluation metric: top1, top5, cosine, agreement")
+    opt.add_argument("--verify", action="store_true",
+                     help="compare outputs with the original after every pass; stop when a pass exceeds "
+                          "its declared tolerance")
+    opt.add_argument("--report", type=pathlib.Path, metavar="R.json", help="also write the report as JSON")
+    opt.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_shape(opt)
+    _add_threads(opt)
+
+    ins = sub.add_parser("inspect", help="inputs, outputs, opset, ops, params, size, MACs",
+                         description="Describe MODEL: inputs/outputs with shapes and dtypes, opset, op histogram, "
+                                     "parameter count, file size, MACs per op type and total (one batch at "
+                                     "the resolved input shapes).")
+    ins.add_argument("model", type=pathlib.Path, metavar="MODEL")
+    ins.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_shape(ins)
+
+    ben = sub.add_parser("bench", help="latency p50/p90 and size of models side by side",
+                         description="Measure onnxruntime latency (p50/p90 over warm runs, all models interleaved "
+                                     "in one run) and size; ratios against the first model.")
+    ben.add_argument("models", nargs="+", type=pathlib.Path, metavar="MODEL")
+    ben.add_argument("--data", type=pathlib.Path, metavar="D", help="inputs (.npz or .npy dir); first --batch rows")
+    ben.add_argument("--batch", type=int, default=1, help="batch size for dynamic first axes (default 1)")
+    ben.add_argument("--runs", type=int, default=30, help="timed runs per model (default 30)")
+    ben.add_argument("--warmup", type=int, default=5, help="warm-up runs per model (default 5)")
+    ben.add_argument("--json", type=pathlib.Path, metavar="PATH", help="also write results as JSON")
+    _add_shape(ben)
+    _add_threads(ben)
+
+    ev = sub.add_parser("eval", help="accuracy of a model on labelled or reference data",
+                        description="Evaluate MODEL on --data with --metric. top1/top5 need integer 'labels'; "
+                                    "cosine compares with float 'labels' or --reference outputs; agreement "
+                                    "compares argmax with --reference.")
+    ev.add_argument("model", type=pathlib.Path, metavar="MODEL")
+    ev.add_argument("--data", required=True, type=pathlib.Path, metavar="D")
+    ev.add_argument("--metric", required=True, choices=["top1", "top5", "cosine", "agreement"])
+    ev.add_argument("--reference", type=pathlib.Path, metavar="REF", help="reference model for cosine/agreement")
+    ev.add_argument("--batch", type=int, default=64, help="evaluation batch size (default 64)")
+    _add_threads(ev)
+    return parser
+
+
+def _positive(value: int | None, flag: str) -> None:
+    if value is not None and value <= 0:
+        raise GraphcError(f"{flag} must be a positive integer, got {value}")
+
+
+def cmd_optimize(args) -> int:
+    from graphc.data import parse_shapes
+    from graphc.pipeline import OptimizeRequest, optimize
+
+    _positive(args.threads, "--threads")
+    request = OptimizeRequest(
+        model=args.model, passes=args.passes, output=args.output, data=args.data, train_data=args.train_data,
+        eval_data=args.eval_data, metric=args.metric, verify=args.verify, report=args.report,
+        shapes=parse_shapes(args.shape), threads=args.threads, progress=not args.quiet and sys.stderr.isatty())
+    report = optimize(request)
+    print(report.markdown())
+    print(f"wrote {args.output}" + (f" and {args.report}" if args.report else ""))
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from graphc.data import parse_shapes
+    from graphc.describe import describe, render
+    from graphc.model_io import load_model
+
+    model = load_model(args.model)
+    info = describe(model, args.model, parse_shapes(args.shape))
+    print(json.dumps(info, indent=2) if args.json else render(info))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from graphc.bench import bench, bench_table
+    from graphc.data import parse_shapes
+
+    for flag in ("threads", "batch", "runs"):
+        _positive(getattr(args, flag), f"--{flag}")
+    if args.warmup < 0:
+        raise GraphcError(f"--warmup must be >= 0, got {args.warmup}")
+    results = bench(args.models, threads=args.threads, data=args.data, shapes=parse_shapes(args.shape),
+                    batch=args.batch, warmup=args.warmup, runs=args.runs)
+    print(bench_table(results))
+    print(f"threads: {args.threads or 'default'}, batch {args.batch}, {args.runs} interleaved runs per model "
+          f"after {args.warmup} warm-up")
+    if args.json:
+        args.json.write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from graphc.data import load_dataset, model_signature
+    from graphc.metrics import evaluate
+    from graphc.model_io import load_model
+    from graphc.runtime import open_session, run_session
+
+    _positive(args.threads, "--threads")
+    _positive(args.batch, "--batch")
+    model = load_model(args.model)
+    dataset = load_dataset(args.data, model_signature(model))
+    session = open_session(model, args.threads, what=str(args.model))
+    reference = None
+    if args.reference is not None:
+        ref_session = open_session(load_model(args.reference), args.threads, what=str(args.reference))
+        reference = lambda feeds: run_session(ref_session, feeds)  # noqa: E731
+    value = evaluate(lambda feeds: run_session(session, feeds), dataset, args.metric, reference, args.batch)
+    print(f"{args.metric}: {value:.4f} ({len(dataset)} samples, {args.model})")
+    return 0
+
+
+COMMANDS = {"optimize": cmd_optimize, "inspect": cmd_inspect, "bench": cmd_bench, "eval": cmd_eval}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except GraphcError as exc:
+        print(f"graphc {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"graphc {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug in graphc: one line, traceback on request
+        if os.environ.get("GRAPHC_DEBUG"):
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"graphc {args.command}: internal error: {type(exc).__name__}: {first} "
+              f"(set GRAPHC_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1

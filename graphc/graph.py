@@ -1,0 +1,81 @@
+"""The in-memory graph passes edit, and the helpers they share.
+
+Passes edit an onnx-graphsurgeon ``gs.Graph`` (plain Python objects, ``cleanup()`` and
+``toposort()`` after edits); the pipeline converts ModelProto <-> Graph around each pass and
+keeps the model-level fields graphsurgeon does not carry (metadata, docs, model version).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+
+def to_graph(model: onnx.ModelProto) -> gs.Graph:
+    return gs.import_onnx(model)
+
+
+def to_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
+    """Export ``graph`` as a model carrying ``template``'s model-level fields."""
+    model = gs.export_onnx(graph, do_type_check=True)
+    model.ir_version = template.ir_version
+    model.doc_string = template.doc_string
+    model.domain = template.domain
+    model.model_version = template.model_version
+    del model.metadata_props[:]
+    model.metadata_props.extend(template.metadata_props)
+    return model
+
+
+def constant_values(tensor: gs.Tensor) -> np.ndarray | None:
+    """The values of a constant tensor (initializer or Constant node output), else None."""
+    if isinstance(tensor, gs.Constant):
+        return tensor.values
+    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
+        attrs = tensor.inputs[0].attrs
+        if isinstance(attrs.get("value"), gs.Constant):
+            return attrs["value"].values
+    return None
+
+
+def producer(tensor: gs.Tensor) -> gs.Node | None:
+    return tensor.inputs[0] if len(tensor.inputs) == 1 else None
+
+
+def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    return any(t is tensor for t in graph.outputs)
+
+
+def is_graph_input(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    return any(t is tensor for t in graph.inputs)
+
+
+def swap_tensor(tensors: list, old: gs.Tensor, new: gs.Tensor) -> None:
+    """Replace ``old`` by ``new`` in a node's inputs or outputs (graphsurgeon's lists
+    keep producer/consumer links only through item assignment)."""
+    for i, t in enumerate(tensors):
+        if t is old:
+            tensors[i] = new
+
+
+def set_tensors(tensors: list, new: list) -> None:
+    """Replace the whole content of a node's inputs or outputs list."""
+    tensors.clear()
+    tensors.extend(new)
+
+
+def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
+    """Make every consumer of ``old`` (nodes and graph outputs) read ``new`` instead."""
+    for node in list(old.outputs):
+        swap_tensor(node.inputs, old, new)
+    graph.outputs = [new if t is old else t for t in graph.outputs]
+
+
+def onnx_dtype(tensor: gs.Tensor) -> int | None:
+    """The ONNX element type of a tensor, when known."""
+    if tensor.dtype is None:
+        return None
+    if isinstance(tensor.dtype, int):
+        return tensor.dtype
+    return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(tensor.dtype))

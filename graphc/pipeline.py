@@ -1,0 +1,132 @@
+"""The optimize pipeline: load once, run passes, check after each, verify, report, save once.
+
+Order of work, so that bad input fails before anything expensive runs:
+parse ``--passes`` and build the pass objects -> refuse an output path that is the input ->
+load and check the model (onnxruntime must open it) -> load and validate every data source
+against the model's inputs -> each pass's ``check`` -> run the passes with a progress bar,
+checking (and with ``verify`` comparing outputs) after each -> save atomically -> write the
+report. The input file is only read; a failure anywhere leaves no output file.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from graphc.checks import check_model
+from graphc.context import Context
+from graphc.data import Dataset, load_dataset, model_signature, output_names
+from graphc.errors import GraphcError
+from graphc.graph import to_graph, to_model
+from graphc.metrics import check_metric, evaluate
+from graphc.model_io import file_size, load_model, save_model
+from graphc.passes import build_passes
+from graphc.report import PassReport, Report
+from graphc.runtime import open_session, run_session
+from graphc.spec import parse_spec
+from graphc.stats import model_stats
+from graphc.verify import compare, enforce
+
+
+@dataclass
+class OptimizeRequest:
+    model: pathlib.Path
+    passes: str
+    output: pathlib.Path
+    data: pathlib.Path | None = None
+    train_data: pathlib.Path | None = None
+    eval_data: pathlib.Path | None = None
+    metric: str | None = None
+    verify: bool = False
+    report: pathlib.Path | None = None
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    threads: int | None = None
+    progress: bool = True
+
+
+def _same_file(a: pathlib.Path, b: pathlib.Path) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b) or (b.exists() and a.exists() and os.path.samefile(a, b))
+
+
+def _load_data(path: pathlib.Path | None, signature) -> Dataset | None:
+    return load_dataset(path, signature) if path is not None else None
+
+
+def build_context(request: OptimizeRequest, model: onnx.ModelProto, report: Report) -> Context:
+    signature = model_signature(model)
+    ctx = Context(original=model, model_path=request.model, report=report,
+                  data=_load_data(request.data, signature),
+                  train_data=_load_data(request.train_data, signature),
+                  eval_data=_load_data(request.eval_data, signature),
+                  metric=request.metric, shapes=request.shapes, threads=request.threads)
+    if (ctx.eval_data is None) != (ctx.metric is None):
+        raise GraphcError("--eval-data and --metric go together: give both or neither")
+    if ctx.metric is not None:
+        check_metric(ctx.metric, ctx.eval_data, has_reference=True)
+    return ctx
+
+
+def optimize(request: OptimizeRequest) -> Report:
+    specs = parse_spec(request.passes)
+    passes = build_passes(specs)
+    if _same_file(request.model, request.output):
+        raise GraphcError(f"-o {request.output}: the output must not overwrite the input model")
+    original = load_model(request.model)
+    open_session(original, request.threads, what=str(request.model))
+    before = model_stats(original, request.shapes, size_bytes=file_size(request.model))
+    report = Report(model=str(request.model), before=before, output=str(request.output))
+    ctx = build_context(request, original, report)
+    for p in passes:
+        p.check(ctx)
+
+    names = output_names(original)
+    sample = ctx.sample_data() if request.verify else None
+    reference = _outputs(open_session(original, request.threads), sample) if sample else None
+
+    current = original
+    bar = tqdm(passes, desc="graphc", unit="pass", disable=not request.progress, leave=False)
+    for p, spec in zip(bar, specs):
+        spec_text = spec.text
+        bar.set_postfix_str(spec_text)
+        start = time.perf_counter()
+        graph = to_graph(current)
+        result = p.run(graph, ctx)
+        candidate = to_model(result.graph if result.graph is not None else graph, current)
+        seconds = time.perf_counter() - start
+        check_model(candidate, after=f"pass {spec_text}")
+        verify = None
+        if sample is not None:
+            verify = compare(names, reference, _outputs(open_session(candidate, request.threads), sample))
+            enforce(spec_text, p.tolerance(), verify)
+        report.passes.append(PassReport(p.name, spec_text, seconds, result.changed, result.stats,
+                                        model_stats(candidate, request.shapes), verify))
+        current = candidate
+
+    if ctx.metric is not None:
+        report.metrics[ctx.metric] = {
+            "before": _metric(original, ctx, request.threads),
+            "after": _metric(current, ctx, request.threads)}
+    save_model(current, request.output)
+    if report.passes:
+        report.passes[-1].after.size_bytes = file_size(request.output)
+    if request.report is not None:
+        report.write_json(request.report)
+    return report
+
+
+def _outputs(session, dataset: Dataset) -> list:
+    chunks = [run_session(session, feeds) for feeds, _ in dataset.batches(64)]
+    return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+
+
+def _metric(model: onnx.ModelProto, ctx: Context, threads: int | None) -> float:
+    session = open_session(model, threads)
+    reference = open_session(ctx.original, threads)
+    return evaluate(lambda feeds: run_session(session, feeds), ctx.eval_data, ctx.metric,
+                    reference=lambda feeds: run_session(reference, feeds))

@@ -1,0 +1,54 @@
+"""onnxruntime sessions: one place that opens them, with thread and provider settings."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from graphc.errors import GraphcError
+from graphc.model_io import needs_external_data, save_model
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def open_session(model: onnx.ModelProto | str | os.PathLike, threads: int | None = None,
+                 what: str = "the model") -> ort.InferenceSession:
+    """An onnxruntime CPU session for a model (proto or path); failure is a GraphcError."""
+    options = session_options(threads)
+    try:
+        if isinstance(model, onnx.ModelProto):
+            if needs_external_data(model):
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = save_model(onnx.ModelProto.FromString(model.SerializeToString()),
+                                      pathlib.Path(tmp) / "model.onnx")
+                    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(model.SerializeToString(), options,
+                                        providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+            ort.capi.onnxruntime_pybind11_state.NotImplemented, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+            RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GraphcError(f"onnxruntime cannot run {what}: {first}") from None
+
+
+def run_session(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run all outputs; an input mismatch is reported as a GraphcError."""
+    try:
+        return session.run(None, feeds)
+    except (ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+            ort.capi.onnxruntime_pybind11_state.Fail) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise GraphcError(f"onnxruntime failed to run the model: {first}") from None

@@ -1,0 +1,140 @@
+"""The ``--passes`` language and typed pass options.
+
+Grammar (strict)::
+
+    SPEC    := PASS ("," PASS)*
+    PASS    := NAME | NAME ":" VALUE | NAME ":" KEY "=" VALUE (":" KEY "=" VALUE)*
+
+``NAME:VALUE`` sets the pass's main option (``prune:0.5`` is ``prune:ratio=0.5``). Options
+are the fields of the pass's options dataclass; values are typed by the field (int, float,
+bool as true/false/1/0/yes/no, str, or a ``Literal`` of choices) and range-checked with the
+field metadata ``min``/``max``. An empty item, a repeated key, an unknown key or a value
+that does not parse is an error naming the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from graphc.errors import GraphcError
+
+TRUE_WORDS = {"true", "1", "yes", "on"}
+FALSE_WORDS = {"false", "0", "no", "off"}
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    """One parsed item of ``--passes``: the pass name and its raw option strings."""
+
+    name: str
+    options: dict[str, str]
+    text: str
+    positional: str | None = None  # the VALUE of NAME:VALUE
+
+
+def parse_spec(text: str) -> list[PassSpec]:
+    if not text or not text.strip():
+        raise GraphcError("--passes is empty; give passes joined by ',' (e.g. --passes fold,prune:0.5)")
+    specs = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            raise GraphcError(f"--passes {text!r}: empty pass between commas")
+        name, *parts = item.split(":")
+        if not name:
+            raise GraphcError(f"--passes item {item!r}: missing pass name")
+        options: dict[str, str] = {}
+        positional = None
+        if len(parts) == 1 and "=" not in parts[0]:
+            positional = parts[0]
+            if not positional:
+                raise GraphcError(f"--passes item {item!r}: empty value after ':'")
+        else:
+            for part in parts:
+                key, sep, value = part.partition("=")
+                if not sep or not key or not value:
+                    raise GraphcError(f"--passes item {item!r}: {part!r} is not key=value "
+                                      f"(write {name}:VALUE or {name}:key=value[:key=value...])")
+                if key in options:
+                    raise GraphcError(f"--passes item {item!r}: option {key!r} given twice")
+                options[key] = value
+        specs.append(PassSpec(name, options, item, positional))
+    return specs
+
+
+def _choices(tp: Any) -> tuple | None:
+    return typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else None
+
+
+def describe_type(tp: Any) -> str:
+    choices = _choices(tp)
+    if choices:
+        return "|".join(str(c) for c in choices)
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(value: str, tp: Any, field: dataclasses.Field, where: str) -> Any:
+    """Turn the option string ``value`` into the field's type, or raise a clear error."""
+    choices = _choices(tp)
+    if choices:
+        if value not in choices:
+            raise GraphcError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    try:
+        if tp is bool:
+            lowered = value.lower()
+            if lowered not in TRUE_WORDS | FALSE_WORDS:
+                raise ValueError
+            result: Any = lowered in TRUE_WORDS
+        elif tp is int:
+            result = int(value)
+        elif tp is float:
+            result = float(value)
+            if result != result or result in (float("inf"), float("-inf")):
+                raise ValueError
+        else:
+            result = str(value)
+    except ValueError:
+        raise GraphcError(f"{where}: {value!r} is not a valid {describe_type(tp)}") from None
+    low, high = field.metadata.get("min"), field.metadata.get("max")
+    if low is not None and result < low or high is not None and result > high:
+        raise GraphcError(f"{where}: {value} is out of range [{low}, {high}]")
+    return result
+
+
+def build_options(options_cls: type, spec: PassSpec, main_option: str | None) -> Any:
+    """Instantiate ``options_cls`` from a PassSpec, strictly."""
+    fields = {f.name: f for f in dataclasses.fields(options_cls)}
+    hints = typing.get_type_hints(options_cls)
+    raw = dict(spec.options)
+    if spec.positional is not None:
+        if main_option is None:
+            raise GraphcError(f"pass {spec.name!r} has no main option; use {spec.name}:key=value "
+                              f"(options: {', '.join(fields) or 'none'})")
+        raw[main_option] = spec.positional
+    values = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise GraphcError(f"pass {spec.name!r} has no option {key!r} (options: {', '.join(fields) or 'none'})")
+        values[key] = coerce(value, hints[key], fields[key], f"{spec.name}:{key}")
+    try:
+        return options_cls(**values)
+    except ValueError as exc:  # cross-field checks in __post_init__
+        raise GraphcError(f"pass {spec.name!r}: {exc}") from None
+
+
+def describe_options(options_cls: type, main_option: str | None) -> list[str]:
+    """One help line per option: name, type/choices, default, help text."""
+    hints = typing.get_type_hints(options_cls)
+    lines = []
+    for f in dataclasses.fields(options_cls):
+        main = " (main option)" if f.name == main_option else ""
+        bounds = ""
+        if "min" in f.metadata or "max" in f.metadata:
+            bounds = f" in [{f.metadata.get('min', '')}, {f.metadata.get('max', '')}]"
+        lines.append(f"{f.name}={describe_type(hints[f.name])}{bounds}, default {f.default}{main}: "
+                     f"{f.metadata.get('help', '')}")
+    return lines

@@ -1,0 +1,64 @@
+"""Output comparison of a rewritten model against the original (``--verify``).
+
+Per output: max absolute error, max error relative to the reference's largest magnitude,
+mean per-sample cosine similarity, and for [batch, classes] outputs the top-1 agreement.
+A pass fails verification when any output leaves the pass's declared tolerance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from graphc.errors import VerificationError
+from graphc.metrics import cosine_per_sample
+from graphc.pass_api import Tolerance
+
+
+@dataclass(frozen=True)
+class OutputComparison:
+    name: str
+    max_abs_error: float
+    max_rel_error: float
+    cosine: float
+    top1_agreement: float | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def compare(names: Sequence[str], reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> list[OutputComparison]:
+    results = []
+    for name, ref, new in zip(names, reference, candidate):
+        if ref.shape != new.shape:
+            raise VerificationError(f"output {name!r} changed shape: {list(ref.shape)} -> {list(new.shape)}")
+        ref64, new64 = ref.astype(np.float64), new.astype(np.float64)
+        abs_error = float(np.abs(ref64 - new64).max()) if ref.size else 0.0
+        scale = float(np.abs(ref64).max()) if ref.size else 0.0
+        rel_error = abs_error / scale if scale > 0 else abs_error
+        cosine = float(cosine_per_sample(ref64, new64).mean()) if ref.ndim and ref.size else 1.0
+        top1 = None
+        if ref.ndim == 2 and ref.shape[1] > 1:
+            top1 = float((ref.argmax(1) == new.argmax(1)).mean())
+        results.append(OutputComparison(name, abs_error, rel_error, cosine, top1))
+    return results
+
+
+def enforce(pass_name: str, tolerance: Tolerance, results: Sequence[OutputComparison]) -> None:
+    """Raise VerificationError naming the first output outside ``tolerance``."""
+    for r in results:
+        if tolerance.max_rel_error is not None and r.max_rel_error > tolerance.max_rel_error:
+            raise VerificationError(
+                f"--verify: pass {pass_name} moved output {r.name!r} by {r.max_rel_error:.3g} relative "
+                f"(max abs {r.max_abs_error:.3g}), above its tolerance {tolerance.max_rel_error:g}; stopped")
+        if tolerance.min_cosine is not None and r.cosine < tolerance.min_cosine:
+            raise VerificationError(
+                f"--verify: pass {pass_name} dropped the cosine of output {r.name!r} to {r.cosine:.6f}, "
+                f"below its tolerance {tolerance.min_cosine:g}; stopped")
+        if (tolerance.min_top1_agreement is not None and r.top1_agreement is not None
+                and r.top1_agreement < tolerance.min_top1_agreement):
+            raise VerificationError(
+                f"--verify: pass {pass_name} changed top-1 of output {r.name!r} to {r.top1_agreement:.2%} "
+                f"agreement, below its tolerance {tolerance.min_top1_agreement:.2%}; stopped")

@@ -1,0 +1,23 @@
+"""graphc's graph-rewrite passes, one per module, registered by command-line name."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from graphc.errors import GraphcError
+from graphc.pass_api import Pass
+from graphc.passes.fold import FoldPass
+from graphc.spec import PassSpec, build_options
+
+PASSES: dict[str, type[Pass]] = {cls.name: cls for cls in (FoldPass,)}
+
+
+def build_passes(specs: Sequence[PassSpec]) -> list[Pass]:
+    """Pass objects for parsed ``--passes`` items; unknown names are an error."""
+    passes = []
+    for spec in specs:
+        cls = PASSES.get(spec.name)
+        if cls is None:
+            raise GraphcError(f"unknown pass {spec.name!r} (passes: {', '.join(sorted(PASSES))})")
+        passes.append(cls(build_options(cls.Options, spec, cls.main_option)))
+    return passes
