@@ -136,12 +136,13 @@ def cmd_optimize(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from graphc.data import parse_shapes
+    from graphc.data import check_shape_overrides, model_signature, parse_shapes
     from graphc.describe import describe, render
     from graphc.model_io import load_model
 
     model = load_model(args.model)
-    info = describe(model, args.model, parse_shapes(args.shape))
+    shapes = check_shape_overrides(model_signature(model), parse_shapes(args.shape))
+    info = describe(model, args.model, shapes)
     print(json.dumps(info, indent=2) if args.json else render(info))
     return 0
 

@@ -220,6 +220,23 @@ def resolve_shape(spec: InputSignature, shapes: Mapping[str, tuple[int, ...]]) -
     return tuple(resolved)
 
 
+def check_shape_overrides(signature: Sequence[InputSignature],
+                          shapes: Mapping[str, tuple[int, ...]] | None) -> dict[str, tuple[int, ...]]:
+    """Refuse ``--shape`` items that name no input or dim, or do not fit their input."""
+    shapes = dict(shapes or {})
+    dims = {d for s in signature for d in s.shape if isinstance(d, str)}
+    for key, shape in shapes.items():
+        spec = next((s for s in signature if s.name == key), None)
+        if spec is not None:
+            resolve_shape(spec, {key: shape})
+        elif key not in dims:
+            raise GraphcError(f"--shape {key}: not an input or a dynamic dim of the model "
+                              f"(inputs: {', '.join(s.name for s in signature)})")
+        elif len(shape) != 1:
+            raise GraphcError(f"--shape {key}: a dim takes one size, e.g. {key}=8")
+    return shapes
+
+
 def embedding_sizes(model: onnx.ModelProto) -> dict[str, int]:
     """For inputs that index an embedding table (Gather on a constant), that table's size."""
     tables = {t.name: t.dims[0] for t in model.graph.initializer if t.dims}
@@ -259,12 +276,7 @@ def synthetic_dataset(model: onnx.ModelProto, batches: int = 1,
                       shapes: Mapping[str, tuple[int, ...]] | None = None, seed: int = 0) -> Dataset:
     """``batches`` batches of inputs shaped from the signature and ``shapes`` overrides."""
     signature = model_signature(model)
-    shapes = dict(shapes or {})
-    unknown = [k for k in shapes if k not in {s.name for s in signature}
-               and not any(k == d for s in signature for d in s.shape)]
-    if unknown:
-        raise GraphcError(f"--shape {unknown[0]}: not an input or a dynamic dim of the model "
-                          f"(inputs: {', '.join(s.name for s in signature)})")
+    shapes = check_shape_overrides(signature, shapes)
     vocab = embedding_sizes(model)
     rng = np.random.default_rng(seed)
     arrays = {}

@@ -7,7 +7,8 @@ Rules:
 - external data is resolved inside the model's directory only; a location that escapes it
   (absolute path, ``..``) or a missing data file is refused;
 - saving is atomic: the model is written to a temporary file in the target directory and
-  renamed into place, so a failure never leaves a half-written output. Models over 2 GB are
+  renamed into place (missing parent directories are created), so a failure never leaves a
+  half-written output. Models over 2 GB are
   saved with their weights in one external data file ``<name>.data`` beside the model.
 """
 
@@ -115,9 +116,11 @@ def needs_external_data(model: onnx.ModelProto) -> bool:
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> pathlib.Path:
     """Write ``model`` to ``path`` atomically (external data beside it when over 2 GB)."""
     path = pathlib.Path(path)
-    directory = path.parent if str(path.parent) else pathlib.Path(".")
-    if not directory.is_dir():
-        raise GraphcError(f"{path}: output directory {directory} does not exist")
+    directory = path.parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GraphcError(f"{path}: cannot create the output directory: {_first_line(exc)}") from None
     if path.is_dir():
         raise GraphcError(f"{path}: is a directory")
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=directory))

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from graphc.checks import check_model
 from graphc.context import Context
-from graphc.data import Dataset, load_dataset, model_signature, output_names
+from graphc.data import Dataset, check_shape_overrides, load_dataset, model_signature, output_names
 from graphc.errors import GraphcError
 from graphc.graph import to_graph, to_model
 from graphc.metrics import check_metric, evaluate
@@ -78,6 +78,7 @@ def optimize(request: OptimizeRequest) -> Report:
     if _same_file(request.model, request.output):
         raise GraphcError(f"-o {request.output}: the output must not overwrite the input model")
     original = load_model(request.model)
+    check_shape_overrides(model_signature(original), request.shapes)
     open_session(original, request.threads, what=str(request.model))
     before = model_stats(original, request.shapes, size_bytes=file_size(request.model))
     report = Report(model=str(request.model), before=before, output=str(request.output))

@@ -1,0 +1,58 @@
+"""Shared fixtures: ONNX exports of the topologies in ``topologies.py``, and their inputs."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+import time
+
+import pytest
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import topologies  # noqa: E402
+
+torch.set_num_threads(1)  # the exports are small; leave the cores to other jobs
+
+_EXPORT_SECONDS: dict[str, float] = {}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than ~10 s; deselect with -m 'not slow'")
+    config.addinivalue_line("markers", "gpu: needs a CUDA device")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _EXPORT_SECONDS:
+        times = ", ".join(f"{key} {sec:.1f}s" for key, sec in _EXPORT_SECONDS.items())
+        terminalreporter.write_line(f"topology exports: {times}")
+
+
+@pytest.fixture(scope="session")
+def onnx_model(tmp_path_factory):
+    """Factory ``onnx_model(name, dynamo=False, optimize=False) -> Path``.
+
+    Each (name, flavour) is exported at most once per session; dynamo exports have their
+    weights in ``<path>.data`` beside the model.
+    """
+    root = tmp_path_factory.mktemp("topologies")
+    cache: dict[tuple[str, bool, bool], pathlib.Path] = {}
+
+    def get(name: str, dynamo: bool = False, optimize: bool = False) -> pathlib.Path:
+        key = (name, bool(dynamo), bool(optimize))
+        if key not in cache:
+            flavour = ("dynamo-opt" if optimize else "dynamo") if dynamo else "torchscript"
+            start = time.perf_counter()
+            cache[key] = topologies.export(name, root / f"{name}-{flavour}.onnx", dynamo=dynamo,
+                                           optimize=optimize)
+            _EXPORT_SECONDS[f"{name}/{flavour}"] = time.perf_counter() - start
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def sample_inputs():
+    """Factory ``sample_inputs(name, batch=2, seed=0, seq=16) -> {input name: ndarray}``."""
+    return topologies.sample_inputs

@@ -1,0 +1,75 @@
+"""The --passes language: strict parsing and typed options."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from graphc.errors import GraphcError
+from graphc.passes import PASSES, build_passes
+from graphc.spec import PassSpec, build_options, parse_spec
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    ratio: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
+    by: Literal["l1", "l2"] = "l1"
+    epochs: int = field(default=3, metadata={"min": 1})
+    verbose: bool = False
+
+
+def options(text: str, main: str | None = "ratio") -> DemoOptions:
+    (spec,) = parse_spec(text)
+    return build_options(DemoOptions, spec, main)
+
+
+def test_three_forms_parse_to_typed_options():
+    assert options("demo") == DemoOptions()
+    assert options("demo:0.25") == DemoOptions(ratio=0.25)
+    assert options("demo:ratio=0.3:by=l2:epochs=5:verbose=yes") == DemoOptions(0.3, "l2", 5, True)
+
+
+def test_several_passes_keep_order_and_text():
+    specs = parse_spec("fold, prune:ratio=0.5:by=l2,int8:calib=entropy")
+    assert [s.name for s in specs] == ["fold", "prune", "int8"]
+    assert specs[1] == PassSpec("prune", {"ratio": "0.5", "by": "l2"}, "prune:ratio=0.5:by=l2")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "empty"),
+    ("fold,,fold", "empty pass"),
+    ("demo:", "empty value"),
+    (":0.5", "missing pass name"),
+    ("demo:ratio=0.5:0.3", "is not key=value"),
+    ("demo:ratio=0.1:ratio=0.2", "given twice"),
+    ("demo:ratio=", "is not key=value"),
+])
+def test_malformed_specs_are_refused(text, message):
+    with pytest.raises(GraphcError, match=message):
+        options(text)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("demo:speed=3", "has no option 'speed' \\(options: ratio, by, epochs, verbose\\)"),
+    ("demo:ratio=abc", "'abc' is not a valid float"),
+    ("demo:1.5", "out of range"),
+    ("demo:by=l3", "'l3' is not one of l1, l2"),
+    ("demo:epochs=2.5", "not a valid int"),
+    ("demo:epochs=0", "out of range"),
+    ("demo:verbose=maybe", "not a valid bool"),
+    ("demo:ratio=nan", "not a valid float"),
+])
+def test_bad_option_values_name_the_valid_ones(text, message):
+    with pytest.raises(GraphcError, match=message):
+        options(text)
+
+
+def test_positional_value_needs_a_main_option():
+    with pytest.raises(GraphcError, match="has no main option"):
+        options("demo:0.5", main=None)
+
+
+def test_unknown_pass_lists_registered_passes():
+    with pytest.raises(GraphcError, match=r"unknown pass 'prun' \(passes: .*fold"):
+        build_passes(parse_spec("fold,prun:0.5"))
+    assert "fold" in PASSES
