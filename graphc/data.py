@@ -7,7 +7,7 @@ Three sources, one validated result (:class:`Dataset`):
   ``labels.npy``;
 - synthetic inputs built from the model's input signature: dynamic dims come from
   ``--shape`` (``name=1x3x224x224`` for a whole input, or ``dim=8`` for every dim of that
-  symbolic name); the first axis defaults to 1 and integer sequence axes to 128. Integer
+  symbolic name); the first axis defaults to 1 and integer sequence axes to 64. Integer
   token inputs get valid ids (below the size of the embedding table they index), attention
   masks are ones, token-type ids zeros, float inputs standard normal.
 
@@ -31,7 +31,7 @@ import onnx
 from graphc.errors import GraphcError
 
 LABELS_KEY = "labels"
-DEFAULT_SEQUENCE = 128
+DEFAULT_SEQUENCE = 64
 
 Dim = int | str | None
 

@@ -1,7 +1,7 @@
 """Model statistics: parameters, op histogram, size and MACs.
 
 MACs (multiply-accumulates) are counted for one batch at concrete input shapes (dynamic
-dims resolved like synthetic data: first axis 1, integer sequence axes 128, or ``--shape``).
+dims resolved like synthetic data: first axis 1, integer sequence axes 64, or ``--shape``).
 Shapes come from ONNX shape inference with data propagation; tensors it cannot resolve are
 measured by one onnxruntime run that exposes them. Counted ops and their rules:
 
@@ -110,12 +110,12 @@ def tensor_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]] 
         known[tensor.name] = tuple(tensor.dims)
     missing = sorted((wanted or set()) - set(known))
     if missing:
-        known.update(_measure_shapes(fixed, missing, shapes))
+        known.update(_measure_shapes(fixed, missing))
     return known
 
 
-def _measure_shapes(model: onnx.ModelProto, names: list[str], shapes) -> dict[str, tuple[int, ...]]:
-    """Shapes of ``names`` from one onnxruntime run (for what inference cannot resolve)."""
+def _measure_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, tuple[int, ...]]:
+    """Shapes of ``names`` from one onnxruntime run of a model with concrete input shapes."""
     from graphc.runtime import open_session
 
     probe = onnx.ModelProto()
@@ -124,7 +124,7 @@ def _measure_shapes(model: onnx.ModelProto, names: list[str], shapes) -> dict[st
     probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in existing)
     try:
         session = open_session(probe, what="the shape probe")
-        feeds, _ = next(synthetic_dataset(model, shapes=shapes).batches())
+        feeds, _ = next(synthetic_dataset(model).batches())
         outputs = session.run(None, feeds)
     except Exception:  # shapes stay unknown; the MACs of those nodes are reported as uncounted
         return {}

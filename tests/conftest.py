@@ -18,11 +18,6 @@ torch.set_num_threads(1)  # the exports are small; leave the cores to other jobs
 _EXPORT_SECONDS: dict[str, float] = {}
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes more than ~10 s; deselect with -m 'not slow'")
-    config.addinivalue_line("markers", "gpu: needs a CUDA device")
-
-
 def pytest_terminal_summary(terminalreporter):
     if _EXPORT_SECONDS:
         times = ", ".join(f"{key} {sec:.1f}s" for key, sec in _EXPORT_SECONDS.items())

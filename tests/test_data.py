@@ -97,7 +97,7 @@ def test_synthetic_tokens_are_valid_ids_and_masks_ones():
 def test_synthetic_shapes_from_flag_and_defaults():
     data = synthetic_dataset(image_model(), shapes=parse_shapes(["image=4x3x8x8"]))
     assert data.inputs["image"].shape == (4, 3, 8, 8) and data.inputs["image"].dtype == np.float32
-    assert synthetic_dataset(token_model()).inputs["input_ids"].shape == (1, 128)
+    assert synthetic_dataset(token_model()).inputs["input_ids"].shape == (1, 64)
     with pytest.raises(GraphcError, match=r"--shape image: \[4, 3, 9, 8\] does not fit"):
         synthetic_dataset(image_model(), shapes=parse_shapes(["image=4x3x9x8"]))
     with pytest.raises(GraphcError, match="not an input or a dynamic dim"):

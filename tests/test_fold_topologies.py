@@ -1,0 +1,61 @@
+"""fold on real topologies, both exporter flavours, through the pipeline with --verify.
+
+Each model is optimized with ``fold`` and compared with onnxruntime on the unmodified model:
+outputs equal within 1e-4 relative, node count does not grow, every BatchNormalization
+that directly follows a Conv/Gemm is gone.
+"""
+
+import numpy as np
+import onnx
+import pytest
+
+from graphc.pipeline import OptimizeRequest, optimize
+from graphc.runtime import open_session
+from topologies import BUILDERS
+
+FOLDABLE_PRODUCERS = {"Conv", "ConvTranspose", "Gemm"}
+
+
+def unfoldable_bns(model: onnx.ModelProto) -> int:
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    consumers: dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers[i] = consumers.get(i, 0) + 1
+    return sum(1 for n in model.graph.node if n.op_type == "BatchNormalization"
+               and not (producers.get(n.input[0]) in FOLDABLE_PRODUCERS and consumers[n.input[0]] == 1))
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_fold_is_exact_and_removes_foldable_bn(name, dynamo, onnx_model, sample_inputs, tmp_path):
+    source = onnx_model(name, dynamo=dynamo)
+    original = onnx.load(str(source))
+    out = tmp_path / "folded.onnx"
+    report = optimize(OptimizeRequest(model=source, passes="fold", output=out, verify=True, progress=False))
+    folded = onnx.load(str(out))
+
+    feeds = sample_inputs(name, batch=3)
+    want = open_session(source).run(None, feeds)
+    got = open_session(out).run(None, feeds)
+    for w, g in zip(want, got):
+        assert g.shape == w.shape
+        assert np.abs(g - w).max() <= 1e-4 * np.abs(w).max()
+
+    assert len(folded.graph.node) <= len(original.graph.node)
+    bns_before = sum(n.op_type == "BatchNormalization" for n in original.graph.node)
+    bns_after = sum(n.op_type == "BatchNormalization" for n in folded.graph.node)
+    assert bns_after == unfoldable_bns(original)
+    assert report.passes[0].stats["bn_folded"] == bns_before - bns_after
+    assert not any(n.op_type in ("Identity", "Dropout", "Constant") for n in folded.graph.node)
+    assert [i.name for i in folded.graph.input] == [i.name for i in original.graph.input
+                                                   if i.name not in {t.name for t in original.graph.initializer}]
+    assert [o.name for o in folded.graph.output] == [o.name for o in original.graph.output]
+    (verify,) = report.passes[0].verify
+    assert verify.max_rel_error <= 1e-4
+
+
+def test_cnn_fixtures_really_have_bn_to_fold(onnx_model):
+    for name in ("resnet", "depthwise", "concat", "mlp_bn"):
+        model = onnx.load(str(onnx_model(name)))
+        assert sum(n.op_type == "BatchNormalization" for n in model.graph.node) > unfoldable_bns(model)
