@@ -79,3 +79,21 @@ def onnx_dtype(tensor: gs.Tensor) -> int | None:
     if isinstance(tensor.dtype, int):
         return tensor.dtype
     return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(tensor.dtype))
+
+
+def infer_graph_shapes(graph: gs.Graph) -> gs.Graph:
+    """A copy of ``graph`` with every intermediate shape re-inferred by ONNX shape inference.
+
+    Stale shapes (after a pass changed channel counts) are dropped first; graph inputs and
+    outputs keep theirs. If inference fails the graph is returned without intermediate shapes.
+    """
+    boundary = {id(t) for t in [*graph.inputs, *graph.outputs]}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and id(tensor) not in boundary:
+            tensor.shape = None
+    model = gs.export_onnx(graph, do_type_check=False)
+    try:
+        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except (onnx.shape_inference.InferenceError, ValueError):
+        return graph
+    return gs.import_onnx(model)

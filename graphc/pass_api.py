@@ -35,6 +35,7 @@ class PassResult:
     changed: bool
     stats: dict[str, Any] = field(default_factory=dict)
     graph: gs.Graph | None = None  # a replacement graph; None: the given graph was edited
+    details: dict[str, Any] = field(default_factory=dict)  # for the JSON report only
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,7 @@ def optimize(request: OptimizeRequest) -> Report:
             verify = compare(names, reference, _outputs(open_session(candidate, request.threads), sample))
             enforce(spec_text, p.tolerance(), verify)
         report.passes.append(PassReport(p.name, spec_text, seconds, result.changed, result.stats,
-                                        model_stats(candidate, request.shapes), verify))
+                                        model_stats(candidate, request.shapes), verify, result.details))
         current = candidate
 
     if ctx.metric is not None:

@@ -25,10 +25,11 @@ class PassReport:
     stats: dict[str, Any]
     after: ModelStats
     verify: list[OutputComparison] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {"name": self.name, "spec": self.spec, "seconds": round(self.seconds, 3),
-                "changed": self.changed, "stats": self.stats, "after": self.after.as_dict(),
+                "changed": self.changed, "stats": self.stats, "details": self.details, "after": self.after.as_dict(),
                 "verify": None if self.verify is None else [v.as_dict() for v in self.verify]}
 
 

@@ -13,6 +13,8 @@ import onnxruntime as ort
 from graphc.errors import GraphcError
 from graphc.model_io import needs_external_data, save_model
 
+ort.set_default_logger_severity(3)  # sessions graphc does not open itself (constant folding) stay quiet
+
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     options = ort.SessionOptions()

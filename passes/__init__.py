@@ -7,9 +7,11 @@ from collections.abc import Sequence
 from graphc.errors import GraphcError
 from graphc.pass_api import Pass
 from graphc.passes.fold import FoldPass
+from graphc.passes.prune import PrunePass
+from graphc.passes.int8 import Int8Pass
 from graphc.spec import PassSpec, build_options
 
-PASSES: dict[str, type[Pass]] = {cls.name: cls for cls in (FoldPass,)}
+PASSES: dict[str, type[Pass]] = {cls.name: cls for cls in (FoldPass, PrunePass, Int8Pass)}
 
 
 def build_passes(specs: Sequence[PassSpec]) -> list[Pass]:

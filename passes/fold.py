@@ -30,12 +30,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
-from graphc.graph import (constant_values, is_graph_input, is_graph_output, producer, replace_uses, set_tensors,
-                          swap_tensor)
+from graphc.graph import (constant_values, infer_graph_shapes, is_graph_input, is_graph_output, producer,
+                          replace_uses, set_tensors, swap_tensor)
 from graphc.pass_api import Pass, PassResult, Tolerance
 
 G_LOGGER.severity = G_LOGGER.ERROR  # fold_constants warns for every node it cannot fold
@@ -78,7 +77,7 @@ class FoldPass(Pass):
         stats["nodes_removed"] = nodes_before - len(graph.nodes)
         initializers_after = sum(1 for t in graph.tensors().values() if isinstance(t, gs.Constant))
         stats["initializers"] = f"{initializers_before}->{initializers_after}"
-        annotated = with_inferred_shapes(graph)
+        annotated = infer_graph_shapes(graph)
         changed = stats["nodes_removed"] != 0 or stats["bn_folded"] != 0 or stats["constants_to_initializers"] != 0
         return PassResult(changed=changed, stats=stats, graph=annotated)
 
@@ -273,13 +272,3 @@ def fold_batchnorms(graph: gs.Graph) -> int:
                 set_tensors(node.outputs, [output])
         folded += ok
     return folded
-
-
-def with_inferred_shapes(graph: gs.Graph) -> gs.Graph:
-    """Rule 5 (shape annotation): run ONNX shape inference and re-import."""
-    model = gs.export_onnx(graph)
-    try:
-        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except (onnx.shape_inference.InferenceError, ValueError):
-        return graph
-    return gs.import_onnx(model)

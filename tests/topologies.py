@@ -246,6 +246,74 @@ def mlp_bn() -> Topology:
     return Topology(model, _example("mlp_bn"), {"x": {0: "batch"}, "logits": {0: "batch"}})
 
 
+# ---------------------------------------------------------------- squeeze-excitation
+class SqueezeExcite(nn.Module):
+    """x * sigmoid(Conv(ReLU(Conv(GAP(x))))): the channel scale is a broadcasting Mul."""
+
+    def __init__(self, channels: int, squeeze: int):
+        super().__init__()
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, squeeze, 1), nn.ReLU(),
+                                  nn.Conv2d(squeeze, channels, 1), nn.Sigmoid())
+
+    def forward(self, x):
+        return x * self.gate(x)
+
+
+class SeNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(*_conv_bn(3, 16), nn.ReLU())
+        self.block = nn.Sequential(*_conv_bn(16, 32, 3, 2), nn.ReLU(), SqueezeExcite(32, 8),
+                                   *_conv_bn(32, 32), nn.ReLU(), SqueezeExcite(32, 8))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, NUM_CLASSES))
+
+    def forward(self, image):
+        return self.head(self.block(self.stem(image)))
+
+
+def se() -> Topology:
+    """Squeeze-excitation CNN: two SE blocks scaling Conv-BN-ReLU outputs per channel."""
+    torch.manual_seed(SEED)
+    return _image_topology(SeNet(), "se")
+
+
+# ------------------------------------------------------------------------- convnext
+class ConvNeXtBlock(nn.Module):
+    """Depthwise 7x7 conv, LayerNorm over channels (channels-last), Linear 4x, GELU, Linear,
+    layer scale, residual Add."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.up = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.down = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.rand(dim) + 0.5)
+
+    def forward(self, x):
+        y = self.dwconv(x).permute(0, 2, 3, 1)
+        y = self.gamma * self.down(self.act(self.up(self.norm(y))))
+        return x + y.permute(0, 3, 1, 2)
+
+
+class ConvNeXt(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 4, stride=4)
+        self.blocks = nn.Sequential(ConvNeXtBlock(32), ConvNeXtBlock(32))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LayerNorm(32), nn.Linear(32, NUM_CLASSES))
+
+    def forward(self, image):
+        return self.head(self.blocks(self.stem(image)))
+
+
+def convnext() -> Topology:
+    """ConvNeXt-style: patchify stem, two blocks with LayerNorm over channels, LN head."""
+    torch.manual_seed(SEED)
+    return _image_topology(ConvNeXt(), "convnext")
+
+
 # ---------------------------------------------------------------------- transformers
 class BertClassifier(nn.Module):
     """BertForSequenceClassification returning the logits tensor."""
@@ -325,14 +393,14 @@ def vit() -> Topology:
 
 BUILDERS: dict[str, Callable[[], Topology]] = {
     "resnet": resnet, "depthwise": depthwise, "concat": concat, "bert": bert,
-    "gpt": gpt, "vit": vit, "mlp_bn": mlp_bn,
+    "gpt": gpt, "vit": vit, "mlp_bn": mlp_bn, "se": se, "convnext": convnext,
 }
 NAMES = tuple(BUILDERS)
-BATCHNORM_NAMES = ("resnet", "depthwise", "concat", "mlp_bn")
+BATCHNORM_NAMES = ("resnet", "depthwise", "concat", "mlp_bn", "se")
 INPUT_NAMES: dict[str, tuple[str, ...]] = {
     "resnet": ("image",), "depthwise": ("image",), "concat": ("image",),
     "bert": ("input_ids", "attention_mask", "token_type_ids"), "gpt": ("input_ids",),
-    "vit": ("pixel_values",), "mlp_bn": ("x",),
+    "vit": ("pixel_values",), "mlp_bn": ("x",), "se": ("image",), "convnext": ("image",),
 }
 OUTPUT_NAME = "logits"
 

@@ -1,0 +1,228 @@
+"""``prune``: structured pruning that physically removes channels, heads and FFN neurons.
+
+Rules:
+
+1. Constant subgraphs are folded first (exported weights behind Transpose/Constant become
+   plain initializers), then the channel dependency graph (``graphc.channel_graph``) groups
+   coupled channels. Only unblocked groups with at least two units are prunable; the
+   hidden/residual dimension of transformers is blocked by its LayerNorms unless
+   ``hidden=true``.
+2. Importance per unit (one channel, or one head of ``head_dim`` channels):
+   ``by=l1|l2``: the L1/L2 norm of the unit's slices of every weight in the group (weights
+   of rank >= 2: producers, consumers, depthwise), each weight's scores divided by their
+   mean, averaged over weights (data-free); ``by=activation``: mean |activation| of the
+   unit's channels over ``--data``; ``by=taylor``: first-order estimate of the loss change
+   |a x g| with the gradient approximated by the consumer weights' column norms
+   (activation x consumer weight norm), since an ONNX graph has no gradient path.
+   Scores are normalised per group (divided by the group mean).
+3. Selection: ``ratio`` is the share of the prunable cost removed, where the cost is the
+   parameter count of every tensor in a prunable group (``target=params``, default) or
+   their MACs (``target=macs``). ``scope=global`` removes the least important units across
+   all groups until the share is reached; ``scope=uniform`` removes ``ratio`` of the units
+   of every group. No group loses more than ``max_layer_ratio`` of its units or its last
+   unit; with ``round_to=k`` the kept channel count of a channel group is rounded up to a
+   multiple of k.
+4. Removal: every weight slice of a removed unit is deleted (producer outputs, consumer
+   inputs, BatchNorm/bias/depthwise parameters, Reshape target-shape constants, a depthwise
+   Conv's ``group``); shared constants are copied rather than edited; shapes are re-inferred. Input and output shapes
+   of the model never change.
+5. ``recalibrate=true`` with ``--data``: BatchNormalization running statistics are
+   re-estimated on the pruned model (streamed per-channel mean and variance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from graphc.channel_graph import ChannelGraph, ChannelGroup
+from graphc.errors import GraphcError
+from graphc.graph import constant_values, infer_graph_shapes, swap_tensor
+from graphc.pass_api import Pass, PassResult, Tolerance
+from graphc.prune_select import CostModel, PruneConfig, select_units, unit_importance
+from graphc.stats import tensor_shapes
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    ratio: float = field(default=0.3, metadata={"min": 0.0, "max": 0.95,
+                                                "help": "share of the prunable cost to remove (see target)"})
+    by: Literal["l1", "l2", "activation", "taylor"] = field(default="l2", metadata={"help": "importance score"})
+    target: Literal["params", "macs"] = field(default="params", metadata={"help": "what ratio measures"})
+    scope: Literal["global", "uniform"] = field(default="global", metadata={
+        "help": "rank units across all groups, or remove ratio of every group"})
+    max_layer_ratio: float = field(default=0.9, metadata={"min": 0.0, "max": 0.99,
+                                                          "help": "most units any one group may lose"})
+    round_to: int = field(default=1, metadata={"min": 1, "help": "kept channels a multiple of this"})
+    hidden: bool = field(default=False, metadata={"help": "also prune the transformer hidden size (inexact)"})
+    recalibrate: bool = field(default=False, metadata={"help": "re-estimate BatchNorm statistics on --data"})
+
+
+class PrunePass(Pass):
+    name = "prune"
+    summary = "structured pruning of channels, attention heads and FFN neurons (physically removed)"
+    Options = PruneOptions
+    main_option = "ratio"
+
+    def tolerance(self) -> Tolerance:
+        return Tolerance()  # pruning changes outputs by design; distill wins accuracy back
+
+    def check(self, ctx) -> None:
+        needs_data = self.options.by in ("activation", "taylor") or self.options.recalibrate
+        if needs_data and ctx.data is None:
+            raise GraphcError(f"prune:by={self.options.by}{':recalibrate=true' if self.options.recalibrate else ''} "
+                              f"needs --data (inputs to measure activations on)")
+
+    def run(self, graph: gs.Graph, ctx) -> PassResult:
+        plan = plan_pruning(graph, self.options, ctx)
+        stats = plan.stats()
+        if not plan.removed:
+            if ctx is not None and ctx.report is not None:
+                ctx.report.note(plan.nothing_message())
+            return PassResult(changed=False, stats=stats, details={"groups": plan.group_table()})
+        apply_pruning(graph, plan)
+        pruned = infer_graph_shapes(graph)
+        if self.options.recalibrate:
+            from graphc.bn_recalibrate import recalibrate_batchnorm
+
+            stats["bn_recalibrated"] = recalibrate_batchnorm(pruned, ctx.data)
+        return PassResult(changed=True, stats=stats, graph=pruned, details={"groups": plan.group_table()})
+
+
+@dataclass
+class PrunePlan:
+    groups: list[ChannelGroup]
+    removed: dict[int, list[int]]  # group id -> removed unit indices
+    cost_total: float
+    cost_removed: float
+    target: str
+
+    def prunable(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if not g.blocked and g.units >= 2]
+
+    def removed_channels(self, group: ChannelGroup) -> list[int]:
+        return [c for u in self.removed.get(group.id, []) for c in range(u * group.unit, (u + 1) * group.unit)]
+
+    def stats(self) -> dict:
+        prunable = self.prunable()
+        return {
+            "groups": len(self.groups), "prunable_groups": len(prunable),
+            "blocked_groups": sum(1 for g in self.groups if g.blocked),
+            "groups_pruned": len(self.removed),
+            "units_removed": sum(len(v) for v in self.removed.values()),
+            f"prunable_{self.target}_removed": f"{self.cost_removed / self.cost_total:.1%}" if self.cost_total else "0%",
+        }
+
+    def group_table(self) -> list[dict]:
+        return [{"group": g.id, "kind": g.kind, "origin": g.origin, "units": g.units, "unit_channels": g.unit,
+                 "removed": len(self.removed.get(g.id, [])), "blocked": g.blocked} for g in self.groups]
+
+    def nothing_message(self) -> str:
+        if not self.prunable():
+            reasons = sorted({g.blocked for g in self.groups if g.blocked})[:3]
+            return ("prune: nothing prunable in this model; returned unchanged"
+                    + (f" (blocked: {'; '.join(reasons)})" if reasons else " (no channel groups)"))
+        return "prune: ratio selects no unit; model returned unchanged"
+
+
+def analyse(graph: gs.Graph, options: PruneOptions | None = None, shapes=None) -> ChannelGraph:
+    """Fold constants and build the channel dependency graph of ``graph`` (edited in place)."""
+    options = options or PruneOptions()
+    graph.fold_constants(error_ok=True).cleanup(remove_unused_graph_inputs=False).toposort()
+    model = gs.export_onnx(graph, do_type_check=False)
+    names = {t for node in model.graph.node for t in [*node.input, *node.output] if t}
+    return ChannelGraph(graph, tensor_shapes(model, shapes or {}, wanted=names), allow_hidden_norm=options.hidden)
+
+
+def plan_pruning(graph: gs.Graph, options: PruneOptions, ctx=None) -> PrunePlan:
+    shapes = ctx.shapes if ctx is not None else {}
+    channel_graph = analyse(graph, options, shapes)
+    groups = sorted(channel_graph.groups.values(), key=lambda g: g.id)
+    prunable = [g for g in groups if not g.blocked and g.units >= 2]
+    config = PruneConfig(options.ratio, options.scope, options.max_layer_ratio, options.round_to)
+    cost = CostModel(prunable, channel_graph.shapes, options.target)
+    data = ctx.data if ctx is not None else None
+    importance = unit_importance(prunable, graph, options.by, data) if prunable else {}
+    removed = select_units(prunable, importance, cost, config) if options.ratio > 0 else {}
+    return PrunePlan(groups, removed, cost.total, cost.removed(removed), options.target)
+
+
+def apply_pruning(graph: gs.Graph, plan: PrunePlan) -> None:
+    """Delete the planned units' slices from every member of their groups."""
+    removals: dict[tuple[int, int], tuple[gs.Node, int, dict[int, set[int]]]] = {}
+    for group in plan.groups:
+        channels = plan.removed_channels(group)
+        if not channels:
+            continue
+        for member in group.params():
+            index = member.index[channels]
+            positions = set(np.unique(index[index >= 0]).tolist())
+            key = (id(member.node), member.input_index)
+            entry = removals.setdefault(key, (member.node, member.input_index, {}))
+            entry[2].setdefault(member.axis, set()).update(positions)
+        for node, axis in group.reshapes:
+            _shrink_reshape(node, axis, _removed_on_axis(group, channels, node.outputs[0].name, axis))
+
+    shared: dict[tuple[int, str], gs.Constant] = {}
+    for node, input_index, axes in removals.values():
+        tensor = node.inputs[input_index]
+        values = np.asarray(constant_values(tensor))
+        key = (id(tensor), repr(sorted((a, sorted(p)) for a, p in axes.items())))
+        if key not in shared:
+            for axis, positions in sorted(axes.items()):
+                values = np.delete(values, sorted(positions), axis=axis)
+            shared[key] = gs.Constant(f"{tensor.name}_pruned{len(shared)}", values)
+        swap_tensor(node.inputs, tensor, shared[key])
+        if node.op == "Conv" and input_index == 1 and int(node.attrs.get("group", 1)) > 1:
+            node.attrs["group"] = int(shared[key].values.shape[0])  # depthwise: one group per channel
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+
+
+def _removed_on_axis(group: ChannelGroup, channels: list[int], tensor: str, axis: int) -> int:
+    for member in group.members:
+        if member.kind == "activation" and member.tensor == tensor and member.axis == axis:
+            index = member.index[channels]
+            return int(np.unique(index[index >= 0]).size)
+    raise AssertionError(f"no activation member for {tensor} axis {axis}")
+
+
+def _shrink_reshape(node: gs.Node, axis: int, removed: int) -> None:
+    """Lower the Reshape target-shape entry of ``axis`` by ``removed`` (a constant there)."""
+    shape_input = node.inputs[1]
+    values = constant_values(shape_input)
+    if values is not None:
+        new = np.array(values, copy=True)
+        new[axis] -= removed
+        swap_tensor(node.inputs, shape_input, gs.Constant(f"{shape_input.name}_pruned", new))
+        return
+    concat = shape_input.inputs[0]
+    offset = 0
+    for piece in list(concat.inputs):
+        piece_values = np.asarray(constant_values(piece)) if constant_values(piece) is not None else None
+        length = piece_values.size if piece_values is not None else 1
+        if offset <= axis < offset + length:
+            new = np.array(piece_values, copy=True).reshape(piece_values.shape)
+            new.flat[axis - offset] -= removed
+            swap_tensor(concat.inputs, piece, gs.Constant(f"{piece.name or 'shape'}_pruned", new))
+            return
+        offset += length
+
+
+def mask_pruned_channels(graph: gs.Graph, plan: PrunePlan) -> None:
+    """Zero, instead of removing, the consumer slices of the planned units: the reference the
+    pruned model must equal (cuts exactly the removed channels' contribution)."""
+    for group in plan.groups:
+        channels = plan.removed_channels(group)
+        for member in (m for m in group.params() if m.kind == "consumer" and channels):
+            tensor = member.node.inputs[member.input_index]
+            values = np.array(constant_values(tensor), copy=True)
+            index = member.index[channels]
+            positions = np.unique(index[index >= 0])
+            slicer = [slice(None)] * values.ndim
+            slicer[member.axis] = positions
+            values[tuple(slicer)] = 0
+            swap_tensor(member.node.inputs, tensor, gs.Constant(f"{tensor.name}_masked{group.id}", values))

@@ -1,0 +1,112 @@
+"""prune on real topologies: ratio 0 is the identity, ratio 0.3 removes >= 25% of the
+prunable parameters, and the pruned model equals the original with exactly the removed
+channels' consumer weights zeroed (the test that proves the dependency graph right)."""
+
+import numpy as np
+import onnx
+import pytest
+
+from graphc.graph import to_graph, to_model
+from graphc.model_io import load_model
+from graphc.passes.prune import PruneOptions, PrunePass, apply_pruning, mask_pruned_channels, plan_pruning
+from graphc.runtime import open_session
+from graphc.stats import count_params
+from topologies import BUILDERS
+
+EXPECTED_KINDS = {  # what each topology must offer to prune
+    "resnet": {"channels"}, "depthwise": {"channels"}, "concat": {"channels"}, "se": {"channels"},
+    "mlp_bn": {"channels"}, "convnext": {"neurons"}, "bert": {"heads", "neurons"},
+    "gpt": {"heads", "neurons"}, "vit": {"heads", "neurons"},
+}
+FLAVOURS = [(name, False) for name in sorted(BUILDERS)] + [("bert", True), ("resnet", True), ("vit", True)]
+
+
+def run(model, feeds):
+    return open_session(model).run(None, feeds)
+
+
+def pruned_and_masked(model: onnx.ModelProto, options: PruneOptions):
+    graph = to_graph(model)
+    plan = plan_pruning(graph, options)
+    apply_pruning(graph, plan)
+    pruned = to_model(graph, model)
+    reference = to_graph(model)
+    mask_pruned_channels(reference, plan_pruning(reference, options))
+    return plan, pruned, to_model(reference, model)
+
+
+@pytest.mark.parametrize("name, dynamo", FLAVOURS, ids=[f"{n}-{'dynamo' if d else 'torchscript'}" for n, d in FLAVOURS])
+def test_prune_is_exact_against_masking_and_removes_a_quarter(name, dynamo, onnx_model, sample_inputs):
+    path = onnx_model(name, dynamo=dynamo)
+    model = load_model(path)
+    feeds = sample_inputs(name, batch=3)
+    original = run(model, feeds)
+
+    plan0, pruned0, _ = pruned_and_masked(model, PruneOptions(ratio=0.0))
+    assert not plan0.removed
+    for a, b in zip(run(pruned0, feeds), original):
+        np.testing.assert_array_equal(a, b)
+
+    plan, pruned, masked = pruned_and_masked(model, PruneOptions(ratio=0.3))
+    kinds = {g.kind for g in plan.prunable()}
+    assert EXPECTED_KINDS[name] <= kinds, (kinds, [g.describe() for g in plan.groups])
+    assert plan.cost_removed >= 0.25 * plan.cost_total
+    for group in plan.prunable():  # no group emptied
+        assert len(plan.removed.get(group.id, [])) < group.units
+    onnx.checker.check_model(pruned)
+    got, want = run(pruned, feeds), run(masked, feeds)
+    for g, w, o in zip(got, want, original):
+        assert g.shape == o.shape
+        assert np.abs(g - w).max() <= 1e-4 * max(1.0, np.abs(w).max()), np.abs(g - w).max()
+    assert count_params(pruned) < count_params(model)
+
+
+def test_residual_and_se_groups_are_coupled(onnx_model):
+    for name, coupled_producers in (("resnet", 3), ("se", 2)):
+        plan = plan_pruning(to_graph(load_model(onnx_model(name))), PruneOptions(ratio=0.3))
+        producers = [len([m for m in g.members if m.kind == "producer" and m.input_index == 1])
+                     for g in plan.groups]
+        assert max(producers) >= coupled_producers, [g.describe() for g in plan.groups]
+
+
+def test_heads_are_pruned_whole_and_reshapes_updated(onnx_model, sample_inputs):
+    model = load_model(onnx_model("bert"))
+    plan, pruned, _ = pruned_and_masked(model, PruneOptions(ratio=0.5))
+    heads = [g for g in plan.prunable() if g.kind == "heads"]
+    assert heads and all(g.unit == 16 and g.units == 4 for g in heads)  # hidden 64 = 4 heads x 16
+    assert any(plan.removed.get(g.id) for g in heads)
+    assert all(g.reshapes or g.blocked for g in heads)
+    out = run(pruned, sample_inputs("bert", batch=2, seq=9))[0]
+    assert out.shape == (2, 4)
+
+
+def test_blocked_groups_are_reported_with_their_reason(onnx_model):
+    plan = plan_pruning(to_graph(load_model(onnx_model("bert"))), PruneOptions(ratio=0.3))
+    reasons = {g.blocked for g in plan.groups if g.blocked}
+    assert any("LayerNormalization" in r for r in reasons)  # the hidden size stays unless hidden=true
+    assert any("graph output" in r for r in reasons)
+
+
+def test_nothing_prunable_returns_model_unchanged_with_message():
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+    w = onnx.numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    model = helper.make_model(helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [w]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+
+    class Ctx:
+        shapes, data = {}, None
+
+        class report:
+            notes = []
+
+            @classmethod
+            def note(cls, text):
+                cls.notes.append(text)
+
+    result = PrunePass(PruneOptions(ratio=0.5)).run(to_graph(model), Ctx)
+    assert not result.changed
+    assert Ctx.report.notes == ["prune: nothing prunable in this model; returned unchanged "
+                                "(blocked: reaches graph output 'y')"]
