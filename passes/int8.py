@@ -1,0 +1,595 @@
+"""``int8``: post-training INT8 quantization by QDQ insertion, with streamed calibration.
+
+Run it after ``fold`` (``--passes fold,int8``): a BatchNormalization left after a Conv stays
+in float between the Conv's Q/DQ pair.
+
+Which nodes (rule 1). A Conv, ConvTranspose, Gemm (``transA=0``) or MatMul whose weight
+(input 1) is a float32 constant (MatMul: rank 2) and whose data input is float32 is
+quantized, unless its name or op type matches an ``exclude`` glob (patterns joined by
+``+``, e.g. ``exclude=Gemm+/encoder/layer.0/*``). Each is quantized ``static`` (activation
+range calibrated once) or ``dynamic`` (range measured per run):
+
+- ``mode=static``: all static; ``mode=dynamic``: MatMul/Gemm dynamic, Conv-family static
+  (onnxruntime's dynamic ConvInteger is ~4x slower than FP32, issue 3);
+- ``mode=auto`` (default): Conv-family static; MatMul/Gemm dynamic when the graph has a
+  Softmax (a transformer: measured fastest and most accurate on CPU, issue 3), else static.
+
+Weights (rule 2): per output channel (``per_channel=false``: per tensor), symmetric, s8,
+zero point 0, ``scale = max|w| / qmax`` (an all-zero channel gets scale 1). ``qmax`` is 127,
+except ``target=ort`` on a CPU whose u8 x s8 products saturate (AVX2 without VNNI, see
+``graphc.cpu_features``): 63 (7-bit weights), unless ``weight_bits`` says otherwise. Axis:
+Conv 0, ConvTranspose 1 (per tensor when grouped), Gemm 0 with ``transB=1`` else 1, MatMul 1.
+The int8 weight is an initializer read by a DequantizeLinear.
+
+Static activations (rule 3), per tensor. Quantized tensors: the data input of every static
+node; the output of every static Conv-family node; then, to a fixed point, the output of an
+Add, Concat, Relu, Clip, MaxPool, AveragePool, GlobalAveragePool, Reshape, Flatten,
+Transpose, Squeeze or Unsqueeze whose data inputs are all quantized (never a graph output,
+never an Add/Concat with a constant input). Each gets ``Q -> DQ`` after its producer and
+every consumer reads the DQ output (graph outputs keep the float tensor). Sharing: across
+Reshape/Flatten/Transpose/Squeeze/Unsqueeze/MaxPool the output uses the input's parameters,
+and a Relu/Clip that is its input's only reader gives its input its own output's
+parameters, so onnxruntime drops those Q/DQ pairs and the Relu/Clip (the range then starts
+at 0 and Q clamps exactly like the activation). Ranges come from ``graphc.calibration``
+(``calib``) over ``samples`` rows of ``--data`` (synthetic inputs without it).
+
+- ``target=ort``: u8, ``scale = (hi - lo) / 255``, ``zp = round(-lo / scale)`` with the
+  range widened to include 0. onnxruntime then fuses QLinearConv, QGemm, QLinearMatMul /
+  MatMulIntegerToFloat, QLinearAdd, QLinearConcat, QLinearGlobalAveragePool.
+- ``target=tensorrt``: s8, symmetric, zero point 0 everywhere.
+
+Bias (rule 4): a static Conv/Gemm bias becomes int32 with scale ``s_x * s_w`` (per channel,
+zero point 0; ``beta`` folded in) for ``target=ort``; it stays float for TensorRT.
+
+Dynamic nodes (rule 5): ``DynamicQuantizeLinear(x) -> MatMulInteger(x_q, W_q, x_zp) ->
+Cast -> Mul(x_scale * w_scale)`` (+ ``Add(beta * C)`` for a Gemm bias), the form onnxruntime
+fuses into DynamicQuantizeMatMul. ``target=tensorrt`` has no dynamic form: all static.
+
+Refuses to touch: nodes in subgraphs, weights that are not constants, integer or float16
+graphs. Opset 13 or newer is required (per-axis Q/DQ).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from graphc.calibration import METHODS, collect, tensor_range
+from graphc.cpu_features import cpu_features, default_weight_bits
+from graphc.data import synthetic_dataset
+from graphc.errors import GraphcError
+from graphc.graph import constant_values, is_graph_output, producer, swap_tensor, to_model
+from graphc.pass_api import Pass, PassResult, Tolerance
+
+CONV_OPS = ("Conv", "ConvTranspose")
+COMPUTE_OPS = (*CONV_OPS, "Gemm", "MatMul")
+SHARE_INPUT_OPS = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool")
+ACTIVATION_OPS = ("Relu", "Clip")
+PROPAGATE_OPS = (*SHARE_INPUT_OPS, *ACTIVATION_OPS, "Add", "Concat", "AveragePool", "GlobalAveragePool")
+DATA_INPUTS = {"Reshape": 1, "Squeeze": 1, "Unsqueeze": 1, "Clip": 1}  # leading data inputs
+MIN_OPSET = 13
+EXCLUDE_SEPARATOR = "+"
+MIN_SCALE = 1e-12
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    calib: Literal["minmax", "percentile", "entropy", "mse"] = field(default="minmax", metadata={
+        "help": "activation range method (streamed histograms)"})
+    target: Literal["ort", "tensorrt"] = field(default="ort", metadata={
+        "help": "ort: u8 activations/s8 weights for onnxruntime CPU; tensorrt: s8 symmetric, zero points 0"})
+    mode: Literal["auto", "static", "dynamic"] = field(default="auto", metadata={
+        "help": "auto: Conv static, MatMul/Gemm dynamic in transformers (graphs with Softmax); "
+                "dynamic: MatMul/Gemm dynamic, Conv static"})
+    percentile: float = field(default=99.99, metadata={"min": 50.0, "max": 100.0,
+                                                        "help": "percentile of |x| kept by calib=percentile"})
+    per_channel: bool = field(default=True, metadata={"help": "per-output-channel weight scales"})
+    weight_bits: Literal["auto", "7", "8"] = field(default="auto", metadata={
+        "help": "auto: 7 on CPUs whose u8 x s8 products saturate (AVX2 without VNNI), else 8"})
+    exclude: str = field(default="", metadata={
+        "help": "node-name or op-type globs kept in FP32, joined by '+' (e.g. Gemm+/head/*)"})
+    samples: int = field(default=256, metadata={"min": 1, "max": 1_000_000,
+                                                "help": "calibration rows taken from --data (or synthetic)"})
+    calib_batch: int = field(default=16, metadata={"min": 1, "max": 4096,
+                                                   "help": "rows per calibration run"})
+
+    def __post_init__(self):
+        patterns = self.exclude_patterns()
+        if self.exclude and any(not p for p in patterns):
+            raise ValueError(f"exclude={self.exclude!r} has an empty pattern (join patterns with "
+                             f"'{EXCLUDE_SEPARATOR}')")
+
+    def exclude_patterns(self) -> list[str]:
+        return [p.strip() for p in self.exclude.split(EXCLUDE_SEPARATOR)] if self.exclude else []
+
+
+@dataclass
+class QParams:
+    """Quantization parameters of one tensor: scale(s), zero point(s), the axis if per channel."""
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    axis: int | None = None
+
+
+class Int8Pass(Pass):
+    name = "int8"
+    summary = "INT8 QDQ quantization: per-channel s8 weights, calibrated (or dynamic) activations"
+    Options = Int8Options
+    main_option = "calib"
+
+    def tolerance(self) -> Tolerance:
+        # int8 noise: outputs stay aligned in direction (cosine), not within a relative bound
+        return Tolerance(min_cosine=0.99)
+
+    def run(self, graph: gs.Graph, ctx) -> PassResult:
+        opts = self.options
+        opset = int(graph.opset or 0)
+        if opset < MIN_OPSET:
+            raise GraphcError(f"int8 needs opset {MIN_OPSET} or newer (per-axis QuantizeLinear); "
+                              f"the model has opset {opset}")
+        weight_bits = default_weight_bits() if opts.weight_bits == "auto" or opts.target == "tensorrt" else int(opts.weight_bits)
+        if opts.target == "tensorrt":
+            weight_bits = 8
+        qmax = 127 if weight_bits == 8 else 63
+        graph = with_types(graph)
+        plan = plan_nodes(graph, opts)
+        stats: dict = {"target": opts.target, "weight_bits": weight_bits, "cpu": cpu_features().describe(),
+                       "static_nodes": len(plan.static), "dynamic_nodes": len(plan.dynamic),
+                       "fp32_compute_nodes": len(plan.skipped)}
+        if plan.skipped:
+            stats["fp32_reasons"] = dict(sorted(plan.skipped.items())[:20])
+        if not plan.static and not plan.dynamic:
+            return PassResult(changed=False, stats=stats, graph=graph)
+
+        tensors = activation_tensors(graph, plan.static)
+        params: dict[str, QParams] = {}
+        if tensors:
+            ranges, calib_stats = calibrate(graph, ctx, tensors, opts)
+            stats.update(calib_stats)
+            params = activation_params(graph, tensors, ranges, opts.target)
+        names = NameMaker(graph)
+        weights = WeightCache(names, qmax, opts.per_channel)
+        for node in plan.static:
+            quantize_static_node(node, params, weights, opts.target, names)
+        graph.nodes.extend(weights.nodes)
+        if opts.target == "ort":
+            stats["activations_absorbed"] = absorb_activations(graph, params)
+        insert_qdq(graph, params, names, plan.static)
+        dynamic_inputs: dict[int, list[gs.Variable]] = {}  # one DynamicQuantizeLinear per tensor
+        for node in plan.dynamic:
+            quantize_dynamic_node(graph, node, weights, names, dynamic_inputs)
+        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        stats["quantized_tensors"] = len(params)
+        return PassResult(changed=True, stats=stats, graph=graph)
+
+
+def with_types(graph: gs.Graph) -> gs.Graph:
+    """The graph re-imported after ONNX shape inference, so every tensor has its dtype."""
+    model = gs.export_onnx(graph)
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except (onnx.shape_inference.InferenceError, ValueError):
+        return graph
+    return gs.import_onnx(model)
+
+
+# ------------------------------------------------------------------------- node selection
+@dataclass
+class NodePlan:
+    static: list[gs.Node]
+    dynamic: list[gs.Node]
+    skipped: dict[str, str]  # node name -> why it stays FP32
+
+
+def _float32(tensor: gs.Tensor) -> bool:
+    return tensor.dtype is not None and np.dtype(tensor.dtype) == np.float32
+
+
+def refusal(node: gs.Node) -> str | None:
+    """Why a compute node cannot be quantized (None: it can)."""
+    if len(node.inputs) < 2:
+        return "no weight input"
+    weight = constant_values(node.inputs[1])
+    if weight is None:
+        return "weight is not a constant"
+    weight = np.asarray(weight)
+    if weight.dtype != np.float32:
+        return f"weight dtype {weight.dtype}"
+    if isinstance(node.inputs[0], gs.Constant) or not _float32(node.inputs[0]):
+        return "data input is not a float32 activation"
+    if node.op == "MatMul" and weight.ndim != 2:
+        return f"MatMul weight of rank {weight.ndim}"
+    if node.op == "Gemm" and int(node.attrs.get("transA", 0)):
+        return "Gemm with transA=1"
+    if node.op in CONV_OPS and weight.ndim < 3:
+        return "Conv weight of rank < 3"
+    return None
+
+
+def plan_nodes(graph: gs.Graph, opts: Int8Options) -> NodePlan:
+    """Rule 1: which compute nodes are quantized, and how."""
+    patterns = opts.exclude_patterns()
+    matched = {p: False for p in patterns}
+    transformer = any(n.op == "Softmax" for n in graph.nodes)
+    plan = NodePlan([], [], {})
+    for node in graph.nodes:
+        if node.op not in COMPUTE_OPS:
+            continue
+        label = node.name or f"{node.op}->{node.outputs[0].name}"
+        hits = [p for p in patterns if fnmatch.fnmatchcase(node.name or "", p) or fnmatch.fnmatchcase(node.op, p)]
+        for p in hits:
+            matched[p] = True
+        if hits:
+            plan.skipped[label] = f"excluded by {hits[0]!r}"
+            continue
+        why = refusal(node)
+        if why is not None:
+            plan.skipped[label] = why
+            continue
+        dynamic = (opts.target == "ort" and node.op not in CONV_OPS
+                   and (opts.mode == "dynamic" or (opts.mode == "auto" and transformer)))
+        (plan.dynamic if dynamic else plan.static).append(node)
+    unused = [p for p, hit in matched.items() if not hit]
+    if unused:
+        raise GraphcError(f"int8:exclude pattern {unused[0]!r} matches no Conv/ConvTranspose/Gemm/MatMul "
+                          f"node name or op type")
+    return plan
+
+
+# ------------------------------------------------------------------ activation tensors
+def _data_inputs(node: gs.Node) -> list[gs.Tensor]:
+    inputs = [t for t in node.inputs if t.name]
+    return inputs[:DATA_INPUTS[node.op]] if node.op in DATA_INPUTS else inputs
+
+
+def activation_tensors(graph: gs.Graph, static: list[gs.Node]) -> dict[str, gs.Variable]:
+    """Rule 3: the float activations that get a Q/DQ pair (name -> tensor)."""
+    chosen: dict[str, gs.Variable] = {}
+
+    def add(tensor: gs.Tensor) -> bool:
+        if (isinstance(tensor, gs.Variable) and _float32(tensor) and not is_graph_output(graph, tensor)
+                and tensor.name not in chosen):
+            chosen[tensor.name] = tensor
+            return True
+        return False
+
+    for node in static:
+        add(node.inputs[0])
+        if node.op in CONV_OPS:
+            add(node.outputs[0])
+    changed = True
+    while changed:
+        changed = False
+        for node in graph.nodes:
+            if node.op not in PROPAGATE_OPS or not node.outputs:
+                continue
+            data = _data_inputs(node)
+            if not data or any(isinstance(t, gs.Constant) or t.name not in chosen for t in data):
+                continue
+            changed |= add(node.outputs[0])
+    return chosen
+
+
+class _Groups:
+    """Union-find over tensor names: tensors that must share quantization parameters."""
+
+    def __init__(self, names):
+        self.parent = {n: n for n in names}
+
+    def find(self, name: str) -> str:
+        while self.parent[name] != name:
+            self.parent[name] = self.parent[self.parent[name]]
+            name = self.parent[name]
+        return name
+
+    def union(self, a: str, b: str) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+
+def sharing_groups(graph: gs.Graph, tensors: dict[str, gs.Variable]) -> tuple[_Groups, set[str]]:
+    """Groups of tensors sharing parameters, and the pre-activation tensors whose range is
+    not used (their group's range comes from the Relu/Clip output)."""
+    groups = _Groups(tensors)
+    pre_activation: set[str] = set()
+    for node in graph.nodes:
+        if node.op not in SHARE_INPUT_OPS + ACTIVATION_OPS or not node.outputs:
+            continue
+        source, result = node.inputs[0], node.outputs[0]
+        if source.name not in tensors or result.name not in tensors:
+            continue
+        if node.op in ACTIVATION_OPS:
+            if len(source.outputs) != 1 or producer(source) is None:
+                continue
+            pre_activation.add(source.name)
+        groups.union(source.name, result.name)
+    return groups, pre_activation
+
+
+def activation_params(graph: gs.Graph, tensors: dict[str, gs.Variable],
+                      ranges: dict[str, tuple[float, float]], target: str) -> dict[str, QParams]:
+    """Per-tensor parameters from calibrated ranges, shared within each group."""
+    groups, pre_activation = sharing_groups(graph, tensors)
+    hull: dict[str, tuple[float, float]] = {}
+    for name in tensors:
+        root = groups.find(name)
+        if name in pre_activation and root in hull:
+            continue
+        lo, hi = ranges[name]
+        if name in pre_activation:  # only used when the group has no other member
+            hull.setdefault(root, (np.inf, -np.inf))
+            continue
+        old_lo, old_hi = hull.get(root, (np.inf, -np.inf))
+        hull[root] = (min(old_lo, lo), max(old_hi, hi))
+    for name in tensors:  # groups made only of pre-activation tensors: use their own range
+        root = groups.find(name)
+        if not np.isfinite(hull[root][0]):
+            hull[root] = ranges[name]
+    shared = {root: activation_qparams(*bounds, target) for root, bounds in hull.items()}
+    return {name: shared[groups.find(name)] for name in tensors}
+
+
+def absorb_activations(graph: gs.Graph, params: dict[str, QParams]) -> int:
+    """Rule 3 (ort): drop a Relu/Clip between a Q/DQ pair and the same Q/DQ parameters when
+    the quantized range lies inside the activation's range (it is then the identity on every
+    dequantized value); its readers read the pre-activation DQ. Returns how many."""
+    absorbed = 0
+    for node in graph.nodes:
+        if node.op not in ACTIVATION_OPS or not node.outputs:
+            continue
+        source, result = node.inputs[0], node.outputs[0]
+        qp = params.get(source.name)
+        if qp is None or params.get(result.name) is not qp or len(source.outputs) != 1:
+            continue
+        low, high = 0.0, np.inf
+        if node.op == "Clip":
+            bounds = [constant_values(t) if t.name else None for t in node.inputs[1:3]]
+            if any(b is None for b, t in zip(bounds, node.inputs[1:3]) if t.name):
+                continue
+            low = float(bounds[0]) if len(bounds) > 0 and bounds[0] is not None else -np.inf
+            high = float(bounds[1]) if len(bounds) > 1 and bounds[1] is not None else np.inf
+        info = np.iinfo(qp.zero_point.dtype)
+        scale, zero = float(qp.scale), int(qp.zero_point)
+        q_low, q_high = (info.min - zero) * scale, (info.max - zero) * scale
+        slack = 1e-6 * max(abs(q_low), abs(q_high))
+        if q_low < low - slack or q_high > high + slack:
+            continue
+        for consumer in list(result.outputs):
+            swap_tensor(consumer.inputs, result, source)
+        del params[result.name]
+        node.inputs.clear()
+        node.outputs.clear()
+        absorbed += 1
+    return absorbed
+
+
+def activation_qparams(lo: float, hi: float, target: str) -> QParams:
+    """u8 asymmetric (ort) or s8 symmetric (tensorrt) parameters for a range."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if target == "tensorrt":
+        scale = max(max(-lo, hi) / 127.0, MIN_SCALE)
+        return QParams(np.array(scale, dtype=np.float32), np.array(0, dtype=np.int8))
+    scale = max((hi - lo) / 255.0, MIN_SCALE)
+    zero_point = int(np.clip(np.round(-lo / scale), 0, 255))
+    return QParams(np.array(scale, dtype=np.float32), np.array(zero_point, dtype=np.uint8))
+
+
+def calibrate(graph: gs.Graph, ctx, tensors: dict[str, gs.Variable], opts: Int8Options):
+    """Ranges of ``tensors`` from ``--data`` (or synthetic inputs), and report statistics."""
+    if ctx.data is not None:
+        data, source = ctx.data, "--data"
+    else:
+        data = synthetic_dataset(ctx.original, batches=opts.samples, shapes=ctx.shapes, seed=0)
+        source = "synthetic inputs (no --data)"
+    result = collect(to_model(graph, ctx.original), list(tensors), data, opts.samples, opts.calib_batch,
+                     ctx.threads)
+    ranges = {name: tensor_range(state, opts.calib, opts.percentile, symmetric=opts.target == "tensorrt")
+              for name, state in result.states.items()}
+    stats = {"calibration": f"{opts.calib} on {result.samples} rows of {source}",
+             "calibration_seconds": round(result.seconds, 3),
+             "calibration_state_bytes": result.state_bytes()}
+    return ranges, stats
+
+
+# --------------------------------------------------------------------------- rewriting
+class NameMaker:
+    """Unique tensor/node names for inserted nodes."""
+
+    def __init__(self, graph: gs.Graph):
+        self.taken = set(graph.tensors().keys()) | {n.name for n in graph.nodes if n.name}
+
+    def __call__(self, base: str) -> str:
+        name, i = base, 0
+        while name in self.taken:
+            i += 1
+            name = f"{base}_{i}"
+        self.taken.add(name)
+        return name
+
+
+def weight_axis(node: gs.Node, weight: np.ndarray) -> int | None:
+    """The output-channel axis of a compute node's weight (None: per tensor only)."""
+    if node.op == "Conv":
+        return 0
+    if node.op == "ConvTranspose":
+        return 1 if int(node.attrs.get("group", 1)) == 1 else None
+    if node.op == "Gemm":
+        return 0 if int(node.attrs.get("transB", 0)) else 1
+    return weight.ndim - 1  # MatMul [K, N]
+
+
+def quantize_weight(weight: np.ndarray, axis: int | None, qmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rule 2: symmetric s8 weight and its scale (per ``axis``, or one scale)."""
+    w = np.asarray(weight, dtype=np.float64)
+    if axis is None:
+        peak = np.array(np.abs(w).max() if w.size else 0.0)
+    else:
+        peak = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1)
+    scale = np.where(peak > 0, peak / qmax, 1.0)
+    shape = [1] * w.ndim
+    if axis is not None:
+        shape[axis] = -1
+    q = np.clip(np.round(w / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
+    return q, scale.astype(np.float32)
+
+
+class WeightCache:
+    """Quantized weights, one per (weight tensor, axis), read through a DequantizeLinear."""
+
+    def __init__(self, names: NameMaker, qmax: int, per_channel: bool):
+        self.names, self.qmax, self.per_channel = names, qmax, per_channel
+        self.cache: dict[tuple[int, int | None], tuple[gs.Constant, np.ndarray, int | None]] = {}
+        self.nodes: list[gs.Node] = []  # DequantizeLinear nodes to add to the graph
+
+    def quantized(self, node: gs.Node) -> tuple[gs.Constant, np.ndarray, int | None]:
+        """(int8 weight constant, scales, axis) for ``node``'s weight."""
+        tensor = node.inputs[1]
+        weight = np.asarray(constant_values(tensor))
+        axis = weight_axis(node, weight) if self.per_channel else None
+        key = (id(tensor), axis)
+        if key not in self.cache:
+            q, scale = quantize_weight(weight, axis, self.qmax)
+            const = gs.Constant(self.names(f"{tensor.name}_quantized"), q)
+            self.cache[key] = (const, scale, axis)
+        return self.cache[key]
+
+    def dequantized(self, node: gs.Node) -> tuple[gs.Variable, np.ndarray]:
+        """A DQ node's output reading the int8 weight (for static nodes) and the scales."""
+        const, scale, axis = self.quantized(node)
+        out = gs.Variable(self.names(f"{node.inputs[1].name}_dequantized"), dtype=np.float32)
+        zero = np.zeros_like(scale, dtype=np.int8)
+        attrs = {"axis": axis} if axis is not None else {}
+        dq = gs.Node("DequantizeLinear", self.names(f"{node.name or node.op}_weight_dq"), attrs,
+                     [const, gs.Constant(self.names(f"{const.name}_scale"), scale),
+                      gs.Constant(self.names(f"{const.name}_zero_point"), zero)], [out])
+        self.nodes.append(dq)
+        return out, scale
+
+
+def quantize_static_node(node: gs.Node, params: dict[str, QParams], weights: WeightCache, target: str,
+                         names: NameMaker) -> None:
+    """Rules 2 and 4 for one static node: weight through DQ, bias int32 through DQ (ort)."""
+    dq_weight, w_scale = weights.dequantized(node)
+    swap_tensor(node.inputs, node.inputs[1], dq_weight)
+    bias_index = 2
+    x_params = params.get(node.inputs[0].name)
+    if (target == "ort" and x_params is not None and len(node.inputs) > bias_index
+            and node.inputs[bias_index].name and node.op in ("Conv", "ConvTranspose", "Gemm")):
+        _quantize_bias(node, float(x_params.scale), w_scale, names, weights.nodes)
+
+
+def _quantize_bias(node: gs.Node, x_scale: float, w_scale: np.ndarray, names: NameMaker, pending) -> None:
+    bias = constant_values(node.inputs[2])
+    if bias is None:
+        return
+    bias = np.asarray(bias, dtype=np.float64)
+    channels = w_scale.size
+    if node.op == "Gemm":
+        beta = float(node.attrs.get("beta", 1.0))
+        if bias.size not in (1, channels) or (bias.ndim == 2 and bias.shape[0] != 1) or bias.ndim > 2:
+            return  # a per-row bias: keep it float
+        bias = np.broadcast_to(bias.reshape(-1), (channels,)) * beta if channels > 1 else bias.reshape(-1) * beta
+    if bias.ndim != 1:
+        return
+    if w_scale.size == 1 and bias.size > 1:
+        scale = np.full(bias.size, float(w_scale) * x_scale)
+    else:
+        scale = w_scale.astype(np.float64) * x_scale
+    limit = 2**31 - 1
+    q = np.clip(np.round(bias / scale), -limit, limit).astype(np.int32)
+    out = gs.Variable(names(f"{node.inputs[2].name}_dequantized"), dtype=np.float32)
+    dq = gs.Node("DequantizeLinear", names(f"{node.name or node.op}_bias_dq"), {"axis": 0},
+                 [gs.Constant(names(f"{node.inputs[2].name}_quantized"), q),
+                  gs.Constant(names(f"{node.inputs[2].name}_scale"), scale.astype(np.float32)),
+                  gs.Constant(names(f"{node.inputs[2].name}_zero_point"), np.zeros(q.size, dtype=np.int32))],
+                 [out])
+    pending.append(dq)
+    swap_tensor(node.inputs, node.inputs[2], out)
+    if node.op == "Gemm":
+        node.attrs["beta"] = 1.0
+
+
+def insert_qdq(graph: gs.Graph, params: dict[str, QParams], names: NameMaker, static: list[gs.Node]) -> None:
+    """Q -> DQ after every quantized activation. Its readers read the DQ output when its
+    producer runs quantized (it must end in Q for onnxruntime to fuse it); otherwise only the
+    quantized readers do and the others keep the exact float tensor (a transformer's
+    residual stream stays FP32)."""
+    tensors = graph.tensors()
+    quantized_nodes = {id(n) for n in static}
+    for name in params:
+        node = producer(tensors[name])
+        if node is not None and node.op in PROPAGATE_OPS:
+            quantized_nodes.add(id(node))
+    constants: dict[int, tuple[gs.Constant, gs.Constant]] = {}  # one pair per shared QParams
+    for name, qp in params.items():
+        tensor = tensors[name]
+        consumers = list(tensor.outputs)
+        quantized = gs.Variable(names(f"{name}_quantized"), dtype=qp.zero_point.dtype)
+        restored = gs.Variable(names(f"{name}_dequantized"), dtype=np.float32)
+        if id(qp) not in constants:
+            constants[id(qp)] = (gs.Constant(names(f"{name}_scale"), qp.scale),
+                                 gs.Constant(names(f"{name}_zero_point"), qp.zero_point))
+        scale, zero = constants[id(qp)]
+        graph.nodes.append(gs.Node("QuantizeLinear", names(f"{name}_Q"), {}, [tensor, scale, zero], [quantized]))
+        graph.nodes.append(gs.Node("DequantizeLinear", names(f"{name}_DQ"), {}, [quantized, scale, zero], [restored]))
+        source = producer(tensor)
+        everyone = source is not None and id(source) in quantized_nodes
+        for consumer in consumers:
+            if everyone or id(consumer) in quantized_nodes:
+                swap_tensor(consumer.inputs, tensor, restored)
+
+
+def quantize_dynamic_node(graph: gs.Graph, node: gs.Node, weights: WeightCache, names: NameMaker,
+                          shared: dict[int, list[gs.Variable]]) -> None:
+    """Rule 5: DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul (-> Add for a Gemm bias)."""
+    const, w_scale, axis = weights.quantized(node)
+    x, y = node.inputs[0], node.outputs[0]
+    base = node.name or node.op
+    weight = const
+    if node.op == "Gemm" and int(node.attrs.get("transB", 0)):  # MatMulInteger wants [K, N]
+        weight = gs.Constant(names(f"{const.name}_t"), np.ascontiguousarray(const.values.T))
+    new_nodes = []
+    if id(x) not in shared:
+        shared[id(x)] = [gs.Variable(names(f"{x.name}_dyn_q"), dtype=np.uint8),
+                         gs.Variable(names(f"{x.name}_dyn_scale"), dtype=np.float32),
+                         gs.Variable(names(f"{x.name}_dyn_zero_point"), dtype=np.uint8)]
+        new_nodes.append(gs.Node("DynamicQuantizeLinear", names(f"{x.name}_dyn_quant"), {}, [x], shared[id(x)]))
+    x_q, x_scale, x_zero = shared[id(x)]
+    acc = gs.Variable(names(f"{base}_int32"), dtype=np.int32)
+    acc_f = gs.Variable(names(f"{base}_int32_float"), dtype=np.float32)
+    scales = gs.Variable(names(f"{base}_scales"), dtype=np.float32)
+    factor = w_scale.astype(np.float64)
+    if node.op == "Gemm":
+        factor = factor * float(node.attrs.get("alpha", 1.0))
+    new_nodes += [
+        gs.Node("MatMulInteger", names(f"{base}_matmul_integer"), {}, [x_q, weight, x_zero], [acc]),
+        gs.Node("Cast", names(f"{base}_cast"), {"to": 1}, [acc], [acc_f]),
+        gs.Node("Mul", names(f"{base}_scale_product"), {},
+                [x_scale, gs.Constant(names(f"{base}_weight_scale"), factor.astype(np.float32))], [scales]),
+    ]
+    bias = node.inputs[2] if node.op == "Gemm" and len(node.inputs) > 2 and node.inputs[2].name else None
+    node.outputs.clear()
+    node.inputs.clear()
+    if bias is None:
+        new_nodes.append(gs.Node("Mul", names(f"{base}_rescale"), {}, [acc_f, scales], [y]))
+    else:
+        scaled = gs.Variable(names(f"{base}_rescaled"), dtype=np.float32)
+        beta = float(node.attrs.get("beta", 1.0))
+        if beta != 1.0:
+            values = constant_values(bias)
+            if values is None:
+                c = gs.Variable(names(f"{base}_beta_c"), dtype=np.float32)
+                new_nodes.append(gs.Node("Mul", names(f"{base}_beta"), {},
+                                         [bias, gs.Constant(names(f"{base}_beta_value"),
+                                                            np.array(beta, dtype=np.float32))], [c]))
+                bias = c
+            else:
+                bias = gs.Constant(names(f"{base}_bias_beta"), (np.asarray(values) * beta).astype(np.float32))
+        new_nodes.append(gs.Node("Mul", names(f"{base}_rescale"), {}, [acc_f, scales], [scaled]))
+        new_nodes.append(gs.Node("Add", names(f"{base}_bias"), {}, [scaled, bias], [y]))
+    graph.nodes.extend(new_nodes)
