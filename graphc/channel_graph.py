@@ -39,7 +39,6 @@ Rules (``x`` is an annotated input, "block" makes the group unprunable with a re
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -82,21 +81,38 @@ class ChannelGroup:
     size: int
     origin: str  # the node that produced the channels first
     kind: str = "channels"  # channels | heads | neurons | hidden
-    unit: int = 1
+    unit_of: np.ndarray | None = None  # channel -> unit label (0..units-1), channels removed together
     members: list[Member] = field(default_factory=list)
     reshapes: list[tuple[gs.Node, int]] = field(default_factory=list)  # (Reshape node, output axis)
+    splits: list[tuple[gs.Node, int]] = field(default_factory=list)  # (Split node, output index)
     blocked: str | None = None
+
+    def __post_init__(self):
+        if self.unit_of is None:
+            self.unit_of = np.arange(self.size, dtype=np.int64)
 
     @property
     def units(self) -> int:
-        return self.size // self.unit
+        return int(self.unit_of.max()) + 1 if self.size else 0
+
+    @property
+    def channels_per_unit(self) -> int:
+        return self.size // self.units if self.units else 0
+
+    def channels_of(self, units) -> np.ndarray:
+        """The channels of the given unit labels."""
+        return np.flatnonzero(np.isin(self.unit_of, np.asarray(list(units), dtype=np.int64)))
+
+    def join(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Put channels ``a[i]`` and ``b[i]`` in the same unit (and their units with them)."""
+        self.unit_of = _join_labels(self.unit_of, self.unit_of[a], self.unit_of[b])
 
     def params(self) -> list[Member]:
         return [m for m in self.members if m.kind != "activation"]
 
     def describe(self) -> str:
         state = f"blocked: {self.blocked}" if self.blocked else "prunable"
-        unit = f" of {self.unit}" if self.unit > 1 else ""
+        unit = f" of {self.channels_per_unit}" if self.units < self.size else ""
         return f"group {self.id} ({self.kind}, {self.units} units{unit}, from {self.origin}): {state}"
 
 
@@ -171,15 +187,21 @@ class ChannelGraph:
         """Couple group ``a`` with ``b``: channels at the same position of one axis are one."""
         a, ia = self._resolve(a, ia)
         b, ib = self._resolve(b, ib)
-        if a == b:
-            if not np.array_equal(ia, ib):
-                self.block(a, f"channels meet themselves permuted at {where}")
+        if a == b and np.array_equal(ia, ib):
             return
         if ia.shape[1] != 1 or ib.shape[1] != 1:
             self.block(a, f"coupling of expanded channels at {where}")
             self.block(b, f"coupling of expanded channels at {where}")
             return
         occ_a, occ_b = _occurrences(ia[:, 0]), _occurrences(ib[:, 0])
+        if a == b:  # one group meeting itself (fused Q/K/V split into parts): join their units
+            if set(occ_a) != set(occ_b):
+                return self.block(a, f"channels meet themselves unevenly at {where}")
+            keys = sorted(occ_a)
+            self.groups[a].join(np.array([occ_a[k] for k in keys]), np.array([occ_b[k] for k in keys]))
+            if self.groups[a].units < 2:
+                self.block(a, f"all channels coupled into one unit at {where}")
+            return
         if not set(occ_a) <= set(occ_b):
             if set(occ_b) <= set(occ_a):
                 return self._merge(b, ib, a, ia, where)
@@ -190,17 +212,17 @@ class ChannelGraph:
         for key, c in occ_a.items():
             channel_map[c] = occ_b[key]
         ga, gb = self.groups[a], self.groups[b]
-        unit = math.lcm(ga.unit, gb.unit)
-        if gb.size % unit:
-            self.block(b, f"incompatible channel units at {where}")
-            unit = gb.unit
         for member in ga.members:
             moved = np.full((gb.size, member.index.shape[1]), -1, dtype=np.int64)
             valid = channel_map >= 0
             moved[channel_map[valid]] = member.index[valid]
             gb.members.append(Member(member.kind, member.tensor, member.axis, moved, member.node, member.input_index))
+        mapped = np.flatnonzero(channel_map >= 0)  # a's units carry over: channels of one a-unit join
+        for label in np.unique(ga.unit_of[mapped]):
+            targets = channel_map[mapped[ga.unit_of[mapped] == label]]
+            gb.join(targets[:1].repeat(len(targets)), targets)
         gb.reshapes += ga.reshapes
-        gb.unit = unit
+        gb.splits += ga.splits
         gb.blocked = gb.blocked or ga.blocked
         gb.kind = max(ga.kind, gb.kind, key=KIND_PRIORITY.index)
         del self.groups[a]
@@ -525,6 +547,8 @@ class ChannelGraph:
         shape = self._shape(node.inputs[0])
         if shape is None:
             return self._block_all(node, "unknown shape")
+        if len(node.inputs) > 1 and node.inputs[1].name and constant_values(node.inputs[1]) is None:
+            return self._block_all(node, "non-constant split sizes")
         axis = int(node.attrs.get("axis", 0)) % len(shape)
         sizes = [self._shape(t) for t in node.outputs]
         if any(s is None for s in sizes):
@@ -540,6 +564,7 @@ class ChannelGraph:
                     inside = (index >= start) & (index < stop)
                     if inside.any():
                         self._annotate(out.name, ax, gid, np.where(inside, index - start, -1))
+                        self.groups[self._root(gid)].splits.append((node, node.outputs.index(out)))
             start = stop
 
     def _transpose(self, node: gs.Node) -> None:
@@ -603,13 +628,13 @@ class ChannelGraph:
         flat = np.arange(int(np.prod(in_dims))).reshape(in_dims)
         positions = [np.sort(np.take(flat, index[c][index[c] >= 0], axis=axis - i0).ravel())
                      for c in range(group.size)]
-        for unit in _candidate_units(group):
+        for labels in _coarsenings(group):
             for j in range(len(out_dims)):
-                mapped = _clean_map(positions, out_dims, j, unit)
+                mapped = _clean_map(positions, labels, out_dims, j)
                 if mapped is None:
                     continue
-                if unit != group.unit:
-                    group.unit = unit
+                if not np.array_equal(labels, group.unit_of):
+                    group.unit_of = labels
                     if len(out_dims) > 1:
                         group.kind = max(group.kind, "heads", key=KIND_PRIORITY.index)
                 if node.op == "Reshape":
@@ -662,24 +687,57 @@ def _segment(in_shape: Shape, out_shape: Shape, axis: int):
     return None
 
 
-def _candidate_units(group: ChannelGroup) -> list[int]:
-    return [u for u in range(group.unit, group.size, group.unit) if group.size % u == 0 and u % group.unit == 0]
+def _canonical(labels: np.ndarray) -> np.ndarray:
+    """Relabel 0..k-1 in order of first appearance."""
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.argsort(np.argsort(first))
+    return rank[inverse].astype(np.int64)
 
 
-def _clean_map(positions: list[np.ndarray], out_dims: Shape, j: int, unit: int) -> np.ndarray | None:
+def _join_labels(labels: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Union of the labels ``a[i]`` and ``b[i]`` (union-find over labels)."""
+    parent = np.arange(int(labels.max()) + 1)
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for u, v in zip(a.tolist(), b.tolist()):
+        ru, rv = find(u), find(v)
+        if ru != rv:
+            parent[max(ru, rv)] = min(ru, rv)
+    return _canonical(np.array([find(x) for x in labels.tolist()]))
+
+
+def _coarsenings(group: ChannelGroup):
+    """The group's partition, then joined with ever larger contiguous blocks (finest first)."""
+    yield group.unit_of
+    channels = np.arange(group.size)
+    for block in range(2, group.size):
+        if group.size % block == 0:
+            labels = _join_labels(group.unit_of, channels, channels - channels % block)
+            if int(labels.max()) >= 1:
+                yield labels
+
+
+def _clean_map(positions: list[np.ndarray], labels: np.ndarray, out_dims: Shape, j: int) -> np.ndarray | None:
     """Per-channel indices on output axis ``j`` if every unit owns whole slices of it."""
     stride = int(np.prod(out_dims[j + 1:]))
     other = int(np.prod(out_dims)) // out_dims[j]
-    rows = []
-    for start in range(0, len(positions), unit):
-        block = np.unique(np.concatenate(positions[start:start + unit]))
+    rows: list[np.ndarray] = [np.array([-1])] * len(positions)
+    for label in range(int(labels.max()) + 1):
+        members = np.flatnonzero(labels == label)
+        block = np.unique(np.concatenate([positions[c] for c in members]))
         if block.size == 0:
-            rows += [np.array([-1])] * unit
             continue
         coords = np.unique((block // stride) % out_dims[j])
         if block.size != coords.size * other:
             return None
-        rows += [coords] * unit
+        for c in members:
+            own = np.unique((positions[c] // stride) % out_dims[j]) if members.size == 1 else coords
+            rows[c] = own if positions[c].size else np.array([-1])
     width = max(len(r) for r in rows)
     return np.array([np.pad(r, (0, width - len(r)), constant_values=-1) for r in rows], dtype=np.int64)
 

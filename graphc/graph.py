@@ -81,16 +81,22 @@ def onnx_dtype(tensor: gs.Tensor) -> int | None:
     return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(tensor.dtype))
 
 
+def clear_intermediate_shapes(graph: gs.Graph) -> None:
+    """Forget the shapes of all tensors but the graph inputs and outputs (after a pass
+    changed sizes, stale shapes would contradict the new weights)."""
+    boundary = {id(t) for t in [*graph.inputs, *graph.outputs]}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and id(tensor) not in boundary:
+            tensor.shape = None
+
+
 def infer_graph_shapes(graph: gs.Graph) -> gs.Graph:
     """A copy of ``graph`` with every intermediate shape re-inferred by ONNX shape inference.
 
     Stale shapes (after a pass changed channel counts) are dropped first; graph inputs and
     outputs keep theirs. If inference fails the graph is returned without intermediate shapes.
     """
-    boundary = {id(t) for t in [*graph.inputs, *graph.outputs]}
-    for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Variable) and id(tensor) not in boundary:
-            tensor.shape = None
+    clear_intermediate_shapes(graph)
     model = gs.export_onnx(graph, do_type_check=False)
     try:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)

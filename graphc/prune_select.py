@@ -29,7 +29,7 @@ def _unit_positions(member: Member, group: ChannelGroup) -> list[np.ndarray]:
     """Unique positions on the member's axis of each unit of the group."""
     result = []
     for u in range(group.units):
-        index = member.index[u * group.unit:(u + 1) * group.unit]
+        index = member.index[group.channels_of([u])]
         result.append(np.unique(index[index >= 0]))
     return result
 
@@ -185,7 +185,7 @@ def select_units(groups: list[ChannelGroup], importance: dict[int, np.ndarray], 
         result = {}
         for gid, units in chosen.items():
             group = by_id[gid]
-            if config.round_to > 1 and group.unit == 1 and units:
+            if config.round_to > 1 and group.units == group.size and units:
                 kept = min(group.size, -(-(group.size - len(units)) // config.round_to) * config.round_to)
                 units = units[:group.size - kept]
             if units:

@@ -3,7 +3,8 @@
 Rules:
 
 1. Constant subgraphs are folded first (exported weights behind Transpose/Constant become
-   plain initializers), then the channel dependency graph (``graphc.channel_graph``) groups
+   plain initializers; a node reading a weight shared with other nodes is not folded, so tied
+   embeddings are not duplicated), then the channel dependency graph (``graphc.channel_graph``) groups
    coupled channels. Only unblocked groups with at least two units are prunable; the
    hidden/residual dimension of transformers is blocked by its LayerNorms unless
    ``hidden=true``.
@@ -41,7 +42,7 @@ import onnx_graphsurgeon as gs
 
 from graphc.channel_graph import ChannelGraph, ChannelGroup
 from graphc.errors import GraphcError
-from graphc.graph import constant_values, infer_graph_shapes, swap_tensor
+from graphc.graph import clear_intermediate_shapes, constant_values, infer_graph_shapes, swap_tensor
 from graphc.pass_api import Pass, PassResult, Tolerance
 from graphc.prune_select import CostModel, PruneConfig, select_units, unit_importance
 from graphc.stats import tensor_shapes
@@ -80,12 +81,12 @@ class PrunePass(Pass):
     def run(self, graph: gs.Graph, ctx) -> PassResult:
         plan = plan_pruning(graph, self.options, ctx)
         stats = plan.stats()
-        if not plan.removed:
+        if not plan.removed:  # the given graph is returned untouched
             if ctx is not None and ctx.report is not None:
                 ctx.report.note(plan.nothing_message())
             return PassResult(changed=False, stats=stats, details={"groups": plan.group_table()})
-        apply_pruning(graph, plan)
-        pruned = infer_graph_shapes(graph)
+        apply_pruning(plan)
+        pruned = infer_graph_shapes(plan.graph)
         if self.options.recalibrate:
             from graphc.bn_recalibrate import recalibrate_batchnorm
 
@@ -95,6 +96,7 @@ class PrunePass(Pass):
 
 @dataclass
 class PrunePlan:
+    graph: gs.Graph  # the analysed copy of the input graph, which apply/mask edit
     groups: list[ChannelGroup]
     removed: dict[int, list[int]]  # group id -> removed unit indices
     cost_total: float
@@ -105,7 +107,7 @@ class PrunePlan:
         return [g for g in self.groups if not g.blocked and g.units >= 2]
 
     def removed_channels(self, group: ChannelGroup) -> list[int]:
-        return [c for u in self.removed.get(group.id, []) for c in range(u * group.unit, (u + 1) * group.unit)]
+        return group.channels_of(self.removed.get(group.id, [])).tolist()
 
     def stats(self) -> dict:
         prunable = self.prunable()
@@ -118,7 +120,7 @@ class PrunePlan:
         }
 
     def group_table(self) -> list[dict]:
-        return [{"group": g.id, "kind": g.kind, "origin": g.origin, "units": g.units, "unit_channels": g.unit,
+        return [{"group": g.id, "kind": g.kind, "origin": g.origin, "units": g.units, "unit_channels": g.channels_per_unit,
                  "removed": len(self.removed.get(g.id, [])), "blocked": g.blocked} for g in self.groups]
 
     def nothing_message(self) -> str:
@@ -132,14 +134,22 @@ class PrunePlan:
 def analyse(graph: gs.Graph, options: PruneOptions | None = None, shapes=None) -> ChannelGraph:
     """Fold constants and build the channel dependency graph of ``graph`` (edited in place)."""
     options = options or PruneOptions()
-    graph.fold_constants(error_ok=True).cleanup(remove_unused_graph_inputs=False).toposort()
+    graph.fold_constants(error_ok=True, should_exclude_node=_duplicates_shared_weight)
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
     model = gs.export_onnx(graph, do_type_check=False)
     names = {t for node in model.graph.node for t in [*node.input, *node.output] if t}
     return ChannelGraph(graph, tensor_shapes(model, shapes or {}, wanted=names), allow_hidden_norm=options.hidden)
 
 
+def _duplicates_shared_weight(node: gs.Node) -> bool:
+    """Folding this node would copy a weight other nodes still read (a tied embedding)."""
+    return any(isinstance(t, gs.Constant) and t.values.size > 1024 and len(t.outputs) > 1 for t in node.inputs)
+
+
 def plan_pruning(graph: gs.Graph, options: PruneOptions, ctx=None) -> PrunePlan:
+    """Analyse a copy of ``graph`` and choose the units to remove (``graph`` is not edited)."""
     shapes = ctx.shapes if ctx is not None else {}
+    graph = graph.copy()
     channel_graph = analyse(graph, options, shapes)
     groups = sorted(channel_graph.groups.values(), key=lambda g: g.id)
     prunable = [g for g in groups if not g.blocked and g.units >= 2]
@@ -148,11 +158,12 @@ def plan_pruning(graph: gs.Graph, options: PruneOptions, ctx=None) -> PrunePlan:
     data = ctx.data if ctx is not None else None
     importance = unit_importance(prunable, graph, options.by, data) if prunable else {}
     removed = select_units(prunable, importance, cost, config) if options.ratio > 0 else {}
-    return PrunePlan(groups, removed, cost.total, cost.removed(removed), options.target)
+    return PrunePlan(graph, groups, removed, cost.total, cost.removed(removed), options.target)
 
 
-def apply_pruning(graph: gs.Graph, plan: PrunePlan) -> None:
-    """Delete the planned units' slices from every member of their groups."""
+def apply_pruning(plan: PrunePlan) -> None:
+    """Delete the planned units' slices from every member of their groups (in ``plan.graph``)."""
+    graph = plan.graph
     removals: dict[tuple[int, int], tuple[gs.Node, int, dict[int, set[int]]]] = {}
     for group in plan.groups:
         channels = plan.removed_channels(group)
@@ -166,6 +177,9 @@ def apply_pruning(graph: gs.Graph, plan: PrunePlan) -> None:
             entry[2].setdefault(member.axis, set()).update(positions)
         for node, axis in group.reshapes:
             _shrink_reshape(node, axis, _removed_on_axis(group, channels, node.outputs[0].name, axis))
+        for node, k in group.splits:
+            _shrink_split(node, k, _removed_on_axis(group, channels, node.outputs[k].name,
+                                                    int(node.attrs.get("axis", 0)), any_axis=True))
 
     shared: dict[tuple[int, str], gs.Constant] = {}
     for node, input_index, axes in removals.values():
@@ -180,14 +194,30 @@ def apply_pruning(graph: gs.Graph, plan: PrunePlan) -> None:
         if node.op == "Conv" and input_index == 1 and int(node.attrs.get("group", 1)) > 1:
             node.attrs["group"] = int(shared[key].values.shape[0])  # depthwise: one group per channel
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    clear_intermediate_shapes(graph)
 
 
-def _removed_on_axis(group: ChannelGroup, channels: list[int], tensor: str, axis: int) -> int:
+def _removed_on_axis(group: ChannelGroup, channels: list[int], tensor: str, axis: int,
+                     any_axis: bool = False) -> int:
     for member in group.members:
-        if member.kind == "activation" and member.tensor == tensor and member.axis == axis:
+        if member.kind == "activation" and member.tensor == tensor and (member.axis == axis or any_axis):
             index = member.index[channels]
             return int(np.unique(index[index >= 0]).size)
     raise AssertionError(f"no activation member for {tensor} axis {axis}")
+
+
+def _shrink_split(node: gs.Node, k: int, removed: int) -> None:
+    """Lower the size of Split output ``k`` by ``removed`` (split sizes input or attribute)."""
+    if len(node.inputs) > 1 and node.inputs[1].name:
+        sizes = np.array(constant_values(node.inputs[1]), copy=True)
+        sizes[k] -= removed
+        swap_tensor(node.inputs, node.inputs[1], gs.Constant(f"{node.inputs[1].name}_pruned", sizes))
+    elif "split" in node.attrs:
+        sizes = list(node.attrs["split"])
+        sizes[k] -= removed
+        node.attrs["split"] = sizes
+    else:
+        raise GraphcError(f"cannot prune through Split {node.name}: equal split sizes cannot shrink one output")
 
 
 def _shrink_reshape(node: gs.Node, axis: int, removed: int) -> None:
@@ -212,9 +242,9 @@ def _shrink_reshape(node: gs.Node, axis: int, removed: int) -> None:
         offset += length
 
 
-def mask_pruned_channels(graph: gs.Graph, plan: PrunePlan) -> None:
-    """Zero, instead of removing, the consumer slices of the planned units: the reference the
-    pruned model must equal (cuts exactly the removed channels' contribution)."""
+def mask_pruned_channels(plan: PrunePlan) -> None:
+    """Zero, instead of removing, the consumer slices of the planned units (in ``plan.graph``):
+    the reference the pruned model must equal (cuts exactly the removed channels' contribution)."""
     for group in plan.groups:
         channels = plan.removed_channels(group)
         for member in (m for m in group.params() if m.kind == "consumer" and channels):

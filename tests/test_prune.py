@@ -16,7 +16,7 @@ from topologies import BUILDERS
 EXPECTED_KINDS = {  # what each topology must offer to prune
     "resnet": {"channels"}, "depthwise": {"channels"}, "concat": {"channels"}, "se": {"channels"},
     "mlp_bn": {"channels"}, "convnext": {"neurons"}, "bert": {"heads", "neurons"},
-    "gpt": {"heads", "neurons"}, "vit": {"heads", "neurons"},
+    "gpt": {"heads", "channels"}, "vit": {"heads", "neurons"},  # GPT-2's Conv1D exports as Gemm
 }
 FLAVOURS = [(name, False) for name in sorted(BUILDERS)] + [("bert", True), ("resnet", True), ("vit", True)]
 
@@ -26,13 +26,11 @@ def run(model, feeds):
 
 
 def pruned_and_masked(model: onnx.ModelProto, options: PruneOptions):
-    graph = to_graph(model)
-    plan = plan_pruning(graph, options)
-    apply_pruning(graph, plan)
-    pruned = to_model(graph, model)
-    reference = to_graph(model)
-    mask_pruned_channels(reference, plan_pruning(reference, options))
-    return plan, pruned, to_model(reference, model)
+    plan = plan_pruning(to_graph(model), options)
+    apply_pruning(plan)
+    reference = plan_pruning(to_graph(model), options)
+    mask_pruned_channels(reference)
+    return plan, to_model(plan.graph, model), to_model(reference.graph, model)
 
 
 @pytest.mark.parametrize("name, dynamo", FLAVOURS, ids=[f"{n}-{'dynamo' if d else 'torchscript'}" for n, d in FLAVOURS])
@@ -42,9 +40,12 @@ def test_prune_is_exact_against_masking_and_removes_a_quarter(name, dynamo, onnx
     feeds = sample_inputs(name, batch=3)
     original = run(model, feeds)
 
-    plan0, pruned0, _ = pruned_and_masked(model, PruneOptions(ratio=0.0))
-    assert not plan0.removed
-    for a, b in zip(run(pruned0, feeds), original):
+    graph = to_graph(model)
+    result = PrunePass(PruneOptions(ratio=0.0)).run(graph, ctx=None)
+    assert not result.changed and result.graph is None
+    unchanged = to_model(graph, model)
+    assert [n.op_type for n in unchanged.graph.node] == [n.op_type for n in model.graph.node]
+    for a, b in zip(run(unchanged, feeds), original):
         np.testing.assert_array_equal(a, b)
 
     plan, pruned, masked = pruned_and_masked(model, PruneOptions(ratio=0.3))
@@ -73,9 +74,16 @@ def test_heads_are_pruned_whole_and_reshapes_updated(onnx_model, sample_inputs):
     model = load_model(onnx_model("bert"))
     plan, pruned, _ = pruned_and_masked(model, PruneOptions(ratio=0.5))
     heads = [g for g in plan.prunable() if g.kind == "heads"]
-    assert heads and all(g.unit == 16 and g.units == 4 for g in heads)  # hidden 64 = 4 heads x 16
+    assert heads and all(g.channels_per_unit == 16 and g.units == 4 for g in heads)  # hidden 64 = 4 heads x 16
+    for group in heads:  # Q, K, V lose whole 16-column heads; the output projection 16-row blocks
+        kept = 64 - 16 * len(plan.removed.get(group.id, []))
+        producers = [m for m in group.params() if m.kind == "producer" and m.input_index == 1]
+        assert len(producers) == 3
+        for member in producers:
+            weight = next(t for t in pruned.graph.initializer if t.name.startswith(member.tensor + "_pruned")
+                          ) if plan.removed.get(group.id) else None
+            assert weight is None or weight.dims[member.axis] == kept
     assert any(plan.removed.get(g.id) for g in heads)
-    assert all(g.reshapes or g.blocked for g in heads)
     out = run(pruned, sample_inputs("bert", batch=2, seq=9))[0]
     assert out.shape == (2, 4)
 
