@@ -221,6 +221,8 @@ class ChannelGraph:
         for label in np.unique(ga.unit_of[mapped]):
             targets = channel_map[mapped[ga.unit_of[mapped] == label]]
             gb.join(targets[:1].repeat(len(targets)), targets)
+        if ga.id < gb.id:
+            gb.origin = ga.origin
         gb.reshapes += ga.reshapes
         gb.splits += ga.splits
         gb.blocked = gb.blocked or ga.blocked

@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="compare outputs with the original after every pass; stop when a pass exceeds "
                           "its declared tolerance")
     opt.add_argument("--report", type=pathlib.Path, metavar="R.json", help="also write the report as JSON")
+    opt.add_argument("--bench", action="store_true",
+                     help="also measure latency of the input and output models side by side (batch 1)")
     opt.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_shape(opt)
     _add_threads(opt)
@@ -88,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "the resolved input shapes).")
     ins.add_argument("model", type=pathlib.Path, metavar="MODEL")
     ins.add_argument("--json", action="store_true", help="print JSON instead of text")
+    ins.add_argument("--prune-groups", action="store_true",
+                     help="list the channel groups prune sees: kind, units, origin, and what blocks a group")
     _add_shape(ins)
 
     ben = sub.add_parser("bench", help="latency p50/p90 and size of models side by side",
@@ -128,7 +132,8 @@ def cmd_optimize(args) -> int:
     request = OptimizeRequest(
         model=args.model, passes=args.passes, output=args.output, data=args.data, train_data=args.train_data,
         eval_data=args.eval_data, metric=args.metric, verify=args.verify, report=args.report,
-        shapes=parse_shapes(args.shape), threads=args.threads, progress=not args.quiet and sys.stderr.isatty())
+        shapes=parse_shapes(args.shape), threads=args.threads, progress=not args.quiet and sys.stderr.isatty(),
+        bench=args.bench)
     report = optimize(request)
     print(report.markdown())
     print(f"wrote {args.output}" + (f" and {args.report}" if args.report else ""))
@@ -143,6 +148,10 @@ def cmd_inspect(args) -> int:
     model = load_model(args.model)
     shapes = check_shape_overrides(model_signature(model), parse_shapes(args.shape))
     info = describe(model, args.model, shapes)
+    if args.prune_groups:
+        from graphc.describe import prune_groups
+
+        info["prune_groups"] = prune_groups(model, shapes)
     print(json.dumps(info, indent=2) if args.json else render(info))
     return 0
 

@@ -48,6 +48,7 @@ class OptimizeRequest:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     threads: int | None = None
     progress: bool = True
+    bench: bool = False
 
 
 def _same_file(a: pathlib.Path, b: pathlib.Path) -> bool:
@@ -116,6 +117,13 @@ def optimize(request: OptimizeRequest) -> Report:
     save_model(current, request.output)
     if report.passes:
         report.passes[-1].after.size_bytes = file_size(request.output)
+    if request.bench:
+        from graphc.bench import bench
+
+        before, after = bench([request.model, request.output], threads=request.threads, data=request.data,
+                              shapes=request.shapes, batch=1, runs=30)
+        report.latency = {"before_p50_ms": before.p50_ms, "after_p50_ms": after.p50_ms,
+                          "speedup": before.p50_ms / after.p50_ms, "threads": request.threads}
     if request.report is not None:
         report.write_json(request.report)
     return report

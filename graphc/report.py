@@ -41,6 +41,7 @@ class Report:
     output: str | None = None
     notes: list[str] = field(default_factory=list)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> {before, after}
+    latency: dict[str, float] = field(default_factory=dict)  # --bench: p50 before/after, batch 1
 
     @property
     def after(self) -> ModelStats:
@@ -52,7 +53,7 @@ class Report:
     def as_dict(self) -> dict:
         return {"model": self.model, "output": self.output, "before": self.before.as_dict(),
                 "after": self.after.as_dict(), "passes": [p.as_dict() for p in self.passes],
-                "metrics": self.metrics, "notes": self.notes}
+                "metrics": self.metrics, "latency": self.latency, "notes": self.notes}
 
     def write_json(self, path: str | os.PathLike) -> None:
         """Write the JSON report atomically."""
@@ -79,6 +80,9 @@ class Report:
         lines = [markdown_table(rows), "", ratios]
         for metric, values in self.metrics.items():
             lines.append(f"{metric}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+        if self.latency:
+            lines.append(f"latency p50 (batch 1, interleaved): {self.latency['before_p50_ms']:.3f} ms -> "
+                         f"{self.latency['after_p50_ms']:.3f} ms ({self.latency['speedup']:.2f}x)")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
