@@ -36,7 +36,7 @@ at 0 and Q clamps exactly like the activation). Ranges come from ``graphc.calibr
 - ``target=ort``: u8, ``scale = (hi - lo) / 255``, ``zp = round(-lo / scale)`` with the
   range widened to include 0. onnxruntime then fuses QLinearConv, QGemm, QLinearMatMul /
   MatMulIntegerToFloat, QLinearAdd, QLinearConcat, QLinearGlobalAveragePool.
-- ``target=tensorrt``: s8, symmetric, zero point 0 everywhere.
+- ``target=tensorrt``: see rule 6.
 
 Bias (rule 4): a static Conv/Gemm bias becomes int32 with scale ``s_x * s_w`` (per channel,
 zero point 0; ``beta`` folded in) for ``target=ort``; it stays float for TensorRT.
@@ -44,6 +44,14 @@ zero point 0; ``beta`` folded in) for ``target=ort``; it stays float for TensorR
 Dynamic nodes (rule 5): ``DynamicQuantizeLinear(x) -> MatMulInteger(x_q, W_q, x_zp) ->
 Cast -> Mul(x_scale * w_scale)`` (+ ``Add(beta * C)`` for a Gemm bias), the form onnxruntime
 fuses into DynamicQuantizeMatMul. ``target=tensorrt`` has no dynamic form: all static.
+
+TensorRT (rule 6, ``target=tensorrt``, explicit quantization): every node static; weights
+8-bit; activations s8, symmetric (``scale = max(|lo|, |hi|) / 127``), zero point 0 everywhere
+(TensorRT rejects others); Q/DQ only on the data inputs of quantized nodes and on both
+inputs of every Add reading a quantized node's output (a residual Add: TensorRT then fuses
+Conv + Add + ReLU in INT8); never on outputs, so no Q/DQ lands before an op TensorRT runs
+in float (Softmax, LayerNorm, ...); biases stay float. ``tensorrt_violations`` checks these
+rules on a model.
 
 Refuses to touch: nodes in subgraphs, weights that are not constants, integer or float16
 graphs. Opset 13 or newer is required (per-axis Q/DQ).
@@ -147,7 +155,7 @@ class Int8Pass(Pass):
         if not plan.static and not plan.dynamic:
             return PassResult(changed=False, stats=stats, graph=graph)
 
-        tensors = activation_tensors(graph, plan.static)
+        tensors = activation_tensors(graph, plan.static, opts.target)
         params: dict[str, QParams] = {}
         if tensors:
             ranges, calib_stats = calibrate(graph, ctx, tensors, opts)
@@ -248,8 +256,8 @@ def _data_inputs(node: gs.Node) -> list[gs.Tensor]:
     return inputs[:DATA_INPUTS[node.op]] if node.op in DATA_INPUTS else inputs
 
 
-def activation_tensors(graph: gs.Graph, static: list[gs.Node]) -> dict[str, gs.Variable]:
-    """Rule 3: the float activations that get a Q/DQ pair (name -> tensor)."""
+def activation_tensors(graph: gs.Graph, static: list[gs.Node], target: str = "ort") -> dict[str, gs.Variable]:
+    """Rule 3 (ort) / rule 6 (tensorrt): the float activations that get a Q/DQ pair."""
     chosen: dict[str, gs.Variable] = {}
 
     def add(tensor: gs.Tensor) -> bool:
@@ -261,8 +269,15 @@ def activation_tensors(graph: gs.Graph, static: list[gs.Node]) -> dict[str, gs.V
 
     for node in static:
         add(node.inputs[0])
-        if node.op in CONV_OPS:
+        if node.op in CONV_OPS and target == "ort":
             add(node.outputs[0])
+    if target == "tensorrt":
+        static_ids = {id(n) for n in static}
+        for node in graph.nodes:
+            if node.op == "Add" and any(id(producer(t)) in static_ids for t in node.inputs if producer(t)):
+                for tensor in node.inputs:
+                    add(tensor)
+        return chosen
     changed = True
     while changed:
         changed = False
@@ -593,3 +608,67 @@ def quantize_dynamic_node(graph: gs.Graph, node: gs.Node, weights: WeightCache, 
         new_nodes.append(gs.Node("Mul", names(f"{base}_rescale"), {}, [acc_f, scales], [scaled]))
         new_nodes.append(gs.Node("Add", names(f"{base}_bias"), {}, [scaled, bias], [y]))
     graph.nodes.extend(new_nodes)
+
+
+# ----------------------------------------------------------------- TensorRT structure
+TENSORRT_INT8_CONSUMERS = {*COMPUTE_OPS, "Add"}
+
+
+def tensorrt_violations(model) -> list[str]:
+    """Rule 6 checked on an ONNX model: a list of violations (empty: the QDQ graph follows it).
+
+    1. every Q/DQ zero point is present, int8 and all zero;
+    2. every Q is read only by DQs with the same scale and zero point tensors;
+    3. every compute node whose weight comes from a DQ reads its data input from a DQ too,
+       and its bias (if any) is float, not dequantized int32;
+    4. every Add reading a quantized compute node's output reads its other input from a DQ;
+    5. every activation Q feeds (through its DQ) at least one compute node or Add.
+    """
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    readers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    problems = []
+
+    def from_dq(name: str) -> bool:
+        return name in producers and producers[name].op_type == "DequantizeLinear"
+
+    def origin(name: str):
+        """The node whose output reaches ``name``, looking through one Q -> DQ pair."""
+        node = producers.get(name)
+        if node is not None and node.op_type == "DequantizeLinear":
+            q = producers.get(node.input[0])
+            node = producers.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
+        return node
+
+    def quantized_compute(node) -> bool:
+        return node is not None and node.op_type in COMPUTE_OPS and len(node.input) > 1 and from_dq(node.input[1])
+
+    for node in model.graph.node:
+        label = node.name or node.op_type
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            if len(node.input) < 3 or node.input[2] not in inits:
+                problems.append(f"{label}: no constant zero point")
+                continue
+            zero = onnx.numpy_helper.to_array(inits[node.input[2]])
+            if zero.dtype != np.int8 or zero.any():
+                problems.append(f"{label}: zero point {zero.dtype} {zero.ravel()[:4].tolist()} is not int8 0")
+        if node.op_type == "QuantizeLinear":
+            for reader in readers.get(node.output[0], []):
+                if reader.op_type != "DequantizeLinear" or list(reader.input[1:3]) != list(node.input[1:3]):
+                    problems.append(f"{label}: read by {reader.op_type} {reader.name!r}, not its DequantizeLinear")
+            consumers = [c for dq in readers.get(node.output[0], []) for c in readers.get(dq.output[0], [])]
+            if not any(c.op_type in TENSORRT_INT8_CONSUMERS for c in consumers):
+                problems.append(f"{label}: quantizes a tensor no INT8 node reads")
+        if node.op_type in COMPUTE_OPS and len(node.input) > 1 and from_dq(node.input[1]):
+            if not from_dq(node.input[0]):
+                problems.append(f"{label}: weight quantized but data input {node.input[0]!r} is not")
+            if len(node.input) > 2 and node.input[2] and from_dq(node.input[2]):
+                problems.append(f"{label}: bias is dequantized int32; TensorRT wants it float")
+        if node.op_type == "Add":
+            fed = [name for name in node.input if quantized_compute(origin(name))]
+            if fed and not all(from_dq(name) or name in inits for name in node.input):
+                problems.append(f"{label}: residual Add reads a quantized node's output without Q/DQ on both inputs")
+    return problems
