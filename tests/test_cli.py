@@ -74,6 +74,24 @@ def test_inspect_prints_signature_params_and_macs():
     assert info["macs_by_op"] == {"Conv": conv_macs, "Gemm": 64 * 10}
 
 
+def test_prune_end_to_end_with_bench_and_prune_groups(tmp_path, small_split):
+    out, report = tmp_path / "cnn.pruned.onnx", tmp_path / "r.json"
+    run = graphc("optimize", CNN, "--passes", "fold,prune:ratio=0.5:round_to=8", "--bench", "--threads", "1",
+                 "--eval-data", small_split, "--metric", "top1", "-o", out, "--report", report)
+    assert run.returncode == 0, run.stderr
+    assert "latency p50 (batch 1, interleaved)" in run.stdout
+    data = json.loads(report.read_text())
+    prune = data["passes"][1]
+    assert prune["stats"]["groups_pruned"] == 5 and data["latency"]["after_p50_ms"] > 0
+    assert data["after"]["params"] < 0.6 * data["before"]["params"]
+    assert all((g["units"] - g["removed"]) % 8 == 0 for g in prune["details"]["groups"] if not g["blocked"])
+    assert 0.1 < data["metrics"]["top1"]["after"] < data["metrics"]["top1"]["before"]
+    groups = graphc("inspect", CNN, "--prune-groups")
+    assert groups.returncode == 0, groups.stderr
+    assert "prune groups: 6 (5 prunable)" in groups.stdout
+    assert "blocked: reaches graph output 'logits'" in groups.stdout
+
+
 def test_bench_two_models_one_table(tmp_path):
     run = graphc("bench", CNN, CNN, "--runs", "5", "--warmup", "1", "--threads", "1", "--batch", "4",
                  "--json", tmp_path / "b.json")

@@ -67,3 +67,25 @@ def test_fold_on_minilm_is_exact_on_real_sentences(minilm_onnx, tmp_path):
     import onnx
 
     assert not any(n.op_type == "Constant" for n in onnx.load(str(out)).graph.node)
+
+
+def test_prune_minilm_heads_and_ffn_exactly(minilm_onnx):
+    """30% of MiniLM's prunable parameters (12 heads x 32 and 1536 FFN neurons per layer, the
+    hidden size left alone): the pruned graph equals the masked original on real sentences."""
+    from graphc.graph import to_graph, to_model
+    from graphc.model_io import load_model
+    from graphc.passes.prune import PruneOptions, apply_pruning, mask_pruned_channels, plan_pruning
+    from graphc.runtime import open_session
+
+    model = load_model(minilm_onnx)
+    plan = plan_pruning(to_graph(model), PruneOptions(ratio=0.3))
+    kinds = sorted((g.kind, g.units, g.channels_per_unit) for g in plan.prunable())
+    assert kinds == [("heads", 12, 32)] * 6 + [("neurons", 1536, 1)] * 6
+    assert [g.kind for g in plan.groups if g.blocked] == ["hidden"]
+    apply_pruning(plan)
+    reference = plan_pruning(to_graph(model), PruneOptions(ratio=0.3))
+    mask_pruned_channels(reference)
+    feeds = minilm.tokenize(SENTENCES, max_length=20)
+    got = open_session(to_model(plan.graph, model)).run(None, feeds)[0]
+    want = open_session(to_model(reference.graph, model)).run(None, feeds)[0]
+    assert np.abs(got - want).max() < 1e-5

@@ -118,3 +118,75 @@ def test_nothing_prunable_returns_model_unchanged_with_message():
     assert not result.changed
     assert Ctx.report.notes == ["prune: nothing prunable in this model; returned unchanged "
                                 "(blocked: reaches graph output 'y')"]
+
+
+# --- options -----------------------------------------------------------------------------
+
+def _plan(onnx_model, name, **options):
+    return plan_pruning(to_graph(load_model(onnx_model(name))), PruneOptions(**options))
+
+
+def test_round_to_keeps_channel_counts_multiples(onnx_model):
+    plan = _plan(onnx_model, "resnet", ratio=0.4, round_to=8)
+    for group in plan.prunable():
+        kept = group.size - len(plan.removed.get(group.id, []))
+        assert kept % 8 == 0 or kept == group.size, (group.describe(), kept)
+    assert plan.removed
+
+
+def test_max_layer_ratio_caps_every_group(onnx_model):
+    plan = _plan(onnx_model, "depthwise", ratio=0.9, max_layer_ratio=0.5)
+    for group in plan.prunable():
+        assert len(plan.removed.get(group.id, [])) <= group.units // 2
+
+
+def test_uniform_scope_prunes_every_group_by_the_ratio(onnx_model):
+    plan = _plan(onnx_model, "concat", ratio=0.5, scope="uniform")
+    for group in plan.prunable():
+        assert len(plan.removed.get(group.id, [])) == min(group.units // 2, group.units - 1)
+
+
+def test_target_macs_measures_the_share_of_macs(onnx_model, tmp_path):
+    from graphc.stats import model_stats
+
+    model = load_model(onnx_model("resnet"))
+    plan = _plan(onnx_model, "resnet", ratio=0.4, target="macs")
+    assert plan.cost_removed >= 0.4 * plan.cost_total
+    apply_pruning(plan)
+    before, after = model_stats(model).macs, model_stats(to_model(plan.graph, model)).macs
+    assert after <= 0.7 * before  # every MAC of this CNN sits in a prunable Conv/Gemm
+
+
+@pytest.mark.parametrize("by", ["activation", "taylor"])
+def test_data_driven_scores_need_data_and_use_it(by, onnx_model, tmp_path):
+    from graphc.context import Context
+    from graphc.data import synthetic_dataset
+    from graphc.errors import GraphcError
+    from graphc.report import Report
+    from graphc.stats import model_stats
+
+    model = load_model(onnx_model("resnet"))
+    ctx = Context(original=model, model_path=tmp_path, report=Report("m", model_stats(model)))
+    with pytest.raises(GraphcError, match=f"prune:by={by} needs --data"):
+        PrunePass(PruneOptions(by=by)).check(ctx)
+    ctx.data = synthetic_dataset(model, batches=8, seed=1)
+    data_plan = plan_pruning(to_graph(model), PruneOptions(ratio=0.3, by=by), ctx)
+    l2_plan = plan_pruning(to_graph(model), PruneOptions(ratio=0.3, by="l2"), ctx)
+    assert data_plan.removed and data_plan.removed != l2_plan.removed
+
+
+def test_recalibrated_batchnorm_statistics_match_the_data(onnx_model, tmp_path):
+    from graphc.bn_recalibrate import recalibrate_batchnorm
+    from graphc.data import synthetic_dataset
+
+    model = load_model(onnx_model("resnet"))
+    plan = _plan(onnx_model, "resnet", ratio=0.3)
+    apply_pruning(plan)
+    data = synthetic_dataset(model, batches=6, seed=3)
+    bn = next(n for n in plan.graph.nodes if n.op == "BatchNormalization")
+    probe = to_model(plan.graph, model)
+    probe.graph.output.append(onnx.ValueInfoProto(name=bn.inputs[0].name))
+    x = np.concatenate([open_session(probe).run(None, f)[-1] for f, _ in data.batches(4)])
+    assert recalibrate_batchnorm(plan.graph, data, batch_size=4) > 0
+    np.testing.assert_allclose(bn.inputs[3].values, x.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn.inputs[4].values, x.var(axis=(0, 2, 3)), rtol=1e-4, atol=1e-6)
