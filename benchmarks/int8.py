@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import pathlib
 import resource
 import sys
@@ -93,6 +94,7 @@ def _quantize(recipe: str, source: str, output: str, calib: str, queue) -> None:
             from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
                                                   quantize_dynamic, quantize_static)
 
+            os.chdir(pathlib.Path(output).parent)  # quant_pre_process leaves temporary files in the cwd
             reader = type("Reader", (_Reader, CalibrationDataReader), {})(pathlib.Path(calib))
             if recipe == "ort:static-defaults":
                 quantize_static(source, output, reader, quant_format=QuantFormat.QDQ)
@@ -233,6 +235,7 @@ def main(argv=None) -> None:
     ap.add_argument("--workdir", type=pathlib.Path, default=ROOT / "out" / "bench_int8")
     args = ap.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
+    args.workdir = args.workdir.resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
     from graphc.cpu_features import cpu_features
     from graphc.report import markdown_table

@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true", help="print JSON instead of text")
     ins.add_argument("--prune-groups", action="store_true",
                      help="list the channel groups prune sees: kind, units, origin, and what blocks a group")
+    ins.add_argument("--quant", action="store_true",
+                     help="list compute nodes as quantized (static/dynamic/integer, weight bits) or FP32")
     _add_shape(ins)
 
     ben = sub.add_parser("bench", help="latency p50/p90 and size of models side by side",
@@ -152,8 +154,28 @@ def cmd_inspect(args) -> int:
         from graphc.describe import prune_groups
 
         info["prune_groups"] = prune_groups(model, shapes)
+    if args.quant:
+        from graphc.passes.int8 import quantization_summary
+
+        info["quant"] = quantization_summary(model)
     print(json.dumps(info, indent=2) if args.json else render(info))
+    if args.quant and not args.json:
+        print(_quant_text(info["quant"]))
     return 0
+
+
+def _quant_text(rows: list[dict]) -> str:
+    from collections import Counter
+
+    from graphc.report import markdown_table
+
+    counts = Counter(r["state"] for r in rows)
+    head = "quantization: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) if rows else \
+        "quantization: no compute nodes"
+    table = [["node", "op", "state", "weight bits", "activation"]]
+    table += [[r["node"], r["op"], r["state"] + (f" ({r['reason']})" if r.get("reason") else ""),
+               str(r["weight_bits"] or ""), r["activation"] or ""] for r in rows]
+    return head + ("\n" + markdown_table(table) if rows else "")
 
 
 def cmd_bench(args) -> int:

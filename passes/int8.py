@@ -672,3 +672,54 @@ def tensorrt_violations(model) -> list[str]:
             if fed and not all(from_dq(name) or name in inits for name in node.input):
                 problems.append(f"{label}: residual Add reads a quantized node's output without Q/DQ on both inputs")
     return problems
+
+
+# --------------------------------------------------------------- graphc inspect --quant
+INTEGER_OPS = {"QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QGemm",
+               "ConvInteger", "MatMulInteger"}
+
+
+def quantization_summary(model) -> list[dict]:
+    """Every compute node of a model and how it runs: ``static`` (data and weight through
+    DequantizeLinear), ``weight-only``, ``dynamic`` (MatMulInteger/ConvInteger fed by
+    DynamicQuantizeLinear), ``integer`` (an already fused integer op) or ``fp32``, with the
+    weight's bit width (7 when its int8 values stay within +-64) and the activation type."""
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+
+    def dq_source(name):
+        node = producers.get(name)
+        return node if node is not None and node.op_type == "DequantizeLinear" else None
+
+    def bits(name):
+        if name not in inits:
+            return None
+        values = onnx.numpy_helper.to_array(inits[name])
+        if values.dtype != np.int8:
+            return None
+        return 7 if values.size and np.abs(values.astype(np.int16)).max() <= 64 else 8
+
+    rows = []
+    for node in model.graph.node:
+        if node.op_type not in (*COMPUTE_OPS, *INTEGER_OPS):
+            continue
+        row = {"node": node.name or node.output[0], "op": node.op_type, "state": "fp32", "weight_bits": None,
+               "activation": None}
+        if node.op_type in ("MatMulInteger", "ConvInteger"):
+            data = producers.get(node.input[0])
+            row["state"] = "dynamic" if data is not None and data.op_type == "DynamicQuantizeLinear" else "integer"
+            row["weight_bits"] = bits(node.input[1])
+            row["activation"] = "uint8"
+        elif node.op_type in INTEGER_OPS:
+            row["state"] = "integer"
+        elif len(node.input) > 1:
+            weight, data = dq_source(node.input[1]), dq_source(node.input[0])
+            if weight is not None:
+                row["weight_bits"] = bits(weight.input[0])
+                row["state"] = "static" if data is not None else "weight-only"
+                if data is not None and len(data.input) > 2 and data.input[2] in inits:
+                    row["activation"] = str(onnx.numpy_helper.to_array(inits[data.input[2]]).dtype)
+            elif node.input[1] not in inits:
+                row["reason"] = "weight is an activation"
+        rows.append(row)
+    return rows
