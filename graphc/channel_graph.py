@@ -161,11 +161,10 @@ class ChannelGraph:
             result[axis] = list(merged.items())
         return result
 
-    def _annotate(self, tensor: str, axis: int, gid: int, index: np.ndarray, record: bool = True) -> None:
+    def _annotate(self, tensor: str, axis: int, gid: int, index: np.ndarray) -> None:
         gid, index = self._resolve(gid, index)
         self._ann.setdefault(tensor, {}).setdefault(axis, []).append((gid, index))
-        if record:
-            self.groups[gid].members.append(Member("activation", tensor, axis, index))
+        self.groups[gid].members.append(Member("activation", tensor, axis, index))
 
     def _param(self, kind: str, node: gs.Node, input_index: int, axis: int, gid: int, index: np.ndarray) -> None:
         gid, index = self._resolve(gid, index)

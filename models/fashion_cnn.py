@@ -47,7 +47,6 @@ def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_model():
-    import torch
     from torch import nn
 
     def conv_bn(cin, cout, stride=1):

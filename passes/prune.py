@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from graphc.channel_graph import ChannelGraph, ChannelGroup

@@ -2,11 +2,9 @@
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from graphc.context import Context
 from graphc.graph import to_graph, to_model
 from graphc.passes.fold import FoldOptions, FoldPass
 from graphc.runtime import open_session
