@@ -190,3 +190,19 @@ def test_recalibrated_batchnorm_statistics_match_the_data(onnx_model, tmp_path):
     assert recalibrate_batchnorm(plan.graph, data, batch_size=4) > 0
     np.testing.assert_allclose(bn.inputs[3].values, x.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(bn.inputs[4].values, x.var(axis=(0, 2, 3)), rtol=1e-4, atol=1e-6)
+
+
+def test_hidden_true_prunes_the_residual_stream_and_still_runs(onnx_model, sample_inputs):
+    model = load_model(onnx_model("bert"))
+    blocked = _plan(onnx_model, "bert", ratio=0.3)
+    assert all(g.blocked for g in blocked.groups if g.kind == "hidden")
+    plan = _plan(onnx_model, "bert", ratio=0.3, hidden=True)
+    hidden = [g for g in plan.prunable() if g.kind == "hidden"]
+    assert len(hidden) == 1 and plan.removed.get(hidden[0].id)
+    apply_pruning(plan)
+    pruned = to_model(plan.graph, model)
+    onnx.checker.check_model(pruned)
+    assert run(pruned, sample_inputs("bert", batch=2))[0].shape == (2, 4)
+    kept = 64 - len(plan.removed[hidden[0].id])
+    embedding = next(t for t in pruned.graph.initializer if "word_embeddings" in t.name)
+    assert list(embedding.dims) == [1000, kept]
