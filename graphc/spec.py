@@ -132,9 +132,9 @@ def describe_options(options_cls: type, main_option: str | None) -> list[str]:
     lines = []
     for f in dataclasses.fields(options_cls):
         main = " (main option)" if f.name == main_option else ""
-        bounds = ""
-        if "min" in f.metadata or "max" in f.metadata:
-            bounds = f" in [{f.metadata.get('min', '')}, {f.metadata.get('max', '')}]"
+        low, high = f.metadata.get("min"), f.metadata.get("max")
+        bounds = (f" in [{low}, {high}]" if low is not None and high is not None
+                  else f" >= {low}" if low is not None else f" <= {high}" if high is not None else "")
         lines.append(f"{f.name}={describe_type(hints[f.name])}{bounds}, default {f.default}{main}: "
                      f"{f.metadata.get('help', '')}")
     return lines
