@@ -141,9 +141,10 @@ class Int8Pass(Pass):
         if opset < MIN_OPSET:
             raise GraphcError(f"int8 needs opset {MIN_OPSET} or newer (per-axis QuantizeLinear); "
                               f"the model has opset {opset}")
-        weight_bits = default_weight_bits() if opts.weight_bits == "auto" or opts.target == "tensorrt" else int(opts.weight_bits)
         if opts.target == "tensorrt":
-            weight_bits = 8
+            weight_bits = 8  # GPUs accumulate u8/s8 products in 32 bits
+        else:
+            weight_bits = default_weight_bits() if opts.weight_bits == "auto" else int(opts.weight_bits)
         qmax = 127 if weight_bits == 8 else 63
         graph = with_types(graph)
         plan = plan_nodes(graph, opts)
@@ -331,20 +332,11 @@ def activation_params(graph: gs.Graph, tensors: dict[str, gs.Variable],
     """Per-tensor parameters from calibrated ranges, shared within each group."""
     groups, pre_activation = sharing_groups(graph, tensors)
     hull: dict[str, tuple[float, float]] = {}
-    for name in tensors:
+    for name in tensors:  # a group's range: the hull of its members but pre-activation ones
         root = groups.find(name)
-        if name in pre_activation and root in hull:
-            continue
-        lo, hi = ranges[name]
-        if name in pre_activation:  # only used when the group has no other member
-            hull.setdefault(root, (np.inf, -np.inf))
-            continue
+        lo, hi = ranges[name] if name not in pre_activation else (np.inf, -np.inf)
         old_lo, old_hi = hull.get(root, (np.inf, -np.inf))
         hull[root] = (min(old_lo, lo), max(old_hi, hi))
-    for name in tensors:  # groups made only of pre-activation tensors: use their own range
-        root = groups.find(name)
-        if not np.isfinite(hull[root][0]):
-            hull[root] = ranges[name]
     shared = {root: activation_qparams(*bounds, target) for root, bounds in hull.items()}
     return {name: shared[groups.find(name)] for name in tensors}
 
