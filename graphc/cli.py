@@ -1,4 +1,4 @@
-"""The ``graphc`` command line: optimize, inspect, bench, eval.
+"""The ``graphc`` command line: optimize, inspect, bench, eval, setup.
 
 Every user error prints one line (``graphc: error: ...``) and exits 2; a bug in graphc
 exits 1 (``GRAPHC_DEBUG=1`` shows its traceback).
@@ -118,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--reference", type=pathlib.Path, metavar="REF", help="reference model for cosine/agreement")
     ev.add_argument("--batch", type=int, default=64, help="evaluation batch size (default 64)")
     _add_threads(ev)
+
+    st = sub.add_parser("setup", help="prepare an optional environment (training: for the distill pass)",
+                        description="Create graphc's isolated training environment for the distill pass: a venv "
+                                    "at $GRAPHC_HOME/training-venv (default ~/.cache/graphc/training-venv) with "
+                                    "pinned onnxruntime-training-cpu 1.19.2, onnx and numpy. Idempotent.")
+    st.add_argument("what", choices=["training"], help="the environment to prepare")
+    st.add_argument("--python", metavar="PY", help="interpreter for the venv (Python 3.8-3.11; default: this one)")
+    st.add_argument("--force", action="store_true", help="rebuild even when the environment is ready")
     return parser
 
 
@@ -216,7 +224,15 @@ def cmd_eval(args) -> int:
     return 0
 
 
-COMMANDS = {"optimize": cmd_optimize, "inspect": cmd_inspect, "bench": cmd_bench, "eval": cmd_eval}
+def cmd_setup(args) -> int:
+    from graphc.training_env import setup
+
+    setup(python=args.python, force=args.force)
+    return 0
+
+
+COMMANDS = {"optimize": cmd_optimize, "inspect": cmd_inspect, "bench": cmd_bench, "eval": cmd_eval,
+            "setup": cmd_setup}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,9 +9,10 @@ from graphc.pass_api import Pass
 from graphc.passes.fold import FoldPass
 from graphc.passes.prune import PrunePass
 from graphc.passes.int8 import Int8Pass
+from graphc.passes.distill import DistillPass
 from graphc.spec import PassSpec, build_options
 
-PASSES: dict[str, type[Pass]] = {cls.name: cls for cls in (FoldPass, PrunePass, Int8Pass)}
+PASSES: dict[str, type[Pass]] = {cls.name: cls for cls in (FoldPass, PrunePass, Int8Pass, DistillPass)}
 
 
 def build_passes(specs: Sequence[PassSpec]) -> list[Pass]:

@@ -1,0 +1,178 @@
+"""The parent side of ``distill``: teacher outputs, the run directory, the worker, write-back.
+
+Rules:
+
+- The teacher's first output on the training (and eval) inputs is computed here with the
+  normal onnxruntime and handed to the worker as data (``teacher`` in train.npz/eval.npz).
+- The run directory is ``$GRAPHC_HOME/distill-runs/<key>``, where the key hashes the
+  student graph, the teacher graph, the data and the training options. An interrupted run
+  (Ctrl-C, a killed process) leaves its per-epoch checkpoints there; the same command run
+  again resumes after the last completed epoch (``resume=false`` starts over). The
+  directory is deleted after a successful write-back.
+- The worker runs as ``<training venv>/bin/python graphc/distill_worker.py RUNDIR``; its
+  JSON progress lines drive a progress bar (on a terminal) and one line per epoch on
+  stderr. Exit 3 with error.json is a user error (GraphcError), any other failure is a bug.
+- Write-back: every trained array replaces the initializer of the same name in the graph
+  the pass received (same shape and dtype); nodes, inputs, outputs and every other
+  initializer are left as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from tqdm import tqdm
+
+from graphc import training_env
+from graphc.data import Dataset
+from graphc.errors import GraphcError
+from graphc.model_io import save_model
+from graphc.runtime import open_session, run_session
+
+TEACHER_BATCH = 256
+
+
+def first_outputs(model: onnx.ModelProto, dataset: Dataset, threads: int | None, what: str) -> np.ndarray:
+    """The first output of ``model`` over the whole dataset (normal onnxruntime)."""
+    session = open_session(model, threads, what=what)
+    chunks = [run_session(session, feeds)[0] for feeds, _ in dataset.batches(TEACHER_BATCH)]
+    return np.concatenate(chunks).astype(np.float32)
+
+
+def run_key(student: onnx.ModelProto, teacher: onnx.ModelProto, datasets: list[Dataset | None],
+            config: dict) -> str:
+    digest = hashlib.sha256()
+    for model in (student, teacher):
+        digest.update(model.SerializeToString(deterministic=True))
+    for dataset in datasets:
+        if dataset is None:
+            digest.update(b"none")
+            continue
+        for name, array in [*sorted(dataset.inputs.items()), ("labels", dataset.labels)]:
+            digest.update(name.encode())
+            if array is not None:
+                digest.update(str((array.dtype, array.shape)).encode())
+                digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update(json.dumps(config, sort_keys=True).encode())
+    return digest.hexdigest()[:20]
+
+
+def run_dir(key: str) -> pathlib.Path:
+    return training_env.graphc_home() / "distill-runs" / key
+
+
+def _write_data(path: pathlib.Path, dataset: Dataset, teacher: np.ndarray) -> None:
+    arrays = dict(dataset.inputs)
+    arrays["teacher"] = teacher
+    if dataset.labels is not None:
+        arrays["labels"] = dataset.labels
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def prepare(directory: pathlib.Path, student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset,
+            evaluation: Dataset | None, config: dict, threads: int | None) -> bool:
+    """Fill the run directory (unless a previous run did); True when it holds a checkpoint."""
+    directory.mkdir(parents=True, exist_ok=True)
+    resumable = (directory / "checkpoints" / "progress.json").exists()
+    if not (directory / "student.onnx").exists():
+        save_model(student, directory / "student.onnx")
+    for name, dataset in (("train", train), ("eval", evaluation)):
+        if dataset is not None and not (directory / f"{name}.npz").exists():
+            _write_data(directory / f"{name}.npz", dataset, first_outputs(teacher, dataset, threads, "the teacher"))
+    (directory / "config.json").write_text(json.dumps(config, indent=1))
+    return resumable
+
+
+def _epoch_line(record: dict, epochs: int, metric: str | None) -> str:
+    parts = [f"distill epoch {record['epoch']}/{epochs}:"]
+    if "train_loss" in record:
+        parts.append(f"train loss {record['train_loss']:.4f}")
+    if "eval_loss" in record:
+        parts.append(f"eval loss {record['eval_loss']:.4f}")
+    if "metric" in record:
+        parts.append(f"{metric} {record['metric']:.4f}")
+    if "seconds" in record:
+        parts.append(f"({record['seconds']:.1f} s)")
+    return " ".join(parts)
+
+
+def run_worker(directory: pathlib.Path, python: pathlib.Path, metric: str | None,
+               say: Callable[[str], None] | None = None, progress: bool | None = None) -> dict:
+    """Run the worker on ``directory``; returns its result.json."""
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    progress = sys.stderr.isatty() if progress is None else progress
+    for stale in ("error.json", "result.json", "trained.npz"):
+        (directory / stale).unlink(missing_ok=True)
+    log = open(directory / "worker.log", "w")  # a file, not a pipe: a chatty worker cannot block
+    process = subprocess.Popen([str(python), str(training_env.WORKER), str(directory)], stdout=subprocess.PIPE,
+                               stderr=log, text=True, bufsize=1)
+    bar, epochs = None, 0
+    try:
+        for line in process.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            kind = event.pop("event", None)
+            if kind == "start":
+                epochs = event["epochs"]
+                if event["resumed_from"]:
+                    say(f"distill: resuming after epoch {event['resumed_from']} from {directory}")
+                if progress:
+                    bar = tqdm(total=epochs * event["steps_per_epoch"], desc="distill", unit="step", leave=False,
+                               initial=(event["resumed_from"] or 0) * event["steps_per_epoch"])
+            elif kind == "step" and bar is not None:
+                bar.n = (event["epoch"] - 1) * (bar.total // max(epochs, 1)) + event["step"]
+                bar.set_postfix_str(f"epoch {event['epoch']} loss {event['loss']:.4f}")
+                bar.refresh()
+            elif kind == "epoch":
+                (bar.write if bar is not None else say)(_epoch_line(event, epochs, metric))
+        code = process.wait()
+    except BaseException:
+        process.terminate()
+        process.wait()
+        raise
+    finally:
+        log.close()
+        if bar is not None:
+            bar.close()
+    if code == 3 and (directory / "error.json").exists():
+        raise GraphcError(json.loads((directory / "error.json").read_text())["message"])
+    if code != 0:
+        tail = [ln for ln in (directory / "worker.log").read_text().splitlines() if ln.strip()]
+        raise RuntimeError(f"the distillation worker failed (exit {code}): {tail[-1] if tail else 'no message'}; "
+                           f"its files are in {directory}")
+    return json.loads((directory / "result.json").read_text())
+
+
+def write_back(graph: gs.Graph, path: pathlib.Path) -> int:
+    """Replace initializers of ``graph`` by the arrays in trained.npz, by name; returns how many."""
+    tensors = graph.tensors()
+    written = 0
+    with np.load(path) as trained:
+        for name in trained.files:
+            tensor = tensors.get(name)
+            values = trained[name]
+            if not isinstance(tensor, gs.Constant):
+                raise RuntimeError(f"trained parameter {name!r} is not an initializer of the student")
+            if tuple(tensor.shape) != values.shape:
+                raise RuntimeError(f"trained parameter {name!r} has shape {values.shape}, the student "
+                                   f"{tuple(tensor.shape)}")
+            tensor.values = values.astype(tensor.dtype, copy=False)
+            written += 1
+    return written
+
+
+def cleanup(directory: pathlib.Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)

@@ -1,0 +1,569 @@
+"""The distillation worker: trains a student ONNX graph against teacher outputs with
+onnxruntime-training, inside graphc's isolated training environment.
+
+Why a separate program: onnxruntime-training (PyPI ``onnxruntime-training-cpu`` 1.19.2, the
+last release) installs the module name ``onnxruntime`` and conflicts with the normal
+``onnxruntime`` graphc uses, so it lives in its own venv (``graphc setup training``) and
+runs in a subprocess. This module is executed by its file path with that venv's Python and
+imports only the standard library, numpy, onnx and onnxruntime(-training), never graphc
+(which is not installed there). Files are the contract, all in WORKDIR::
+
+    in   config.json     options (see ``DEFAULTS``)
+         student.onnx    the student graph exactly as the pass received it
+         train.npz       the student's inputs by name, ``teacher`` (the teacher's first
+                         output on those inputs) and optional ``labels``
+         eval.npz        the same for held-out data (optional)
+    out  trained.npz     the trainable initializers of the best checkpoint, by name
+         result.json     per-epoch history, best epoch, trainable names, resumed_from
+         error.json      {"message": ...}: the graph cannot be trained (exit status 3)
+    progress: one JSON object per line on stdout ({"event": "start"|"step"|"epoch"|"done"})
+
+Rules:
+
+1. The training copy of the student (the student file itself is never changed):
+   LayerNormalization nodes get their optional Mean/InvStdDev outputs (onnxruntime issue
+   22465: without them gradient building fails); inference-mode BatchNormalization is
+   rewritten to ``(x - mean) * (1 / sqrt(var + eps)) * scale + bias`` with the running
+   statistics frozen, because onnxruntime-training would otherwise train it on batch
+   statistics that the inference graph never uses; every generated model is written with
+   IR version <= 10 (1.19.2 refuses newer ones).
+2. Trainable parameters: float32 initializers with more than one element, all finite,
+   read in a weight slot: Conv/ConvTranspose weight and bias, any initializer of Gemm and
+   MatMul, BatchNormalization/LayerNormalization/InstanceNormalization/GroupNormalization
+   scale and bias, the table of Gather (embeddings), PRelu slope, and the constant operand
+   of Add/Sub/Mul (biases, layer scales, position embeddings), also when read through
+   Transpose/Reshape/Identity/Cast/Unsqueeze/Squeeze/Flatten (exports without constant
+   folding). Everything else is frozen (BatchNorm running statistics, scalars, shape
+   constants, masks).
+3. Loss on the first graph output ``s`` (classes on the last axis) and the teacher's ``t``:
+   ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, labels)
+   + beta * MSE(s, t)``; KL is summed over the last axis and averaged over all other axes,
+   CE (rank-2 outputs only) and MSE are means. A term with weight 0 is not built.
+4. The loop: AdamW (``weight_decay``) with gradient clipping by global L2 norm (``clip``;
+   0: off) inside the optimizer graph; the learning rate rises linearly from 0 over the
+   first ``warmup`` share of the steps and then follows a cosine decay to 0, set before
+   every step. Each epoch's order is a permutation drawn from ``(seed, epoch)``, the last
+   incomplete batch is dropped, and onnxruntime runs with a fixed thread count: a fixed
+   seed gives the same weights, and a resumed run the same weights as an uninterrupted one.
+5. After each epoch (and once before training, "epoch 0" = the starting weights) the model
+   is evaluated on eval.npz: held-out loss and, with ``metric``, top1/top5 (labels) or
+   cosine/agreement (against the teacher). The best epoch (highest metric, else lowest
+   held-out loss, else the last epoch when there is no eval data) is kept in best.npz and
+   is what trained.npz holds. Training stops early after ``patience`` epochs without
+   improvement (0: never).
+6. Resume: after every epoch a checkpoint with the optimizer state and progress.json are
+   written atomically into WORKDIR/checkpoints; started again on the same WORKDIR, the
+   worker continues after the last completed epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+import traceback
+
+import numpy as np
+
+DEFAULTS = {
+    "epochs": 3, "lr": 1e-3, "batch": 64, "T": 4.0, "alpha": 1.0, "beta": 0.0, "seed": 0,
+    "warmup": 0.05, "clip": 1.0, "weight_decay": 0.0, "patience": 2, "metric": None,
+    "threads": 0, "eval_batch": 256, "step_events": 50,
+}
+TEACHER_INPUT = "distill_teacher"
+LABELS_INPUT = "distill_labels"
+MAX_IR_VERSION = 10
+WEIGHT_SLOTS = {
+    "Conv": (1, 2), "ConvTranspose": (1, 2), "BatchNormalization": (1, 2), "LayerNormalization": (1, 2),
+    "InstanceNormalization": (1, 2), "GroupNormalization": (1, 2), "Gather": (0,), "PRelu": (1,),
+}
+ANY_SLOT = {"Gemm", "MatMul", "Add", "Sub", "Mul"}
+PASS_THROUGH = {"Transpose", "Reshape", "Identity", "Cast", "Unsqueeze", "Squeeze", "Flatten"}
+
+
+class UserError(Exception):
+    """The graph or the options cannot be trained; reported as one line (exit status 3)."""
+
+
+# --- numpy: loss and metrics (also the reference the tests compare against) -------------
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    shifted = x - x.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def kd_loss(student: np.ndarray, teacher: np.ndarray, labels: np.ndarray | None,
+            T: float, alpha: float, beta: float) -> float:
+    """Rule 3 in numpy (float64)."""
+    total = 0.0
+    if alpha > 0:
+        log_pt, log_ps = log_softmax(teacher / T), log_softmax(student / T)
+        total += alpha * T * T * float((np.exp(log_pt) * (log_pt - log_ps)).sum(-1).mean())
+    if alpha < 1:
+        log_p = log_softmax(student)
+        total += (1 - alpha) * float(-np.take_along_axis(log_p, labels.reshape(-1, 1).astype(np.int64), 1).mean())
+    if beta > 0:
+        total += beta * float(((student.astype(np.float64) - teacher) ** 2).mean())
+    return total
+
+
+def metric_value(metric: str, outputs: np.ndarray, teacher: np.ndarray, labels: np.ndarray | None) -> float:
+    """top1/top5 against labels, cosine/agreement against the teacher (as graphc.metrics)."""
+    if metric in ("top1", "top5"):
+        k = 1 if metric == "top1" else 5
+        top = np.argsort(-outputs, axis=1)[:, :k]
+        return float((top == labels.reshape(-1, 1)).any(1).mean())
+    a = outputs.reshape(len(outputs), -1).astype(np.float64)
+    b = teacher.reshape(len(teacher), -1).astype(np.float64)
+    if metric == "agreement":
+        return float((a.argmax(1) == b.argmax(1)).mean())
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    both_zero = (norms == 0) & (np.abs(a).sum(1) == 0) & (np.abs(b).sum(1) == 0)
+    return float(np.where(both_zero, 1.0, (a * b).sum(1) / np.maximum(norms, 1e-300)).mean())
+
+
+def lr_at(step: int, total: int, lr: float, warmup: float) -> float:
+    """Linear warm-up over ``warmup * total`` steps, then cosine decay to 0 (rule 4)."""
+    warm = int(round(warmup * total))
+    if step < warm:
+        return lr * (step + 1) / warm
+    span = max(1, total - warm)
+    return lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / span)))
+
+
+# --- the training copy of the graph (rules 1 and 2) -------------------------------------
+
+def trainable_names(model) -> list[str]:
+    from onnx import numpy_helper
+
+    initializers = {t.name: t for t in model.graph.initializer}
+    slots: dict[str, None] = {}
+    for node in model.graph.node:
+        indices = range(len(node.input)) if node.op_type in ANY_SLOT else WEIGHT_SLOTS.get(node.op_type, ())
+        slots.update((node.input[i], None) for i in indices if i < len(node.input) and node.input[i])
+    for node in reversed(model.graph.node):  # a weight read through Transpose/Reshape/... is still one
+        if node.op_type in PASS_THROUGH and node.output[0] in slots and node.input:
+            slots[node.input[0]] = None
+    chosen = []
+    for name in slots:
+        tensor = initializers.get(name)
+        if tensor is None or tensor.data_type != 1:  # FLOAT
+            continue
+        values = numpy_helper.to_array(tensor)
+        if values.size > 1 and np.isfinite(values).all():
+            chosen.append(name)
+    return sorted(chosen)
+
+
+def _tensor_ranks(model) -> dict[str, int]:
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    ranks = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        if vi.type.tensor_type.HasField("shape"):
+            ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
+    for t in model.graph.initializer:
+        ranks[t.name] = len(t.dims)
+    for node in model.graph.node:  # a Conv's output has the rank of its weight
+        if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1 and node.input[1] in ranks:
+            ranks.setdefault(node.output[0], ranks[node.input[1]])
+    return ranks
+
+
+def freeze_batchnorm(model) -> int:
+    """Rule 1: inference BatchNormalization -> frozen-statistics affine ops (in place)."""
+    from onnx import helper, numpy_helper
+
+    initializers = {t.name: t for t in model.graph.initializer}
+    ranks = _tensor_ranks(model)
+    nodes, rewritten = [], 0
+    for node in model.graph.node:
+        if node.op_type != "BatchNormalization":
+            nodes.append(node)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        x, scale, bias, mean, var = node.input[:5]
+        if attrs.get("training_mode", 0) or len([o for o in node.output if o]) > 1:
+            raise UserError(f"BatchNormalization {node.name!r} is in training mode; distill trains on "
+                            f"inference graphs only")
+        if mean not in initializers or var not in initializers:
+            raise UserError(f"BatchNormalization {node.name!r} has non-constant running statistics")
+        rank = ranks.get(x)
+        if rank is None or rank < 2:
+            raise UserError(f"BatchNormalization {node.name!r}: the rank of its input {x!r} is unknown")
+        mean_v = numpy_helper.to_array(initializers[mean]).astype(np.float32)
+        var_v = numpy_helper.to_array(initializers[var]).astype(np.float32)
+        eps = float(attrs.get("epsilon", 1e-5))
+        shape = [len(mean_v)] + [1] * (rank - 2)
+        base = f"{node.name or node.output[0]}__distill"
+        extra = [
+            numpy_helper.from_array(mean_v.reshape(shape), f"{base}_mean"),
+            numpy_helper.from_array((1.0 / np.sqrt(var_v + eps)).astype(np.float32).reshape(shape), f"{base}_invstd"),
+            numpy_helper.from_array(np.array(shape, dtype=np.int64), f"{base}_shape"),
+        ]
+        model.graph.initializer.extend(extra)
+        nodes += [
+            helper.make_node("Sub", [x, f"{base}_mean"], [f"{base}_centred"], name=f"{base}_sub"),
+            helper.make_node("Mul", [f"{base}_centred", f"{base}_invstd"], [f"{base}_normed"], name=f"{base}_mul0"),
+            helper.make_node("Reshape", [scale, f"{base}_shape"], [f"{base}_scale"], name=f"{base}_rs0"),
+            helper.make_node("Reshape", [bias, f"{base}_shape"], [f"{base}_bias"], name=f"{base}_rs1"),
+            helper.make_node("Mul", [f"{base}_normed", f"{base}_scale"], [f"{base}_scaled"], name=f"{base}_mul1"),
+            helper.make_node("Add", [f"{base}_scaled", f"{base}_bias"], [node.output[0]], name=f"{base}_add"),
+        ]
+        rewritten += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return rewritten
+
+
+def add_layernorm_outputs(model) -> int:
+    """Rule 1: give LayerNormalization its optional Mean and InvStdDev outputs (in place)."""
+    added = 0
+    for i, node in enumerate(model.graph.node):
+        if node.op_type != "LayerNormalization":
+            continue
+        while len(node.output) < 3:
+            node.output.append("")
+        for k, suffix in ((1, "mean"), (2, "invstddev")):
+            if not node.output[k]:
+                node.output[k] = f"{node.name or 'layernorm'}_{i}__distill_{suffix}"
+                added += 1
+    return added
+
+
+def _loss_block(config: dict, output_name: str, last_dim: int, with_labels: bool):
+    import copy
+
+    import onnx
+    from onnx import helper
+    from onnxruntime.training import onnxblock
+
+    T, alpha, beta = float(config["T"]), float(config["alpha"]), float(config["beta"])
+
+    class KDLoss(onnxblock.Block):
+        """Rule 3 as graph nodes on top of the student (built by onnxruntime-training)."""
+
+        def build(self, student):
+            graph = self.base.graph
+            out = next(o for o in graph.output if o.name == student)
+            teacher = copy.deepcopy(out)
+            teacher.name = TEACHER_INPUT
+            graph.input.append(teacher)
+            nodes, terms = [], []
+
+            def const(name, value):
+                graph.initializer.append(helper.make_tensor(f"distill_{name}", onnx.TensorProto.FLOAT, [], [value]))
+                return f"distill_{name}"
+
+            def add(op, inputs, name, **attrs):
+                nodes.append(helper.make_node(op, inputs, [f"distill_{name}"], name=f"distill_{name}_node", **attrs))
+                return f"distill_{name}"
+
+            if alpha > 0:
+                t = const("T", T)
+                log_ps = add("LogSoftmax", [add("Div", [student, t], "s_T")], "log_ps", axis=-1)
+                log_pt = add("LogSoftmax", [add("Div", [TEACHER_INPUT, t], "t_T")], "log_pt", axis=-1)
+                kl = add("Mul", [add("Exp", [log_pt], "pt"), add("Sub", [log_pt, log_ps], "log_ratio")], "kl_el")
+                terms.append(add("Mul", [add("ReduceMean", [kl], "kl_mean", keepdims=0),
+                                         const("kl_weight", alpha * T * T * last_dim)], "kl_term"))
+            if alpha < 1 and with_labels:
+                labels = copy.deepcopy(out)
+                labels.name = LABELS_INPUT
+                labels.type.tensor_type.elem_type = onnx.TensorProto.INT64
+                del labels.type.tensor_type.shape.dim[-1]
+                graph.input.append(labels)
+                nodes.append(helper.make_node("SoftmaxCrossEntropyLoss", [student, LABELS_INPUT],
+                                              ["distill_ce", "distill_ce_logp"], name="distill_ce_node",
+                                              reduction="mean"))
+                terms.append(add("Mul", ["distill_ce", const("ce_weight", 1.0 - alpha)], "ce_term"))
+            if beta > 0:
+                diff = add("Sub", [student, TEACHER_INPUT], "diff")
+                terms.append(add("Mul", [add("ReduceMean", [add("Mul", [diff, diff], "sq")], "mse", keepdims=0),
+                                         const("mse_weight", beta)], "mse_term"))
+            if not terms:
+                raise UserError("the loss has no term: alpha=0 needs labels, or give beta > 0")
+            loss = terms[0]
+            for k, term in enumerate(terms[1:]):
+                loss = add("Add", [loss, term], f"loss_sum{k}")
+            graph.node.extend(nodes)
+            return loss
+
+    return KDLoss()
+
+
+def build_artifacts(config: dict, workdir: pathlib.Path, with_labels: bool) -> dict:
+    """Training, eval and optimizer models plus the initial checkpoint in WORKDIR/artifacts."""
+    import onnx
+    from onnxruntime.training import artifacts, onnxblock
+
+    student = onnx.load(str(workdir / "student.onnx"))
+    names = trainable_names(student)
+    if not names:
+        raise UserError("the student has no trainable float initializers (weights in Constant nodes? run fold first)")
+    output = student.graph.output[0]
+    dims = output.type.tensor_type.shape.dim
+    if not dims or not dims[-1].HasField("dim_value"):
+        raise UserError(f"the first output {output.name!r} needs a fixed last (class) axis")
+    model = onnx.ModelProto()
+    model.CopyFrom(student)
+    frozen_bn = freeze_batchnorm(model)
+    layernorms = add_layernorm_outputs(model)
+    model.ir_version = min(model.ir_version, MAX_IR_VERSION)
+    directory = workdir / "artifacts"
+    directory.mkdir(exist_ok=True)
+    clip = float(config["clip"])
+    optimizer = onnxblock.optim.AdamW(weight_decay=float(config["weight_decay"]),
+                                      clip_grad=onnxblock.optim.ClipGradNorm(clip) if clip > 0 else None)
+    try:
+        artifacts.generate_artifacts(model, requires_grad=names, loss=_loss_block(config, output.name,
+                                     dims[-1].dim_value, with_labels),
+                                     optimizer=optimizer, artifact_directory=str(directory),
+                                     additional_output_names=[output.name])
+    except UserError:
+        raise
+    except Exception as exc:  # gradient building refused the graph: a property of the model
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"onnxruntime-training cannot build the training graph: {first}") from None
+    for name in ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx"):
+        path = directory / name
+        generated = onnx.load(str(path))
+        if generated.ir_version > MAX_IR_VERSION:
+            generated.ir_version = MAX_IR_VERSION
+            onnx.save(generated, str(path))
+    return {"trainable": names, "batchnorm_frozen": frozen_bn, "layernorm_outputs_added": layernorms}
+
+
+# --- the loop (rules 4-6) ---------------------------------------------------------------
+
+def emit(event: str, **fields) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def _atomic_json(path: pathlib.Path, value) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)
+
+
+def _atomic_npz(path: pathlib.Path, arrays: dict) -> None:
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+class Data:
+    """Student inputs, teacher outputs and optional labels of one .npz."""
+
+    def __init__(self, path: pathlib.Path, input_names: list[str]):
+        with np.load(path) as npz:
+            self.inputs = {name: npz[name] for name in input_names}
+            self.teacher = npz["teacher"].astype(np.float32)
+            self.labels = npz["labels"].astype(np.int64) if "labels" in npz.files else None
+
+    def __len__(self) -> int:
+        return len(self.teacher)
+
+    def feeds(self, order: list[str], rows) -> list[np.ndarray]:
+        values = {**self.inputs, TEACHER_INPUT: self.teacher}
+        if self.labels is not None:
+            values[LABELS_INPUT] = self.labels
+        return [np.ascontiguousarray(values[name][rows]) for name in order]
+
+
+def evaluate(module, data: Data, config: dict) -> dict:
+    module.eval()
+    order = module.input_names()
+    losses, outputs, weights = [], [], []
+    size = int(config["eval_batch"])
+    for start in range(0, len(data), size):
+        rows = slice(start, start + size)
+        loss, logits = module(*data.feeds(order, rows))[:2]
+        losses.append(float(loss))
+        weights.append(len(logits))
+        outputs.append(logits)
+    result = {"eval_loss": float(np.average(losses, weights=weights))}
+    if config["metric"]:
+        result["metric"] = metric_value(config["metric"], np.concatenate(outputs), data.teacher, data.labels)
+    return result
+
+
+def _better(new: dict, old: dict | None) -> bool:
+    if old is None:
+        return True
+    if "metric" in new:
+        return new["metric"] > old["metric"]
+    if "eval_loss" in new:
+        return new["eval_loss"] < old["eval_loss"]
+    return True  # no eval data: the latest epoch
+
+
+def train(workdir: pathlib.Path) -> dict:
+    from onnxruntime import SessionOptions
+    from onnxruntime.training.api import CheckpointState, Module, Optimizer
+
+    config = {**DEFAULTS, **json.loads((workdir / "config.json").read_text())}
+    input_names = list(config["inputs"])
+    train_data = Data(workdir / "train.npz", input_names)
+    eval_data = Data(workdir / "eval.npz", input_names) if (workdir / "eval.npz").exists() else None
+    with_labels = float(config["alpha"]) < 1
+    if with_labels and (train_data.labels is None or (eval_data is not None and eval_data.labels is None)):
+        raise UserError(f"alpha={config['alpha']} < 1 weighs hard labels; the data has no 'labels'")
+    art = workdir / "artifacts"
+    info_path = art / "info.json"
+    if not info_path.exists():
+        info = build_artifacts(config, workdir, with_labels)
+        _atomic_json(info_path, info)
+    info = json.loads(info_path.read_text())
+    ckpt_dir = workdir / "checkpoints"
+    ckpt_dir.mkdir(exist_ok=True)
+    progress_path = ckpt_dir / "progress.json"
+    progress = json.loads(progress_path.read_text()) if progress_path.exists() else None
+    resumed_from = progress["epoch"] if progress else None
+    state = CheckpointState.load_checkpoint(str(ckpt_dir / "last.ckpt" if progress else art / "checkpoint"))
+    options = SessionOptions()
+    options.intra_op_num_threads = int(config["threads"]) or 0
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    module = Module(str(art / "training_model.onnx"), state, str(art / "eval_model.onnx"),
+                    device="cpu", session_options=options)
+    optimizer = Optimizer(str(art / "optimizer_model.onnx"), module)
+    names = info["trainable"]
+    batch = int(config["batch"])
+    if len(train_data) < batch:
+        raise UserError(f"--train-data has {len(train_data)} rows, fewer than one batch ({batch})")
+    steps_per_epoch = len(train_data) // batch
+    epochs = int(config["epochs"])
+    total = steps_per_epoch * epochs
+    emit("start", epochs=epochs, steps_per_epoch=steps_per_epoch, trainable=len(names),
+         resumed_from=resumed_from, batchnorm_frozen=info["batchnorm_frozen"])
+
+    def params() -> dict:
+        return {name: state.parameters[name].data for name in names}
+
+    if progress is None:
+        history, best, bad = [], None, 0
+        record = {"epoch": 0}
+        if eval_data is not None:
+            record.update(evaluate(module, eval_data, config))
+            best = record
+            _atomic_npz(ckpt_dir / "best.npz", params())
+        history.append(record)
+        emit("epoch", **record)
+        first_epoch = 1
+    else:
+        history, best, bad = progress["history"], progress["best"], progress["bad_epochs"]
+        first_epoch = progress["epoch"] + 1
+    stopped_early, first_step_loss = False, progress.get("first_step_loss") if progress else None
+    for epoch in range(first_epoch, epochs + 1):
+        if config["patience"] and bad >= int(config["patience"]):
+            stopped_early = True
+            break
+        module.train()
+        order = module.input_names()
+        perm = np.random.default_rng([int(config["seed"]), epoch]).permutation(len(train_data))
+        running, count, started = 0.0, 0, time.perf_counter()
+        for i in range(steps_per_epoch):
+            step = (epoch - 1) * steps_per_epoch + i
+            optimizer.set_learning_rate(lr_at(step, total, float(config["lr"]), float(config["warmup"])))
+            loss = float(module(*train_data.feeds(order, perm[i * batch:(i + 1) * batch]))[0])
+            if not math.isfinite(loss):
+                raise UserError(f"the loss became {loss} at epoch {epoch} step {i + 1}; lower distill:lr "
+                                f"(now {config['lr']})")
+            optimizer.step()
+            module.lazy_reset_grad()
+            running, count = running + loss, count + 1
+            if step == 0:
+                first_step_loss = loss
+            if (i + 1) % int(config["step_events"]) == 0 or i + 1 == steps_per_epoch:
+                emit("step", epoch=epoch, step=i + 1, loss=running / count)
+        record = {"epoch": epoch, "train_loss": running / max(count, 1),
+                  "seconds": round(time.perf_counter() - started, 2)}
+        if eval_data is not None:
+            record.update(evaluate(module, eval_data, config))
+        if _better(record, best):
+            best, bad = record, 0
+            _atomic_npz(ckpt_dir / "best.npz", params())
+        else:
+            bad += 1
+        history.append(record)
+        tmp = ckpt_dir / "last.ckpt.tmp"
+        CheckpointState.save_checkpoint(state, str(tmp), include_optimizer_state=True)
+        os.replace(tmp, ckpt_dir / "last.ckpt")
+        _atomic_json(progress_path, {"epoch": epoch, "history": history, "best": best, "bad_epochs": bad,
+                                     "first_step_loss": first_step_loss})
+        emit("epoch", **record)
+    if best is None:  # no eval data and no epoch (epochs=0)
+        best = history[-1]
+        _atomic_npz(ckpt_dir / "best.npz", params())
+    with np.load(ckpt_dir / "best.npz") as npz:
+        _atomic_npz(workdir / "trained.npz", {k: npz[k] for k in npz.files})
+    result = {"history": history, "best": best, "resumed_from": resumed_from, "stopped_early": stopped_early,
+              "trainable": names, "batchnorm_frozen": info["batchnorm_frozen"],
+              "layernorm_outputs_added": info["layernorm_outputs_added"], "steps_per_epoch": steps_per_epoch,
+              "first_step_loss": first_step_loss}
+    _atomic_json(workdir / "result.json", result)
+    emit("done", best_epoch=best["epoch"])
+    return result
+
+
+def import_training() -> None:
+    """Import onnxruntime.training without its package ``__init__``.
+
+    Why: that ``__init__`` imports ``optim`` (the FP16 optimizer of ORTModule), which
+    imports torch; on-device training (``api``, ``onnxblock``, ``artifacts``) never uses
+    it, and a 700 MB torch in the training venv would buy nothing.
+    """
+    import types
+
+    import onnxruntime
+
+    if "onnxruntime.training" not in sys.modules:
+        package = types.ModuleType("onnxruntime.training")
+        package.__path__ = [str(pathlib.Path(onnxruntime.__file__).parent / "training")]
+        sys.modules["onnxruntime.training"] = package
+
+
+def probe() -> dict:
+    """Versions of what the worker imports (``graphc setup training`` checks the venv with it)."""
+    import_training()
+    import onnx
+    import onnxruntime
+    from onnxruntime.training import artifacts, onnxblock  # noqa: F401
+    from onnxruntime.training.api import CheckpointState, Module, Optimizer  # noqa: F401
+
+    return {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__, "numpy": np.__version__,
+            "python": ".".join(map(str, sys.version_info[:3]))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--probe"]:
+        print(json.dumps(probe()))
+        return 0
+    if len(argv) != 1:
+        print("usage: distill_worker.py WORKDIR | --probe", file=sys.stderr)
+        return 2
+    workdir = pathlib.Path(argv[0]).resolve()
+    os.chdir(workdir)  # onnxblock writes temporary files into the working directory
+    import_training()
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)  # the gradient builder logs every transformer
+    try:
+        train(workdir)
+    except UserError as exc:
+        _atomic_json(workdir / "error.json", {"message": str(exc)})
+        return 3
+    except Exception:
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

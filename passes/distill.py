@@ -1,0 +1,164 @@
+"""``distill``: knowledge-distillation fine-tuning of the current graph against a teacher.
+
+The ONNX graph stays the source of truth: only the values of its trainable initializers
+change. Rules:
+
+1. Teacher: the model as loaded before the first pass, or ``teacher=<path>`` (same input
+   names, a first output of the same shape). Its first output on ``--train-data`` (and
+   ``--eval-data``) is computed with the normal onnxruntime and becomes the soft target.
+2. Loss on the first output (classes on the last axis):
+   ``alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(labels)
+   + beta * MSE(student, teacher)``. Unlabelled data is fine with ``alpha=1`` (the
+   default); ``alpha < 1`` needs integer ``labels`` and a [batch, classes] output.
+   ``layers`` (intermediate-feature loss) is not supported yet: a non-empty value is refused.
+3. Training runs in graphc's isolated onnxruntime-training environment (``graphc setup
+   training``) as a subprocess (``graphc.distill_worker``): AdamW, gradient clipping by
+   global norm (``clip``), linear warm-up over ``warmup`` of the steps then cosine decay,
+   a permutation per epoch drawn from ``seed`` (a fixed seed gives the same weights),
+   BatchNormalization trained with its running statistics frozen (rewritten in the training
+   copy; onnxruntime-training would otherwise use batch statistics that inference never
+   sees), LayerNormalization given its optional outputs (onnxruntime issue 22465).
+4. After every epoch the student is evaluated on ``--eval-data`` (held-out loss, and
+   ``--metric``); the best epoch (by metric, else by held-out loss; without eval data the
+   last) is written back, the starting weights counting as epoch 0. ``patience`` epochs
+   without improvement stop training early.
+5. Checkpoints: every epoch is checkpointed in ``$GRAPHC_HOME/distill-runs/<key>`` (the key
+   hashes graph, teacher, data and options); running the same command after an
+   interruption resumes after the last completed epoch (``resume=false`` starts over).
+6. Write-back by initializer name into the graph the pass received: nodes, inputs and
+   outputs are untouched, and so are BatchNorm running statistics and other frozen tensors.
+
+Refuses (before any pass runs, and again on the graph it receives): a missing training
+environment (with the command to create it), missing ``--train-data``, missing labels for
+``alpha < 1``, a quantized graph (put ``int8`` after ``distill``), opset outside 13..20,
+HardSigmoid/HardSwish/Einsum/CumSum/Floor between the weights and the output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphc import distill_run, training_env
+from graphc.data import model_signature
+from graphc.distill_checks import check_trainable
+from graphc.errors import GraphcError
+from graphc.graph import to_model
+from graphc.model_io import load_model
+from graphc.pass_api import Pass, PassResult, Tolerance
+from graphc.runtime import open_session, run_session
+
+
+@dataclass(frozen=True)
+class DistillOptions:
+    epochs: int = field(default=3, metadata={"min": 1, "max": 1000, "help": "passes over --train-data"})
+    lr: float = field(default=1e-3, metadata={"min": 0.0, "max": 1.0, "help": "peak AdamW learning rate"})
+    batch: int = field(default=64, metadata={"min": 1, "help": "training batch size"})
+    T: float = field(default=4.0, metadata={"min": 0.05, "max": 100.0, "help": "softmax temperature of the KL term"})
+    alpha: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0,
+                                                "help": "weight of the KL term; 1-alpha weighs CE on labels"})
+    beta: float = field(default=0.0, metadata={"min": 0.0, "help": "weight of MSE between student and teacher outputs"})
+    layers: str = field(default="", metadata={"help": "intermediate-feature loss: not supported yet (leave empty)"})
+    teacher: str = field(default="", metadata={"help": "teacher .onnx (default: the model as loaded)"})
+    seed: int = field(default=0, metadata={"min": 0, "help": "data-order seed (same seed, same weights)"})
+    warmup: float = field(default=0.05, metadata={"min": 0.0, "max": 0.5, "help": "share of steps of linear warm-up"})
+    clip: float = field(default=1.0, metadata={"min": 0.0, "help": "max global gradient norm (0: no clipping)"})
+    weight_decay: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0, "help": "AdamW weight decay"})
+    patience: int = field(default=2, metadata={"min": 0, "help": "epochs without improvement before stopping (0: off)"})
+    resume: bool = field(default=True, metadata={"help": "resume an interrupted identical run from its checkpoint"})
+
+
+class DistillPass(Pass):
+    name = "distill"
+    summary = "knowledge-distillation fine-tuning against the original model (onnxruntime-training)"
+    Options = DistillOptions
+    main_option = "epochs"
+
+    def tolerance(self) -> Tolerance:
+        return Tolerance()  # training changes outputs by design; --eval-data/--metric measure it
+
+    def check(self, ctx) -> None:
+        o = self.options
+        if o.layers:
+            raise GraphcError(f"distill:layers={o.layers}: intermediate-feature loss is not supported yet; "
+                              f"distill matches the first output only (leave layers empty)")
+        training_env.require()
+        if ctx.train_data is None:
+            raise GraphcError("distill needs --train-data (inputs of the model; labels optional, the teacher "
+                              "provides the targets)")
+        if o.alpha < 1:
+            for dataset, flag in ((ctx.train_data, "--train-data"), (ctx.eval_data, "--eval-data")):
+                if dataset is not None and (dataset.labels is None or
+                                            not np.issubdtype(dataset.labels.dtype, np.integer)):
+                    raise GraphcError(f"distill:alpha={o.alpha} weighs cross-entropy on labels by {1 - o.alpha:g}; "
+                                      f"{flag} {dataset.source} has no integer 'labels' (use alpha=1 for "
+                                      f"unlabelled data)")
+        if len(ctx.train_data) < o.batch:
+            raise GraphcError(f"distill:batch={o.batch}: --train-data has only {len(ctx.train_data)} rows")
+        teacher = self._teacher(ctx)
+        names = [s.name for s in model_signature(teacher)]
+        student_names = [s.name for s in model_signature(ctx.original)]
+        if sorted(names) != sorted(student_names):
+            raise GraphcError(f"distill:teacher={o.teacher}: its inputs {names} differ from the model's {student_names}")
+        check_trainable(ctx.original, "the input model", hard_labels=o.alpha < 1)
+
+    def _teacher(self, ctx):
+        return load_model(self.options.teacher) if self.options.teacher else ctx.original
+
+    def _config(self, ctx, inputs: list[str]) -> dict:
+        o = self.options
+        return {"inputs": inputs, "epochs": o.epochs, "lr": o.lr, "batch": o.batch, "T": o.T, "alpha": o.alpha,
+                "beta": o.beta, "seed": o.seed, "warmup": o.warmup, "clip": o.clip,
+                "weight_decay": o.weight_decay, "patience": o.patience,
+                "metric": ctx.metric if ctx.eval_data is not None else None, "threads": ctx.threads or 0}
+
+    def run(self, graph: gs.Graph, ctx) -> PassResult:
+        python = training_env.require()
+        student = to_model(graph, ctx.original)
+        check_trainable(student, "the graph distill receives", hard_labels=self.options.alpha < 1)
+        teacher = self._teacher(ctx)
+        self._check_output_shapes(student, teacher, ctx)
+        config = self._config(ctx, [s.name for s in model_signature(student)])
+        directory = distill_run.run_dir(distill_run.run_key(student, teacher, [ctx.train_data, ctx.eval_data],
+                                                            config))
+        if not self.options.resume:
+            distill_run.cleanup(directory)
+        distill_run.prepare(directory, student, teacher, ctx.train_data, ctx.eval_data, config, ctx.threads)
+        result = distill_run.run_worker(directory, python, config["metric"])
+        written = distill_run.write_back(graph, directory / "trained.npz")
+        distill_run.cleanup(directory)
+        return self._result(result, written, config, ctx)
+
+    def _check_output_shapes(self, student, teacher, ctx) -> None:
+        feeds, _ = next(ctx.train_data.batches(2))
+        got = run_session(open_session(student, ctx.threads, what="the student"), feeds)[0].shape
+        want = run_session(open_session(teacher, ctx.threads, what="the teacher"), feeds)[0].shape
+        if got != want:
+            raise GraphcError(f"distill: the student's first output has shape {list(got)}, the teacher's "
+                              f"{list(want)}; they must match")
+
+    def _result(self, result: dict, written: int, config: dict, ctx) -> PassResult:
+        history, best = result["history"], result["best"]
+        trained = [h for h in history if h["epoch"] > 0]
+        stats = {"epochs_run": len(trained), "best_epoch": best["epoch"], "tensors_trained": written,
+                 "batchnorm_frozen": result["batchnorm_frozen"]}
+        if trained:
+            stats["train_loss"] = f"{trained[0]['train_loss']:.4f}->{trained[-1]['train_loss']:.4f}"
+        if "eval_loss" in history[0]:
+            stats["eval_loss"] = f"{history[0]['eval_loss']:.4f}->{best['eval_loss']:.4f}"
+        if "metric" in history[0]:
+            stats[config["metric"]] = f"{history[0]['metric']:.4f}->{best['metric']:.4f}"
+        if result["resumed_from"]:
+            stats["resumed_after_epoch"] = result["resumed_from"]
+        if result["stopped_early"]:
+            stats["stopped_early"] = True
+        report = getattr(ctx, "report", None)
+        if report is not None:
+            if best["epoch"] == 0:
+                report.note("distill: no epoch beat the starting weights on --eval-data; the graph is unchanged")
+            if config["metric"] is None and ctx.eval_data is None:
+                report.note("distill: no --eval-data, so the last epoch was kept (no best-checkpoint selection)")
+        return PassResult(changed=best["epoch"] > 0, stats=stats,
+                          details={"history": history, "trainable": result["trainable"]})
