@@ -13,7 +13,8 @@ change. Rules:
    ``layers`` (intermediate-feature loss) is not supported yet: a non-empty value is refused.
 3. Training runs in graphc's isolated onnxruntime-training environment (``graphc setup
    training``) as a subprocess (``graphc.distill_worker``): AdamW, gradient clipping by
-   global norm (``clip``), linear warm-up over ``warmup`` of the steps then cosine decay,
+   global norm (``clip``, off by default: onnxruntime's clipping kernel is not
+   bit-reproducible), linear warm-up over ``warmup`` of the steps then cosine decay,
    a permutation per epoch drawn from ``seed`` (a fixed seed gives the same weights),
    BatchNormalization trained with its running statistics frozen (rewritten in the training
    copy; onnxruntime-training would otherwise use batch statistics that inference never
@@ -64,7 +65,8 @@ class DistillOptions:
     teacher: str = field(default="", metadata={"help": "teacher .onnx (default: the model as loaded)"})
     seed: int = field(default=0, metadata={"min": 0, "help": "data-order seed (same seed, same weights)"})
     warmup: float = field(default=0.05, metadata={"min": 0.0, "max": 0.5, "help": "share of steps of linear warm-up"})
-    clip: float = field(default=1.0, metadata={"min": 0.0, "help": "max global gradient norm (0: no clipping)"})
+    clip: float = field(default=0.0, metadata={"min": 0.0, "help": "max global gradient norm (0: off; > 0 is "
+                                                                  "reproducible only to ~1e-7, see rule 3)"})
     weight_decay: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0, "help": "AdamW weight decay"})
     patience: int = field(default=2, metadata={"min": 0, "help": "epochs without improvement before stopping (0: off)"})
     resume: bool = field(default=True, metadata={"help": "resume an interrupted identical run from its checkpoint"})

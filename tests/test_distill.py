@@ -1,0 +1,216 @@
+"""distill end to end in the real training environment (``graphc setup training``).
+
+The environment is created by the session fixture when missing (about 30 s, idempotent);
+these tests are skipped only when it cannot be installed (no package index, no Python 3.11).
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from graphc import distill_run, training_env
+from graphc.context import Context
+from graphc.data import load_dataset, model_signature
+from graphc.errors import GraphcError
+from graphc.graph import to_graph, to_model
+from graphc.passes.distill import DistillOptions, DistillPass
+from graphc.passes.prune import PruneOptions, PrunePass
+from graphc.pipeline import OptimizeRequest, optimize
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CNN = ROOT / "models" / "fashion_cnn.onnx"
+TEST_SPLIT = ROOT / "models" / "fashion_mnist_test.npz"
+
+
+@pytest.fixture(scope="session")
+def training_python():
+    try:
+        training_env.setup(say=lambda line: None)
+    except GraphcError as exc:
+        pytest.skip(f"the training environment cannot be installed here: {exc}")
+    return training_env.env_python()
+
+
+@pytest.fixture(scope="module")
+def fashion(tmp_path_factory):
+    """1024 train / 512 eval rows of the test split, and the CNN pruned by half (the student)."""
+    root = tmp_path_factory.mktemp("distill")
+    with np.load(TEST_SPLIT) as npz:
+        np.savez(root / "train.npz", image=npz["image"][:1024], labels=npz["labels"][:1024])
+        np.savez(root / "eval.npz", image=npz["image"][1024:1536], labels=npz["labels"][1024:1536])
+    teacher = onnx.load(str(CNN))
+    result = PrunePass(PruneOptions(ratio=0.5)).run(to_graph(teacher), None)
+    student = to_model(result.graph, teacher)
+    onnx.save(student, root / "pruned.onnx")
+    signature = model_signature(teacher)
+    return {"root": root, "teacher": teacher, "student": student,
+            "train": load_dataset(root / "train.npz", signature), "eval": load_dataset(root / "eval.npz", signature)}
+
+
+def outputs(model, feeds):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0].astype(np.float64)
+
+
+def reference_loss(s, t, labels, T, alpha, beta):
+    """The KD loss written out independently of the worker (float64)."""
+    def log_softmax(x):
+        m = x.max(1, keepdims=True)
+        return x - m - np.log(np.exp(x - m).sum(1, keepdims=True))
+
+    p_t = np.exp(log_softmax(t / T))
+    kl = (p_t * (np.log(p_t) - log_softmax(s / T))).sum(1).mean()
+    ce = -log_softmax(s)[np.arange(len(s)), labels].mean()
+    return alpha * T * T * kl + (1 - alpha) * ce + beta * ((s - t) ** 2).mean()
+
+
+def run_in(directory, fashion, python, **config):
+    config = {"inputs": ["image"], "threads": 2, "epochs": 1, **config}
+    distill_run.prepare(directory, fashion["student"], fashion["teacher"], fashion["train"], fashion["eval"],
+                        config, threads=2)
+    return distill_run.run_worker(directory, python, config.get("metric"), say=lambda line: None, progress=False)
+
+
+def trained(directory) -> dict:
+    with np.load(directory / "trained.npz") as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def test_step0_kd_loss_matches_numpy(tmp_path, fashion, training_python):
+    T, alpha, beta = 3.0, 0.6, 0.3
+    result = run_in(tmp_path / "run", fashion, training_python, T=T, alpha=alpha, beta=beta, batch=64)
+    train, evaluation = fashion["train"], fashion["eval"]
+    rows = np.random.default_rng([0, 1]).permutation(len(train))[:64]  # the worker's first batch (seed 0, epoch 1)
+    feeds = {"image": train.inputs["image"][rows]}
+    want = reference_loss(outputs(fashion["student"], feeds), outputs(fashion["teacher"], feeds),
+                          train.labels[rows], T, alpha, beta)
+    assert result["first_step_loss"] == pytest.approx(want, rel=1e-5)
+    feeds = {"image": evaluation.inputs["image"]}
+    held_out = reference_loss(outputs(fashion["student"], feeds), outputs(fashion["teacher"], feeds),
+                              evaluation.labels, T, alpha, beta)
+    assert result["history"][0]["eval_loss"] == pytest.approx(held_out, rel=1e-5)
+    assert result["batchnorm_frozen"] == 7 and len(result["trainable"]) == 23
+
+
+def test_same_seed_same_weights_and_resume_equals_uninterrupted(tmp_path, fashion, training_python):
+    options = {"epochs": 2, "batch": 64, "patience": 0}
+    run_in(tmp_path / "a", fashion, training_python, **options)
+    run_in(tmp_path / "b", fashion, training_python, **options)
+    a, b = trained(tmp_path / "a"), trained(tmp_path / "b")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    run_in(tmp_path / "seed1", fashion, training_python, seed=1, **options)
+    assert not all(np.array_equal(a[k], v) for k, v in trained(tmp_path / "seed1").items())
+
+    # interrupted right after epoch 1's checkpoint, then the same directory run again
+    directory = tmp_path / "c"
+    distill_run.prepare(directory, fashion["student"], fashion["teacher"], fashion["train"], fashion["eval"],
+                        {"inputs": ["image"], "threads": 2, **options}, threads=2)
+    process = subprocess.Popen([str(training_python), str(training_env.WORKER), str(directory)],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in process.stdout:
+        event = json.loads(line)
+        if event["event"] == "epoch" and event["epoch"] == 1:  # its checkpoint is written before this line
+            process.kill()
+            break
+    process.wait()
+    assert not (directory / "trained.npz").exists()
+    result = distill_run.run_worker(directory, training_python, None, say=lambda line: None, progress=False)
+    assert result["resumed_from"] == 1
+    c = trained(directory)
+    assert all(np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_write_back_changes_only_trained_initializers(fashion, training_python):
+    student = fashion["student"]
+    ctx = Context(original=fashion["teacher"], model_path=CNN, report=None, train_data=fashion["train"],
+                  eval_data=fashion["eval"], metric="top1", threads=2)
+    distill = DistillPass(DistillOptions(epochs=1, batch=64))
+    distill.check(ctx)
+    graph = to_graph(student)
+    result = distill.run(graph, ctx)
+    after = to_model(result.graph if result.graph is not None else graph, student)
+    before = to_model(to_graph(student), student)
+    assert [n.SerializeToString() for n in after.graph.node] == [n.SerializeToString() for n in before.graph.node]
+    assert [n.SerializeToString() for n in after.graph.node] == [n.SerializeToString() for n in student.graph.node]
+    for field in ("input", "output"):
+        assert [v.SerializeToString() for v in getattr(after.graph, field)] == \
+               [v.SerializeToString() for v in getattr(student.graph, field)]
+    old = {t.name: numpy_helper.to_array(t) for t in before.graph.initializer}
+    new = {t.name: numpy_helper.to_array(t) for t in after.graph.initializer}
+    assert list(old) == list(new) and all(old[k].shape == new[k].shape and old[k].dtype == new[k].dtype for k in old)
+    changed = {k for k in old if not np.array_equal(old[k], new[k])}
+    assert changed == set(result.details["trainable"]) and len(changed) == 23
+    assert not any("running" in name for name in changed)
+    assert result.changed and result.stats["tensors_trained"] == 23
+    # the trained student runs in the normal onnxruntime, and better than before on held-out data
+    feeds = {"image": fashion["eval"].inputs["image"]}
+    labels = fashion["eval"].labels
+    assert (outputs(after, feeds).argmax(1) == labels).mean() > (outputs(student, feeds).argmax(1) == labels).mean()
+    key = distill_run.run_key(student, fashion["teacher"], [fashion["train"], fashion["eval"]],
+                              distill._config(ctx, ["image"]))
+    assert not distill_run.run_dir(key).exists()  # removed after a successful write-back
+
+
+@pytest.mark.parametrize("name", ["resnet", "bert"])
+def test_short_distill_lowers_held_out_kd_loss(tmp_path, name, onnx_model, sample_inputs, training_python):
+    path = onnx_model(name)
+    train, evaluation = tmp_path / "train.npz", tmp_path / "eval.npz"
+    np.savez(train, **sample_inputs(name, batch=256, seed=1))
+    np.savez(evaluation, **sample_inputs(name, batch=64, seed=2))
+    out = tmp_path / "student.onnx"
+    passes = "fold,prune:0.4,distill:epochs=2:batch=32:lr=0.002:clip=1"
+    report = optimize(OptimizeRequest(model=path, passes=passes, output=out, train_data=train, eval_data=evaluation,
+                                      metric="cosine", progress=False, threads=2))
+    history = report.passes[-1].details["history"]
+    assert history[-1]["eval_loss"] < 0.8 * history[0]["eval_loss"]
+    assert report.passes[-1].stats["best_epoch"] >= 1 and report.passes[-1].changed
+    assert report.metrics["cosine"]["after"] > history[0]["metric"]
+    if name == "bert":  # LayerNormalization needed its optional outputs in the training copy
+        assert any(n.op_type == "LayerNormalization" for n in onnx.load(str(out)).graph.node)
+    feeds = dict(np.load(evaluation))
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert np.isfinite(session.run(None, feeds)[0]).all()
+
+
+def test_worker_refusal_is_a_one_line_graphc_error(tmp_path, training_python):
+    """Weights held in Constant nodes (not initializers) leave nothing to train: exit 3, one line."""
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Constant", [], ["W"], value=weight),
+                               helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "constant_weights.onnx"
+    onnx.save(model, path)
+    data = tmp_path / "x.npz"
+    np.savez(data, x=rng.standard_normal((64, 8)).astype(np.float32))
+    with pytest.raises(GraphcError, match=r"^the student has no trainable float initializers \(weights in Constant "
+                                          r"nodes\? run fold first\)$"):
+        optimize(OptimizeRequest(model=path, passes="distill:batch=16", output=tmp_path / "o.onnx",
+                                 train_data=data, progress=False))
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_cli_prune_distill_and_setup_is_idempotent(tmp_path, fashion, training_python):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    setup = subprocess.run([sys.executable, "-m", "graphc", "setup", "training"], capture_output=True, text=True,
+                           env=env)
+    assert setup.returncode == 0 and setup.stdout.strip().endswith("nothing to do")
+    root, out = fashion["root"], tmp_path / "distilled.onnx"
+    run = subprocess.run([sys.executable, "-m", "graphc", "optimize", str(root / "pruned.onnx"), "--passes",
+                          "distill:epochs=2:alpha=0.5", "--train-data", str(root / "train.npz"), "--eval-data",
+                          str(root / "eval.npz"), "--metric", "top1", "-o", str(out), "--threads", "2"],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    epochs = [line for line in run.stderr.splitlines() if line.startswith("distill epoch")]
+    assert len(epochs) == 3 and epochs[0].startswith("distill epoch 0/2: eval loss") and "top1" in epochs[-1]
+    assert "| distill:epochs=2:alpha=0.5" in run.stdout and "top1=" in run.stdout
