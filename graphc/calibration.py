@@ -11,6 +11,10 @@ Collection rules:
   state therefore does not grow with the number of samples: peak memory is the state plus
   one batch of activations.
 - A NaN or infinite activation stops calibration with an error naming the tensor.
+- ``channel_names`` (optional) are tensors whose per-channel ``|x|`` maximum along the LAST
+  axis is kept (one float per channel, merged with ``max`` batch by batch: fixed size too);
+  they need no histogram unless also listed in ``names``. A tensor whose last axis changes
+  size between batches is an error. ``graphc.smoothquant`` reads these.
 
 Range rules (all from the same streamed state; ``|x|`` histogram = the two halves folded):
 
@@ -42,7 +46,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -222,9 +226,10 @@ class Calibration:
     batches: int
     seconds: float
     source: str
+    channel_max: dict[str, np.ndarray] = field(default_factory=dict)  # per-last-axis-channel max |x|
 
     def state_bytes(self) -> int:
-        return sum(s.state_bytes() for s in self.states.values())
+        return sum(s.state_bytes() for s in self.states.values()) + sum(m.nbytes for m in self.channel_max.values())
 
 
 def _exposing(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
@@ -235,27 +240,46 @@ def _exposing(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
     return probe
 
 
+def _merge_channel_max(current: np.ndarray | None, values: np.ndarray, name: str) -> np.ndarray:
+    """``current`` merged with the per-channel ``|x|`` max of ``values`` along its last axis."""
+    if values.ndim == 0:
+        raise GraphcError(f"calibration: tensor {name!r} is a scalar; it has no channel axis")
+    peak = np.abs(values.reshape(-1, values.shape[-1])).max(axis=0, initial=0.0).astype(np.float64)
+    if current is None:
+        return peak
+    if current.shape != peak.shape:
+        raise GraphcError(f"calibration: tensor {name!r} has {peak.size} channels on its last axis in one batch "
+                          f"and {current.size} in another")
+    return np.maximum(current, peak)
+
+
 def collect(model: onnx.ModelProto, names: Sequence[str], data: Dataset, samples: int | None = None,
-            batch_size: int = 16, threads: int | None = None) -> Calibration:
-    """Run ``data`` (its first ``samples`` rows) through one session exposing ``names``."""
+            batch_size: int = 16, threads: int | None = None, channel_names: Sequence[str] = ()) -> Calibration:
+    """Run ``data`` (its first ``samples`` rows) through one session exposing ``names`` (and
+    ``channel_names``, whose per-channel maxima land in ``Calibration.channel_max``)."""
     start = time.perf_counter()
     names = list(dict.fromkeys(names))
+    channel_names = list(dict.fromkeys(channel_names))
     states = {n: StreamingHistogram() for n in names}
-    if not names:
+    exposed = list(dict.fromkeys([*names, *channel_names]))
+    if not exposed:
         return Calibration(states, 0, 0, 0.0, data.source)
     rows = data if samples is None or samples >= len(data) else data.take(samples)
-    session = open_session(_exposing(model, names), threads, what="the calibration model")
+    session = open_session(_exposing(model, exposed), threads, what="the calibration model")
     position = {o.name: i for i, o in enumerate(session.get_outputs())}
-    wanted = [position[n] for n in names]
+    channel_max: dict[str, np.ndarray] = {}
     batches = 0
     for feeds, _ in rows.batches(batch_size):
         outputs = run_session(session, feeds)
-        for name, index in zip(names, wanted):
-            values = outputs[index]
+        for name in exposed:
+            values = outputs[position[name]]
             if values.dtype.kind == "f" and not np.isfinite(values).all():
                 raise GraphcError(f"calibration data from {data.source}: tensor {name!r} is NaN or infinite "
                                   f"in batch {batches + 1}; check the inputs' values and scaling")
-            states[name].update(values)
+            if name in states:
+                states[name].update(values)
+            if name in channel_names:
+                channel_max[name] = _merge_channel_max(channel_max.get(name), values, name)
         del outputs
         batches += 1
-    return Calibration(states, len(rows), batches, time.perf_counter() - start, data.source)
+    return Calibration(states, len(rows), batches, time.perf_counter() - start, data.source, channel_max)

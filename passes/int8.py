@@ -53,6 +53,14 @@ Conv + Add + ReLU in INT8); never on outputs, so no Q/DQ lands before an op Tens
 in float (Softmax, LayerNorm, ...); biases stay float. ``tensorrt_violations`` checks these
 rules on a model.
 
+Smoothing (rule 7, ``smooth=<alpha>`` in (0, 1]; 0 = off): before calibration, per-channel
+activation outliers of every quantized MatMul/Gemm whose input comes from a LayerNormalization
+(cloned when its output also feeds other nodes) or from a MatMul/Gemm (+ bias Add) move into
+its weight: ``s_j = max|X_j|^alpha / max|W_j|^(1-alpha)``, the producer's output channel ``j``
+divided by ``s_j``, the weight's input row ``j`` multiplied by it (exact in FP32; the rules
+are ``graphc.smoothquant``'s). Channel maxima come from one streamed run over the same rows
+as calibration. ``smoothed_matmuls`` in the stats counts the nodes smoothed.
+
 Refuses to touch: nodes in subgraphs, weights that are not constants, integer or float16
 graphs. Opset 13 or newer is required (per-axis Q/DQ).
 """
@@ -67,6 +75,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from graphc import smoothquant
 from graphc.calibration import METHODS, collect, tensor_range
 from graphc.cpu_features import cpu_features, default_weight_bits
 from graphc.data import synthetic_dataset
@@ -105,7 +114,8 @@ class Int8Options:
                                                 "help": "calibration rows taken from --data (or synthetic)"})
     calib_batch: int = field(default=16, metadata={"min": 1, "max": 4096,
                                                    "help": "rows per calibration run"})
-
+    smooth: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0, "help": (
+        "SmoothQuant alpha in (0, 1]: migrate activation outliers into MatMul/Gemm weights (0: off)")})
     def __post_init__(self):
         patterns = self.exclude_patterns()
         if self.exclude and any(not p for p in patterns):
@@ -148,34 +158,48 @@ class Int8Pass(Pass):
         qmax = 127 if weight_bits == 8 else 63
         graph = with_types(graph)
         plan = plan_nodes(graph, opts)
-        stats: dict = {"target": opts.target, "weight_bits": weight_bits, "cpu": cpu_features().describe(),
-                       "static_nodes": len(plan.static), "dynamic_nodes": len(plan.dynamic),
-                       "fp32_compute_nodes": len(plan.skipped)}
-        if plan.skipped:
-            stats["fp32_reasons"] = dict(sorted(plan.skipped.items())[:20])
+        stats: dict = {"target": opts.target, "weight_bits": weight_bits, "cpu": cpu_features().describe()}
         if not plan.static and not plan.dynamic:
+            stats.update(plan_stats(plan))
             return PassResult(changed=False, stats=stats, graph=graph)
-
+        if opts.smooth > 0:
+            stats.update(smooth_activations(graph, ctx, plan, opts))
         tensors = activation_tensors(graph, plan.static, opts.target)
         params: dict[str, QParams] = {}
         if tensors:
             ranges, calib_stats = calibrate(graph, ctx, tensors, opts)
             stats.update(calib_stats)
             params = activation_params(graph, tensors, ranges, opts.target)
-        names = NameMaker(graph)
-        weights = WeightCache(names, qmax, opts.per_channel)
-        for node in plan.static:
-            quantize_static_node(node, params, weights, opts.target, names)
-        graph.nodes.extend(weights.nodes)
-        if opts.target == "ort":
-            stats["activations_absorbed"] = absorb_activations(graph, params)
-        insert_qdq(graph, params, names, plan.static)
-        dynamic_inputs: dict[int, list[gs.Variable]] = {}  # one DynamicQuantizeLinear per tensor
-        for node in plan.dynamic:
-            quantize_dynamic_node(graph, node, weights, names, dynamic_inputs)
-        graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        stats["quantized_tensors"] = len(params)
+        stats.update(plan_stats(plan))
+        stats.update(rewrite(graph, plan, params, opts, qmax))
         return PassResult(changed=True, stats=stats, graph=graph)
+
+
+def plan_stats(plan: NodePlan) -> dict:
+    stats = {"static_nodes": len(plan.static), "dynamic_nodes": len(plan.dynamic),
+             "fp32_compute_nodes": len(plan.skipped)}
+    if plan.skipped:
+        stats["fp32_reasons"] = dict(sorted(plan.skipped.items())[:20])
+    return stats
+
+
+def rewrite(graph: gs.Graph, plan: NodePlan, params: dict[str, QParams], opts: Int8Options, qmax: int) -> dict:
+    """Rules 2-6 applied to the planned nodes with the given activation parameters."""
+    stats = {}
+    names = NameMaker(graph)
+    weights = WeightCache(names, qmax, opts.per_channel)
+    for node in plan.static:
+        quantize_static_node(node, params, weights, opts.target, names)
+    graph.nodes.extend(weights.nodes)
+    if opts.target == "ort":
+        stats["activations_absorbed"] = absorb_activations(graph, params)
+    insert_qdq(graph, params, names, plan.static)
+    dynamic_inputs: dict[int, list[gs.Variable]] = {}  # one DynamicQuantizeLinear per tensor
+    for node in plan.dynamic:
+        quantize_dynamic_node(graph, node, weights, names, dynamic_inputs)
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    stats["quantized_tensors"] = len(params)
+    return stats
 
 
 def with_types(graph: gs.Graph) -> gs.Graph:
@@ -221,6 +245,11 @@ def refusal(node: gs.Node) -> str | None:
     return None
 
 
+def node_label(node: gs.Node) -> str:
+    """A compute node's name in plans and reports (its output's name when it has none)."""
+    return node.name or f"{node.op}->{node.outputs[0].name}"
+
+
 def plan_nodes(graph: gs.Graph, opts: Int8Options) -> NodePlan:
     """Rule 1: which compute nodes are quantized, and how."""
     patterns = opts.exclude_patterns()
@@ -230,7 +259,7 @@ def plan_nodes(graph: gs.Graph, opts: Int8Options) -> NodePlan:
     for node in graph.nodes:
         if node.op not in COMPUTE_OPS:
             continue
-        label = node.name or f"{node.op}->{node.outputs[0].name}"
+        label = node_label(node)
         hits = [p for p in patterns if fnmatch.fnmatchcase(node.name or "", p) or fnmatch.fnmatchcase(node.op, p)]
         for p in hits:
             matched[p] = True
@@ -386,13 +415,17 @@ def activation_qparams(lo: float, hi: float, target: str) -> QParams:
     return QParams(np.array(scale, dtype=np.float32), np.array(zero_point, dtype=np.uint8))
 
 
+def calibration_data(ctx, opts: Int8Options):
+    """(rows to calibrate on, how to name them): ``--data``, else synthetic inputs."""
+    if ctx.data is not None:
+        return ctx.data, "--data"
+    return (synthetic_dataset(ctx.original, batches=opts.samples, shapes=ctx.shapes, seed=0),
+            "synthetic inputs (no --data)")
+
+
 def calibrate(graph: gs.Graph, ctx, tensors: dict[str, gs.Variable], opts: Int8Options):
     """Ranges of ``tensors`` from ``--data`` (or synthetic inputs), and report statistics."""
-    if ctx.data is not None:
-        data, source = ctx.data, "--data"
-    else:
-        data = synthetic_dataset(ctx.original, batches=opts.samples, shapes=ctx.shapes, seed=0)
-        source = "synthetic inputs (no --data)"
+    data, source = calibration_data(ctx, opts)
     result = collect(to_model(graph, ctx.original), list(tensors), data, opts.samples, opts.calib_batch,
                      ctx.threads)
     ranges = {name: tensor_range(state, opts.calib, opts.percentile, symmetric=opts.target == "tensorrt")
@@ -401,6 +434,17 @@ def calibrate(graph: gs.Graph, ctx, tensors: dict[str, gs.Variable], opts: Int8O
              "calibration_seconds": round(result.seconds, 3),
              "calibration_state_bytes": result.state_bytes()}
     return ranges, stats
+
+
+def smooth_activations(graph: gs.Graph, ctx, plan: NodePlan, opts: Int8Options) -> dict:
+    """Rule 7: SmoothQuant on the planned MatMul/Gemm nodes, in place; statistics."""
+    sites = smoothquant.find_sites(graph, [n for n in [*plan.static, *plan.dynamic] if n.op in ("MatMul", "Gemm")])
+    if not sites:
+        return {"smoothed_matmuls": 0}
+    data, _ = calibration_data(ctx, opts)
+    result = collect(to_model(graph, ctx.original), [], data, opts.samples, opts.calib_batch, ctx.threads,
+                     channel_names=[site.tensor.name for site in sites])
+    return smoothquant.smooth(graph, sites, result.channel_max, opts.smooth)
 
 
 # --------------------------------------------------------------------------- rewriting
