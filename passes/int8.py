@@ -61,6 +61,16 @@ divided by ``s_j``, the weight's input row ``j`` multiplied by it (exact in FP32
 are ``graphc.smoothquant``'s). Channel maxima come from one streamed run over the same rows
 as calibration. ``smoothed_matmuls`` in the stats counts the nodes smoothed.
 
+Accuracy budget (rule 8, ``budget=<max drop>``, needs ``--eval-data`` and ``--metric``):
+after smoothing and one calibration of every candidate tensor, quantized models are built
+with some compute nodes kept FP32 (activation ranges reused) and scored with the metric on
+``budget_rows`` rows (the original model is the reference for cosine / agreement). Groups of
+nodes (``budget_group=layer|node``), their sensitivity, the greedy FP32 fallback and the
+failure rule are ``graphc.sensitivity``'s; ``drop = metric(FP32 input) - metric(INT8)``
+must end ``<= budget``. The stats, details and a report note list each group kept FP32 with
+the metric it gave back alone; if no mix that still quantizes something meets the budget the
+pass fails with one line.
+
 Refuses to touch: nodes in subgraphs, weights that are not constants, integer or float16
 graphs. Opset 13 or newer is required (per-axis Q/DQ).
 """
@@ -75,7 +85,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphc import smoothquant
+from graphc import sensitivity, smoothquant
 from graphc.calibration import METHODS, collect, tensor_range
 from graphc.cpu_features import cpu_features, default_weight_bits
 from graphc.data import synthetic_dataset
@@ -116,6 +126,14 @@ class Int8Options:
                                                    "help": "rows per calibration run"})
     smooth: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0, "help": (
         "SmoothQuant alpha in (0, 1]: migrate activation outliers into MatMul/Gemm weights (0: off)")})
+    budget: float = field(default=-1.0, metadata={"min": 0.0, "help": (
+        "max metric drop vs FP32 (needs --eval-data and --metric); keeps the most sensitive "
+        "layers FP32 until it holds (default: off)")})
+    budget_rows: int = field(default=256, metadata={"min": 1, "max": 1_000_000,
+                                                    "help": "--eval-data rows scored per budget candidate"})
+    budget_group: Literal["layer", "node"] = field(default="layer", metadata={
+        "help": "what budget keeps FP32 together: a numbered layer (e.g. /encoder/layer.3/*) or one node"})
+
     def __post_init__(self):
         patterns = self.exclude_patterns()
         if self.exclude and any(not p for p in patterns):
@@ -145,12 +163,18 @@ class Int8Pass(Pass):
         # int8 noise: outputs stay aligned in direction (cosine), not within a relative bound
         return Tolerance(min_cosine=0.99)
 
+    def check(self, ctx) -> None:
+        if self.options.budget >= 0 and (ctx.eval_data is None or ctx.metric is None):
+            raise GraphcError(f"int8:budget={self.options.budget:g} needs --eval-data and --metric "
+                              f"(the accuracy the budget holds); give both or drop budget")
+
     def run(self, graph: gs.Graph, ctx) -> PassResult:
         opts = self.options
         opset = int(graph.opset or 0)
         if opset < MIN_OPSET:
             raise GraphcError(f"int8 needs opset {MIN_OPSET} or newer (per-axis QuantizeLinear); "
                               f"the model has opset {opset}")
+        self.check(ctx)
         if opts.target == "tensorrt":
             weight_bits = 8  # GPUs accumulate u8/s8 products in 32 bits
         else:
@@ -164,6 +188,8 @@ class Int8Pass(Pass):
             return PassResult(changed=False, stats=stats, graph=graph)
         if opts.smooth > 0:
             stats.update(smooth_activations(graph, ctx, plan, opts))
+        if opts.budget >= 0:
+            return budget_result(graph, ctx, plan, opts, qmax, stats)
         tensors = activation_tensors(graph, plan.static, opts.target)
         params: dict[str, QParams] = {}
         if tensors:
@@ -250,8 +276,8 @@ def node_label(node: gs.Node) -> str:
     return node.name or f"{node.op}->{node.outputs[0].name}"
 
 
-def plan_nodes(graph: gs.Graph, opts: Int8Options) -> NodePlan:
-    """Rule 1: which compute nodes are quantized, and how."""
+def plan_nodes(graph: gs.Graph, opts: Int8Options, keep: frozenset[str] = frozenset()) -> NodePlan:
+    """Rule 1: which compute nodes are quantized, and how (labels in ``keep``: FP32, rule 8)."""
     patterns = opts.exclude_patterns()
     matched = {p: False for p in patterns}
     transformer = any(n.op == "Softmax" for n in graph.nodes)
@@ -266,7 +292,7 @@ def plan_nodes(graph: gs.Graph, opts: Int8Options) -> NodePlan:
         if hits:
             plan.skipped[label] = f"excluded by {hits[0]!r}"
             continue
-        why = refusal(node)
+        why = refusal(node) or ("kept FP32 by budget" if label in keep else None)
         if why is not None:
             plan.skipped[label] = why
             continue
@@ -445,6 +471,56 @@ def smooth_activations(graph: gs.Graph, ctx, plan: NodePlan, opts: Int8Options) 
     result = collect(to_model(graph, ctx.original), [], data, opts.samples, opts.calib_batch, ctx.threads,
                      channel_names=[site.tensor.name for site in sites])
     return smoothquant.smooth(graph, sites, result.channel_max, opts.smooth)
+
+
+def budget_result(graph: gs.Graph, ctx, plan: NodePlan, opts: Int8Options, qmax: int, stats: dict) -> PassResult:
+    """Rule 8: the quantized graph with the fewest sensitive groups FP32 that meets the budget."""
+    base = to_model(graph, ctx.original)  # FP32 (after smoothing): every candidate starts from it
+    tensors = activation_tensors(graph, plan.static, opts.target)
+    ranges: dict[str, tuple[float, float]] = {}
+    if tensors:
+        ranges, calib_stats = calibrate(graph, ctx, tensors, opts)
+        stats.update(calib_stats)
+    built: dict[frozenset[str], tuple[gs.Graph, NodePlan, dict]] = {}
+
+    def build(keep: frozenset[str]) -> onnx.ModelProto:
+        candidate = with_types(gs.import_onnx(base))
+        candidate_plan = plan_nodes(candidate, opts, keep)
+        chosen = activation_tensors(candidate, candidate_plan.static, opts.target)
+        missing = [name for name in chosen if name not in ranges]
+        if missing:  # never expected: fewer quantized nodes quantize a subset of the tensors
+            ranges.update(calibrate(candidate, ctx, {n: chosen[n] for n in missing}, opts)[0])
+        params = activation_params(candidate, chosen, {n: ranges[n] for n in chosen}, opts.target)
+        rewrite_stats = rewrite(candidate, candidate_plan, params, opts, qmax)
+        built.clear()  # keep only the latest: the search returns the last model it built or scored
+        built[keep] = (candidate, candidate_plan, rewrite_stats)
+        return to_model(candidate, ctx.original)
+
+    planned = {id(n) for n in [*plan.static, *plan.dynamic]}
+    labels = [node_label(n) for n in graph.nodes if id(n) in planned]
+    groups = sensitivity.make_groups(labels, opts.budget_group)
+    rows = ctx.eval_data.take(opts.budget_rows)
+    score = sensitivity.Evaluator(rows, ctx.metric, ctx.original, ctx.threads)
+    what = f"int8:budget={opts.budget:g} ({ctx.metric} on {len(rows)} rows of --eval-data)"
+    result = sensitivity.search(groups, build, score, base, opts.budget, what)
+    keep = frozenset(label for g in result.kept for label in groups[g])
+    if keep not in built:
+        build(keep)
+    final_graph, final_plan, rewrite_stats = built[keep]
+    stats.update(plan_stats(final_plan))
+    stats.update(rewrite_stats)
+    drop = result.fp32 - result.final
+    stats.update({"budget": opts.budget, "budget_metric": f"{ctx.metric} on {len(rows)} rows",
+                  "metric_fp32": round(result.fp32, 6), "metric_int8_all": round(result.all_int8, 6),
+                  "metric_int8": round(result.final, 6), "budget_fp32_groups": len(result.kept),
+                  "budget_fp32_nodes": len(keep), "budget_evaluations": result.evaluations})
+    kept = [{"group": g, "nodes": groups[g], "gain": result.sensitivity[g]} for g in result.kept]
+    details = {"budget": {"kept_fp32": kept, "sensitivity": result.sensitivity, "groups": len(groups)}}
+    listed = ", ".join(f"{k['group']} (alone FP32: {k['gain']:+.6g})" for k in kept) or "nothing"
+    ctx.report.note(f"int8 budget {opts.budget:g} on {ctx.metric} ({len(rows)} rows): FP32 {result.fp32:.6g}, "
+                    f"all INT8 {result.all_int8:.6g}, final {result.final:.6g} (drop {drop:.6g}); "
+                    f"kept FP32: {listed}")
+    return PassResult(changed=True, stats=stats, graph=final_graph, details=details)
 
 
 # --------------------------------------------------------------------------- rewriting

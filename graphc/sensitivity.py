@@ -1,0 +1,134 @@
+"""Accuracy budget: per-group quantization sensitivity and the greedy FP32 fallback.
+
+Rules (``search``):
+
+- Groups: ``by="node"``: every quantized compute node alone; ``by="layer"``: nodes whose
+  names share the path up to the first non-final ``/`` segment ending in digits
+  (``/encoder/layer.3/...``, ``/features/features.6/...``); a node without one is its own
+  group. Groups keep the graph's order.
+- Scores come from one evaluator: the metric (``graphc.metrics.evaluate``) on the first
+  ``rows`` of the evaluation data, with the original model as the reference for cosine /
+  agreement (its outputs computed once and cached). ``drop = fp32 - score``.
+- 1. ``fp32`` = score of the unquantized model; ``all`` = score with every group INT8. If
+  ``fp32 - all <= budget`` nothing stays FP32.
+  2. Sensitivity of a group = ``score(everything INT8 but that group) - all``: the metric it
+  gives back when kept FP32 alone.
+  3. Greedy, most sensitive first (ties: graph order): keep groups FP32 one by one until
+  ``fp32 - score <= budget``.
+  4. Keeping every group FP32 is not a mix (nothing would be quantized): when the budget
+  still fails with all groups but the least sensitive one FP32, the search fails with one
+  GraphcError line giving the smallest drop of any mix it scored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from graphc.data import Dataset
+from graphc.errors import GraphcError
+from graphc.metrics import evaluate
+from graphc.runtime import open_session, run_session
+
+NUMBERED = re.compile(r"\d+$")
+
+
+def group_key(label: str, by: str) -> str:
+    """The group of a node label (see the module rules)."""
+    if by == "node":
+        return label
+    segments = label.split("/")
+    for i, segment in enumerate(segments[:-1]):
+        if NUMBERED.search(segment):
+            return "/".join(segments[:i + 1])
+    return label
+
+
+def make_groups(labels: list[str], by: str) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        groups.setdefault(group_key(label, by), []).append(label)
+    return groups
+
+
+class Evaluator:
+    """``score(model)``: the metric on fixed rows; the reference model runs once per batch."""
+
+    BATCH = 64
+
+    def __init__(self, data: Dataset, metric: str, reference: onnx.ModelProto, threads: int | None = None):
+        self.data, self.metric, self.threads = data, metric, threads
+        self.reference = open_session(reference, threads, what="the reference model")
+        self.cache: dict[bytes, list[np.ndarray]] = {}
+        self.calls = 0
+
+    def _reference(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        digest = hashlib.sha1()
+        for name in sorted(feeds):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(feeds[name]).tobytes())
+        key = digest.digest()
+        if key not in self.cache:
+            self.cache[key] = run_session(self.reference, feeds)
+        return self.cache[key]
+
+    def __call__(self, model: onnx.ModelProto) -> float:
+        self.calls += 1
+        session = open_session(model, self.threads, what="a budget candidate")
+        return evaluate(lambda feeds: run_session(session, feeds), self.data, self.metric,
+                        reference=self._reference, batch_size=self.BATCH)
+
+
+@dataclass
+class BudgetResult:
+    fp32: float
+    all_int8: float
+    final: float
+    model: onnx.ModelProto
+    kept: list[str]  # groups kept FP32, most sensitive first
+    sensitivity: dict[str, float] = field(default_factory=dict)  # group -> metric gained when FP32 alone
+    evaluations: int = 0
+
+
+def search(groups: dict[str, list[str]], build: Callable[[frozenset[str]], onnx.ModelProto],
+           score: Callable[[onnx.ModelProto], float], fp32_model: onnx.ModelProto, budget: float,
+           what: str) -> BudgetResult:
+    """Steps 1-4 of the module rules. ``build(keep)`` is the quantized model with the node
+    labels in ``keep`` FP32; ``what`` names the budget in the failure message."""
+    calls = 0
+
+    def measure(model):
+        nonlocal calls
+        calls += 1
+        return score(model)
+
+    fp32 = measure(fp32_model)
+    everything = build(frozenset())
+    all_int8 = measure(everything)
+    if fp32 - all_int8 <= budget:
+        return BudgetResult(fp32, all_int8, all_int8, everything, [], {}, calls)
+    if len(groups) < 2:  # keeping the only group FP32 would quantize nothing
+        raise GraphcError(f"{what}: no INT8 mix meets it: the only group {next(iter(groups))!r} drops "
+                          f"{fp32 - all_int8:.6g}; raise the budget or run without it")
+    sensitivity = {name: measure(build(frozenset(members))) - all_int8 for name, members in groups.items()}
+    best = all_int8 + max(sensitivity.values())  # the best mix scored so far
+    position = {name: i for i, name in enumerate(groups)}
+    order = sorted(groups, key=lambda g: (-sensitivity[g], position[g]))
+    kept: list[str] = []
+    for name in order[:-1]:
+        kept.append(name)
+        model = build(frozenset(label for g in kept for label in groups[g]))
+        value = measure(model)
+        if fp32 - value <= budget:
+            return BudgetResult(fp32, all_int8, value, model, kept, sensitivity, calls)
+        best = max(best, value)
+    raise GraphcError(
+        f"{what}: no INT8 mix meets it: the smallest drop of the {calls - 1} mixes scored is {fp32 - best:.6g} "
+        f"(all INT8: {fp32 - all_int8:.6g}; {len(order) - 1} of {len(order)} groups FP32, only "
+        f"{order[-1]!r} INT8: {fp32 - value:.6g}); "
+        f"raise the budget or run without it")
