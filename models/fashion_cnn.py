@@ -9,6 +9,8 @@ files of the Debian package ``dataset-fashion-mnist``. Writes
   fusion) so the ``fold`` pass has real work to do;
 - ``models/fashion_mnist_test.npz``: the full 10k test split, ``image`` uint8 and ``labels``
   int64 (uint8 keeps it a few MB);
+- ``models/fashion_mnist_calib.npz``: 512 train-split images with labels (a seeded sample),
+  calibration data that is not the test set;
 - ``models/fashion_mnist_train.npz`` (only with ``--write-train``, not committed): the
   60k train split in the same format, for passes that train.
 
@@ -44,6 +46,13 @@ def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
     images = read_idx(IDX_DIR / f"{split}-images-idx3-ubyte.gz")[:, None, :, :]
     labels = read_idx(IDX_DIR / f"{split}-labels-idx1-ubyte.gz").astype(np.int64)
     return images, labels
+
+
+def write_calibration_split(images: np.ndarray, labels: np.ndarray, path: pathlib.Path,
+                            rows: int = 512, seed: int = 0) -> None:
+    """A seeded sample of the train split, for calibration (int8) and --data."""
+    pick = np.sort(np.random.default_rng(seed).choice(len(images), rows, replace=False))
+    np.savez_compressed(path, image=images[pick], labels=labels[pick])
 
 
 def build_model():
@@ -145,6 +154,7 @@ def main(argv=None) -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.write_train:
         np.savez_compressed(args.out_dir / "fashion_mnist_train.npz", image=train_x, labels=train_y)
+    write_calibration_split(train_x, train_y, args.out_dir / "fashion_mnist_calib.npz")
 
     model = build_model()
     train(model, train_x, train_y, args.epochs, args.seed)
