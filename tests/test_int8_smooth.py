@@ -9,7 +9,6 @@
   FP32 than without smoothing.
 """
 
-import pathlib
 
 import numpy as np
 import onnx
