@@ -24,6 +24,12 @@ class Context:
     metric: str | None = None
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     threads: int | None = None
+    pass_names: list[str] = field(default_factory=list)  # the whole --passes list, in order
+
+    def runs_before(self, first: str, second: str) -> bool:
+        """Whether pass ``first`` appears before pass ``second`` in --passes."""
+        names = self.pass_names
+        return first in names and second in names and names.index(first) < names.index(second)
 
     def sample_data(self, rows: int = VERIFY_ROWS) -> Dataset:
         """Inputs to compare models on: the first rows of --data, else synthetic ones."""

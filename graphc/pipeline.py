@@ -84,6 +84,7 @@ def optimize(request: OptimizeRequest) -> Report:
     before = model_stats(original, request.shapes, size_bytes=file_size(request.model))
     report = Report(model=str(request.model), before=before, output=str(request.output))
     ctx = build_context(request, original, report)
+    ctx.pass_names = [s.name for s in specs]
     for p in passes:
         p.check(ctx)
 

@@ -83,6 +83,9 @@ class DistillPass(Pass):
 
     def check(self, ctx) -> None:
         o = self.options
+        if ctx.runs_before("int8", "distill"):
+            raise GraphcError("distill cannot train through the Q/DQ nodes int8 inserts (they have no gradient); "
+                              "put int8 after distill, e.g. --passes prune,distill,int8")
         if o.layers:
             raise GraphcError(f"distill:layers={o.layers}: intermediate-feature loss is not supported yet; "
                               f"distill matches the first output only (leave layers empty)")

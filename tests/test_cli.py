@@ -142,7 +142,7 @@ def _wrong_data(tmp_path):
 
 @pytest.mark.parametrize("args, pattern", [
     (["missing.onnx", "--passes", "fold"], "missing.onnx: no such file"),
-    (["{cnn}", "--passes", "fold,shrink"], r"unknown pass 'shrink' \(passes: fold"),
+    (["{cnn}", "--passes", "fold,shrink"], r"unknown pass 'shrink' \(passes: .*fold"),
     (["{cnn}", "--passes", "fold:bn=perhaps"], "fold:bn: 'perhaps' is not a valid bool"),
     (["{cnn}", "--passes", "fold:sizes=3"], r"has no option 'sizes' \(options: constants, bn, size_threshold\)"),
     (["{cnn}", "--passes", "fold", "--data", "{tmp}/name.npz"], r"'pixels' is not an input of the model \(inputs: image"),

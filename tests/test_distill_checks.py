@@ -122,6 +122,16 @@ def test_quantized_graph_is_refused_with_the_order_advice(fake_env):
         check(mlp(qdq=True))
 
 
+def test_int8_before_distill_is_refused_before_anything_runs(fake_env):
+    ctx = context(mlp())
+    ctx.pass_names = ["prune", "int8", "distill"]
+    with pytest.raises(GraphcError, match=r"cannot train through the Q/DQ nodes int8 inserts .* "
+                                          r"put int8 after distill, e.g. --passes prune,distill,int8"):
+        check(mlp(), ctx)
+    ctx.pass_names = ["prune", "distill", "int8"]
+    check(mlp(), ctx)
+
+
 @pytest.mark.parametrize("opset", [12, 21, 22])
 def test_opset_outside_13_to_20(fake_env, opset):
     with pytest.raises(GraphcError, match=rf"has opset {opset}; onnxruntime-training 1.19.2 trains opsets 13-20"):
