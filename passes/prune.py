@@ -57,7 +57,8 @@ class PruneOptions:
         "help": "rank units across all groups, or remove ratio of every group"})
     max_layer_ratio: float = field(default=0.9, metadata={"min": 0.0, "max": 0.99,
                                                           "help": "most units any one group may lose"})
-    round_to: int = field(default=1, metadata={"min": 1, "help": "kept channels a multiple of this"})
+    round_to: int = field(default=8, metadata={"min": 1, "help": "kept channels a multiple of this (1: exact ratio; "
+                                                                "8 keeps onnxruntime's fast blocked Conv/GEMM paths)"})
     hidden: bool = field(default=False, metadata={"help": "also prune the transformer hidden size (inexact)"})
     recalibrate: bool = field(default=False, metadata={"help": "re-estimate BatchNorm statistics on --data"})
 
@@ -141,8 +142,14 @@ def analyse(graph: gs.Graph, options: PruneOptions | None = None, shapes=None) -
 
 
 def _duplicates_shared_weight(node: gs.Node) -> bool:
-    """Folding this node would copy a weight other nodes still read (a tied embedding)."""
-    return any(isinstance(t, gs.Constant) and t.values.size > 1024 and len(t.outputs) > 1 for t in node.inputs)
+    """Folding this node would copy a weight matrix other nodes still read (a tied embedding).
+
+    Vectors are exempt: the TorchScript exporter merges identical biases (zero-initialised
+    ones) and reads them through Identity nodes; copying a vector is cheap, and leaving it
+    unfolded would block its channel group.
+    """
+    return any(isinstance(t, gs.Constant) and t.values.ndim >= 2 and t.values.size > 1024 and len(t.outputs) > 1
+               for t in node.inputs)
 
 
 def plan_pruning(graph: gs.Graph, options: PruneOptions, ctx=None) -> PrunePlan:

@@ -141,7 +141,7 @@ def test_max_layer_ratio_caps_every_group(onnx_model):
 
 
 def test_uniform_scope_prunes_every_group_by_the_ratio(onnx_model):
-    plan = _plan(onnx_model, "concat", ratio=0.5, scope="uniform")
+    plan = _plan(onnx_model, "concat", ratio=0.5, scope="uniform", round_to=1)
     for group in plan.prunable():
         assert len(plan.removed.get(group.id, [])) == min(group.units // 2, group.units - 1)
 
@@ -206,3 +206,24 @@ def test_hidden_true_prunes_the_residual_stream_and_still_runs(onnx_model, sampl
     kept = 64 - len(plan.removed[hidden[0].id])
     embedding = next(t for t in pruned.graph.initializer if "word_embeddings" in t.name)
     assert list(embedding.dims) == [1000, kept]
+
+
+def test_exporter_shared_zero_biases_do_not_block_groups(tmp_path):
+    """The TorchScript exporter merges identical (zero) biases and reads them through
+    Identity nodes; prune must still prune those layers, exactly."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 16), torch.nn.ReLU(),
+                              torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4)).eval()
+    for layer in (net[0], net[4]):
+        torch.nn.init.zeros_(layer.bias)
+    path = tmp_path / "dedup.onnx"
+    torch.onnx.export(net, (torch.randn(2, 16),), str(path), dynamo=False, opset_version=17, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    model = load_model(path)
+    assert any(n.op_type == "Identity" for n in model.graph.node)  # the exporter's deduplication
+    plan, pruned, masked = pruned_and_masked(model, PruneOptions(ratio=0.3, round_to=1))
+    assert len(plan.prunable()) == 3 and len(plan.removed) == 3
+    feeds = {"x": np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)}
+    np.testing.assert_allclose(run(pruned, feeds)[0], run(masked, feeds)[0], rtol=1e-5, atol=1e-6)
