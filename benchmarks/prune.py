@@ -1,7 +1,7 @@
 """graphc ``prune`` measured side by side in one run, with Torch-Pruning 1.6.1 as the anchor.
 
 Part 1, the two real models, graphc ``prune`` at ratios 0, 0.3 and 0.5 (default options, plus
-``round_to=8`` at 0.3 and 0.5), metric before any fine-tuning:
+``round_to=1`` at 0.3 and 0.5; the default is ``round_to=8``), metric before any fine-tuning:
 
 - the bundled Fashion-MNIST CNN (``models/fashion_cnn.onnx``): top-1 on the 10k test split;
 - all-MiniLM-L6-v2 (``models/minilm.py``, TorchScript export): mean embedding cosine vs the
@@ -18,7 +18,7 @@ attention modules' head counts and the HF config updated); its models are export
 way. graphc prunes the unpruned ONNX export with ``prune:target=macs:ratio=r``, ``r`` chosen so
 its MACs match Torch-Pruning's within 3% (first guess from graphc's plan: ``r`` = MACs to
 remove / prunable MACs; then secant steps on the pruned model's measured MACs), plus a
-``round_to=8`` variant and, for BERT, a ``hidden=true`` variant. Both sides' MACs are counted
+``round_to=1`` variant and, for BERT, a ``hidden=true`` variant. Both sides' MACs are counted
 by ``graphc.stats`` on the ONNX files (attention score/context MatMuls included, which
 Torch-Pruning's own counter leaves out); "MACs vs TP" flags a graphc model more than 3% away
 (MISMATCH: the target is out of graphc's reach with those options).
@@ -351,7 +351,7 @@ def speed_cells(lat: dict[int, list[float]], index: int) -> list[str]:
 def part1_variants(source: pathlib.Path, work: pathlib.Path, stem: str, shapes) -> list[tuple[str, pathlib.Path]]:
     made = [("unpruned (source)", source)]
     for ratio in (0.0, *RATIOS):
-        for extra in ("",) if ratio == 0 else ("", ":round_to=8"):
+        for extra in ("",) if ratio == 0 else ("", ":round_to=1"):
             spec = f"prune:ratio={ratio}{extra}"
             out = work / f"{stem}-r{ratio}{extra.replace(':', '-').replace('=', '')}.onnx"
             made.append((spec, graphc_prune(source, spec, out, shapes)))
@@ -420,7 +420,7 @@ def anchor_variants(name: str, model, export, work: pathlib.Path, shapes, hidden
         tp_path = export(pruners[name](model, ratio), work / f"{name}-tp{ratio}.onnx")
         made.append({"variant": f"Torch-Pruning {ratio}", "path": tp_path, "spec": ""})
         _, target = model_size(tp_path, shapes)
-        extras = ["", ":round_to=8", *([":hidden=true"] if hidden_variant else [])]
+        extras = ["", ":round_to=1", *([":hidden=true"] if hidden_variant else [])]
         for extra in extras:
             out = work / f"{name}-graphc{ratio}{extra.replace(':', '-').replace('=', '')}.onnx"
             found = match_macs(source, target, extra, out, shapes, curves[extra == ":hidden=true"])
