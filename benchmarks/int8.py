@@ -34,7 +34,8 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
-WORDNET = pathlib.Path("/usr/share/wordnet/data.noun")
+sys.path.insert(0, str(MODELS))
+import wordnet  # noqa: E402  (models/wordnet.py)
 SEQUENCE = 128
 
 
@@ -45,19 +46,6 @@ def fashion_calibration(rows: int) -> dict[str, np.ndarray]:
 
     images, _ = fashion_cnn.load_split("train")
     return {"image": np.ascontiguousarray(images[:rows])}
-
-
-def wordnet_glosses(count: int, seed: int = 0) -> list[str]:
-    """``count`` noun glosses (text after '|'), shuffled with a fixed seed."""
-    glosses = []
-    for line in WORDNET.read_text(encoding="utf-8", errors="replace").splitlines():
-        if line.startswith(" ") or "|" not in line:
-            continue  # the licence header
-        gloss = line.split("|", 1)[1].strip()
-        if gloss:
-            glosses.append(gloss)
-    order = np.random.default_rng(seed).permutation(len(glosses))[:count]
-    return [glosses[i] for i in order]
 
 
 # ---------------------------------------------------------------------- quantization
@@ -177,7 +165,7 @@ def prepare(model: str, work: pathlib.Path, calib_rows: int, eval_rows: int):
     source = work / "minilm.onnx"
     if not source.exists():
         minilm.export_minilm(source)
-    glosses = wordnet_glosses(calib_rows + eval_rows)
+    glosses = wordnet.noun_glosses(calib_rows + eval_rows)
     calib = work / "minilm_calib.npz"
     np.savez(calib, **minilm.tokenize(glosses[:calib_rows], max_length=SEQUENCE))
     held_out = minilm.tokenize(glosses[calib_rows:], max_length=SEQUENCE)

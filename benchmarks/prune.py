@@ -57,7 +57,8 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
-WORDNET = pathlib.Path("/usr/share/wordnet/data.noun")
+sys.path.insert(0, str(MODELS))
+import wordnet  # noqa: E402  (models/wordnet.py)
 SEQUENCE = 128
 SEQ_SHAPES = {"sequence": (SEQUENCE,)}
 RATIOS = (0.3, 0.5)
@@ -72,19 +73,6 @@ def log(message: str) -> None:
 
 
 # ------------------------------------------------------------------------------- data
-def wordnet_glosses(count: int, seed: int = 0) -> list[str]:
-    """``count`` noun glosses (text after '| '), a sample fixed by ``seed``."""
-    glosses = []
-    for line in WORDNET.read_text(encoding="utf-8", errors="replace").splitlines():
-        if line.startswith("  ") or "| " not in line:
-            continue  # the licence header
-        gloss = line.split("| ", 1)[1].strip()
-        if gloss:
-            glosses.append(gloss)
-    order = np.random.default_rng(seed).permutation(len(glosses))[:count]
-    return [glosses[i] for i in order]
-
-
 def save_npz(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> pathlib.Path:
     np.savez(path, **arrays)
     return path
@@ -384,7 +372,7 @@ def run_minilm(args, work: pathlib.Path) -> list[dict]:
     if not source.exists():
         log("exporting MiniLM")
         minilm.export_minilm(source)
-    feeds = minilm.tokenize(wordnet_glosses(args.glosses), max_length=SEQUENCE)
+    feeds = minilm.tokenize(wordnet.noun_glosses(args.glosses), max_length=SEQUENCE)
     data = save_npz(work / "minilm_bench.npz", {k: v[:32] for k, v in feeds.items()})
     variants = part1_variants(source, work, "minilm", SEQ_SHAPES)
     lat = latencies([p for _, p in variants], data, (1, 32), args)

@@ -28,6 +28,16 @@ def to_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def unique_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``... whichever is not in ``taken`` (then taken)."""
+    name, i = base, 0
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    taken.add(name)
+    return name
+
+
 def constant_values(tensor: gs.Tensor) -> np.ndarray | None:
     """The values of a constant tensor (initializer or Constant node output), else None."""
     if isinstance(tensor, gs.Constant):

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphc.graph import constant_values, is_graph_output, producer, swap_tensor
+from graphc.graph import constant_values, is_graph_output, producer, swap_tensor, unique_name
 
 SHAPE_READERS = ("Shape", "Size")  # read only the shape: unaffected by a channel scale
 S_MIN, S_MAX = 1e-5, 1e5
@@ -212,12 +212,7 @@ def smooth(graph: gs.Graph, sites: list[Site], channel_max: dict[str, np.ndarray
     taken = set(graph.tensors().keys()) | {n.name for n in graph.nodes if n.name}
 
     def unique(base: str) -> str:
-        name, i = base, 0
-        while name in taken:
-            i += 1
-            name = f"{base}_{i}"
-        taken.add(name)
-        return name
+        return unique_name(base, taken)
 
     smoothed, cloned, sites_done = 0, 0, 0
     for site in sites:

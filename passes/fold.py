@@ -34,7 +34,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from graphc.graph import (constant_values, infer_graph_shapes, is_graph_input, is_graph_output, producer,
-                          replace_uses, set_tensors, swap_tensor)
+                          replace_uses, set_tensors, swap_tensor, unique_name)
 from graphc.pass_api import Pass, PassResult, Tolerance
 
 G_LOGGER.severity = G_LOGGER.ERROR  # fold_constants warns for every node it cannot fold
@@ -140,15 +140,6 @@ def remove_passthrough_nodes(graph: gs.Graph) -> int:
     return removed
 
 
-def _unique_name(graph: gs.Graph, base: str, taken: set[str]) -> str:
-    name, i = base, 0
-    while name in taken:
-        i += 1
-        name = f"{base}_{i}"
-    taken.add(name)
-    return name
-
-
 def _bn_scale_shift(bn: gs.Node) -> tuple[np.ndarray, np.ndarray] | None:
     """Per-channel (scale, shift) of an inference-mode BatchNormalization, or None."""
     if bn.attrs.get("training_mode", 0) or any(t.outputs for t in bn.outputs[1:]):
@@ -244,7 +235,7 @@ def fold_batchnorms(graph: gs.Graph) -> int:
     taken = set(graph.tensors().keys())
 
     def make_const(base: str, values: np.ndarray) -> gs.Constant:
-        return gs.Constant(_unique_name(graph, base + "_bnfold", taken), values)
+        return gs.Constant(unique_name(base + "_bnfold", taken), values)
 
     folded = 0
     for bn in graph.nodes:

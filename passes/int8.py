@@ -86,7 +86,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphc import sensitivity, smoothquant
-from graphc.calibration import METHODS, collect, tensor_range
+from graphc.calibration import collect, tensor_range
 from graphc.cpu_features import cpu_features, default_weight_bits
 from graphc.data import synthetic_dataset
 from graphc.errors import GraphcError
