@@ -51,14 +51,14 @@ def enforce(pass_name: str, tolerance: Tolerance, results: Sequence[OutputCompar
     for r in results:
         if tolerance.max_rel_error is not None and r.max_rel_error > tolerance.max_rel_error:
             raise VerificationError(
-                f"--verify: pass {pass_name} moved output {r.name!r} by {r.max_rel_error:.3g} relative "
+                f"--verify: pass {pass_name} moved output {r.name!r} by {r.max_rel_error:.3g} relative to its input "
                 f"(max abs {r.max_abs_error:.3g}), above its tolerance {tolerance.max_rel_error:g}; stopped")
         if tolerance.min_cosine is not None and r.cosine < tolerance.min_cosine:
             raise VerificationError(
-                f"--verify: pass {pass_name} dropped the cosine of output {r.name!r} to {r.cosine:.6f}, "
+                f"--verify: pass {pass_name} dropped the cosine of output {r.name!r} to {r.cosine:.6f} against its input, "
                 f"below its tolerance {tolerance.min_cosine:g}; stopped")
         if (tolerance.min_top1_agreement is not None and r.top1_agreement is not None
                 and r.top1_agreement < tolerance.min_top1_agreement):
             raise VerificationError(
-                f"--verify: pass {pass_name} changed top-1 of output {r.name!r} to {r.top1_agreement:.2%} "
+                f"--verify: pass {pass_name} changed top-1 of output {r.name!r} to {r.top1_agreement:.2%} against its input, "
                 f"agreement, below its tolerance {tolerance.min_top1_agreement:.2%}; stopped")

@@ -119,3 +119,16 @@ def test_verify_stops_a_pass_beyond_its_tolerance(tmp_path, monkeypatch, capsys)
     # without --verify the same pipeline runs: verification is what stopped it
     assert cli.main(["optimize", str(CNN), "--passes", "fold,perturb", "-o", str(out), "--quiet"]) == 0
     assert out.exists()
+
+
+def test_verify_holds_each_pass_to_its_own_input(tmp_path, capsys):
+    """prune changes outputs by design; the exact fold after it must still pass --verify,
+    while the report keeps showing each stage against the original."""
+    import json
+
+    out, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    assert cli.main(["optimize", str(CNN), "--passes", "prune:0.5,fold", "--verify", "-o", str(out),
+                     "--report", str(report), "--quiet"]) == 0
+    prune, fold = json.loads(report.read_text())["passes"]
+    assert prune["verify"][0]["cosine"] < 0.99  # far from the original...
+    assert abs(fold["verify"][0]["cosine"] - prune["verify"][0]["cosine"]) < 1e-5  # ...and fold adds nothing
