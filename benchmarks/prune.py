@@ -18,7 +18,7 @@ attention modules' head counts and the HF config updated); its models are export
 way. graphc prunes the unpruned ONNX export with ``prune:target=macs:ratio=r``, ``r`` chosen so
 its MACs match Torch-Pruning's within 3% (first guess from graphc's plan: ``r`` = MACs to
 remove / prunable MACs; then secant steps on the pruned model's measured MACs), plus a
-``round_to=1`` variant and, for BERT, a ``hidden=true`` variant. Both sides' MACs are counted
+``round_to=1`` variant and, for BERT, ``hidden=true`` and ``scope=uniform:hidden=true`` variants. Both sides' MACs are counted
 by ``graphc.stats`` on the ONNX files (attention score/context MatMuls included, which
 Torch-Pruning's own counter leaves out); "MACs vs TP" flags a graphc model more than 3% away
 (MISMATCH: the target is out of graphc's reach with those options).
@@ -400,18 +400,19 @@ def anchor_variants(name: str, model, export, work: pathlib.Path, shapes, hidden
     base_params, base_macs = model_size(source, shapes)
     log(f"{name}: {base_params / 1e6:.2f}M params, {base_macs / 1e9:.3f} GMACs")
     pruners = {"resnet50": tp_prune_resnet, "bert": tp_prune_bert}
-    curves = {hidden: [(0.0, base_macs), (1.0, base_macs - prunable_macs(source, hidden, shapes))]
-              for hidden in ((False, True) if hidden_variant else (False,))}
+    first_guess = {hidden: [(0.0, base_macs), (1.0, base_macs - prunable_macs(source, hidden, shapes))]
+                   for hidden in ((False, True) if hidden_variant else (False,))}
+    curves: dict[str, list] = {}  # one MACs(ratio) curve per option set: observations never mix
     made = [{"variant": "unpruned", "path": source, "spec": ""}]
     for ratio in RATIOS:
         log(f"Torch-Pruning {name} ratio {ratio}")
         tp_path = export(pruners[name](model, ratio), work / f"{name}-tp{ratio}.onnx")
         made.append({"variant": f"Torch-Pruning {ratio}", "path": tp_path, "spec": ""})
         _, target = model_size(tp_path, shapes)
-        extras = ["", ":round_to=1", *([":hidden=true"] if hidden_variant else [])]
+        extras = ["", ":round_to=1", *([":hidden=true", ":scope=uniform:hidden=true"] if hidden_variant else [])]
         for extra in extras:
             out = work / f"{name}-graphc{ratio}{extra.replace(':', '-').replace('=', '')}.onnx"
-            found = match_macs(source, target, extra, out, shapes, curves[extra == ":hidden=true"])
+            found = match_macs(source, target, extra, out, shapes, curves.setdefault(extra, list(first_guess["hidden=true" in extra])))
             made.append({"variant": f"graphc @ TP {ratio}{extra.replace(':', ' ')}", "path": found["path"],
                          "spec": found["spec"], "target_macs": target})
     return made
