@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import onnx
 
-from graphc.errors import GraphcError
+from graphc.errors import GraphcError, first_line
 from graphc.model_io import needs_external_data
 from graphc.runtime import open_session
 
@@ -19,18 +19,13 @@ class BrokenModelError(GraphcError):
     exit_code = 1
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def check_model(model: onnx.ModelProto, after: str) -> None:
     if not needs_external_data(model):  # the in-memory checker is limited to 2 GB
         try:
             onnx.checker.check_model(model)
             onnx.shape_inference.infer_shapes(model, strict_mode=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-            raise BrokenModelError(f"{after} produced an invalid model: {_first_line(exc)}") from None
+            raise BrokenModelError(f"{after} produced an invalid model: {first_line(exc)}") from None
     try:
         open_session(model, what=f"the model {after}")
     except GraphcError as exc:

@@ -14,7 +14,7 @@ import sys
 import traceback
 
 from graphc import __version__
-from graphc.errors import GraphcError
+from graphc.errors import GraphcError, first_line
 
 PASS_SPEC_HELP = """\
 pass spec (--passes): passes joined by ',' and run in order. Each pass is
@@ -252,7 +252,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug in graphc: one line, traceback on request
         if os.environ.get("GRAPHC_DEBUG"):
             traceback.print_exc()
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"graphc {args.command}: internal error: {type(exc).__name__}: {first} "
+        print(f"graphc {args.command}: internal error: {type(exc).__name__}: {first_line(exc)} "
               f"(set GRAPHC_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1

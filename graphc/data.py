@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from graphc.errors import GraphcError
+from graphc.errors import GraphcError, first_line
 
 LABELS_KEY = "labels"
 DEFAULT_SEQUENCE = 64
@@ -152,7 +152,7 @@ def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as npz:
             return {key: npz[key] for key in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise GraphcError(f"{path}: cannot read as .npz ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise GraphcError(f"{path}: cannot read as .npz ({first_line(exc)})") from None
 
 
 def _read_npy_dir(path: pathlib.Path) -> dict[str, np.ndarray]:
@@ -164,7 +164,7 @@ def _read_npy_dir(path: pathlib.Path) -> dict[str, np.ndarray]:
         try:
             arrays[file.stem] = np.load(file, allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:
-            raise GraphcError(f"{file}: cannot read as .npy ({str(exc).splitlines()[0]})") from None
+            raise GraphcError(f"{file}: cannot read as .npy ({first_line(exc)})") from None
     return arrays
 
 

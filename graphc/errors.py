@@ -8,6 +8,12 @@ Any other exception is a bug in graphc and exits 1.
 from __future__ import annotations
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class GraphcError(Exception):
     """An error caused by the user's input; its message is shown as one line."""
 

@@ -24,15 +24,10 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx.external_data_helper import uses_external_data
 
-from graphc.errors import GraphcError
+from graphc.errors import GraphcError, first_line
 
 PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**27  # leave headroom below protobuf's 2 GB limit
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -80,18 +75,18 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         model = onnx.load_model_from_string(data)
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise GraphcError(f"{path}: not a valid ONNX model (cannot parse the protobuf: the file is "
-                          f"truncated or not ONNX; {_first_line(exc)})") from None
+                          f"truncated or not ONNX; {first_line(exc)})") from None
     if model.ir_version <= 0 or not model.opset_import or not model.HasField("graph"):
         raise GraphcError(f"{path}: not an ONNX model (no IR version, opset or graph)")
     _check_external_locations(model, path)
     try:
         onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, DecodeError, ValueError) as exc:
-        raise GraphcError(f"{path}: invalid ONNX model: {_first_line(exc)}") from None
+        raise GraphcError(f"{path}: invalid ONNX model: {first_line(exc)}") from None
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except (OSError, ValueError) as exc:
-        raise GraphcError(f"{path}: cannot read external data: {_first_line(exc)}") from None
+        raise GraphcError(f"{path}: cannot read external data: {first_line(exc)}") from None
     return model
 
 
@@ -120,7 +115,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> pathlib.Path:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise GraphcError(f"{path}: cannot create the output directory: {_first_line(exc)}") from None
+        raise GraphcError(f"{path}: cannot create the output directory: {first_line(exc)}") from None
     if path.is_dir():
         raise GraphcError(f"{path}: is a directory")
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=directory))

@@ -116,9 +116,7 @@ def optimize(request: OptimizeRequest) -> Report:
         current = candidate
 
     if ctx.metric is not None:
-        report.metrics[ctx.metric] = {
-            "before": _metric(original, ctx, request.threads),
-            "after": _metric(current, ctx, request.threads)}
+        report.metrics[ctx.metric] = _metric_before_after(current, ctx, request.threads)
     save_model(current, request.output)
     if report.passes:
         report.passes[-1].after.size_bytes = file_size(request.output)
@@ -139,8 +137,16 @@ def _outputs(session, dataset: Dataset) -> list:
     return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
 
 
-def _metric(model: onnx.ModelProto, ctx: Context, threads: int | None) -> float:
-    session = open_session(model, threads)
-    reference = open_session(ctx.original, threads)
-    return evaluate(lambda feeds: run_session(session, feeds), ctx.eval_data, ctx.metric,
-                    reference=lambda feeds: run_session(reference, feeds))
+def _metric_before_after(model: onnx.ModelProto, ctx: Context, threads: int | None) -> dict[str, float]:
+    """The metric of the original and of ``model`` on --eval-data (one original session)."""
+    original = open_session(ctx.original, threads)
+    optimized = open_session(model, threads)
+
+    def run_original(feeds):
+        return run_session(original, feeds)
+
+    def run_optimized(feeds):
+        return run_session(optimized, feeds)
+
+    return {"before": evaluate(run_original, ctx.eval_data, ctx.metric, reference=run_original),
+            "after": evaluate(run_optimized, ctx.eval_data, ctx.metric, reference=run_original)}

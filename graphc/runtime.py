@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from graphc.errors import GraphcError
+from graphc.errors import GraphcError, first_line
 from graphc.model_io import needs_external_data, save_model
 
 ort.set_default_logger_severity(3)  # sessions graphc does not open itself (constant folding) stay quiet
@@ -42,8 +42,7 @@ def open_session(model: onnx.ModelProto | str | os.PathLike, threads: int | None
     except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
             ort.capi.onnxruntime_pybind11_state.NotImplemented, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
             RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GraphcError(f"onnxruntime cannot run {what}: {first}") from None
+        raise GraphcError(f"onnxruntime cannot run {what}: {first_line(exc)}") from None
 
 
 def run_session(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -52,5 +51,4 @@ def run_session(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> 
         return session.run(None, feeds)
     except (ort.capi.onnxruntime_pybind11_state.InvalidArgument,
             ort.capi.onnxruntime_pybind11_state.Fail) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise GraphcError(f"onnxruntime failed to run the model: {first}") from None
+        raise GraphcError(f"onnxruntime failed to run the model: {first_line(exc)}") from None
