@@ -1,0 +1,86 @@
+"""WordNet noun data (models/wordnet.py) and the supersense probe's data path (benchmarks/supersense.py)."""
+
+import pathlib
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "models"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import wordnet  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not wordnet.DATA_NOUN.is_file(), reason="Debian wordnet-base is not installed")
+
+
+def test_synsets_carry_noun_supersense_labels():
+    synsets = wordnet.noun_synsets()
+    assert len(synsets) == 82115
+    assert synsets[0] == ("that which is perceived or known or inferred to have its own distinct existence "
+                          "(living or nonliving)", 3)
+    assert {lex for _, lex in synsets} == set(range(3, 29))
+
+
+def test_probe_is_fixed_unique_and_disjoint_from_every_other_gloss():
+    probe = wordnet.probe_synsets()
+    assert len(probe) == wordnet.PROBE_ROWS and probe == wordnet.probe_synsets()
+    texts = [g for g, _ in probe]
+    assert len(set(texts)) == len(texts)
+    others = wordnet.noun_glosses()
+    assert not set(texts) & set(others)
+    assert len(others) + len(probe) == len(wordnet.noun_synsets())
+    assert wordnet.noun_glosses(10) == others[:10] and wordnet.noun_glosses(10, seed=1) != others[:10]
+
+
+def mean_of_ids_model(path):
+    """Masked mean of the token ids: a stand-in embedding that any padding mistake changes."""
+    ids, mask, types = (helper.make_tensor_value_info(n, TensorProto.INT64, ["N", "S"])
+                        for n in ("input_ids", "attention_mask", "token_type_ids"))
+    nodes = [helper.make_node("Cast", ["input_ids"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["f", "m"], ["fm"]),
+             helper.make_node("ReduceSum", ["fm", "axes"], ["num"], keepdims=1),
+             helper.make_node("ReduceSum", ["m", "axes"], ["den"], keepdims=1),
+             helper.make_node("Div", ["num", "den"], ["embedding"])]
+    graph = helper.make_graph(nodes, "mean_ids", [ids, mask, types],
+                              [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 1])],
+                              [helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_embed_batches_by_length_and_returns_rows_in_order(tmp_path):
+    import supersense
+
+    train, train_labels, test, test_labels = supersense.split(40, 10)
+    assert train + test == [g for g, _ in wordnet.probe_synsets()[:50]]
+    assert list(train_labels) + list(test_labels) == [lex for _, lex in wordnet.probe_synsets()[:50]]
+    feeds = supersense.gloss_feeds(train)
+    assert feeds["input_ids"].shape == (40, supersense.MAX_LENGTH) and feeds["input_ids"].dtype == np.int64
+    mean_of_ids_model(tmp_path / "m.onnx")
+    got = supersense.embed(str(tmp_path / "m.onnx"), feeds, batch=16)
+    ids, mask = feeds["input_ids"].astype(np.float64), feeds["attention_mask"]
+    np.testing.assert_allclose(got[:, 0], (ids * mask).sum(1) / mask.sum(1), rtol=1e-6)
+    widths = [chunk["input_ids"].shape[1] for _, chunk in supersense.length_batches(feeds, 16)]
+    assert widths == sorted(widths) and widths[-1] == mask.sum(1).max() < supersense.MAX_LENGTH
+
+
+def test_split_refuses_sizes_beyond_the_probe():
+    import supersense
+
+    with pytest.raises(ValueError, match=r"train \+ test <= 5000"):
+        supersense.split(4500, 1000)
+
+
+def test_probe_classifier_separates_clusters_and_not_noise():
+    import supersense
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((5, 16)) * 3
+    labels = rng.integers(0, 5, 300)
+    points = centres[labels] + rng.standard_normal((300, 16)) * 0.5
+    assert supersense.fit_probe(points[:200], labels[:200], points[200:], labels[200:]) == 1.0
+    noise = rng.standard_normal((300, 16))
+    assert supersense.fit_probe(noise[:200], labels[:200], noise[200:], labels[200:]) < 0.4
