@@ -13,8 +13,9 @@ Rules, each a one-line GraphcError:
 - HardSigmoid, HardSwish, Einsum, CumSum and Floor have no gradient builder in
   onnxruntime-training 1.19.2 (measured); they are refused only where their input depends
   on a trainable parameter (a Floor in shape arithmetic is harmless).
-- The first output, which the loss reads, must be float32 with a fixed last (class) axis;
-  cross-entropy on labels (alpha < 1) needs a rank-2 first output.
+- The first output, which the loss reads, must be float32; with ``loss=kl`` it needs a fixed
+  last (class) axis, with ``loss=cosine`` a batch axis (rank >= 2); cross-entropy on labels
+  (alpha < 1, ``loss=kl`` only) needs a rank-2 first output.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _depends_on(model: onnx.ModelProto, sources: set[str]) -> set[str]:
     return reached
 
 
-def check_trainable(model: onnx.ModelProto, what: str, hard_labels: bool) -> None:
+def check_trainable(model: onnx.ModelProto, what: str, hard_labels: bool, loss: str = "kl") -> None:
     """Raise GraphcError naming the first rule ``model`` breaks."""
     quantized = sorted({n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS})
     if quantized:
@@ -63,9 +64,15 @@ def check_trainable(model: onnx.ModelProto, what: str, hard_labels: bool) -> Non
     output = model.graph.output[0]
     tensor_type = output.type.tensor_type
     dims = tensor_type.shape.dim
-    if tensor_type.elem_type != onnx.TensorProto.FLOAT or not dims or not dims[-1].HasField("dim_value"):
+    if tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        raise GraphcError(f"distill: the first output {output.name!r} of {what} must be float32; the loss compares "
+                          f"it with the teacher's")
+    if loss == "kl" and (not dims or not dims[-1].HasField("dim_value")):
         raise GraphcError(f"distill: the first output {output.name!r} of {what} must be float32 with a fixed last "
-                          f"(class) axis; the loss compares it with the teacher's")
+                          f"(class) axis for loss=kl (for embeddings or features use loss=cosine or loss=mse)")
+    if loss == "cosine" and len(dims) < 2:
+        raise GraphcError(f"distill:loss=cosine compares samples along the batch axis; the first output "
+                          f"{output.name!r} of {what} has rank {len(dims)}")
     if hard_labels and len(dims) != 2:
         raise GraphcError(f"distill: alpha < 1 adds cross-entropy on labels, which needs a [batch, classes] first "
                           f"output; {output.name!r} has rank {len(dims)} (use alpha=1)")

@@ -35,10 +35,18 @@ Rules:
    Transpose/Reshape/Identity/Cast/Unsqueeze/Squeeze/Flatten (exports without constant
    folding). Everything else is frozen (BatchNorm running statistics, scalars, shape
    constants, masks).
-3. Loss on the first graph output ``s`` (classes on the last axis) and the teacher's ``t``:
-   ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, labels)
-   + beta * MSE(s, t)``; KL is summed over the last axis and averaged over all other axes,
-   CE (rank-2 outputs only) and MSE are means. A term with weight 0 is not built.
+3. Loss on the first graph output ``s`` and the teacher's ``t``, by ``loss``:
+
+   - ``kl`` (class logits on the last axis): ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T))
+     + (1 - alpha) * CE(s, labels) + beta * MSE(s, t)``; KL is summed over the last axis and
+     averaged over all other axes, CE (rank-2 outputs only) and MSE are means;
+   - ``cosine`` (embeddings, features): ``alpha * mean_i(1 - cos(s_i, t_i)) + beta * MSE(s, t)``,
+     where ``s_i``/``t_i`` are sample ``i`` flattened (as ``--metric cosine``) and
+     ``cos(a, b) = <a, b> / sqrt(|a|^2 |b|^2 + COSINE_EPS)``;
+   - ``mse``: ``alpha * MSE(s, t) + beta * MSE(s, t)``.
+
+   ``T`` is read by ``kl`` only, labels (``alpha < 1``) by ``kl`` only. A term with weight 0
+   is not built.
 4. The loop: AdamW (``weight_decay``) with gradient clipping by global L2 norm (``clip``;
    0: off) inside the optimizer graph; the learning rate rises linearly from 0 over the
    first ``warmup`` share of the steps and then follows a cosine decay to 0, set before
@@ -72,12 +80,14 @@ import traceback
 import numpy as np
 
 DEFAULTS = {
-    "epochs": 3, "lr": 1e-3, "batch": 64, "T": 4.0, "alpha": 1.0, "beta": 0.0, "seed": 0,
+    "epochs": 3, "lr": 1e-3, "batch": 64, "loss": "kl", "T": 4.0, "alpha": 1.0, "beta": 0.0, "seed": 0,
     "warmup": 0.05, "clip": 0.0, "weight_decay": 0.0, "patience": 2, "metric": None,
     "threads": 0, "eval_batch": 256, "step_events": 50,
 }
 TEACHER_INPUT = "distill_teacher"
 LABELS_INPUT = "distill_labels"
+LOSSES = ("kl", "cosine", "mse")
+COSINE_EPS = 1e-12
 MAX_IR_VERSION = 10
 WEIGHT_SLOTS = {
     "Conv": (1, 2), "ConvTranspose": (1, 2), "BatchNormalization": (1, 2), "LayerNormalization": (1, 2),
@@ -100,13 +110,20 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def kd_loss(student: np.ndarray, teacher: np.ndarray, labels: np.ndarray | None,
-            T: float, alpha: float, beta: float) -> float:
+            T: float, alpha: float, beta: float, loss: str = "kl") -> float:
     """Rule 3 in numpy (float64)."""
     total = 0.0
-    if alpha > 0:
+    if alpha > 0 and loss == "kl":
         log_pt, log_ps = log_softmax(teacher / T), log_softmax(student / T)
         total += alpha * T * T * float((np.exp(log_pt) * (log_pt - log_ps)).sum(-1).mean())
-    if alpha < 1:
+    elif alpha > 0 and loss == "cosine":
+        s = student.reshape(len(student), -1).astype(np.float64)
+        t = teacher.reshape(len(teacher), -1).astype(np.float64)
+        cos = (s * t).sum(1) / np.sqrt((s * s).sum(1) * (t * t).sum(1) + COSINE_EPS)
+        total += alpha * float((1.0 - cos).mean())
+    elif alpha > 0 and loss == "mse":
+        total += alpha * float(((student.astype(np.float64) - teacher) ** 2).mean())
+    if alpha < 1 and loss == "kl":
         log_p = log_softmax(student)
         total += (1 - alpha) * float(-np.take_along_axis(log_p, labels.reshape(-1, 1).astype(np.int64), 1).mean())
     if beta > 0:
@@ -247,6 +264,11 @@ def _loss_block(config: dict, output_name: str, last_dim: int, with_labels: bool
     from onnxruntime.training import onnxblock
 
     T, alpha, beta = float(config["T"]), float(config["alpha"]), float(config["beta"])
+    kind = config["loss"]
+    if kind not in LOSSES:
+        raise UserError(f"loss={kind!r} is not one of {', '.join(LOSSES)}")
+    if kind != "kl" and alpha < 1:
+        raise UserError(f"loss={kind} has no cross-entropy term: alpha < 1 (labels) needs loss=kl")
 
     class KDLoss(onnxblock.Block):
         """Rule 3 as graph nodes on top of the student (built by onnxruntime-training)."""
@@ -267,13 +289,33 @@ def _loss_block(config: dict, output_name: str, last_dim: int, with_labels: bool
                 nodes.append(helper.make_node(op, inputs, [f"distill_{name}"], name=f"distill_{name}_node", **attrs))
                 return f"distill_{name}"
 
-            if alpha > 0:
+            if alpha > 0 and kind == "kl":
                 t = const("T", T)
                 log_ps = add("LogSoftmax", [add("Div", [student, t], "s_T")], "log_ps", axis=-1)
                 log_pt = add("LogSoftmax", [add("Div", [TEACHER_INPUT, t], "t_T")], "log_pt", axis=-1)
                 kl = add("Mul", [add("Exp", [log_pt], "pt"), add("Sub", [log_pt, log_ps], "log_ratio")], "kl_el")
                 terms.append(add("Mul", [add("ReduceMean", [kl], "kl_mean", keepdims=0),
                                          const("kl_weight", alpha * T * T * last_dim)], "kl_term"))
+            elif alpha > 0 and kind == "cosine":
+                graph.initializer.append(helper.make_tensor("distill_flat_shape", onnx.TensorProto.INT64, [2],
+                                                            [0, -1]))
+                graph.initializer.append(helper.make_tensor("distill_axis1", onnx.TensorProto.INT64, [1], [1]))
+                s_flat = add("Reshape", [student, "distill_flat_shape"], "s_flat")
+                t_flat = add("Reshape", [TEACHER_INPUT, "distill_flat_shape"], "t_flat")
+
+                def row_sum(a, b, name):
+                    return add("ReduceSum", [add("Mul", [a, b], f"{name}_el"), "distill_axis1"], name, keepdims=0)
+
+                norms = add("Mul", [row_sum(s_flat, s_flat, "ss"), row_sum(t_flat, t_flat, "tt")], "sstt")
+                denominator = add("Sqrt", [add("Add", [norms, const("cos_eps", COSINE_EPS)], "sstt_eps")], "norm")
+                cos = add("Div", [row_sum(s_flat, t_flat, "st"), denominator], "cos")
+                distance = add("Sub", [const("one", 1.0), add("ReduceMean", [cos], "cos_mean", keepdims=0)],
+                               "cos_distance")
+                terms.append(add("Mul", [distance, const("cos_weight", alpha)], "cos_term"))
+            elif alpha > 0 and kind == "mse":
+                diff = add("Sub", [student, TEACHER_INPUT], "main_diff")
+                terms.append(add("Mul", [add("ReduceMean", [add("Mul", [diff, diff], "main_sq")], "main_mse",
+                                             keepdims=0), const("main_mse_weight", alpha)], "main_mse_term"))
             if alpha < 1 and with_labels:
                 labels = copy.deepcopy(out)
                 labels.name = LABELS_INPUT
@@ -310,8 +352,11 @@ def build_artifacts(config: dict, workdir: pathlib.Path, with_labels: bool) -> d
         raise UserError("the student has no trainable float initializers (weights in Constant nodes? run fold first)")
     output = student.graph.output[0]
     dims = output.type.tensor_type.shape.dim
-    if not dims or not dims[-1].HasField("dim_value"):
-        raise UserError(f"the first output {output.name!r} needs a fixed last (class) axis")
+    if config["loss"] == "kl" and (not dims or not dims[-1].HasField("dim_value")):
+        raise UserError(f"the first output {output.name!r} needs a fixed last (class) axis for loss=kl")
+    if config["loss"] == "cosine" and len(dims) < 2:
+        raise UserError(f"the first output {output.name!r} has rank {len(dims)}; loss=cosine compares samples "
+                        f"along a batch axis (rank >= 2)")
     model = onnx.ModelProto()
     model.CopyFrom(student)
     frozen_bn = freeze_batchnorm(model)
@@ -324,7 +369,7 @@ def build_artifacts(config: dict, workdir: pathlib.Path, with_labels: bool) -> d
                                       clip_grad=onnxblock.optim.ClipGradNorm(clip) if clip > 0 else None)
     try:
         artifacts.generate_artifacts(model, requires_grad=names, loss=_loss_block(config, output.name,
-                                     dims[-1].dim_value, with_labels),
+                                     dims[-1].dim_value if dims else 1, with_labels),
                                      optimizer=optimizer, artifact_directory=str(directory),
                                      additional_output_names=[output.name])
     except UserError:

@@ -6,11 +6,21 @@ change. Rules:
 1. Teacher: the model as loaded before the first pass, or ``teacher=<path>`` (same input
    names, a first output of the same shape). Its first output on ``--train-data`` (and
    ``--eval-data``) is computed with the normal onnxruntime and becomes the soft target.
-2. Loss on the first output (classes on the last axis):
-   ``alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(labels)
-   + beta * MSE(student, teacher)``. Unlabelled data is fine with ``alpha=1`` (the
-   default); ``alpha < 1`` needs integer ``labels`` and a [batch, classes] output.
-   ``layers`` (intermediate-feature loss) is not supported yet: a non-empty value is refused.
+2. Loss on the first output, chosen by ``loss`` (explicit, never guessed: a [batch, 384]
+   embedding and 384-class logits look the same in a graph):
+
+   - ``kl`` (the default; class logits on the last axis): ``alpha * T^2 *
+     KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(labels)
+     + beta * MSE(student, teacher)``;
+   - ``cosine`` (sentence embeddings, features): ``alpha * mean over samples of
+     (1 - cos(student, teacher))`` with each sample flattened, as ``--metric cosine``
+     measures it, ``+ beta * MSE(student, teacher)``;
+   - ``mse``: ``alpha * MSE(student, teacher) + beta * MSE(student, teacher)``.
+
+   Unlabelled data is fine with ``alpha=1`` (the default). ``alpha < 1`` adds cross-entropy
+   on integer ``labels`` and needs ``loss=kl`` and a [batch, classes] output; ``T`` is read
+   by ``kl`` only. ``layers`` (intermediate-feature loss) is not supported yet: a non-empty
+   value is refused.
 3. Training runs in graphc's isolated onnxruntime-training environment (``graphc setup
    training``) as a subprocess (``graphc.distill_worker``): AdamW, gradient clipping by
    global norm (``clip``, off by default: onnxruntime's clipping kernel is not
@@ -31,13 +41,16 @@ change. Rules:
 
 Refuses (before any pass runs, and again on the graph it receives): a missing training
 environment (with the command to create it), missing ``--train-data``, missing labels for
-``alpha < 1``, a quantized graph (put ``int8`` after ``distill``), opset outside 13..20,
-HardSigmoid/HardSwish/Einsum/CumSum/Floor between the weights and the output.
+``alpha < 1``, ``alpha < 1`` with ``loss`` other than ``kl``, a quantized graph (put ``int8``
+after ``distill``), opset outside 13..20, HardSigmoid/HardSwish/Einsum/CumSum/Floor between
+the weights and the output, a first output that is not float32 (``kl``: without a fixed
+class axis; ``cosine``: without a batch axis).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -57,9 +70,11 @@ class DistillOptions:
     epochs: int = field(default=3, metadata={"min": 1, "max": 1000, "help": "passes over --train-data"})
     lr: float = field(default=1e-3, metadata={"min": 0.0, "max": 1.0, "help": "peak AdamW learning rate"})
     batch: int = field(default=64, metadata={"min": 1, "help": "training batch size"})
+    loss: Literal["kl", "cosine", "mse"] = field(default="kl", metadata={
+        "help": "kl: class logits; cosine or mse: embeddings/features (rule 2)"})
     T: float = field(default=4.0, metadata={"min": 0.05, "max": 100.0, "help": "softmax temperature of the KL term"})
     alpha: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0,
-                                                "help": "weight of the KL term; 1-alpha weighs CE on labels"})
+                                                "help": "weight of the loss term; 1-alpha weighs CE on labels (kl)"})
     beta: float = field(default=0.0, metadata={"min": 0.0, "help": "weight of MSE between student and teacher outputs"})
     layers: str = field(default="", metadata={"help": "intermediate-feature loss: not supported yet (leave empty)"})
     teacher: str = field(default="", metadata={"help": "teacher .onnx (default: the model as loaded)"})
@@ -70,6 +85,11 @@ class DistillOptions:
     weight_decay: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0, "help": "AdamW weight decay"})
     patience: int = field(default=2, metadata={"min": 0, "help": "epochs without improvement before stopping (0: off)"})
     resume: bool = field(default=True, metadata={"help": "resume an interrupted identical run from its checkpoint"})
+
+    def __post_init__(self):
+        if self.loss != "kl" and self.alpha < 1:
+            raise ValueError(f"loss={self.loss} has no cross-entropy term; alpha={self.alpha:g} < 1 (labels) "
+                             f"needs loss=kl")
 
 
 class DistillPass(Pass):
@@ -107,22 +127,23 @@ class DistillPass(Pass):
         student_names = [s.name for s in model_signature(ctx.original)]
         if sorted(names) != sorted(student_names):
             raise GraphcError(f"distill:teacher={o.teacher}: its inputs {names} differ from the model's {student_names}")
-        check_trainable(ctx.original, "the input model", hard_labels=o.alpha < 1)
+        check_trainable(ctx.original, "the input model", hard_labels=o.alpha < 1, loss=o.loss)
 
     def _teacher(self, ctx):
         return load_model(self.options.teacher) if self.options.teacher else ctx.original
 
     def _config(self, ctx, inputs: list[str]) -> dict:
         o = self.options
-        return {"inputs": inputs, "epochs": o.epochs, "lr": o.lr, "batch": o.batch, "T": o.T, "alpha": o.alpha,
-                "beta": o.beta, "seed": o.seed, "warmup": o.warmup, "clip": o.clip,
+        return {"inputs": inputs, "epochs": o.epochs, "lr": o.lr, "batch": o.batch, "loss": o.loss, "T": o.T,
+                "alpha": o.alpha, "beta": o.beta, "seed": o.seed, "warmup": o.warmup, "clip": o.clip,
                 "weight_decay": o.weight_decay, "patience": o.patience,
                 "metric": ctx.metric if ctx.eval_data is not None else None, "threads": ctx.threads or 0}
 
     def run(self, graph: gs.Graph, ctx) -> PassResult:
         python = training_env.require()
         student = to_model(graph, ctx.original)
-        check_trainable(student, "the graph distill receives", hard_labels=self.options.alpha < 1)
+        check_trainable(student, "the graph distill receives", hard_labels=self.options.alpha < 1,
+                        loss=self.options.loss)
         teacher = self._teacher(ctx)
         self._check_output_shapes(student, teacher, ctx)
         config = self._config(ctx, [s.name for s in model_signature(student)])

@@ -157,10 +157,37 @@ def test_op_without_gradient_off_the_weight_path_is_accepted(fake_env):
 
 
 def test_first_output_must_be_float_with_a_class_axis(fake_env):
-    with pytest.raises(GraphcError, match=r"first output 'y' of the input model must be float32 with a fixed last"):
+    with pytest.raises(GraphcError, match=r"^distill: the first output 'y' of the input model must be float32; the "
+                                          r"loss compares it with the teacher's$"):
         check(mlp(out_type=TensorProto.INT64))
-    with pytest.raises(GraphcError, match=r"must be float32 with a fixed last \(class\) axis"):
+    with pytest.raises(GraphcError, match=r"must be float32 with a fixed last \(class\) axis for loss=kl \(for "
+                                          r"embeddings or features use loss=cosine or loss=mse\)$"):
         check(mlp(last_dim=None))
+    check(mlp(last_dim=None), loss="cosine")  # feature losses need no class axis
+    check(mlp(last_dim=None), loss="mse")
+
+
+def test_feature_losses_refuse_labels_and_unknown_names():
+    from graphc.passes import build_passes
+    from graphc.spec import parse_spec
+
+    with pytest.raises(GraphcError, match=r"^distill:loss: 'cos' is not one of kl, cosine, mse$"):
+        build_passes(parse_spec("distill:loss=cos"))
+    with pytest.raises(GraphcError, match=r"^pass 'distill': loss=cosine has no cross-entropy term; alpha=0.5 < 1 "
+                                          r"\(labels\) needs loss=kl$"):
+        build_passes(parse_spec("distill:loss=cosine:alpha=0.5"))
+    with pytest.raises(GraphcError, match=r"loss=mse has no cross-entropy term; alpha=0 < 1"):
+        build_passes(parse_spec("distill:loss=mse:alpha=0"))
+    assert build_passes(parse_spec("distill:loss=cosine"))[0].options.loss == "cosine"
+    assert build_passes(parse_spec("distill"))[0].options.loss == "kl"
+
+
+def test_cosine_loss_needs_a_batch_axis(fake_env):
+    model = mlp()
+    model.graph.output[0].type.tensor_type.shape.dim.pop(0)  # declared [4]: no batch axis
+    with pytest.raises(GraphcError, match=r"^distill:loss=cosine compares samples along the batch axis; the first "
+                                          r"output 'y' of the input model has rank 1$"):
+        check(model, loss="cosine")
 
 
 def test_cross_entropy_needs_a_rank_2_output(fake_env):
