@@ -4,8 +4,9 @@ Order of work, so that bad input fails before anything expensive runs:
 parse ``--passes`` and build the pass objects -> refuse an output path that is the input ->
 load and check the model (onnxruntime must open it) -> load and validate every data source
 against the model's inputs -> each pass's ``check`` -> run the passes with a progress bar,
-checking (and with ``verify`` comparing outputs) after each -> save atomically -> write the
-report. Under ``verify`` each pass is held to its declared tolerance against the model it was
+checking (and with ``verify`` comparing outputs) after each -> drop the intermediate shapes the
+passes inferred (``graph.drop_intermediate_shapes``: they make onnxruntime pick slower fusions)
+-> save atomically -> write the report. Under ``verify`` each pass is held to its declared tolerance against the model it was
 given (a lossy earlier pass does not fail a later one); the report shows every stage against
 the original. The input file is only read; a failure anywhere leaves no output file.
 """
@@ -25,7 +26,7 @@ from graphc.checks import check_model
 from graphc.context import Context
 from graphc.data import Dataset, check_shape_overrides, load_dataset, model_signature, output_names
 from graphc.errors import GraphcError
-from graphc.graph import to_graph, to_model
+from graphc.graph import drop_intermediate_shapes, to_graph, to_model
 from graphc.metrics import check_metric, evaluate
 from graphc.model_io import file_size, load_model, save_model
 from graphc.passes import build_passes
@@ -115,6 +116,7 @@ def optimize(request: OptimizeRequest) -> Report:
                                         model_stats(candidate, request.shapes), verify, result.details))
         current = candidate
 
+    drop_intermediate_shapes(current)  # written as exported: see drop_intermediate_shapes
     if ctx.metric is not None:
         report.metrics[ctx.metric] = _metric_before_after(current, ctx, request.threads)
     save_model(current, request.output)

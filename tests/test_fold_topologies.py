@@ -59,3 +59,33 @@ def test_cnn_fixtures_really_have_bn_to_fold(onnx_model):
     for name in ("resnet", "depthwise", "concat", "mlp_bn"):
         model = onnx.load(str(onnx_model(name)))
         assert sum(n.op_type == "BatchNormalization" for n in model.graph.node) > unfoldable_bns(model)
+
+
+def _ort_optimized_ops(path, tmp_path, tag) -> dict[str, int]:
+    import collections
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / f"{tag}.ort-optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(options.optimized_model_filepath, load_external_data=False)
+    return dict(collections.Counter(n.op_type for n in optimized.graph.node))
+
+
+@pytest.mark.parametrize("passes", ["fold", "prune:ratio=0.3"])
+def test_written_model_is_optimized_by_onnxruntime_like_the_original(passes, onnx_model, tmp_path):
+    """The passes infer intermediate shapes; the written model must not carry them, or
+    onnxruntime fuses Add+LayerNormalization into SkipLayerNormalization (measured slower)."""
+    source = onnx_model("bert")
+    assert not onnx.load(str(source)).graph.value_info
+    out = tmp_path / "out.onnx"
+    optimize(OptimizeRequest(model=source, passes=passes, output=out, progress=False))
+    written = onnx.load(str(out))
+    assert not written.graph.value_info
+    assert written.graph.output[0].type.tensor_type.HasField("shape")  # boundary shapes kept
+    before = _ort_optimized_ops(source, tmp_path, "original")
+    after = _ort_optimized_ops(out, tmp_path, "written")
+    assert before.get("LayerNormalization", 0) > 0
+    assert after.get("SkipLayerNormalization", 0) == before.get("SkipLayerNormalization", 0)
+    assert after.get("LayerNormalization", 0) == before.get("LayerNormalization", 0)
