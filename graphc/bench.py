@@ -1,7 +1,7 @@
 """Side-by-side latency of several models, measured interleaved in one run.
 
-All models get the same inputs (``--data`` rows or synthetic ones from the first model's
-signature and ``--shape``), warm up, then are timed round-robin, one run each per round,
+All models get the same inputs (the first ``batch`` rows of ``--data``, repeated when it has
+fewer, or synthetic ones from the first model's signature and ``--shape``), warm up, then are timed round-robin, one run each per round,
 with the starting model rotated every round so no model always runs right after another.
 Reported: p50/p90 latency, size on disk, and ratios against the first model.
 """
@@ -46,6 +46,9 @@ def _feeds_for(models, data: pathlib.Path | None, shapes, batch: int) -> dict[st
                 overrides[dim] = (batch,)
         dataset = synthetic_dataset(first, shapes=overrides)
     feeds, _ = next(dataset.batches(batch))
+    rows = len(next(iter(feeds.values())))
+    if rows < batch:  # fewer --data rows than the batch: repeat them, the batch size is what is measured
+        feeds = {name: np.resize(value, (batch, *value.shape[1:])) for name, value in feeds.items()}
     for model in models[1:]:  # every model must accept the same inputs
         validate(feeds, model_signature(model), "the benchmark inputs")
     return feeds

@@ -191,3 +191,16 @@ def test_help_lists_every_pass_and_option():
     for name, cls in PASSES.items():
         assert f"  {name}: {cls.summary}" in run.stdout
     assert "NAME:KEY=VALUE" in run.stdout and "size_threshold=int" in run.stdout
+
+
+def test_bench_feeds_fill_the_batch_when_data_has_fewer_rows(tmp_path):
+    from graphc.bench import _feeds_for
+    from graphc.model_io import load_model
+
+    images = np.random.default_rng(0).integers(0, 255, (3, 1, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "three.npz", image=images)
+    feeds = _feeds_for([load_model(CNN)], tmp_path / "three.npz", {}, batch=8)
+    assert feeds["image"].shape == (8, 1, 28, 28)
+    np.testing.assert_array_equal(feeds["image"][:3], images)
+    np.testing.assert_array_equal(feeds["image"][3:6], images)
+    assert _feeds_for([load_model(CNN)], tmp_path / "three.npz", {}, batch=2)["image"].shape[0] == 2
