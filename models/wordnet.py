@@ -69,6 +69,28 @@ def noun_glosses(count: int | None = None, seed: int = 0, path: pathlib.Path = D
     return [synsets[i][0] for i in rest[:count]]
 
 
+def gloss_npz(path: str | pathlib.Path, count: int, start: int = 0, max_length: int = 48,
+              seed: int = 0) -> pathlib.Path:
+    """Write glosses ``start .. start + count`` of ``noun_glosses(seed=seed)``, tokenized for
+    MiniLM (``models/minilm.py``: ``input_ids``, ``attention_mask``, ``token_type_ids``, int64
+    [count, max_length], padded and truncated to ``max_length``), as an unlabelled ``.npz``
+    for ``--train-data``/``--eval-data``/``--data``. Disjoint ranges give disjoint gloss sets,
+    none of them a probe gloss. Atomic: a temporary file renamed into place."""
+    import minilm
+
+    if count < 1 or start < 0:
+        raise ValueError(f"count={count}, start={start}: need count >= 1 and start >= 0")
+    glosses = noun_glosses(start + count, seed)[start:]
+    if len(glosses) < count:
+        raise ValueError(f"start={start} + count={count} is more than the {len(noun_glosses(None, seed))} "
+                         f"glosses outside the probe")
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **minilm.tokenize(glosses, max_length=max_length))
+    tmp.replace(path)
+    return path
+
+
 def probe_synsets(seed: int = 0, path: pathlib.Path = DATA_NOUN) -> list[tuple[str, int]]:
     """The probe's ``PROBE_ROWS`` ``(gloss, lexicographer file)`` pairs, in a fixed order."""
     synsets = noun_synsets(path)

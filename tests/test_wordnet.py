@@ -84,3 +84,37 @@ def test_probe_classifier_separates_clusters_and_not_noise():
     assert supersense.fit_probe(points[:200], labels[:200], points[200:], labels[200:]) == 1.0
     noise = rng.standard_normal((300, 16))
     assert supersense.fit_probe(noise[:200], labels[:200], noise[200:], labels[200:]) < 0.4
+
+
+def test_gloss_npz_is_unlabelled_minilm_input_and_ranges_are_disjoint(tmp_path):
+    import minilm
+
+    from graphc.data import load_dataset, model_signature
+
+    path = wordnet.gloss_npz(tmp_path / "train.npz", 20, start=5, max_length=24)
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    assert sorted(arrays) == sorted(minilm.INPUT_NAMES)
+    assert all(v.shape == (20, 24) and v.dtype == np.int64 for v in arrays.values())
+    want = minilm.tokenize(wordnet.noun_glosses(25)[5:], max_length=24)
+    assert all(np.array_equal(arrays[k], want[k]) for k in arrays)
+    assert not list(tmp_path.glob("*.tmp*"))
+    other = wordnet.gloss_npz(tmp_path / "eval.npz", 5, start=0, max_length=24)
+    with np.load(other) as npz:
+        assert not {tuple(r) for r in npz["input_ids"]} & {tuple(r) for r in arrays["input_ids"]}
+    # graphc reads it as --train-data for a model with MiniLM's inputs (no labels)
+    info = helper.make_tensor_value_info
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Identity", ["input_ids"], ["y"])], "g",
+        [info(n, TensorProto.INT64, ["batch", "sequence"]) for n in minilm.INPUT_NAMES],
+        [info("y", TensorProto.INT64, ["batch", "sequence"])]))
+    dataset = load_dataset(path, model_signature(model))
+    assert len(dataset) == 20 and dataset.labels is None
+
+
+def test_gloss_npz_refuses_impossible_ranges(tmp_path):
+    with pytest.raises(ValueError, match=r"count=0, start=0: need count >= 1 and start >= 0"):
+        wordnet.gloss_npz(tmp_path / "x.npz", 0)
+    with pytest.raises(ValueError, match=r"is more than the 77115 glosses outside the probe"):
+        wordnet.gloss_npz(tmp_path / "x.npz", 10, start=77110)
+    assert not list(tmp_path.iterdir())
