@@ -34,7 +34,8 @@ Rules:
    of Add/Sub/Mul (biases, layer scales, position embeddings), also when read through
    Transpose/Reshape/Identity/Cast/Unsqueeze/Squeeze/Flatten (exports without constant
    folding). Everything else is frozen (BatchNorm running statistics, scalars, shape
-   constants, masks).
+   constants, masks), and so is every initializer whose name matches a ``freeze`` glob
+   (``fnmatch``, case-sensitive).
 3. Loss on the first graph output ``s`` and the teacher's ``t``, by ``loss``:
 
    - ``kl`` (class logits on the last axis): ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T))
@@ -81,7 +82,7 @@ import numpy as np
 
 DEFAULTS = {
     "epochs": 3, "lr": 1e-3, "batch": 64, "loss": "kl", "T": 4.0, "alpha": 1.0, "beta": 0.0, "seed": 0,
-    "warmup": 0.05, "clip": 0.0, "weight_decay": 0.0, "patience": 2, "metric": None,
+    "warmup": 0.05, "clip": 0.0, "weight_decay": 0.0, "patience": 2, "metric": None, "freeze": [],
     "threads": 0, "eval_batch": 256, "step_events": 50,
 }
 TEACHER_INPUT = "distill_teacher"
@@ -157,7 +158,9 @@ def lr_at(step: int, total: int, lr: float, warmup: float) -> float:
 
 # --- the training copy of the graph (rules 1 and 2) -------------------------------------
 
-def trainable_names(model) -> list[str]:
+def trainable_names(model, freeze=()) -> list[str]:
+    from fnmatch import fnmatchcase
+
     from onnx import numpy_helper
 
     initializers = {t.name: t for t in model.graph.initializer}
@@ -174,7 +177,7 @@ def trainable_names(model) -> list[str]:
         if tensor is None or tensor.data_type != 1:  # FLOAT
             continue
         values = numpy_helper.to_array(tensor)
-        if values.size > 1 and np.isfinite(values).all():
+        if values.size > 1 and np.isfinite(values).all() and not any(fnmatchcase(name, p) for p in freeze):
             chosen.append(name)
     return sorted(chosen)
 
@@ -347,8 +350,10 @@ def build_artifacts(config: dict, workdir: pathlib.Path, with_labels: bool) -> d
     from onnxruntime.training import artifacts, onnxblock
 
     student = onnx.load(str(workdir / "student.onnx"))
-    names = trainable_names(student)
+    names = trainable_names(student, config["freeze"])
     if not names:
+        if config["freeze"]:
+            raise UserError(f"freeze={'+'.join(config['freeze'])} leaves no trainable initializer")
         raise UserError("the student has no trainable float initializers (weights in Constant nodes? run fold first)")
     output = student.graph.output[0]
     dims = output.type.tensor_type.shape.dim

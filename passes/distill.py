@@ -21,7 +21,13 @@ change. Rules:
    on integer ``labels`` and needs ``loss=kl`` and a [batch, classes] output; ``T`` is read
    by ``kl`` only. ``layers`` (intermediate-feature loss) is not supported yet: a non-empty
    value is refused.
-3. Training runs in graphc's isolated onnxruntime-training environment (``graphc setup
+3. Trained: the weights of the student (``graphc.distill_worker`` rule 2: Conv/Gemm/MatMul
+   weights and biases, normalisation scales and biases, embedding tables, ...) except the
+   initializers whose names match a ``freeze`` glob (``fnmatch``, joined by ``+``, e.g.
+   ``freeze=*word_embeddings*`` keeps a text model's token table, which pruning heads and
+   FFN neurons leaves as the teacher's). Each glob must match a trainable initializer of the
+   graph distill receives.
+4. Training runs in graphc's isolated onnxruntime-training environment (``graphc setup
    training``) as a subprocess (``graphc.distill_worker``): AdamW, gradient clipping by
    global norm (``clip``, off by default: onnxruntime's clipping kernel is not
    bit-reproducible), linear warm-up over ``warmup`` of the steps then cosine decay,
@@ -29,14 +35,14 @@ change. Rules:
    BatchNormalization trained with its running statistics frozen (rewritten in the training
    copy; onnxruntime-training would otherwise use batch statistics that inference never
    sees), LayerNormalization given its optional outputs (onnxruntime issue 22465).
-4. After every epoch the student is evaluated on ``--eval-data`` (held-out loss, and
+5. After every epoch the student is evaluated on ``--eval-data`` (held-out loss, and
    ``--metric``); the best epoch (by metric, else by held-out loss; without eval data the
    last) is written back, the starting weights counting as epoch 0. ``patience`` epochs
    without improvement stop training early.
-5. Checkpoints: every epoch is checkpointed in ``$GRAPHC_HOME/distill-runs/<key>`` (the key
+6. Checkpoints: every epoch is checkpointed in ``$GRAPHC_HOME/distill-runs/<key>`` (the key
    hashes graph, teacher, data and options); running the same command after an
    interruption resumes after the last completed epoch (``resume=false`` starts over).
-6. Write-back by initializer name into the graph the pass received: nodes, inputs and
+7. Write-back by initializer name into the graph the pass received: nodes, inputs and
    outputs are untouched, and so are BatchNorm running statistics and other frozen tensors.
 
 Refuses (before any pass runs, and again on the graph it receives): a missing training
@@ -44,12 +50,14 @@ environment (with the command to create it), missing ``--train-data``, missing l
 ``alpha < 1``, ``alpha < 1`` with ``loss`` other than ``kl``, a quantized graph (put ``int8``
 after ``distill``), opset outside 13..20, HardSigmoid/HardSwish/Einsum/CumSum/Floor between
 the weights and the output, a first output that is not float32 (``kl``: without a fixed
-class axis; ``cosine``: without a batch axis).
+class axis; ``cosine``: without a batch axis), a ``freeze`` glob that matches no trainable
+initializer (checked on the graph distill receives) or that freezes everything.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Literal
 
 import numpy as np
@@ -58,6 +66,7 @@ import onnx_graphsurgeon as gs
 from graphc import distill_run, training_env
 from graphc.data import model_signature
 from graphc.distill_checks import check_trainable
+from graphc.distill_worker import trainable_names
 from graphc.errors import GraphcError
 from graphc.graph import to_model
 from graphc.model_io import load_model
@@ -78,6 +87,8 @@ class DistillOptions:
     beta: float = field(default=0.0, metadata={"min": 0.0, "help": "weight of MSE between student and teacher outputs"})
     layers: str = field(default="", metadata={"help": "intermediate-feature loss: not supported yet (leave empty)"})
     teacher: str = field(default="", metadata={"help": "teacher .onnx (default: the model as loaded)"})
+    freeze: str = field(default="", metadata={
+        "help": "initializer-name globs kept frozen, joined by '+' (e.g. *word_embeddings*)"})
     seed: int = field(default=0, metadata={"min": 0, "help": "data-order seed (same seed, same weights)"})
     warmup: float = field(default=0.05, metadata={"min": 0.0, "max": 0.5, "help": "share of steps of linear warm-up"})
     clip: float = field(default=0.0, metadata={"min": 0.0, "help": "max global gradient norm (0: off; > 0 is "
@@ -87,9 +98,14 @@ class DistillOptions:
     resume: bool = field(default=True, metadata={"help": "resume an interrupted identical run from its checkpoint"})
 
     def __post_init__(self):
+        if self.freeze and not all(self.freeze_patterns()):
+            raise ValueError(f"freeze={self.freeze!r} has an empty pattern (join patterns with '+')")
         if self.loss != "kl" and self.alpha < 1:
             raise ValueError(f"loss={self.loss} has no cross-entropy term; alpha={self.alpha:g} < 1 (labels) "
                              f"needs loss=kl")
+
+    def freeze_patterns(self) -> list[str]:
+        return [p.strip() for p in self.freeze.split("+")] if self.freeze else []
 
 
 class DistillPass(Pass):
@@ -136,7 +152,7 @@ class DistillPass(Pass):
         o = self.options
         return {"inputs": inputs, "epochs": o.epochs, "lr": o.lr, "batch": o.batch, "loss": o.loss, "T": o.T,
                 "alpha": o.alpha, "beta": o.beta, "seed": o.seed, "warmup": o.warmup, "clip": o.clip,
-                "weight_decay": o.weight_decay, "patience": o.patience,
+                "weight_decay": o.weight_decay, "patience": o.patience, "freeze": o.freeze_patterns(),
                 "metric": ctx.metric if ctx.eval_data is not None else None, "threads": ctx.threads or 0}
 
     def run(self, graph: gs.Graph, ctx) -> PassResult:
@@ -144,6 +160,7 @@ class DistillPass(Pass):
         student = to_model(graph, ctx.original)
         check_trainable(student, "the graph distill receives", hard_labels=self.options.alpha < 1,
                         loss=self.options.loss)
+        frozen = self._check_freeze(student)
         teacher = self._teacher(ctx)
         self._check_output_shapes(student, teacher, ctx)
         config = self._config(ctx, [s.name for s in model_signature(student)])
@@ -155,7 +172,22 @@ class DistillPass(Pass):
         result = distill_run.run_worker(directory, python, config["metric"])
         written = distill_run.write_back(graph, directory / "trained.npz")
         distill_run.cleanup(directory)
-        return self._result(result, written, config, ctx)
+        return self._result(result, written, {**config, "frozen_by_glob": frozen}, ctx)
+
+    def _check_freeze(self, student) -> int:
+        """How many trainable initializers the freeze globs keep frozen (each glob must match one)."""
+        patterns = self.options.freeze_patterns()
+        if not patterns:
+            return 0
+        names = trainable_names(student)
+        for pattern in patterns:
+            if not any(fnmatchcase(name, pattern) for name in names):
+                raise GraphcError(f"distill:freeze: {pattern!r} matches no trainable initializer of the graph "
+                                  f"distill receives (e.g. {', '.join(names[:3])})")
+        left = len(trainable_names(student, patterns))
+        if not left:
+            raise GraphcError(f"distill:freeze={self.options.freeze} leaves nothing to train")
+        return len(names) - left
 
     def _check_output_shapes(self, student, teacher, ctx) -> None:
         feeds, _ = next(ctx.train_data.batches(2))
@@ -170,6 +202,8 @@ class DistillPass(Pass):
         trained = [h for h in history if h["epoch"] > 0]
         stats = {"epochs_run": len(trained), "best_epoch": best["epoch"], "tensors_trained": written,
                  "batchnorm_frozen": result["batchnorm_frozen"]}
+        if config["freeze"]:
+            stats["frozen_by_glob"] = config["frozen_by_glob"]
         if trained:
             stats["train_loss"] = f"{trained[0]['train_loss']:.4f}->{trained[-1]['train_loss']:.4f}"
         if "eval_loss" in history[0]:

@@ -159,6 +159,18 @@ def test_step0_feature_loss_matches_numpy_and_training_lowers_it(tmp_path, loss,
     assert history[-1]["metric"] > history[0]["metric"] and result["best"]["epoch"] == 3
 
 
+def test_frozen_initializers_keep_their_values(tmp_path, training_python):
+    teacher, student, train, evaluation = feature_models()
+    ctx = Context(original=teacher, model_path=pathlib.Path("teacher.onnx"), report=None, train_data=train,
+                  eval_data=evaluation, metric="cosine", threads=1)
+    graph = to_graph(student)
+    result = DistillPass(DistillOptions(epochs=2, batch=32, lr=0.02, loss="cosine", freeze="b")).run(graph, ctx)
+    after = {t.name: numpy_helper.to_array(t) for t in to_model(graph, student).graph.initializer}
+    before = {t.name: numpy_helper.to_array(t) for t in student.graph.initializer}
+    assert result.details["trainable"] == ["W"] and result.stats["frozen_by_glob"] == 1
+    assert np.array_equal(after["b"], before["b"]) and not np.array_equal(after["W"], before["W"])
+
+
 def test_same_seed_same_weights_and_resume_equals_uninterrupted(tmp_path, fashion, training_python):
     options = {"epochs": 2, "batch": 64, "patience": 0}
     run_in(tmp_path / "a", fashion, training_python, **options)

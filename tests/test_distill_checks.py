@@ -182,6 +182,23 @@ def test_feature_losses_refuse_labels_and_unknown_names():
     assert build_passes(parse_spec("distill"))[0].options.loss == "kl"
 
 
+def test_freeze_globs_must_match_and_leave_something_to_train(fake_env):
+    from graphc.graph import to_graph
+    from graphc.passes import build_passes
+    from graphc.spec import parse_spec
+
+    with pytest.raises(GraphcError, match=r"^pass 'distill': freeze='W\+' has an empty pattern \(join patterns "
+                                          r"with '\+'\)$"):
+        build_passes(parse_spec("distill:freeze=W+"))
+    model = mlp()
+    ctx = context(model)
+    with pytest.raises(GraphcError, match=r"^distill:freeze: 'emb\*' matches no trainable initializer of the graph "
+                                          r"distill receives \(e.g. W, b\)$"):
+        DistillPass(DistillOptions(freeze="W+emb*")).run(to_graph(model), ctx)
+    with pytest.raises(GraphcError, match=r"^distill:freeze=W\+b leaves nothing to train$"):
+        DistillPass(DistillOptions(freeze="W+b")).run(to_graph(model), ctx)
+
+
 def test_cosine_loss_needs_a_batch_axis(fake_env):
     model = mlp()
     model.graph.output[0].type.tensor_type.shape.dim.pop(0)  # declared [4]: no batch axis
