@@ -59,8 +59,8 @@ def bench(paths: Sequence[pathlib.Path], threads: int | None = None, data: pathl
           warmup: int = 5, runs: int = 30) -> list[BenchResult]:
     models = [load_model(p) for p in paths]
     feeds = _feeds_for(models, data, shapes or {}, batch)
-    sessions = [open_session(m, threads, what=str(p), spinning=False) for m, p in zip(models, paths)]
-    del models
+    del models  # sessions open from the files: no proto held beside them
+    sessions = [open_session(p, threads, what=str(p), spinning=False) for p in paths]
     for session in sessions:
         for _ in range(warmup):
             session.run(None, feeds)
