@@ -3,13 +3,20 @@
 Collection rules:
 
 - Every tensor to calibrate becomes an extra output of ONE onnxruntime session of the model
-  (never one session per tensor); the calibration rows run through it in batches.
+  (never one session per tensor; the outputs are added to the given model only while the
+  session opens, so no copy of the model is made); the calibration rows run through it in
+  batches.
+- Each batch runs in pieces whose exposed activations stay near ``run_bytes`` (64 MB): the
+  first run takes one row, and every later run as many rows as the bytes per row seen so far
+  allow (at least one, at most the batch; a model with a fixed batch dim runs whole batches).
+  A BERT-base batch of 16 x 128 tokens exposes about 500 MB of MatMul inputs; in pieces the
+  peak stays at one piece whatever the batch size.
 - Per tensor the state is fixed-size: exact min and max, and a histogram of ``BINS`` bins
   over a symmetric range ``[-R, R]``. ``R`` starts at the first batch's largest magnitude;
   when a later batch exceeds it, ``R`` doubles as often as needed and every ``2**k``
   adjacent bins merge into one (exact re-binning: old bin edges are new bin edges). The
-  state therefore does not grow with the number of samples: peak memory is the state plus
-  one batch of activations.
+  state therefore does not grow with the number of samples: peak memory is the model's
+  session, the state and one piece of a batch's activations.
 - A NaN or infinite activation stops calibration with an error naming the tensor.
 - ``channel_names`` (optional) are tensors whose per-channel ``|x|`` maximum along the LAST
   axis is kept (one float per channel, merged with ``max`` batch by batch: fixed size too);
@@ -58,6 +65,7 @@ from graphc.runtime import open_session, run_session
 BINS = 4096  # signed bins; the |x| histogram has BINS // 2 = 2048, TensorRT's count
 ENTROPY_LEVELS = 128
 METHODS = ("minmax", "percentile", "entropy", "mse")
+RUN_BYTES = 64 * 2**20  # exposed activations per calibration run, about
 
 
 class StreamingHistogram:
@@ -227,17 +235,21 @@ class Calibration:
     seconds: float
     source: str
     channel_max: dict[str, np.ndarray] = field(default_factory=dict)  # per-last-axis-channel max |x|
+    runs: int = 0  # onnxruntime runs (batches split into pieces of about ``run_bytes``)
 
     def state_bytes(self) -> int:
         return sum(s.state_bytes() for s in self.states.values()) + sum(m.nbytes for m in self.channel_max.values())
 
 
-def _exposing(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in existing)
-    return probe
+def _exposing_session(model: onnx.ModelProto, names: Sequence[str], threads: int | None):
+    """A session of ``model`` with ``names`` as extra outputs; ``model`` is left as it was."""
+    existing = {o.name for o in model.graph.output}
+    count = len(model.graph.output)
+    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in existing)
+    try:
+        return open_session(model, threads, what="the calibration model")
+    finally:
+        del model.graph.output[count:]
 
 
 def _merge_channel_max(current: np.ndarray | None, values: np.ndarray, name: str) -> np.ndarray:
@@ -254,9 +266,11 @@ def _merge_channel_max(current: np.ndarray | None, values: np.ndarray, name: str
 
 
 def collect(model: onnx.ModelProto, names: Sequence[str], data: Dataset, samples: int | None = None,
-            batch_size: int = 16, threads: int | None = None, channel_names: Sequence[str] = ()) -> Calibration:
+            batch_size: int = 16, threads: int | None = None, channel_names: Sequence[str] = (),
+            run_bytes: int = RUN_BYTES) -> Calibration:
     """Run ``data`` (its first ``samples`` rows) through one session exposing ``names`` (and
-    ``channel_names``, whose per-channel maxima land in ``Calibration.channel_max``)."""
+    ``channel_names``, whose per-channel maxima land in ``Calibration.channel_max``), in
+    batches of ``batch_size`` rows run in pieces of about ``run_bytes`` exposed bytes."""
     start = time.perf_counter()
     names = list(dict.fromkeys(names))
     channel_names = list(dict.fromkeys(channel_names))
@@ -265,21 +279,34 @@ def collect(model: onnx.ModelProto, names: Sequence[str], data: Dataset, samples
     if not exposed:
         return Calibration(states, 0, 0, 0.0, data.source)
     rows = data if samples is None or samples >= len(data) else data.take(samples)
-    session = open_session(_exposing(model, exposed), threads, what="the calibration model")
+    session = _exposing_session(model, exposed, threads)
     position = {o.name: i for i, o in enumerate(session.get_outputs())}
     channel_max: dict[str, np.ndarray] = {}
-    batches = 0
+    batches = runs = 0
+    piece_rows = None if rows.fixed_batch else 1  # rows of the next run; None: whole batches
     for feeds, _ in rows.batches(batch_size):
-        outputs = run_session(session, feeds)
-        for name in exposed:
-            values = outputs[position[name]]
-            if values.dtype.kind == "f" and not np.isfinite(values).all():
-                raise GraphcError(f"calibration data from {data.source}: tensor {name!r} is NaN or infinite "
-                                  f"in batch {batches + 1}; check the inputs' values and scaling")
-            if name in states:
-                states[name].update(values)
-            if name in channel_names:
-                channel_max[name] = _merge_channel_max(channel_max.get(name), values, name)
-        del outputs
+        total, begin = len(next(iter(feeds.values()))), 0
+        while begin < total:
+            end = total if piece_rows is None else min(total, begin + piece_rows)
+            outputs = run_session(session, {k: v[begin:end] for k, v in feeds.items()})
+            exposed_bytes = 0
+            for name in exposed:
+                values = outputs[position[name]]
+                outputs[position[name]] = None  # freed as soon as it is merged
+                exposed_bytes += values.nbytes
+                if values.dtype.kind == "f" and not np.isfinite(values).all():
+                    raise GraphcError(f"calibration data from {data.source}: tensor {name!r} is NaN or infinite "
+                                      f"in batch {batches + 1}; check the inputs' values and scaling")
+                if name in states:
+                    states[name].update(values)
+                if name in channel_names:
+                    channel_max[name] = _merge_channel_max(channel_max.get(name), values, name)
+                del values
+            del outputs
+            runs += 1
+            if piece_rows is not None:
+                per_row = max(exposed_bytes / (end - begin), 1.0)
+                piece_rows = int(min(max(run_bytes // per_row, 1), max(batch_size, 1)))
+            begin = end
         batches += 1
-    return Calibration(states, len(rows), batches, time.perf_counter() - start, data.source, channel_max)
+    return Calibration(states, len(rows), batches, time.perf_counter() - start, data.source, channel_max, runs)

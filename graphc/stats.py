@@ -118,15 +118,19 @@ def _measure_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, tuple
     """Shapes of ``names`` from one onnxruntime run of a model with concrete input shapes."""
     from graphc.runtime import open_session
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in existing)
+    existing = {o.name for o in model.graph.output}
+    count = len(model.graph.output)
+    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in existing)
+    try:  # the outputs are added only while the session opens: no copy of a large model
+        session = open_session(model, what="the shape probe")
+    except Exception:  # shapes stay unknown; the MACs of those nodes are reported as uncounted
+        return {}
+    finally:
+        del model.graph.output[count:]
     try:
-        session = open_session(probe, what="the shape probe")
         feeds, _ = next(synthetic_dataset(model).batches())
         outputs = session.run(None, feeds)
-    except Exception:  # shapes stay unknown; the MACs of those nodes are reported as uncounted
+    except Exception:
         return {}
     return {o.name: tuple(v.shape) for o, v in zip(session.get_outputs(), outputs)}
 

@@ -155,3 +155,19 @@ def test_collect_refuses_non_finite_activations():
     data = validate({"x": x}, model_signature(model), "bad.npz")
     with pytest.raises(GraphcError, match=r"bad.npz: tensor 'h' is NaN or infinite in batch 2"):
         collect(model, ["h"], data, batch_size=2)
+
+
+def test_collect_runs_batches_in_pieces_of_bounded_bytes_with_the_same_statistics():
+    model = _relu_model()
+    x = np.random.default_rng(3).standard_normal((64, 8)).astype(np.float32)
+    data = validate({"x": x}, model_signature(model), "test data")
+    whole = collect(model, ["x", "h", "y"], data, batch_size=16)
+    # 3 exposed tensors of 8 floats: 96 bytes a row; 200 bytes a run: 2 rows a run after the 1-row probe
+    pieces = collect(model, ["x", "h", "y"], data, batch_size=16, run_bytes=200)
+    assert whole.batches == pieces.batches == 4 and whole.runs == 5 and pieces.runs > 4 * 16 // 2
+    assert [o.name for o in model.graph.output] == ["y"]  # outputs exposed only while the session opened
+    for name in ("x", "h", "y"):
+        a, b = whole.states[name], pieces.states[name]
+        assert (a.min, a.max, a.seen, a.zeros) == (b.min, b.max, b.seen, b.zeros)
+        assert b.state_bytes() == a.state_bytes()
+        assert tensor_range(b, "percentile", 99.0) == pytest.approx(tensor_range(a, "percentile", 99.0), rel=0.02)
