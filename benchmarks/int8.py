@@ -2,31 +2,69 @@
 
 Models and metrics:
 
-- the bundled Fashion-MNIST CNN (``models/fashion_cnn.onnx``): top-1 on the 10k test split;
-  calibration on the first ``--calib`` training images (Debian ``dataset-fashion-mnist``);
-- all-MiniLM-L6-v2 (``models/minilm.py``, TorchScript export): mean embedding cosine vs FP32
-  on ``--eval`` held-out WordNet noun glosses (Debian ``wordnet-base``, text after ``|``),
-  calibration on ``--calib`` other glosses; 128 tokens.
+- ``cnn``: the bundled Fashion-MNIST CNN (``models/fashion_cnn.onnx``): top-1 on the 10k test
+  split; calibration rows are the first training images (Debian ``dataset-fashion-mnist``);
+- ``minilm``: all-MiniLM-L6-v2 (``models/minilm.py``, TorchScript export), 128 tokens: mean
+  embedding cosine vs FP32 on ``--eval`` held-out WordNet noun glosses (Debian
+  ``wordnet-base``); calibration rows are other glosses; and the accuracy of the WordNet
+  noun supersense probe (``benchmarks/supersense.py``: logistic regression on the frozen
+  embeddings, 4000 train / 1000 test glosses, none of them a calibration or held-out gloss);
+- ``resnet50``, ``bert``: random-init ``transformers`` ResNet-50 (1x3x224x224) and BERT-base
+  (sequence 128), built and exported by ``benchmarks/prune.py``'s recipes (seed 0): mean
+  logits cosine vs FP32 on 64 held-out random inputs (standard-normal images; uniform token
+  ids, mask ones); calibration rows are other random inputs of the same kind.
 
-Variants: FP32; onnxruntime ``quantize_static`` QDQ defaults; its best static settings
-(preprocessed, u8 activations, per_channel, reduce_range); ``quantize_dynamic``; graphc
-``fold,int8`` with no options (auto) and with each calibration method (static).
+Variants: FP32; onnxruntime ``quantize_static`` QDQ defaults (MinMax); its best static
+settings (``quant_pre_process``, u8 activations, per_channel, reduce_range), with MinMax and
+also with its Entropy and Percentile calibrators (the same methods as graphc's, for the
+memory comparison); ``quantize_dynamic``; graphc ``fold,int8`` with no options, static with
+each calibration method (``mode=static`` on the transformers, whose default is dynamic
+MatMuls), with SmoothQuant (``mode=static:smooth=0.5``, transformers only: a CNN has no
+site to smooth) and ``mode=dynamic``.
 
-Columns: metric, latency p50 speed-up vs FP32 at batch 1 and batch 32 (``graphc.bench``:
-interleaved round-robin, ``--threads`` threads), file size, quantization wall time and peak
-RSS of the process that quantized (each variant is quantized in a fresh process).
+Calibration memory: every variant is quantized in its own fresh process, once per
+``--calib`` count (default 128 and 1024 rows, batches of 16 on both sides). Its peak RSS
+is the child's ``ru_maxrss`` from ``os.wait4`` (the whole process: interpreter, model,
+calibration data, quantization). A watchdog polls the child's RSS and kills it above
+``--mem-cap-gb`` (default 12: the machine has 24 GB and no swap), shown as
+"killed > 12 GB". ``quantize s`` is the wall time of the quantization call (calibration
+included; interpreter start-up and imports excluded). The model that is scored and timed
+is the one calibrated with the first count; when that run fails (onnxruntime's calibrators
+above the cap), the variant is quantized once more on ``--fallback-calib`` rows (default
+32) and that model is scored, as the "calibration rows of the scored model" column says.
 
-Usage: ``python benchmarks/int8.py [--models cnn,minilm] [--calib 512] [--eval 300]
-[--runs 30] [--batches 1,32] [--workdir out/bench_int8]``. Prints a Markdown table.
+Latency: ``graphc.bench`` (all variants of a model interleaved round-robin in one call, the
+first model rotated every round, ``--threads`` threads, the same ``--batches`` rows for all)
+is called ``--rounds`` times; each call gives every variant's p50 and its ratio to FP32's p50
+in that call, and the table shows the median ratio over the calls. Runs per call (batch 1 /
+batch 32, warm-up runs before each call in brackets)::
+
+    cnn       300 [30] / 60 [5]      (about 0.2 ms / 3 ms per FP32 run)
+    minilm     40 [3]  /  6 [1]
+    resnet50   15 [2]  /  3 [1]
+    bert       10 [2]  /  2 [1]      (about 4 s per FP32 run at batch 32 x 128)
+
+``--runs-scale`` multiplies the run counts (at least 1 each), e.g. 0.1 for a quick check.
+
+Usage::
+
+    python benchmarks/int8.py [--models cnn,minilm,resnet50,bert] [--calib 128,1024]
+        [--eval 300] [--rounds 3] [--runs-scale 1] [--threads 2] [--batches 1,32]
+        [--fallback-calib 32] [--mem-cap-gb 12] [--variants LABEL,...] [--workdir out/bench_int8]
+
+Prints one Markdown table per model (progress on stderr). Exports and data files are kept in
+``--workdir`` and reused; every quantized model is made afresh.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
+import json
 import os
 import pathlib
-import resource
+import signal
+import statistics
+import subprocess
 import sys
 import time
 
@@ -34,210 +72,444 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
+BENCHMARKS = ROOT / "benchmarks"
 sys.path.insert(0, str(MODELS))
+sys.path.insert(0, str(BENCHMARKS))
 import wordnet  # noqa: E402  (models/wordnet.py)
+
 SEQUENCE = 128
+CALIB_BATCH = 16
+EVAL_ROWS_RANDOM = 64  # held-out random inputs for the random-init models' logits cosine
+ALL_MODELS = ("cnn", "minilm", "resnet50", "bert")
+# (timed runs, warm-up runs) per bench call, by model and batch size (batch 1, else the large batch)
+RUNS = {"cnn": ((300, 30), (60, 5)), "minilm": ((40, 3), (6, 1)),
+        "resnet50": ((15, 2), (3, 1)), "bert": ((10, 2), (2, 1))}
+POLL_SECONDS = 0.05
 
 
-# ------------------------------------------------------------------------------- data
-def fashion_calibration(rows: int) -> dict[str, np.ndarray]:
-    sys.path.insert(0, str(MODELS))
-    import fashion_cnn
-
-    images, _ = fashion_cnn.load_split("train")
-    return {"image": np.ascontiguousarray(images[:rows])}
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-# ---------------------------------------------------------------------- quantization
+# ----------------------------------------------------------------------------- variants
+ORT_VARIANTS = [
+    ("ort quantize_static QDQ defaults", "ort:static-defaults"),
+    ("ort quantize_static best (pre-processed, u8, per_channel, reduce_range)", "ort:static-best"),
+    ("ort quantize_static best, calibrate_method=Entropy", "ort:static-best-entropy"),
+    ("ort quantize_static best, calibrate_method=Percentile", "ort:static-best-percentile"),
+    ("ort quantize_dynamic", "ort:dynamic"),
+]
+CALIBRATION_FREE = {"ort:dynamic"}  # quantized once: no calibration rows to vary
+
+
+def graphc_variants(model: str) -> list[tuple[str, str]]:
+    """(label, int8 options) of the graphc rows; ``fold,int8`` + options + ``samples``."""
+    transformer = model in ("minilm", "bert")
+    static = ["mode=static"] if transformer else []
+    rows = [("graphc int8 (defaults)", [])]
+    for calib in ("minmax", "percentile", "entropy", "mse"):
+        rows.append((None, [*static, f"calib={calib}"]))
+    if transformer:
+        rows.append((None, ["mode=static", "smooth=0.5"]))
+    rows.append((None, ["mode=dynamic"]))
+    return [(label or "graphc int8:" + ":".join(opts), ":".join(opts)) for label, opts in rows]
+
+
+def variants(model: str) -> list[tuple[str, str]]:
+    return [*ORT_VARIANTS, *[(label, f"graphc:{opts}") for label, opts in graphc_variants(model)]]
+
+
+def graphc_spec(options: str, samples: int) -> str:
+    return "fold,int8:" + ":".join([*(o for o in options.split(":") if o), f"samples={samples}"])
+
+
+# ------------------------------------------------------------------- child: quantize one
 class _Reader:
-    """onnxruntime CalibrationDataReader over an npz, 16 rows at a time."""
+    """onnxruntime CalibrationDataReader over an npz, ``CALIB_BATCH`` rows at a time."""
 
-    def __init__(self, path: pathlib.Path):
+    def __init__(self, path: pathlib.Path, rows: int):
         with np.load(path) as npz:
-            self.arrays = {k: npz[k] for k in npz.files if k != "labels"}
+            self.arrays = {k: npz[k][:rows] for k in npz.files if k != "labels"}
+        self.rows = min(rows, len(next(iter(self.arrays.values()))))
         self.start = 0
 
     def get_next(self):
-        rows = len(next(iter(self.arrays.values())))
-        if self.start >= rows:
+        if self.start >= self.rows:
             return None
-        feeds = {k: v[self.start:self.start + 16] for k, v in self.arrays.items()}
-        self.start += 16
+        feeds = {k: v[self.start:self.start + CALIB_BATCH] for k, v in self.arrays.items()}
+        self.start += CALIB_BATCH
         return feeds
 
     def rewind(self):
         self.start = 0
 
 
-def _quantize(recipe: str, source: str, output: str, calib: str, queue) -> None:
-    """Child process: make one variant; report (seconds, peak RSS MiB) or an error."""
+def ort_quantize(recipe: str, source: str, output: str, calib: str, samples: int) -> None:
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quant_pre_process, quantize_dynamic, quantize_static)
+
+    os.chdir(pathlib.Path(output).parent)  # quant_pre_process leaves temporary files in the cwd
+    if recipe == "ort:dynamic":
+        quantize_dynamic(source, output, weight_type=QuantType.QInt8)
+        return
+    reader = type("Reader", (_Reader, CalibrationDataReader), {})(pathlib.Path(calib), samples)
+    if recipe == "ort:static-defaults":
+        quantize_static(source, output, reader, quant_format=QuantFormat.QDQ)
+        return
+    methods = {"ort:static-best": CalibrationMethod.MinMax, "ort:static-best-entropy": CalibrationMethod.Entropy,
+               "ort:static-best-percentile": CalibrationMethod.Percentile}
+    pre = output + ".pre.onnx"
     try:
-        start = time.perf_counter()
-        if recipe.startswith("graphc:"):
-            from graphc.pipeline import OptimizeRequest, optimize
-
-            optimize(OptimizeRequest(model=pathlib.Path(source), passes=recipe[len("graphc:"):],
-                                     output=pathlib.Path(output), data=pathlib.Path(calib), progress=False))
-        else:
-            from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
-                                                  quantize_dynamic, quantize_static)
-
-            os.chdir(pathlib.Path(output).parent)  # quant_pre_process leaves temporary files in the cwd
-            reader = type("Reader", (_Reader, CalibrationDataReader), {})(pathlib.Path(calib))
-            if recipe == "ort:static-defaults":
-                quantize_static(source, output, reader, quant_format=QuantFormat.QDQ)
-            elif recipe == "ort:static-best":
-                pre = output + ".pre.onnx"
-                try:
-                    quant_pre_process(source, pre)
-                except Exception:  # its symbolic shape inference fails on some exports (MiniLM)
-                    quant_pre_process(source, pre, skip_symbolic_shape=True)
-                quantize_static(pre, output, reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                                reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-                pathlib.Path(pre).unlink()
-            elif recipe == "ort:dynamic":
-                quantize_dynamic(source, output, weight_type=QuantType.QInt8)
-            else:
-                raise ValueError(recipe)
-        seconds = time.perf_counter() - start
-        queue.put((seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, None))
-    except Exception as exc:  # reported in the table, the run goes on
-        queue.put((None, None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
+        quant_pre_process(source, pre)
+    except Exception:  # its symbolic shape inference fails on some exports (MiniLM)
+        quant_pre_process(source, pre, skip_symbolic_shape=True)
+    try:
+        quantize_static(pre, output, reader, quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=methods[recipe])
+    finally:
+        pathlib.Path(pre).unlink(missing_ok=True)
 
 
-def make_variant(recipe: str, source: pathlib.Path, output: pathlib.Path, calib: pathlib.Path):
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_quantize, args=(recipe, str(source), str(output), str(calib), queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+def child_main(job: dict) -> None:
+    """Make one variant (``job``: recipe, source, output, calib, samples); write its result."""
+    start = time.perf_counter()
+    recipe = job["recipe"]
+    if recipe.startswith("graphc:"):
+        from graphc.pipeline import OptimizeRequest, optimize
+
+        spec = graphc_spec(recipe[len("graphc:"):], job["samples"])
+        report = optimize(OptimizeRequest(model=pathlib.Path(job["source"]), passes=spec,
+                                          output=pathlib.Path(job["output"]), data=pathlib.Path(job["calib"]),
+                                          progress=False))
+        stats = report.passes[-1].stats
+        extra = {k: stats[k] for k in ("calibration_seconds", "calibration_state_bytes") if k in stats}
+    else:
+        ort_quantize(recipe, job["source"], job["output"], job["calib"], job["samples"])
+        extra = {}
+    result = {"seconds": time.perf_counter() - start, **extra}
+    pathlib.Path(job["result"]).write_text(json.dumps(result))
 
 
-def variants(model: str) -> list[tuple[str, str]]:
-    graphc_rows = [("graphc int8 (defaults)", "graphc:fold,int8")]
-    static = "" if model == "cnn" else ":mode=static"
-    for calib in ("minmax", "percentile", "entropy", "mse"):
-        graphc_rows.append((f"graphc int8{static}:calib={calib}", f"graphc:fold,int8{static}:calib={calib}"))
-    return [("ort quantize_static QDQ defaults", "ort:static-defaults"),
-            ("ort quantize_static best (pre-processed, u8, per_channel, reduce_range)", "ort:static-best"),
-            ("ort quantize_dynamic", "ort:dynamic"), *graphc_rows]
+def rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
 
 
-# --------------------------------------------------------------------------- metrics
-def cnn_metric(path: pathlib.Path, threads: int) -> float:
-    import onnx
+def run_child(argv: list[str], log_path: pathlib.Path, cap_bytes: int, timeout: float) -> dict:
+    """Run ``argv`` in a fresh process; kill it above ``cap_bytes`` RSS or after ``timeout``.
+    Returns status ("ok", "killed", "timeout", "error"), peak RSS bytes and the log's last line."""
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT)
+    start, status, peak_seen = time.monotonic(), None, 0
+    while True:
+        pid, wait_status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        peak_seen = max(peak_seen, rss_bytes(proc.pid))
+        if peak_seen > cap_bytes and status is None:
+            status = "killed"
+            os.kill(proc.pid, signal.SIGKILL)
+        elif time.monotonic() - start > timeout and status is None:
+            status = "timeout"
+            os.kill(proc.pid, signal.SIGKILL)
+        time.sleep(POLL_SECONDS)
+    proc.returncode = os.waitstatus_to_exitcode(wait_status)
+    peak = max(usage.ru_maxrss * 1024, peak_seen)
+    last = ""
+    if proc.returncode != 0 and status is None:
+        status = "error"
+        lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+        last = lines[-1].strip() if lines else f"exit status {proc.returncode}"
+    return {"status": status or "ok", "peak_bytes": peak, "message": last}
 
+
+def make_variant(recipe: str, source: pathlib.Path, output: pathlib.Path, calib: pathlib.Path, samples: int,
+                 args) -> dict:
+    result_path = output.with_name(output.name + ".result.json")
+    result_path.unlink(missing_ok=True)
+    output.unlink(missing_ok=True)
+    job = {"recipe": recipe, "source": str(source), "output": str(output), "calib": str(calib),
+           "samples": samples, "result": str(result_path)}
+    run = run_child([sys.executable, str(pathlib.Path(__file__).resolve()), "--child", json.dumps(job)],
+                    output.with_name(output.name + ".log"), int(args.mem_cap_gb * 2**30), args.child_timeout)
+    if run["status"] == "ok":
+        run.update(json.loads(result_path.read_text()))
+        result_path.unlink()
+    return run
+
+
+# ---------------------------------------------------------------------------- data
+def random_feeds(model: str, rows: int, seed: int) -> dict[str, np.ndarray]:
+    import prune as prune_bench  # benchmarks/prune.py: the ResNet-50 / BERT-base recipes
+
+    return prune_bench.bert_feeds(rows, seed) if model == "bert" else prune_bench.image_feeds(rows, seed)
+
+
+def export_main(model: str, path: pathlib.Path) -> None:
+    """Child: export a random-init model with benchmarks/prune.py's recipe (seed 0)."""
+    import prune as prune_bench
+
+    if model == "resnet50":
+        prune_bench.export_resnet(prune_bench.hf_resnet50(), path)
+    else:
+        prune_bench.export_bert(prune_bench.hf_bert(), path)
+
+
+def run_session_rows(path: pathlib.Path, feeds: dict[str, np.ndarray], threads: int, batch: int = 16) -> np.ndarray:
+    from graphc.runtime import open_session
+
+    session = open_session(path, threads)
+    rows = len(next(iter(feeds.values())))
+    return np.concatenate([session.run(None, {k: v[i:i + batch] for k, v in feeds.items()})[0]
+                           for i in range(0, rows, batch)])
+
+
+def mean_cosine(reference: np.ndarray, outputs: np.ndarray) -> float:
+    from graphc.metrics import cosine_per_sample
+
+    return float(cosine_per_sample(reference.astype(np.float64), outputs.astype(np.float64)).mean())
+
+
+def cnn_top1(path: pathlib.Path, threads: int) -> float:
     from graphc.data import load_dataset, model_signature
     from graphc.metrics import evaluate
+    from graphc.model_io import load_model
     from graphc.runtime import open_session, run_session
 
-    dataset = load_dataset(MODELS / "fashion_mnist_test.npz", model_signature(onnx.load(path)))
+    dataset = load_dataset(MODELS / "fashion_mnist_test.npz", model_signature(load_model(path)))
     session = open_session(path, threads)
     return evaluate(lambda feeds: run_session(session, feeds), dataset, "top1")
 
 
-def embedding_metric(path: pathlib.Path, reference: np.ndarray, feeds: dict, threads: int) -> float:
-    from graphc.metrics import cosine_per_sample
-    from graphc.runtime import open_session
+class Setup:
+    """One benchmark model: its FP32 source, calibration file, bench rows and metric."""
 
-    session = open_session(path, threads)
-    outputs = np.concatenate([session.run(None, {k: v[i:i + 32] for k, v in feeds.items()})[0]
-                              for i in range(0, len(reference), 32)])
-    return float(cosine_per_sample(reference.astype(np.float64), outputs.astype(np.float64)).mean())
+    def __init__(self, model: str, args, work: pathlib.Path):
+        self.model, self.threads = model, args.threads
+        self.fp32_ms: dict[int, list[float]] = {}  # FP32 p50 of every bench round, by batch size
+        self.extra_name, self.extra_metric = None, None  # a second metric column (MiniLM: the probe)
+        largest = max(*args.calib, args.fallback_calib)
+        self.calib = work / f"{model}_calib{largest}.npz"
+        self.bench_data = work / f"{model}_bench.npz"
+        bench_rows = max(args.batches)
+        if model == "cnn":
+            import fashion_cnn
+
+            self.source = MODELS / "fashion_cnn.onnx"
+            self.metric_name = "top-1 (10k test)"
+            images, _ = fashion_cnn.load_split("train")
+            np.savez(self.calib, image=np.ascontiguousarray(images[:largest]))
+            with np.load(MODELS / "fashion_mnist_test.npz") as npz:
+                np.savez(self.bench_data, image=npz["image"][:bench_rows])
+            self.metric = lambda path: cnn_top1(path, self.threads)
+            return
+        if model == "minilm":
+            import minilm
+
+            self.source = work / "minilm.onnx"
+            if not self.source.exists():
+                log("exporting MiniLM")
+                minilm.export_minilm(self.source)
+            glosses = wordnet.noun_glosses(largest + args.eval)
+            np.savez(self.calib, **minilm.tokenize(glosses[:largest], max_length=SEQUENCE))
+            held_out = minilm.tokenize(glosses[largest:], max_length=SEQUENCE)
+            self.metric_name = f"embedding cosine vs FP32 ({args.eval} held-out glosses)"
+            import supersense  # benchmarks/supersense.py
+
+            probe = supersense.Probe()
+            self.extra_name = (f"supersense probe accuracy ({supersense.TRAIN} train / {supersense.TEST} test "
+                               f"glosses)")
+            self.extra_metric = lambda path: probe.accuracy(path, self.threads)
+        else:
+            self.source = work / f"{model}.onnx"
+            if not self.source.exists():
+                log(f"exporting {model} (benchmarks/prune.py recipe, in a child process)")
+                subprocess.run([sys.executable, str(pathlib.Path(__file__).resolve()), "--export", model,
+                                str(self.source)], check=True, cwd=ROOT)
+            np.savez(self.calib, **random_feeds(model, largest, seed=1))
+            held_out = random_feeds(model, EVAL_ROWS_RANDOM, seed=2)
+            self.metric_name = f"logits cosine vs FP32 ({EVAL_ROWS_RANDOM} held-out random inputs)"
+        np.savez(self.bench_data, **{k: v[:bench_rows] for k, v in held_out.items()})
+        reference = run_session_rows(self.source, held_out, self.threads)
+        self.metric = lambda path: mean_cosine(reference, run_session_rows(path, held_out, self.threads))
+
+
+# --------------------------------------------------------------------------- latency
+def speedups(paths: list[pathlib.Path], setup: Setup, args) -> dict[int, list[list[float]]]:
+    """Per batch size: for each ``graphc.bench`` call (round), FP32 p50 / variant p50 of every
+    path (``paths[0]`` is FP32)."""
+    from graphc.bench import bench
+
+    result: dict[int, list[list[float]]] = {}
+    for batch in args.batches:
+        runs, warmup = RUNS[setup.model][0 if batch == 1 else 1]
+        runs, warmup = max(1, round(runs * args.runs_scale)), max(1, round(warmup * args.runs_scale))
+        result[batch] = []
+        for round_index in range(args.rounds):
+            log(f"[{setup.model}] bench batch {batch}, round {round_index + 1}/{args.rounds}: "
+                f"{len(paths)} models x {runs} runs ({warmup} warm-up)")
+            timings = bench(paths, threads=args.threads, data=setup.bench_data, batch=batch, warmup=warmup, runs=runs)
+            result[batch].append([timings[0].p50_ms / t.p50_ms for t in timings])
+            setup.fp32_ms.setdefault(batch, []).append(timings[0].p50_ms)
+    return result
 
 
 # ------------------------------------------------------------------------------ main
-def prepare(model: str, work: pathlib.Path, calib_rows: int, eval_rows: int):
-    """(source model, calibration npz, bench npz, metric function) for one benchmark model."""
-    if model == "cnn":
-        source = MODELS / "fashion_cnn.onnx"
-        calib = work / "cnn_calib.npz"
-        np.savez(calib, **fashion_calibration(calib_rows))
-        bench = work / "cnn_bench.npz"
-        with np.load(MODELS / "fashion_mnist_test.npz") as npz:
-            np.savez(bench, image=npz["image"][:64])
-        return source, calib, bench, lambda path, threads: cnn_metric(path, threads), "top-1 (10k test)"
-    sys.path.insert(0, str(MODELS))
-    import minilm
-
-    source = work / "minilm.onnx"
-    if not source.exists():
-        minilm.export_minilm(source)
-    glosses = wordnet.noun_glosses(calib_rows + eval_rows)
-    calib = work / "minilm_calib.npz"
-    np.savez(calib, **minilm.tokenize(glosses[:calib_rows], max_length=SEQUENCE))
-    held_out = minilm.tokenize(glosses[calib_rows:], max_length=SEQUENCE)
-    bench = work / "minilm_bench.npz"
-    np.savez(bench, **{k: v[:64] for k, v in held_out.items()})
-    from graphc.runtime import open_session
-
-    fp32 = open_session(source, 2)
-    reference = np.concatenate([fp32.run(None, {k: v[i:i + 32] for k, v in held_out.items()})[0]
-                                for i in range(0, len(glosses) - calib_rows, 32)])
-    return (source, calib, bench, lambda path, threads: embedding_metric(path, reference, held_out, threads),
-            f"embedding cosine vs FP32 ({eval_rows} held-out glosses)")
+def fmt_mib(n: float) -> str:
+    return f"{n / 2**20:.0f}"
 
 
-def run_model(model: str, args, work: pathlib.Path) -> list[list[str]]:
-    from graphc.bench import bench
+def failure(run: dict, cap_gb: float) -> str:
+    """Why a quantization run made no model, in a few words."""
+    if run["status"] == "killed":
+        return f"killed > {cap_gb:g} GB"
+    if run["status"] == "timeout":
+        return "timeout"
+    return run["message"][:100] or run["status"]
+
+
+def make_logged(model: str, label: str, recipe: str, setup: "Setup", output: pathlib.Path, count: int, args) -> dict:
+    run = make_variant(recipe, setup.source, output, setup.calib, count, args)
+    seconds, peak = quantize_cell(run, args.mem_cap_gb)
+    log(f"[{model}] {label} @ {count} rows: {run['status']}, {seconds} s, peak RSS {peak}"
+        + (f" ({run['message']})" if run["message"] else ""))
+    return run
+
+
+def quantize_cell(run: dict | None, cap_gb: float) -> tuple[str, str]:
+    """(seconds cell, peak RSS cell) of one quantization run."""
+    if run is None:
+        return "-", "-"
+    if run["status"] == "killed":
+        return "-", f"killed > {cap_gb:g} GB"
+    if run["status"] == "timeout":
+        return "-", f"timeout (peak {fmt_mib(run['peak_bytes'])})"
+    if run["status"] == "error":
+        return "-", f"error: {run['message'][:60]}"
+    return f"{run['seconds']:.1f}", fmt_mib(run["peak_bytes"])
+
+
+def run_model(model: str, args) -> str:
     from graphc.model_io import file_size
+    from graphc.report import markdown_table
     from graphc.stats import human_bytes
 
-    source, calib, bench_data, metric, metric_name = prepare(model, work, args.calib, args.eval)
-    rows_out = []
-    made = [("FP32", source, None, None, None)]
+    work = args.workdir
+    started = time.perf_counter()
+    setup = Setup(model, args, work)
+    made = []  # (label, scored model or None, its calibration rows cell, {count: run})
     for label, recipe in variants(model):
-        output = work / f"{model}-{recipe.replace(':', '_').replace(',', '_').replace('=', '-')}.onnx"
-        seconds, rss, error = make_variant(recipe, source, output, calib)
-        made.append((label, output, seconds, rss, error))
-        print(f"[{model}] {label}: {'error ' + error if error else f'{seconds:.1f}s, {rss:.0f} MiB'}", file=sys.stderr)
-    ok = [m for m in made if m[4] is None]
-    latency = {}
-    for batch in args.batches:
-        results = bench([m[1] for m in ok], threads=args.threads, data=bench_data, batch=batch,
-                        warmup=args.warmup, runs=args.runs)
-        latency[batch] = {str(m[1]): r.p50_ms for m, r in zip(ok, results)}
-    for label, path, seconds, rss, error in made:
-        if error:
-            rows_out.append([model, label, "error: " + error, "", "", "", "", ""])
+        if args.variants and not any(v in label for v in args.variants):
             continue
-        score = metric(path, args.threads)
-        speed = [f"{latency[b][str(source)] / latency[b][str(path)]:.2f}x" for b in args.batches]
-        rows_out.append([model, label, f"{score:.4f}", *speed, human_bytes(file_size(path)),
-                         "" if seconds is None else f"{seconds:.1f}", "" if rss is None else f"{rss:.0f}"])
-        print(f"[{model}] {label}: {metric_name} {score:.4f}", file=sys.stderr)
-    return rows_out, metric_name
+        counts = args.calib[:1] if recipe in CALIBRATION_FREE else args.calib
+        stem = recipe.replace(":", "_").replace("=", "-").replace(",", "_").rstrip("_") or "graphc"
+        runs: dict[int, dict] = {}
+        for count in counts:
+            runs[count] = make_logged(model, label, recipe, setup, work / f"{model}-{stem}-n{count}.onnx", count, args)
+            if count != counts[0]:
+                (work / f"{model}-{stem}-n{count}.onnx").unlink(missing_ok=True)  # only one model is scored
+        scored, rows_cell = work / f"{model}-{stem}-n{counts[0]}.onnx", "-" if recipe in CALIBRATION_FREE else str(counts[0])
+        first = runs[counts[0]]
+        if first["status"] != "ok":
+            scored, rows_cell = None, f"not made: {failure(first, args.mem_cap_gb)}"
+            if recipe not in CALIBRATION_FREE and args.fallback_calib:
+                output = work / f"{model}-{stem}-n{args.fallback_calib}.onnx"
+                retry = make_logged(model, label, recipe, setup, output, args.fallback_calib, args)
+                if retry["status"] == "ok":
+                    scored = output
+                    rows_cell = f"{args.fallback_calib} ({counts[0]}: {failure(first, args.mem_cap_gb)})"
+        made.append((label, scored, rows_cell, runs))
+    timed = [("FP32", setup.source)] + [(label, path) for label, path, _, _ in made if path is not None]
+    ratios = speedups([p for _, p in timed], setup, args)
+    speed = {label: [f"{statistics.median(r[i] for r in ratios[b]):.2f}x" for b in args.batches]
+             for i, (label, _) in enumerate(timed)}
+    def metrics(path: pathlib.Path) -> list[str]:
+        cells = [f"{setup.metric(path):.4f}"]
+        if setup.extra_metric is not None:
+            cells.append(f"{100 * setup.extra_metric(path):.2f}%")
+        return cells
+
+    rows = [["FP32", *metrics(setup.source), *speed["FP32"], human_bytes(file_size(setup.source)), "-",
+             *["" for _ in args.calib], *["" for _ in args.calib]]]
+    for label, path, rows_cell, runs in made:
+        cells = [quantize_cell(runs.get(count), args.mem_cap_gb) for count in args.calib]
+        if path is None:
+            metric = ["-", *(["-"] if setup.extra_metric else [])]
+            spd, size = ["-" for _ in args.batches], "-"
+        else:
+            metric, spd, size = metrics(path), speed[label], human_bytes(file_size(path))
+            log(f"[{model}] {label}: {', '.join(metric)}")
+        rows.append([label, *metric, *spd, size, rows_cell, *[c[0] for c in cells], *[c[1] for c in cells]])
+    header = ["variant", setup.metric_name, *([setup.extra_name] if setup.extra_name else []),
+              *[f"speed b{b}" for b in args.batches], "size", "calibration rows of the scored model",
+              *[f"quantize s @{n}" for n in args.calib], *[f"peak RSS MiB @{n}" for n in args.calib]]
+    fp32 = ", ".join(f"b{b} {statistics.median(ms):.3g} ms" for b, ms in setup.fp32_ms.items())
+    return (f"### {model}: FP32 p50 {fp32} (median of {args.rounds} rounds); {time.perf_counter() - started:.0f} s\n\n"
+            + markdown_table([header, *rows]))
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(ALL_MODELS), help=f"comma-separated, from {','.join(ALL_MODELS)}")
+    ap.add_argument("--calib", default="128,1024", help="calibration row counts (the first one's models are scored)")
+    ap.add_argument("--fallback-calib", type=int, default=32, help="rows to calibrate the scored model on when "
+                    "the first --calib count fails (onnxruntime above the memory cap); 0: none")
+    ap.add_argument("--eval", type=int, default=300, help="held-out glosses for MiniLM (default 300)")
+    ap.add_argument("--rounds", type=int, default=3, help="graphc.bench calls per batch size (median ratio)")
+    ap.add_argument("--runs-scale", type=float, default=1.0, help="multiplies the documented run counts")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--mem-cap-gb", type=float, default=12.0, help="kill a quantization above this RSS")
+    ap.add_argument("--child-timeout", type=float, default=3600.0, help="seconds before a quantization is killed")
+    ap.add_argument("--variants", default="", help="only the variants whose label contains one of these "
+                    "comma-separated strings (default: all)")
+    ap.add_argument("--workdir", type=pathlib.Path, default=ROOT / "out" / "bench_int8")
+    args = ap.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.variants = [v for v in args.variants.split(",") if v]
+    unknown = [m for m in args.models if m not in ALL_MODELS]
+    if unknown:
+        ap.error(f"unknown model {unknown[0]!r}; choose from {','.join(ALL_MODELS)}")
+    try:
+        args.calib = [int(n) for n in args.calib.split(",")]
+        args.batches = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        ap.error("--calib and --batches take comma-separated integers, e.g. 128,1024")
+    if min(args.calib) < 1 or min(args.batches) < 1 or args.rounds < 1:
+        ap.error("--calib, --batches and --rounds must be positive")
+    return args
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="cnn,minilm")
-    ap.add_argument("--calib", type=int, default=512, help="calibration rows (default 512)")
-    ap.add_argument("--eval", type=int, default=300, help="held-out glosses for MiniLM (default 300)")
-    ap.add_argument("--runs", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batches", default="1,32")
-    ap.add_argument("--workdir", type=pathlib.Path, default=ROOT / "out" / "bench_int8")
-    args = ap.parse_args(argv)
-    args.batches = [int(b) for b in args.batches.split(",")]
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        return child_main(json.loads(argv[1]))
+    if argv[:1] == ["--export"]:
+        return export_main(argv[1], pathlib.Path(argv[2]))
+    args = parse_args(argv)
     args.workdir = args.workdir.resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    from graphc.cpu_features import cpu_features
-    from graphc.report import markdown_table
-
     import onnxruntime
 
-    print(f"onnxruntime {onnxruntime.__version__}, CPU {cpu_features().describe()}, {args.threads} threads, "
-          f"{args.calib} calibration rows, p50 over {args.runs} interleaved runs\n")
-    for model in args.models.split(","):
-        rows, metric_name = run_model(model, args, args.workdir)
-        header = ["model", "variant", metric_name, *[f"speed-up b{b} (p50 vs FP32)" for b in args.batches],
-                  "size", "quantize s", "peak RSS MiB"]
-        print(markdown_table([header, *rows]))
-        print()
+    from graphc.cpu_features import cpu_features
+
+    started = time.perf_counter()
+    print(f"onnxruntime {onnxruntime.__version__}, CPU {cpu_features().describe()}, {args.threads} threads; "
+          f"calibration rows {'/'.join(map(str, args.calib))} (batches of {CALIB_BATCH}; models from "
+          f"{args.calib[0]} rows scored and timed); speed = median over {args.rounds} interleaved graphc.bench rounds "
+          f"of FP32 p50 / variant p50 (runs scale {args.runs_scale:g}); peak RSS of each quantization's own process, "
+          f"killed above {args.mem_cap_gb:g} GB\n", flush=True)
+    for model in args.models:
+        print(run_model(model, args), flush=True)
+        print(flush=True)
+    print(f"total {(time.perf_counter() - started) / 60:.1f} min", flush=True)
 
 
 if __name__ == "__main__":
