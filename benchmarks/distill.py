@@ -1,6 +1,7 @@
-"""Benchmark: does ``distill`` win back what ``prune`` loses? (issue 5's acceptance table)
+"""Benchmark: does ``distill`` win back what ``prune`` loses? (issue 5's acceptance tables)
 
-On the bundled Fashion-MNIST CNN, measured in one run on the full 10k test split:
+``--model cnn`` (the default): the bundled Fashion-MNIST CNN, measured in one run on the
+full 10k test split:
 
 1. the unpruned model;
 2. ``prune:RATIO`` (default 0.5);
@@ -14,8 +15,28 @@ Prints one table (top-1, drop vs unpruned, params, size on disk, size ratio) and
 ``OUT/distill.json``. Acceptance: row 3 within 1 point of row 1 in <= 5 epochs; row 4
 within 1.5 points and >= 3x smaller on disk than row 1.
 
+``--model minilm``: all-MiniLM-L6-v2 (``models/minilm.py``, TorchScript export, output the
+normalised sentence embedding), measured in one run:
+
+1. the unpruned model (the teacher);
+2. ``prune:RATIO`` (default 0.3: attention heads and FFN neurons; the hidden size stays,
+   LayerNorm blocks it);
+3. ``prune:RATIO,distill:loss=cosine:...`` in the same pipeline (the teacher is the unpruned
+   model), trained on ``--train-glosses`` unlabelled WordNet noun glosses (Debian
+   ``wordnet-base``) tokenized to ``--seq`` tokens, best epoch picked by embedding cosine on
+   512 other glosses (``--eval-data``, same length).
+
+Every row is measured on data that never steered training: embedding cosine vs the unpruned
+model on ``--test-glosses`` further glosses (full length, up to 128 tokens), and the WordNet
+supersense probe (``benchmarks/supersense.py``: logistic regression on frozen embeddings,
+4000 train / 1000 test glosses, disjoint from all the others). Gloss sets (``wordnet.noun_glosses``
+order): test ``[0, T)``, holdout ``[T, T + 512)``, train after them. Acceptance: row 3 cosine
+>= 0.98 and probe accuracy within 2 points of row 1. Prints one table (cosine, probe accuracy
+and its drop, params, size, time) and writes ``OUT/distill_minilm.json``.
+
 Usage: ``python benchmarks/distill.py [--epochs 5] [--out out/bench-distill]`` (needs
-``graphc setup training``; about 2 minutes per epoch on 2 cores).
+``graphc setup training``; about 2 minutes per epoch on 2 cores);
+``python benchmarks/distill.py --model minilm [--out out/bench-distill-minilm]``.
 """
 
 from __future__ import annotations
@@ -32,6 +53,11 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CNN = ROOT / "models" / "fashion_cnn.onnx"
 TEST = ROOT / "models" / "fashion_mnist_test.npz"
+DEFAULTS = {  # per model: epochs, distill options after epochs, prune ratio
+    "cnn": (5, "T=4:alpha=0.7:lr=0.0005:batch=64", 0.5),
+    "minilm": (2, "loss=cosine:lr=0.0005:batch=32:patience=0:freeze=*word_embeddings*", 0.3),
+}
+MINILM_HOLDOUT = 512
 
 
 def load_recipe():
@@ -72,19 +98,91 @@ def optimize(model: pathlib.Path, passes: str, out: pathlib.Path, **kwargs) -> t
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ratio", type=float, default=0.5)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--distill", default="T=4:alpha=0.7:lr=0.0005:batch=64",
-                        help="distill options after epochs (key=value joined by ':')")
-    parser.add_argument("--holdout", type=int, default=5000)
-    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "out" / "bench-distill")
+    parser.add_argument("--model", choices=sorted(DEFAULTS), default="cnn")
+    parser.add_argument("--ratio", type=float, default=None, help="prune ratio (cnn 0.5, minilm 0.3)")
+    parser.add_argument("--epochs", type=int, default=None, help="distill epochs (cnn 5, minilm 2)")
+    parser.add_argument("--distill", default=None, help="distill options after epochs (key=value joined by ':'; "
+                        f"cnn {DEFAULTS['cnn'][1]}, minilm {DEFAULTS['minilm'][1]})")
+    parser.add_argument("--holdout", type=int, default=5000, help="cnn: train images held out as --eval-data")
+    parser.add_argument("--train-glosses", type=int, default=40000, help="minilm: glosses distill trains on")
+    parser.add_argument("--test-glosses", type=int, default=1000, help="minilm: glosses the cosine is measured on")
+    parser.add_argument("--seq", type=int, default=24, help="minilm: training tokens per gloss")
+    parser.add_argument("--threads", type=int, default=2, help="minilm: onnxruntime threads")
+    parser.add_argument("--out", type=pathlib.Path, default=None,
+                        help="work directory (default out/bench-distill, or out/bench-distill-minilm)")
     args = parser.parse_args(argv)
+    epochs, options, ratio = DEFAULTS[args.model]
+    args.epochs = epochs if args.epochs is None else args.epochs
+    args.distill = options if args.distill is None else args.distill
+    args.ratio = ratio if args.ratio is None else args.ratio
+    if args.out is None:
+        args.out = ROOT / "out" / ("bench-distill" if args.model == "cnn" else "bench-distill-minilm")
+    args.out.mkdir(parents=True, exist_ok=True)
+    return run_cnn(args) if args.model == "cnn" else run_minilm(args)
+
+
+def run_minilm(args) -> int:
+    sys.path.insert(0, str(ROOT / "models"))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import minilm
+    import supersense
+    import wordnet
+    from graphc.metrics import cosine_per_sample
+    from graphc.model_io import file_size, load_model
+    from graphc.runtime import open_session
+    from graphc.stats import model_stats
+
+    source = args.out / "minilm.onnx"
+    if not source.exists():
+        minilm.export_minilm(source)
+    test_count, holdout_start = args.test_glosses, args.test_glosses
+    train_start = holdout_start + MINILM_HOLDOUT
+    holdout = wordnet.gloss_npz(args.out / "holdout.npz", MINILM_HOLDOUT, holdout_start, args.seq)
+    train = wordnet.gloss_npz(args.out / "train.npz", args.train_glosses, train_start, args.seq)
+    test_feeds = supersense.gloss_feeds(wordnet.noun_glosses(test_count))
+    distill = f"distill:epochs={args.epochs}:{args.distill}"
+    rows = [("unpruned", source, 0.0, "")]
+    pruned, seconds, _ = optimize(source, f"prune:{args.ratio}", args.out / "pruned.onnx", threads=args.threads)
+    rows.append((f"prune:{args.ratio}", pruned, seconds, ""))
+    distilled, seconds, report = optimize(source, f"prune:{args.ratio},{distill}", args.out / "distilled.onnx",
+                                          train_data=train, eval_data=holdout, metric="cosine",
+                                          threads=args.threads)
+    stats = report["passes"][1]["stats"]
+    rows.append((f"prune:{args.ratio},{distill}", distilled, seconds,
+                 f"best epoch {stats['best_epoch']}/{stats['epochs_run']}, holdout cosine {stats['cosine']}"))
+
+    probe = supersense.Probe()
+    reference = supersense.embed(open_session(source, args.threads), test_feeds)
+    base_size = file_size(source)
+    table, records, base_probe = [], [], None
+    for name, path, seconds, note in rows:
+        session = open_session(path, args.threads)
+        cosine = float(cosine_per_sample(supersense.embed(session, test_feeds), reference).mean())
+        accuracy = probe.accuracy(session)
+        base_probe = accuracy if base_probe is None else base_probe
+        size, params = file_size(path), model_stats(load_model(path)).params
+        records.append({"model": name, "path": str(path), "cosine": cosine, "probe_accuracy": accuracy,
+                        "probe_drop_points": 100 * (base_probe - accuracy), "params": params, "size_bytes": size,
+                        "size_ratio": base_size / size, "seconds": round(seconds, 1), "note": note})
+        table.append(f"| {name} | {cosine:.4f} | {100 * accuracy:.2f}% | {100 * (base_probe - accuracy):+.2f} | "
+                     f"{params / 1e6:.2f}M | {size / 2 ** 20:.1f} MiB | {base_size / size:.2f}x | {seconds:.0f} s | "
+                     f"{note} |")
+    print(f"| model | cosine vs unpruned ({test_count} test glosses) | supersense probe | drop (points) | params | "
+          f"size | smaller | time | notes |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(table))
+    print(f"train {args.train_glosses} glosses x {args.seq} tokens, holdout {MINILM_HOLDOUT}, "
+          f"threads {args.threads}; probe {supersense.TRAIN}/{supersense.TEST} glosses")
+    (args.out / "distill_minilm.json").write_text(json.dumps(records, indent=1) + "\n")
+    return 0
+
+
+def run_cnn(args) -> int:
     from graphc.model_io import file_size
     from graphc.passes import PASSES
     from graphc.stats import model_stats
     from graphc.model_io import load_model
 
-    args.out.mkdir(parents=True, exist_ok=True)
     train, holdout, calib = write_splits(args.out, args.holdout)
     distill = f"distill:epochs={args.epochs}:{args.distill}"
     rows = [("unpruned", CNN, 0.0, "")]
