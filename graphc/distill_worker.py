@@ -11,7 +11,8 @@ imports only the standard library, numpy, onnx and onnxruntime(-training), never
     in   config.json     options (see ``DEFAULTS``)
          student.onnx    the student graph exactly as the pass received it
          train.npz       the student's inputs by name, ``teacher`` (the teacher's first
-                         output on those inputs) and optional ``labels``
+                         output on those inputs), ``teacher_layer<i>`` (the teacher's value
+                         of ``layers[i]``, float16) and optional ``labels``
          eval.npz        the same for held-out data (optional)
     out  trained.npz     the trainable initializers of the best checkpoint, by name
          result.json     per-epoch history, best epoch, trainable names, resumed_from
@@ -48,6 +49,13 @@ Rules:
 
    ``T`` is read by ``kl`` only, labels (``alpha < 1``) by ``kl`` only. A term with weight 0
    is not built.
+
+   Intermediate features (``layers``: tensor names present with the same shape in student
+   and teacher): ``+ gamma * mean_i(MSE(s_i, t_i) / ms_i)`` where ``s_i`` is the student's
+   tensor ``layers[i]``, ``t_i`` the teacher's (stored as float16: half the memory, targets
+   to ~1e-3 relative) and ``ms_i`` the mean of ``t_i^2`` over the whole training data, so
+   each layer weighs the same whatever its scale (a normalised MSE, TinyBERT-style hidden-
+   state distillation; TinyBERT, Jiao et al. 2020, matches hidden states with plain MSE).
 4. The loop: AdamW (``weight_decay``) with gradient clipping by global L2 norm (``clip``;
    0: off) inside the optimizer graph; the learning rate rises linearly from 0 over the
    first ``warmup`` share of the steps and then follows a cosine decay to 0, set before
@@ -83,10 +91,12 @@ import numpy as np
 DEFAULTS = {
     "epochs": 3, "lr": 1e-3, "batch": 64, "loss": "kl", "T": 4.0, "alpha": 1.0, "beta": 0.0, "seed": 0,
     "warmup": 0.05, "clip": 0.0, "weight_decay": 0.0, "patience": 2, "metric": None, "freeze": [],
-    "threads": 0, "eval_batch": 256, "step_events": 50,
+    "threads": 0, "eval_batch": 256, "step_events": 50, "layers": [], "gamma": 1.0,
 }
 TEACHER_INPUT = "distill_teacher"
 LABELS_INPUT = "distill_labels"
+LAYER_DATA = "teacher_layer{}"  # key in train.npz/eval.npz
+LAYER_INPUT = "distill_teacher_layer{}"  # input of the training graph
 LOSSES = ("kl", "cosine", "mse")
 COSINE_EPS = 1e-12
 MAX_IR_VERSION = 10
@@ -111,9 +121,11 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def kd_loss(student: np.ndarray, teacher: np.ndarray, labels: np.ndarray | None,
-            T: float, alpha: float, beta: float, loss: str = "kl") -> float:
-    """Rule 3 in numpy (float64)."""
+            T: float, alpha: float, beta: float, loss: str = "kl", layers=(), gamma: float = 0.0) -> float:
+    """Rule 3 in numpy (float64); ``layers``: (student tensor, teacher tensor, mean square) triples."""
     total = 0.0
+    if layers and gamma > 0:
+        total += gamma * float(np.mean([((s.astype(np.float64) - t) ** 2).mean() / ms for s, t, ms in layers]))
     if alpha > 0 and loss == "kl":
         log_pt, log_ps = log_softmax(teacher / T), log_softmax(student / T)
         total += alpha * T * T * float((np.exp(log_pt) * (log_pt - log_ps)).sum(-1).mean())
@@ -259,7 +271,8 @@ def add_layernorm_outputs(model) -> int:
     return added
 
 
-def _loss_block(config: dict, output_name: str, last_dim: int, with_labels: bool):
+def _loss_block(config: dict, output_name: str, last_dim: int, with_labels: bool,
+                layer_scales: list[float] | None = None, layer_ranks: list[int] | None = None):
     import copy
 
     import onnx
@@ -333,6 +346,21 @@ def _loss_block(config: dict, output_name: str, last_dim: int, with_labels: bool
                 diff = add("Sub", [student, TEACHER_INPUT], "diff")
                 terms.append(add("Mul", [add("ReduceMean", [add("Mul", [diff, diff], "sq")], "mse", keepdims=0),
                                          const("mse_weight", beta)], "mse_term"))
+            layers, gamma = list(config["layers"]), float(config["gamma"])
+            if layers and gamma > 0:
+                layer_terms = []
+                for i, name in enumerate(layers):
+                    target = LAYER_INPUT.format(i)
+                    graph.input.append(helper.make_tensor_value_info(
+                        target, onnx.TensorProto.FLOAT, [f"distill_l{i}_d{k}" for k in range(layer_ranks[i])]))
+                    diff = add("Sub", [name, target], f"l{i}_diff")
+                    mse = add("ReduceMean", [add("Mul", [diff, diff], f"l{i}_sq")], f"l{i}_mse", keepdims=0)
+                    layer_terms.append(add("Mul", [mse, const(f"l{i}_weight", gamma / len(layers) / layer_scales[i])],
+                                           f"l{i}_term"))
+                total = layer_terms[0]
+                for k, term in enumerate(layer_terms[1:]):
+                    total = add("Add", [total, term], f"layer_sum{k}")
+                terms.append(total)
             if not terms:
                 raise UserError("the loss has no term: alpha=0 needs labels, or give beta > 0")
             loss = terms[0]
@@ -344,7 +372,7 @@ def _loss_block(config: dict, output_name: str, last_dim: int, with_labels: bool
     return KDLoss()
 
 
-def build_artifacts(config: dict, workdir: pathlib.Path, with_labels: bool) -> dict:
+def build_artifacts(config: dict, workdir: pathlib.Path, with_labels: bool, train_data: "Data") -> dict:
     """Training, eval and optimizer models plus the initial checkpoint in WORKDIR/artifacts."""
     import onnx
     from onnxruntime.training import artifacts, onnxblock
@@ -373,8 +401,10 @@ def build_artifacts(config: dict, workdir: pathlib.Path, with_labels: bool) -> d
     optimizer = onnxblock.optim.AdamW(weight_decay=float(config["weight_decay"]),
                                       clip_grad=onnxblock.optim.ClipGradNorm(clip) if clip > 0 else None)
     try:
+        scales = train_data.layer_mean_squares()
+        ranks = [layer.ndim for layer in train_data.layers]
         artifacts.generate_artifacts(model, requires_grad=names, loss=_loss_block(config, output.name,
-                                     dims[-1].dim_value if dims else 1, with_labels),
+                                     dims[-1].dim_value if dims else 1, with_labels, scales, ranks),
                                      optimizer=optimizer, artifact_directory=str(directory),
                                      additional_output_names=[output.name])
     except UserError:
@@ -412,20 +442,34 @@ def _atomic_npz(path: pathlib.Path, arrays: dict) -> None:
 class Data:
     """Student inputs, teacher outputs and optional labels of one .npz."""
 
-    def __init__(self, path: pathlib.Path, input_names: list[str]):
+    def __init__(self, path: pathlib.Path, input_names: list[str], layer_count: int = 0):
         with np.load(path) as npz:
             self.inputs = {name: npz[name] for name in input_names}
             self.teacher = npz["teacher"].astype(np.float32)
             self.labels = npz["labels"].astype(np.int64) if "labels" in npz.files else None
+            self.layers = [npz[LAYER_DATA.format(i)] for i in range(layer_count)]  # float16, widened per batch
 
     def __len__(self) -> int:
         return len(self.teacher)
+
+    def layer_mean_squares(self, chunk: int = 1024) -> list[float]:
+        """Mean of t^2 of each teacher layer over all rows (float64, in chunks: no float32 copy)."""
+        scales = []
+        for layer in self.layers:
+            total = sum(float(np.square(layer[i:i + chunk], dtype=np.float64).sum())
+                        for i in range(0, len(layer), chunk))
+            scales.append(max(total / max(layer.size, 1), 1e-12))
+        return scales
 
     def feeds(self, order: list[str], rows) -> list[np.ndarray]:
         values = {**self.inputs, TEACHER_INPUT: self.teacher}
         if self.labels is not None:
             values[LABELS_INPUT] = self.labels
-        return [np.ascontiguousarray(values[name][rows]) for name in order]
+        widened = {LAYER_INPUT.format(i) for i in range(len(self.layers))}
+        for i, layer in enumerate(self.layers):
+            values[LAYER_INPUT.format(i)] = layer
+        return [np.ascontiguousarray(values[name][rows], dtype=np.float32 if name in widened else None)
+                for name in order]
 
 
 def evaluate(module, data: Data, config: dict) -> dict:
@@ -461,15 +505,16 @@ def train(workdir: pathlib.Path) -> dict:
 
     config = {**DEFAULTS, **json.loads((workdir / "config.json").read_text())}
     input_names = list(config["inputs"])
-    train_data = Data(workdir / "train.npz", input_names)
-    eval_data = Data(workdir / "eval.npz", input_names) if (workdir / "eval.npz").exists() else None
+    layer_count = len(config["layers"]) if float(config["gamma"]) > 0 else 0
+    train_data = Data(workdir / "train.npz", input_names, layer_count)
+    eval_data = Data(workdir / "eval.npz", input_names, layer_count) if (workdir / "eval.npz").exists() else None
     with_labels = float(config["alpha"]) < 1
     if with_labels and (train_data.labels is None or (eval_data is not None and eval_data.labels is None)):
         raise UserError(f"alpha={config['alpha']} < 1 weighs hard labels; the data has no 'labels'")
     art = workdir / "artifacts"
     info_path = art / "info.json"
     if not info_path.exists():
-        info = build_artifacts(config, workdir, with_labels)
+        info = build_artifacts(config, workdir, with_labels, train_data)
         _atomic_json(info_path, info)
     info = json.loads(info_path.read_text())
     ckpt_dir = workdir / "checkpoints"

@@ -7,6 +7,8 @@ keeps the model-level fields graphsurgeon does not carry (metadata, docs, model 
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -26,6 +28,59 @@ def to_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     del model.metadata_props[:]
     model.metadata_props.extend(template.metadata_props)
     return model
+
+
+def write_graph_with_external_weights(graph: gs.Graph, template: onnx.ModelProto,
+                                     directory: pathlib.Path) -> pathlib.Path:
+    """``graph`` written to ``directory/model.onnx`` (``template``'s model-level fields) with
+    every constant over ``INLINE_TENSOR_BYTES`` in ``weights.bin`` beside it, page-aligned,
+    one tensor at a time. No proto holding the weights is built (``to_model`` of BERT-base
+    transiently needs 2 x 440 MB: tensor bytes plus proto); the graph is left as it was."""
+    from graphc.runtime import INLINE_TENSOR_BYTES, PAGE
+
+    swapped: list[tuple[gs.Constant, object]] = []
+    offset = 0
+    try:
+        with open(directory / "weights.bin", "wb") as data:
+            for tensor in graph.tensors().values():
+                if not isinstance(tensor, gs.Constant) or tensor.dtype is None or np.dtype(tensor.dtype).kind in "OSU":
+                    continue
+                dims, dtype = tuple(tensor.shape), np.dtype(tensor.dtype)
+                nbytes = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+                if nbytes <= INLINE_TENSOR_BYTES:
+                    continue
+                values = tensor._values  # LazyValues are loaded for this write only, not cached in the graph
+                values = values.load() if isinstance(values, gs.ir.tensor.LazyValues) else values
+                np.ascontiguousarray(values, dtype=dtype.newbyteorder("<")).tofile(data)
+                del values
+                padding = -nbytes % PAGE
+                data.write(b"\0" * padding)
+                external = onnx.TensorProto(name=tensor.name, dims=dims,
+                                            data_type=onnx.helper.np_dtype_to_tensor_dtype(dtype),
+                                            data_location=onnx.TensorProto.EXTERNAL)
+                for key, value in (("location", "weights.bin"), ("offset", str(offset)), ("length", str(nbytes))):
+                    entry = external.external_data.add()
+                    entry.key, entry.value = key, value
+                offset += nbytes + padding
+                swapped.append((tensor, tensor._values))
+                tensor._values = gs.ir.tensor.LazyValues(external)  # exported as this proto, not as bytes
+        model = to_model(graph, template)
+    finally:
+        for tensor, values in swapped:
+            tensor._values = values
+    path = directory / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def model_header(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model``'s model-level fields without its graph: a ``to_model`` template that does
+    not keep the weights alive."""
+    from graphc.runtime import copy_fields
+
+    header = onnx.ModelProto()
+    copy_fields(model, header, skip="graph")
+    return header
 
 
 def drop_intermediate_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -26,7 +26,7 @@ from graphc.checks import check_model
 from graphc.context import Context
 from graphc.data import Dataset, check_shape_overrides, load_dataset, model_signature, output_names
 from graphc.errors import GraphcError
-from graphc.graph import drop_intermediate_shapes, to_graph, to_model
+from graphc.graph import drop_intermediate_shapes, model_header, to_graph, to_model
 from graphc.metrics import check_metric, evaluate
 from graphc.model_io import file_size, load_model, save_model
 from graphc.passes import build_passes
@@ -102,9 +102,11 @@ def optimize(request: OptimizeRequest) -> Report:
         spec_text = spec.text
         bar.set_postfix_str(spec_text)
         start = time.perf_counter()
+        template = model_header(current)
         graph = to_graph(current)
+        current = None  # the graph holds what it needs: no second copy of the weights during the pass
         result = p.run(graph, ctx)
-        candidate = to_model(result.graph if result.graph is not None else graph, current)
+        candidate = to_model(result.graph if result.graph is not None else graph, template)
         seconds = time.perf_counter() - start
         check_model(candidate, after=f"pass {spec_text}")
         verify = None

@@ -58,7 +58,7 @@ def open_session(model: onnx.ModelProto | str | os.PathLike, threads: int | None
         raise GraphcError(f"onnxruntime cannot run {what}: {first_line(exc)}") from None
 
 
-def _copy_fields(source, target, skip: str | None = None) -> None:
+def copy_fields(source, target, skip: str | None = None) -> None:
     """Copy every set field of a protobuf message but ``skip`` into an empty message."""
     for field, value in source.ListFields():
         if field.name == skip:
@@ -76,8 +76,8 @@ def write_with_external_weights(model: onnx.ModelProto, directory: pathlib.Path)
     and string ones) in ``weights.bin`` beside it, one tensor at a time, page-aligned: no
     serialized copy of the whole model is made, and ``model`` is not changed."""
     skeleton = onnx.ModelProto()
-    _copy_fields(model, skeleton, skip="graph")
-    _copy_fields(model.graph, skeleton.graph, skip="initializer")
+    copy_fields(model, skeleton, skip="graph")
+    copy_fields(model.graph, skeleton.graph, skip="initializer")
     offset = 0
     with open(directory / "weights.bin", "wb") as data:
         for tensor in model.graph.initializer:
@@ -87,7 +87,7 @@ def write_with_external_weights(model: onnx.ModelProto, directory: pathlib.Path)
                 target.CopyFrom(tensor)
                 continue
             raw = tensor.raw_data if tensor.HasField("raw_data") else onnx.numpy_helper.to_array(tensor).tobytes()
-            _copy_fields(tensor, target, skip="raw_data")
+            copy_fields(tensor, target, skip="raw_data")
             for name in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
                 target.ClearField(name)
             target.data_location = onnx.TensorProto.EXTERNAL

@@ -32,6 +32,8 @@ PARAM_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProt
                onnx.TensorProto.DOUBLE, onnx.TensorProto.INT8, onnx.TensorProto.UINT8,
                onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+SHAPE_DATA_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}  # may be shapes: kept for data propagation
+SMALL_TENSOR_BYTES = 4096
 
 
 @dataclass
@@ -70,16 +72,36 @@ def count_params(model: onnx.ModelProto) -> int:
 
 
 def _with_concrete_inputs(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """A weight-free copy of ``model`` (large initializers keep name, type and dims, not their
+    values) with the graph inputs at their resolved shapes: what ONNX shape inference needs,
+    without a second copy of the weights (BERT-base: 440 MB)."""
+    from graphc.runtime import copy_fields
+
     fixed = onnx.ModelProto()
-    fixed.CopyFrom(model)
-    for value_info in fixed.graph.input:
+    copy_fields(model, fixed, skip="graph")
+    copy_fields(model.graph, fixed.graph, skip="initializer")
+    for tensor in model.graph.initializer:
+        if tensor.data_type in SHAPE_DATA_TYPES or tensor.ByteSize() <= SMALL_TENSOR_BYTES:
+            fixed.graph.initializer.append(tensor)  # shape data (Reshape targets...) keeps its values
+        else:
+            fixed.graph.initializer.append(onnx.TensorProto(name=tensor.name, dims=tensor.dims,
+                                                            data_type=tensor.data_type))
+    _set_input_shapes(fixed, model, shapes)
+    return fixed
+
+
+def _set_input_shapes(target: onnx.ModelProto, model: onnx.ModelProto, shapes) -> list:
+    """Set ``target``'s graph inputs to their resolved shapes; returns the old input protos."""
+    old = [onnx.ValueInfoProto() for _ in target.graph.input]
+    for saved, value_info in zip(old, target.graph.input):
+        saved.CopyFrom(value_info)
         spec = next((s for s in model_signature(model) if s.name == value_info.name), None)
         if spec is None or not value_info.type.tensor_type.HasField("shape"):
             continue
         for dim, size in zip(value_info.type.tensor_type.shape.dim, resolve_shape(spec, shapes)):
             dim.Clear()
             dim.dim_value = size
-    return fixed
+    return old
 
 
 def _known_shape(value_info: onnx.ValueInfoProto) -> tuple[int, ...] | None:
@@ -110,25 +132,28 @@ def tensor_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]] 
         known[tensor.name] = tuple(tensor.dims)
     missing = sorted((wanted or set()) - set(known))
     if missing:
-        known.update(_measure_shapes(fixed, missing))
+        known.update(_measure_shapes(model, missing, shapes))
     return known
 
 
-def _measure_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, tuple[int, ...]]:
-    """Shapes of ``names`` from one onnxruntime run of a model with concrete input shapes."""
+def _measure_shapes(model: onnx.ModelProto, names: list[str], shapes) -> dict[str, tuple[int, ...]]:
+    """Shapes of ``names`` from one onnxruntime run of ``model`` at the resolved input shapes."""
     from graphc.runtime import open_session
 
     existing = {o.name for o in model.graph.output}
     count = len(model.graph.output)
     model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in existing)
-    try:  # the outputs are added only while the session opens: no copy of a large model
+    old_inputs = _set_input_shapes(model, model, shapes)
+    try:  # outputs and input shapes change only while the session opens: no copy of the model
         session = open_session(model, what="the shape probe")
     except Exception:  # shapes stay unknown; the MACs of those nodes are reported as uncounted
         return {}
     finally:
         del model.graph.output[count:]
+        for value_info, saved in zip(model.graph.input, old_inputs):
+            value_info.CopyFrom(saved)
     try:
-        feeds, _ = next(synthetic_dataset(model).batches())
+        feeds, _ = next(synthetic_dataset(model, shapes=shapes).batches())
         outputs = session.run(None, feeds)
     except Exception:
         return {}

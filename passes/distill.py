@@ -19,8 +19,16 @@ change. Rules:
 
    Unlabelled data is fine with ``alpha=1`` (the default). ``alpha < 1`` adds cross-entropy
    on integer ``labels`` and needs ``loss=kl`` and a [batch, classes] output; ``T`` is read
-   by ``kl`` only. ``layers`` (intermediate-feature loss) is not supported yet: a non-empty
-   value is refused.
+   by ``kl`` only.
+
+   Intermediate features: ``layers=<glob>[+<glob>...]`` names tensors (node outputs, by
+   ``fnmatch`` glob on the tensor name) that student and teacher both compute; each adds a
+   normalised MSE to the loss, weighted by ``gamma`` (``graphc.distill_worker`` rule 3). Each
+   glob must match a float tensor of both graphs, and every matched tensor must have the same
+   shape in both on a probe batch: after ``prune`` that holds for the residual stream of a
+   transformer (LayerNorm outputs; heads and FFN neurons are gone but the hidden size stays)
+   and not for pruned CNN channels, where matching would need a learned projection, which
+   graphc does not build (refused with the tensor and both shapes).
 3. Trained: the weights of the student (``graphc.distill_worker`` rule 2: Conv/Gemm/MatMul
    weights and biases, normalisation scales and biases, embedding tables, ...) except the
    initializers whose names match a ``freeze`` glob (``fnmatch``, joined by ``+``, e.g.
@@ -85,7 +93,9 @@ class DistillOptions:
     alpha: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0,
                                                 "help": "weight of the loss term; 1-alpha weighs CE on labels (kl)"})
     beta: float = field(default=0.0, metadata={"min": 0.0, "help": "weight of MSE between student and teacher outputs"})
-    layers: str = field(default="", metadata={"help": "intermediate-feature loss: not supported yet (leave empty)"})
+    layers: str = field(default="", metadata={
+        "help": "tensor-name globs joined by '+' whose teacher values the student also matches (rule 2)"})
+    gamma: float = field(default=1.0, metadata={"min": 0.0, "help": "weight of the layers= feature loss"})
     teacher: str = field(default="", metadata={"help": "teacher .onnx (default: the model as loaded)"})
     freeze: str = field(default="", metadata={
         "help": "initializer-name globs kept frozen, joined by '+' (e.g. *word_embeddings*)"})
@@ -103,9 +113,14 @@ class DistillOptions:
         if self.loss != "kl" and self.alpha < 1:
             raise ValueError(f"loss={self.loss} has no cross-entropy term; alpha={self.alpha:g} < 1 (labels) "
                              f"needs loss=kl")
+        if self.layers and not all(self.layer_patterns()):
+            raise ValueError(f"layers={self.layers!r} has an empty pattern (join patterns with '+')")
 
     def freeze_patterns(self) -> list[str]:
         return [p.strip() for p in self.freeze.split("+")] if self.freeze else []
+
+    def layer_patterns(self) -> list[str]:
+        return [p.strip() for p in self.layers.split("+")] if self.layers else []
 
 
 class DistillPass(Pass):
@@ -122,9 +137,6 @@ class DistillPass(Pass):
         if ctx.runs_before("int8", "distill"):
             raise GraphcError("distill cannot train through the Q/DQ nodes int8 inserts (they have no gradient); "
                               "put int8 after distill, e.g. --passes prune,distill,int8")
-        if o.layers:
-            raise GraphcError(f"distill:layers={o.layers}: intermediate-feature loss is not supported yet; "
-                              f"distill matches the first output only (leave layers empty)")
         training_env.require()
         if ctx.train_data is None:
             raise GraphcError("distill needs --train-data (inputs of the model; labels optional, the teacher "
@@ -144,16 +156,18 @@ class DistillPass(Pass):
         if sorted(names) != sorted(student_names):
             raise GraphcError(f"distill:teacher={o.teacher}: its inputs {names} differ from the model's {student_names}")
         check_trainable(ctx.original, "the input model", hard_labels=o.alpha < 1, loss=o.loss)
+        self._layer_tensors(ctx.original, teacher)  # globs that match nothing fail before any pass runs
 
     def _teacher(self, ctx):
         return load_model(self.options.teacher) if self.options.teacher else ctx.original
 
-    def _config(self, ctx, inputs: list[str]) -> dict:
+    def _config(self, ctx, inputs: list[str], layers: list[str]) -> dict:
         o = self.options
         return {"inputs": inputs, "epochs": o.epochs, "lr": o.lr, "batch": o.batch, "loss": o.loss, "T": o.T,
                 "alpha": o.alpha, "beta": o.beta, "seed": o.seed, "warmup": o.warmup, "clip": o.clip,
                 "weight_decay": o.weight_decay, "patience": o.patience, "freeze": o.freeze_patterns(),
-                "metric": ctx.metric if ctx.eval_data is not None else None, "threads": ctx.threads or 0}
+                "metric": ctx.metric if ctx.eval_data is not None else None, "threads": ctx.threads or 0,
+                "layers": layers, "gamma": o.gamma}
 
     def run(self, graph: gs.Graph, ctx) -> PassResult:
         python = training_env.require()
@@ -162,8 +176,9 @@ class DistillPass(Pass):
                         loss=self.options.loss)
         frozen = self._check_freeze(student)
         teacher = self._teacher(ctx)
-        self._check_output_shapes(student, teacher, ctx)
-        config = self._config(ctx, [s.name for s in model_signature(student)])
+        layers = self._layer_tensors(student, teacher)
+        self._check_shapes(student, teacher, layers, ctx)
+        config = self._config(ctx, [s.name for s in model_signature(student)], layers)
         directory = distill_run.run_dir(distill_run.run_key(student, teacher, [ctx.train_data, ctx.eval_data],
                                                             config))
         if not self.options.resume:
@@ -189,19 +204,48 @@ class DistillPass(Pass):
             raise GraphcError(f"distill:freeze={self.options.freeze} leaves nothing to train")
         return len(names) - left
 
-    def _check_output_shapes(self, student, teacher, ctx) -> None:
+    def _layer_tensors(self, student, teacher) -> list[str]:
+        """Rule 2: the tensors the ``layers`` globs name, in the student's node order."""
+        patterns = self.options.layer_patterns()
+        if not patterns:
+            return []
+        teacher_tensors = {name for node in teacher.graph.node for name in node.output if name}
+        candidates = [name for node in student.graph.node for name in node.output if name in teacher_tensors]
+        chosen = []
+        for pattern in patterns:
+            hits = [name for name in candidates if fnmatchcase(name, pattern)]
+            if not hits:
+                raise GraphcError(f"distill:layers: {pattern!r} matches no tensor that both the student and the "
+                                  f"teacher compute (e.g. {', '.join(candidates[-3:])})")
+            chosen += [name for name in hits if name not in chosen]
+        return [name for name in candidates if name in chosen]
+
+    def _check_shapes(self, student, teacher, layers: list[str], ctx) -> None:
+        """The first outputs, and every ``layers`` tensor, have the same shape in both graphs."""
         feeds, _ = next(ctx.train_data.batches(2))
-        got = run_session(open_session(student, ctx.threads, what="the student"), feeds)[0].shape
-        want = run_session(open_session(teacher, ctx.threads, what="the teacher"), feeds)[0].shape
-        if got != want:
-            raise GraphcError(f"distill: the student's first output has shape {list(got)}, the teacher's "
-                              f"{list(want)}; they must match")
+        got = run_session(open_session(distill_run.expose(student, layers), ctx.threads, what="the student"), feeds)
+        want = run_session(open_session(distill_run.expose(teacher, layers), ctx.threads, what="the teacher"),
+                           feeds)
+        if got[0].shape != want[0].shape:
+            raise GraphcError(f"distill: the student's first output has shape {list(got[0].shape)}, the teacher's "
+                              f"{list(want[0].shape)}; they must match")
+        for name, s, t in zip(layers, got[1:], want[1:]):
+            if s.dtype != np.float32 or t.dtype != np.float32:
+                raise GraphcError(f"distill:layers: {name!r} is {s.dtype}, not float32: only float tensors "
+                                  f"can be matched")
+            if s.shape != t.shape:
+                raise GraphcError(f"distill:layers: {name!r} has shape {list(s.shape)} in the student and "
+                                  f"{list(t.shape)} in the teacher (pruned channels); matching tensors of "
+                                  f"different widths needs a projection, which is not supported: pick "
+                                  f"tensors pruning leaves at full width (a transformer's LayerNorm outputs)")
 
     def _result(self, result: dict, written: int, config: dict, ctx) -> PassResult:
         history, best = result["history"], result["best"]
         trained = [h for h in history if h["epoch"] > 0]
         stats = {"epochs_run": len(trained), "best_epoch": best["epoch"], "tensors_trained": written,
                  "batchnorm_frozen": result["batchnorm_frozen"]}
+        if config["layers"]:
+            stats["layers_matched"] = len(config["layers"])
         if config["freeze"]:
             stats["frozen_by_glob"] = config["frozen_by_glob"]
         if trained:

@@ -95,19 +95,23 @@ graphs. Opset 13 or newer is required (per-axis Q/DQ).
 from __future__ import annotations
 
 import fnmatch
+import pathlib
+import tempfile
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
 from graphc import sensitivity, smoothquant
 from graphc.calibration import collect, tensor_range
 from graphc.cpu_features import cpu_features, default_weight_bits
 from graphc.data import synthetic_dataset
 from graphc.errors import GraphcError
-from graphc.graph import constant_values, is_graph_output, producer, swap_tensor, to_model
+from graphc.graph import (constant_values, is_graph_output, producer, swap_tensor, to_model,
+                          write_graph_with_external_weights)
 from graphc.pass_api import Pass, PassResult, Tolerance
 
 CONV_OPS = ("Conv", "ConvTranspose")
@@ -251,13 +255,38 @@ def rewrite(graph: gs.Graph, plan: NodePlan, params: dict[str, QParams], opts: I
 
 
 def with_types(graph: gs.Graph) -> gs.Graph:
-    """The graph re-imported after ONNX shape inference, so every tensor has its dtype."""
-    model = gs.export_onnx(graph)
+    """``graph`` with the dtype (and shape, where unknown) of every variable from ONNX shape
+    inference, set in place. Inference runs on a weight-free skeleton (constants become typed
+    graph inputs), so no second copy of the weights is made (BERT-base: 440 MB)."""
     try:
-        model = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(weightless_model(graph))
     except (onnx.shape_inference.InferenceError, ValueError):
         return graph
-    return gs.import_onnx(model)
+    infos = {vi.name: vi for vi in [*inferred.graph.value_info, *inferred.graph.output]}
+    for name, tensor in graph.tensors().items():
+        info = infos.get(name)
+        if not isinstance(tensor, gs.Variable) or info is None or not info.type.HasField("tensor_type"):
+            continue
+        kind = info.type.tensor_type
+        if tensor.dtype is None and kind.elem_type:
+            tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(kind.elem_type)
+        if tensor.shape is None and kind.HasField("shape"):
+            tensor.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in kind.shape.dim]
+    return graph
+
+
+def weightless_model(graph: gs.Graph) -> onnx.ModelProto:
+    """Nodes, inputs and outputs of ``graph`` with every constant a typed graph input (no
+    values): enough for ONNX shape inference, a few KB instead of the weights."""
+    constants = [t for t in graph.tensors().values() if isinstance(t, gs.Constant)]
+    inputs = [OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.inputs]
+    inputs += [onnx.helper.make_tensor_value_info(t.name, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype)),
+                                                  list(t.shape)) for t in constants]
+    outputs = [OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.outputs]
+    body = onnx.helper.make_graph([OnnxExporter.export_node(n) for n in graph.nodes], graph.name or "graph",
+                                  inputs, outputs)
+    opsets = list(graph.import_domains or [onnx.helper.make_opsetid("", graph.opset)])
+    return onnx.helper.make_model(body, opset_imports=opsets)
 
 
 # ------------------------------------------------------------------------- node selection
@@ -474,8 +503,10 @@ def calibration_data(ctx, opts: Int8Options):
 def calibrate(graph: gs.Graph, ctx, tensors: dict[str, gs.Variable], opts: Int8Options):
     """Ranges of ``tensors`` from ``--data`` (or synthetic inputs), and report statistics."""
     data, source = calibration_data(ctx, opts)
-    result = collect(to_model(graph, ctx.original), list(tensors), data, opts.samples, opts.calib_batch,
-                     ctx.threads)
+    with tempfile.TemporaryDirectory(prefix="graphc-calib-") as tmp:
+        # written tensor by tensor, no proto of the weights: onnxruntime reads the file
+        path = write_graph_with_external_weights(graph, ctx.original, pathlib.Path(tmp))
+        result = collect(path, list(tensors), data, opts.samples, opts.calib_batch, ctx.threads)
     ranges = {name: tensor_range(state, opts.calib, opts.percentile, symmetric=opts.target == "tensorrt")
               for name, state in result.states.items()}
     stats = {"calibration": f"{opts.calib} on {result.samples} rows of {source}",
@@ -490,8 +521,10 @@ def smooth_activations(graph: gs.Graph, ctx, plan: NodePlan, opts: Int8Options) 
     if not sites:
         return {"smoothed_matmuls": 0}
     data, _ = calibration_data(ctx, opts)
-    result = collect(to_model(graph, ctx.original), [], data, opts.samples, opts.calib_batch, ctx.threads,
-                     channel_names=[site.tensor.name for site in sites])
+    with tempfile.TemporaryDirectory(prefix="graphc-calib-") as tmp:
+        path = write_graph_with_external_weights(graph, ctx.original, pathlib.Path(tmp))
+        result = collect(path, [], data, opts.samples, opts.calib_batch, ctx.threads,
+                         channel_names=[site.tensor.name for site in sites])
     return smoothquant.smooth(graph, sites, result.channel_max, opts.smooth)
 
 

@@ -159,6 +159,33 @@ def test_step0_feature_loss_matches_numpy_and_training_lowers_it(tmp_path, loss,
     assert history[-1]["metric"] > history[0]["metric"] and result["best"]["epoch"] == 3
 
 
+def test_step0_layer_loss_matches_numpy_and_training_lowers_it(tmp_path, training_python):
+    """layers=h: the loss adds gamma * MSE(h_s, h_t) / mean(h_t^2), h_t stored as float16."""
+    teacher, student, train, evaluation = feature_models()
+    directory = tmp_path / "run"
+    config = {"inputs": ["x"], "threads": 1, "epochs": 3, "batch": 32, "lr": 0.02, "loss": "cosine",
+              "metric": "cosine", "patience": 0, "layers": ["h"], "gamma": 0.5}
+    distill_run.prepare(directory, student, teacher, train, evaluation, config, threads=1)
+    result = distill_run.run_worker(directory, training_python, "cosine", say=lambda line: None, progress=False)
+
+    def hidden(model, x):
+        weights = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+        return x.astype(np.float64) @ weights["W"].T + weights["b"]
+
+    teacher_h = hidden(teacher, train.inputs["x"]).astype(np.float32).astype(np.float16).astype(np.float64)
+    mean_square = (teacher_h ** 2).mean()
+    rows = np.random.default_rng([0, 1]).permutation(len(train))[:32]  # the worker's first batch
+    feeds = {"x": train.inputs["x"][rows]}
+    main = reference_feature_loss(outputs(student, feeds), outputs(teacher, feeds), "cosine", 1.0, 0.0)
+    layer = ((hidden(student, feeds["x"]) - teacher_h[rows]) ** 2).mean() / mean_square
+    assert result["first_step_loss"] == pytest.approx(main + 0.5 * layer, rel=1e-4)
+    assert layer > 0.1 * main  # the layer term is not negligible in that sum
+    with np.load(directory / "train.npz") as npz:
+        assert npz["teacher_layer0"].dtype == np.float16 and npz["teacher_layer0"].shape == (256, 6)
+    history = result["history"]
+    assert history[-1]["eval_loss"] < 0.5 * history[0]["eval_loss"] and history[-1]["metric"] > history[0]["metric"]
+
+
 def test_frozen_initializers_keep_their_values(tmp_path, training_python):
     teacher, student, train, evaluation = feature_models()
     ctx = Context(original=teacher, model_path=pathlib.Path("teacher.onnx"), report=None, train_data=train,
@@ -226,24 +253,30 @@ def test_write_back_changes_only_trained_initializers(fashion, training_python):
     labels = fashion["eval"].labels
     assert (outputs(after, feeds).argmax(1) == labels).mean() > (outputs(student, feeds).argmax(1) == labels).mean()
     key = distill_run.run_key(student, fashion["teacher"], [fashion["train"], fashion["eval"]],
-                              distill._config(ctx, ["image"]))
+                              distill._config(ctx, ["image"], []))
     assert not distill_run.run_dir(key).exists()  # removed after a successful write-back
 
 
-@pytest.mark.parametrize("name,loss,lr", [("resnet", "kl", 0.002), ("bert", "cosine", 0.0005)])
-def test_short_distill_lowers_held_out_kd_loss(tmp_path, name, loss, lr, onnx_model, sample_inputs, training_python):
+@pytest.mark.parametrize("name,loss,lr,layers", [("resnet", "kl", 0.002, ""), ("bert", "cosine", 0.0005, ""),
+                                                ("bert", "cosine", 0.0005, "*LayerNorm*")])
+def test_short_distill_lowers_held_out_kd_loss(tmp_path, name, loss, lr, layers, onnx_model, sample_inputs,
+                                               training_python):
     path = onnx_model(name)
     train, evaluation = tmp_path / "train.npz", tmp_path / "eval.npz"
     np.savez(train, **sample_inputs(name, batch=256, seed=1))
     np.savez(evaluation, **sample_inputs(name, batch=64, seed=2))
     out = tmp_path / "student.onnx"
-    passes = f"fold,prune:0.4,distill:epochs=2:batch=32:lr={lr}:clip=1:loss={loss}"
+    passes = f"fold,prune:0.4,distill:epochs=2:batch=32:lr={lr}:clip=1:loss={loss}" + (f":layers={layers}" if layers
+                                                                                     else "")
     report = optimize(OptimizeRequest(model=path, passes=passes, output=out, train_data=train, eval_data=evaluation,
                                       metric="cosine", progress=False, threads=2))
     history = report.passes[-1].details["history"]
     assert history[-1]["eval_loss"] < 0.8 * history[0]["eval_loss"]
     assert report.passes[-1].stats["best_epoch"] >= 1 and report.passes[-1].changed
     assert report.metrics["cosine"]["after"] > history[0]["metric"]
+    if layers:  # every LayerNorm output of the residual stream keeps its width after prune
+        norms = [n for n in onnx.load(str(path)).graph.node if n.op_type == "LayerNormalization"]
+        assert report.passes[-1].stats["layers_matched"] == len(norms) > 0
     if name == "bert":  # LayerNormalization needed its optional outputs in the training copy
         assert any(n.op_type == "LayerNormalization" for n in onnx.load(str(out)).graph.node)
     feeds = dict(np.load(evaluation))

@@ -213,9 +213,31 @@ def test_cross_entropy_needs_a_rank_2_output(fake_env):
     check(mlp(out_rank=3), alpha=1.0)
 
 
-def test_layers_are_not_supported_yet(fake_env):
-    with pytest.raises(GraphcError, match=r"distill:layers=h: intermediate-feature loss is not supported yet"):
-        check(mlp(), layers="h")
+def test_layer_globs_must_match_a_tensor_of_both_graphs(fake_env):
+    check(mlp(), layers="h")
+    check(mlp(op="Relu"), layers="h+h?")
+    with pytest.raises(GraphcError, match=r"distill:layers: 'hidden\*' matches no tensor that both the student "
+                                          r"and the teacher compute \(e\.g\. h, y\)$"):
+        check(mlp(), layers="h+hidden*")
+    with pytest.raises(ValueError, match=r"layers='h\+\+y' has an empty pattern"):
+        DistillOptions(layers="h++y")
+
+
+def test_layers_of_pruned_channels_are_refused_with_both_shapes(fake_env):
+    """A pruned CNN's conv outputs are narrower than the teacher's: no projection, a clear refusal."""
+    from graphc.graph import to_graph
+    from graphc.passes.prune import PruneOptions, PrunePass
+
+    teacher = onnx.load(str(CNN))
+    pruned = PrunePass(PruneOptions(ratio=0.5)).run(to_graph(teacher), None).graph
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 1, 28, 28), dtype=np.uint8)
+    ctx = Context(original=teacher, model_path=CNN, report=None, metric=None,
+                  train_data=Dataset({"image": images}, None, "train.npz"), eval_data=None)
+    conv = next(n.output[0] for n in teacher.graph.node if n.op_type == "Conv")
+    with pytest.raises(GraphcError, match=rf"distill:layers: '{conv}' has shape \[2, \d+, .*\] in the student and "
+                                          rf"\[2, \d+, .*\] in the teacher \(pruned channels\); .* not supported"):
+        DistillPass(DistillOptions(layers=conv)).run(pruned, ctx)
 
 
 def test_batch_larger_than_the_data(fake_env):
