@@ -3,9 +3,10 @@
 Grammar (strict)::
 
     SPEC    := PASS ("," PASS)*
-    PASS    := NAME | NAME ":" VALUE | NAME ":" KEY "=" VALUE (":" KEY "=" VALUE)*
+    PASS    := NAME | NAME ":" VALUE (":" KEY "=" VALUE)* | NAME ":" KEY "=" VALUE (":" KEY "=" VALUE)*
 
-``NAME:VALUE`` sets the pass's main option (``prune:0.5`` is ``prune:ratio=0.5``). Options
+``NAME:VALUE`` sets the pass's main option (``prune:0.5`` is ``prune:ratio=0.5``; more
+options may follow it: ``prune:0.5:by=taylor``). Options
 are the fields of the pass's options dataclass; values are typed by the field (int, float,
 bool as true/false/1/0/yes/no, str, or a ``Literal`` of choices) and range-checked with the
 field metadata ``min``/``max``. An empty item, a repeated key, an unknown key or a value
@@ -48,11 +49,11 @@ def parse_spec(text: str) -> list[PassSpec]:
             raise GraphcError(f"--passes item {item!r}: missing pass name")
         options: dict[str, str] = {}
         positional = None
-        if len(parts) == 1 and "=" not in parts[0]:
-            positional = parts[0]
+        if parts and "=" not in parts[0]:
+            positional, parts = parts[0], parts[1:]
             if not positional:
                 raise GraphcError(f"--passes item {item!r}: empty value after ':'")
-        else:
+        if parts:
             for part in parts:
                 key, sep, value = part.partition("=")
                 if not sep or not key or not value:
@@ -114,6 +115,9 @@ def build_options(options_cls: type, spec: PassSpec, main_option: str | None) ->
         if main_option is None:
             raise GraphcError(f"pass {spec.name!r} has no main option; use {spec.name}:key=value "
                               f"(options: {', '.join(fields) or 'none'})")
+        if main_option in raw:
+            raise GraphcError(f"--passes item {spec.text!r}: {main_option} given twice ({spec.name}:VALUE is "
+                              f"{spec.name}:{main_option}=VALUE)")
         raw[main_option] = spec.positional
     values = {}
     for key, value in raw.items():

@@ -27,6 +27,7 @@ def test_three_forms_parse_to_typed_options():
     assert options("demo") == DemoOptions()
     assert options("demo:0.25") == DemoOptions(ratio=0.25)
     assert options("demo:ratio=0.3:by=l2:epochs=5:verbose=yes") == DemoOptions(0.3, "l2", 5, True)
+    assert options("demo:0.3:by=l2:epochs=5") == DemoOptions(0.3, "l2", 5)  # main value, then key=value
 
 
 def test_several_passes_keep_order_and_text():
@@ -43,6 +44,8 @@ def test_several_passes_keep_order_and_text():
     ("demo:ratio=0.5:0.3", "is not key=value"),
     ("demo:ratio=0.1:ratio=0.2", "given twice"),
     ("demo:ratio=", "is not key=value"),
+    ("demo:0.3:l2", "'l2' is not key=value"),
+    ("demo:0.3:ratio=0.2", "ratio given twice \\(demo:VALUE is demo:ratio=VALUE\\)"),
 ])
 def test_malformed_specs_are_refused(text, message):
     with pytest.raises(GraphcError, match=message):
