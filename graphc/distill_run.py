@@ -4,9 +4,10 @@ Rules:
 
 - The teacher's first output on the training (and eval) inputs is computed here with the
   normal onnxruntime and handed to the worker as data (``teacher`` in train.npz/eval.npz);
-  so are the teacher's values of the intermediate tensors in ``config["layers"]``
-  (``teacher_layer<i>``, stored as float16: 12 hidden states of MiniLM on 40k glosses of 24
-  tokens are 0.9 GB in float16).
+  so are the teacher's values of the intermediate tensors in ``config["layers"]``, each
+  written batch by batch into its own float16 ``.npy`` file (``train_layer<i>.npy``), which
+  the worker memory-maps: 12 hidden states of MiniLM on 40k glosses of 24 tokens are 8.8 GB
+  in float16, more than either process should hold.
 - The run directory is ``$GRAPHC_HOME/distill-runs/<key>``, where the key hashes the
   student graph, the teacher graph, the data and the training options. An interrupted run
   (Ctrl-C, a killed process) leaves its per-epoch checkpoints there; the same command run
@@ -54,16 +55,29 @@ def expose(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
 
 
 def teacher_targets(model: onnx.ModelProto, dataset: Dataset, threads: int | None, what: str,
-                    layers: list[str] = ()) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The first output (float32) and the ``layers`` tensors (float16) over the whole dataset."""
+                    layers: list[str] = (), layer_path: Callable[[int], pathlib.Path] | None = None) -> np.ndarray:
+    """The first output (float32) over the whole dataset; the ``layers`` tensors are written
+    (float16, batch by batch) into the ``.npy`` files ``layer_path(i)``."""
     session = open_session(expose(model, list(layers)) if layers else model, threads, what=what)
-    first, per_layer = [], [[] for _ in layers]
-    for feeds, _ in dataset.batches(TEACHER_BATCH):
-        values = run_session(session, feeds)
-        first.append(values[0].astype(np.float32))
-        for chunks, value in zip(per_layer, values[1:]):
-            chunks.append(value.astype(np.float16))
-    return np.concatenate(first), [np.concatenate(chunks) for chunks in per_layer]
+    first, files, start = [], [], 0
+    try:
+        for feeds, _ in dataset.batches(TEACHER_BATCH):
+            values = run_session(session, feeds)
+            first.append(values[0].astype(np.float32))
+            for i, value in enumerate(values[1:]):
+                if len(files) <= i:
+                    files.append(np.lib.format.open_memmap(layer_path(i), mode="w+", dtype=np.float16,
+                                                           shape=(len(dataset), *value.shape[1:])))
+                if value.shape[1:] != files[i].shape[1:]:
+                    raise GraphcError(f"distill:layers: {layers[i]!r} has shape {list(value.shape[1:])} in one batch "
+                                      f"and {list(files[i].shape[1:])} in another; its rows must have one shape")
+                files[i][start:start + len(value)] = value
+            start += len(values[0])
+    finally:
+        for layer_file in files:
+            layer_file.flush()
+        del files
+    return np.concatenate(first)
 
 
 def run_key(student: onnx.ModelProto, teacher: onnx.ModelProto, datasets: list[Dataset | None],
@@ -88,11 +102,14 @@ def run_dir(key: str) -> pathlib.Path:
     return training_env.graphc_home() / "distill-runs" / key
 
 
-def _write_data(path: pathlib.Path, dataset: Dataset, teacher: np.ndarray, layers: list[np.ndarray]) -> None:
+def layer_file(data_path: pathlib.Path, index: int) -> pathlib.Path:
+    """Where the teacher's ``layers[index]`` on the rows of ``data_path`` (train.npz...) lives."""
+    return data_path.with_name(f"{data_path.stem}_layer{index}.npy")
+
+
+def _write_data(path: pathlib.Path, dataset: Dataset, teacher: np.ndarray) -> None:
     arrays = dict(dataset.inputs)
     arrays["teacher"] = teacher
-    for i, layer in enumerate(layers):
-        arrays[f"teacher_layer{i}"] = layer
     if dataset.labels is not None:
         arrays["labels"] = dataset.labels
     tmp = path.with_name(path.stem + ".tmp.npz")
@@ -109,8 +126,10 @@ def prepare(directory: pathlib.Path, student: onnx.ModelProto, teacher: onnx.Mod
         save_model(student, directory / "student.onnx")
     for name, dataset in (("train", train), ("eval", evaluation)):
         if dataset is not None and not (directory / f"{name}.npz").exists():
-            _write_data(directory / f"{name}.npz", dataset,
-                        *teacher_targets(teacher, dataset, threads, "the teacher", config.get("layers", [])))
+            path = directory / f"{name}.npz"  # written last: its presence means the layer files are complete
+            first = teacher_targets(teacher, dataset, threads, "the teacher", config.get("layers", []),
+                                    lambda i, path=path: layer_file(path, i))
+            _write_data(path, dataset, first)
     (directory / "config.json").write_text(json.dumps(config, indent=1))
     return resumable
 

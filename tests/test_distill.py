@@ -180,8 +180,9 @@ def test_step0_layer_loss_matches_numpy_and_training_lowers_it(tmp_path, trainin
     layer = ((hidden(student, feeds["x"]) - teacher_h[rows]) ** 2).mean() / mean_square
     assert result["first_step_loss"] == pytest.approx(main + 0.5 * layer, rel=1e-4)
     assert layer > 0.1 * main  # the layer term is not negligible in that sum
-    with np.load(directory / "train.npz") as npz:
-        assert npz["teacher_layer0"].dtype == np.float16 and npz["teacher_layer0"].shape == (256, 6)
+    layer = np.load(directory / "train_layer0.npy")
+    assert layer.dtype == np.float16 and layer.shape == (256, 6)
+    np.testing.assert_array_equal(layer.astype(np.float64), teacher_h)
     history = result["history"]
     assert history[-1]["eval_loss"] < 0.5 * history[0]["eval_loss"] and history[-1]["metric"] > history[0]["metric"]
 
