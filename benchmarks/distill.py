@@ -55,7 +55,8 @@ CNN = ROOT / "models" / "fashion_cnn.onnx"
 TEST = ROOT / "models" / "fashion_mnist_test.npz"
 DEFAULTS = {  # per model: epochs, distill options after epochs, prune ratio
     "cnn": (5, "T=4:alpha=0.7:lr=0.0005:batch=64", 0.5),
-    "minilm": (2, "loss=cosine:lr=0.0005:batch=32:patience=0:freeze=*word_embeddings*", 0.3),
+    "minilm": (3, "loss=cosine:lr=0.0005:batch=32:patience=0:freeze=*word_embeddings*:layers=*/output/LayerNorm/*",
+               0.3),
 }
 MINILM_HOLDOUT = 512
 
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(DEFAULTS), default="cnn")
     parser.add_argument("--ratio", type=float, default=None, help="prune ratio (cnn 0.5, minilm 0.3)")
-    parser.add_argument("--epochs", type=int, default=None, help="distill epochs (cnn 5, minilm 2)")
+    parser.add_argument("--epochs", type=int, default=None, help="distill epochs (cnn 5, minilm 3)")
     parser.add_argument("--distill", default=None, help="distill options after epochs (key=value joined by ':'; "
                         f"cnn {DEFAULTS['cnn'][1]}, minilm {DEFAULTS['minilm'][1]})")
     parser.add_argument("--holdout", type=int, default=5000, help="cnn: train images held out as --eval-data")
