@@ -36,7 +36,7 @@ def write_graph_with_external_weights(graph: gs.Graph, template: onnx.ModelProto
     every constant over ``INLINE_TENSOR_BYTES`` in ``weights.bin`` beside it, page-aligned,
     one tensor at a time. No proto holding the weights is built (``to_model`` of BERT-base
     transiently needs 2 x 440 MB: tensor bytes plus proto); the graph is left as it was."""
-    from graphc.runtime import INLINE_TENSOR_BYTES, PAGE
+    from graphc.runtime import INLINE_TENSOR_BYTES, point_to_weights
 
     swapped: list[tuple[gs.Constant, object]] = []
     offset = 0
@@ -53,15 +53,9 @@ def write_graph_with_external_weights(graph: gs.Graph, template: onnx.ModelProto
                 values = values.load() if isinstance(values, gs.ir.tensor.LazyValues) else values
                 np.ascontiguousarray(values, dtype=dtype.newbyteorder("<")).tofile(data)
                 del values
-                padding = -nbytes % PAGE
-                data.write(b"\0" * padding)
                 external = onnx.TensorProto(name=tensor.name, dims=dims,
-                                            data_type=onnx.helper.np_dtype_to_tensor_dtype(dtype),
-                                            data_location=onnx.TensorProto.EXTERNAL)
-                for key, value in (("location", "weights.bin"), ("offset", str(offset)), ("length", str(nbytes))):
-                    entry = external.external_data.add()
-                    entry.key, entry.value = key, value
-                offset += nbytes + padding
+                                            data_type=onnx.helper.np_dtype_to_tensor_dtype(dtype))
+                offset = point_to_weights(external, data, offset, nbytes)
                 swapped.append((tensor, tensor._values))
                 tensor._values = gs.ir.tensor.LazyValues(external)  # exported as this proto, not as bytes
         model = to_model(graph, template)

@@ -71,6 +71,18 @@ def copy_fields(source, target, skip: str | None = None) -> None:
             setattr(target, field.name, value)
 
 
+def point_to_weights(target: onnx.TensorProto, data, offset: int, length: int) -> int:
+    """Mark ``target`` as stored at ``offset`` in ``weights.bin``, whose ``length`` bytes were
+    just written to ``data``; pad ``data`` to the next page. Returns the next offset."""
+    target.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", "weights.bin"), ("offset", str(offset)), ("length", str(length))):
+        entry = target.external_data.add()
+        entry.key, entry.value = key, value
+    padding = -length % PAGE
+    data.write(b"\0" * padding)
+    return offset + length + padding
+
+
 def write_with_external_weights(model: onnx.ModelProto, directory: pathlib.Path) -> pathlib.Path:
     """``model`` written to ``directory/model.onnx`` with its initializers (all but small
     and string ones) in ``weights.bin`` beside it, one tensor at a time, page-aligned: no
@@ -90,14 +102,8 @@ def write_with_external_weights(model: onnx.ModelProto, directory: pathlib.Path)
             copy_fields(tensor, target, skip="raw_data")
             for name in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
                 target.ClearField(name)
-            target.data_location = onnx.TensorProto.EXTERNAL
-            for key, value in (("location", "weights.bin"), ("offset", str(offset)), ("length", str(len(raw)))):
-                entry = target.external_data.add()
-                entry.key, entry.value = key, value
             data.write(raw)
-            padding = -len(raw) % PAGE
-            data.write(b"\0" * padding)
-            offset += len(raw) + padding
+            offset = point_to_weights(target, data, offset, len(raw))
             del raw
     path = directory / "model.onnx"
     path.write_bytes(skeleton.SerializeToString())
