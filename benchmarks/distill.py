@@ -19,12 +19,14 @@ within 1.5 points and >= 3x smaller on disk than row 1.
 normalised sentence embedding), measured in one run:
 
 1. the unpruned model (the teacher);
-2. ``prune:RATIO`` (default 0.3: attention heads and FFN neurons; the hidden size stays,
-   LayerNorm blocks it);
-3. ``prune:RATIO,distill:loss=cosine:...`` in the same pipeline (the teacher is the unpruned
-   model), trained on ``--train-glosses`` unlabelled WordNet noun glosses (Debian
-   ``wordnet-base``) tokenized to ``--seq`` tokens, best epoch picked by embedding cosine on
-   512 other glosses (``--eval-data``, same length).
+2. ``prune:RATIO:PRUNE`` (default 0.3: attention heads and FFN neurons; the hidden size
+   stays, LayerNorm blocks it; ``--prune`` default ``by=taylor``, importance measured on the
+   first 512 training glosses as ``--data``);
+3. ``prune:RATIO:PRUNE,distill:loss=cosine:...`` in the same pipeline (the teacher is the
+   unpruned model), trained on ``--train-glosses`` unlabelled WordNet noun glosses (Debian
+   ``wordnet-base``) tokenized to ``--seq`` tokens (default 48, longer than 99% of glosses;
+   ``mask=attention_mask`` groups them by length and cuts each batch to its longest gloss),
+   best epoch picked by embedding cosine on 512 other glosses (``--eval-data``, same length).
 
 Every row is measured on data that never steered training: embedding cosine vs the unpruned
 model on ``--test-glosses`` further glosses (full length, up to 128 tokens), and the WordNet
@@ -55,9 +57,10 @@ CNN = ROOT / "models" / "fashion_cnn.onnx"
 TEST = ROOT / "models" / "fashion_mnist_test.npz"
 DEFAULTS = {  # per model: epochs, distill options after epochs, prune ratio
     "cnn": (5, "T=4:alpha=0.7:lr=0.0005:batch=64", 0.5),
-    "minilm": (3, "loss=cosine:lr=0.0005:batch=32:patience=0:freeze=*word_embeddings*:layers=*/output/LayerNorm/*",
-               0.3),
+    "minilm": (6, "loss=cosine:lr=0.0005:batch=32:patience=0:freeze=*word_embeddings*:layers=*/output/LayerNorm/*:"
+                  "mask=attention_mask", 0.3),
 }
+PRUNE_DEFAULTS = {"cnn": "", "minilm": "by=taylor"}  # prune options after the ratio
 MINILM_HOLDOUT = 512
 
 
@@ -101,13 +104,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(DEFAULTS), default="cnn")
     parser.add_argument("--ratio", type=float, default=None, help="prune ratio (cnn 0.5, minilm 0.3)")
-    parser.add_argument("--epochs", type=int, default=None, help="distill epochs (cnn 5, minilm 3)")
+    parser.add_argument("--epochs", type=int, default=None, help="distill epochs (cnn 5, minilm 6)")
+    parser.add_argument("--prune", default=None, help="prune options after the ratio (key=value joined by ':'; "
+                        "cnn none, minilm by=taylor)")
     parser.add_argument("--distill", default=None, help="distill options after epochs (key=value joined by ':'; "
                         f"cnn {DEFAULTS['cnn'][1]}, minilm {DEFAULTS['minilm'][1]})")
     parser.add_argument("--holdout", type=int, default=5000, help="cnn: train images held out as --eval-data")
     parser.add_argument("--train-glosses", type=int, default=40000, help="minilm: glosses distill trains on")
     parser.add_argument("--test-glosses", type=int, default=1000, help="minilm: glosses the cosine is measured on")
-    parser.add_argument("--seq", type=int, default=24, help="minilm: training tokens per gloss")
+    parser.add_argument("--seq", type=int, default=48, help="minilm: training tokens per gloss")
     parser.add_argument("--threads", type=int, default=2, help="minilm: onnxruntime threads")
     parser.add_argument("--out", type=pathlib.Path, default=None,
                         help="work directory (default out/bench-distill, or out/bench-distill-minilm)")
@@ -116,10 +121,15 @@ def main(argv=None) -> int:
     args.epochs = epochs if args.epochs is None else args.epochs
     args.distill = options if args.distill is None else args.distill
     args.ratio = ratio if args.ratio is None else args.ratio
+    args.prune = PRUNE_DEFAULTS[args.model] if args.prune is None else args.prune
     if args.out is None:
         args.out = ROOT / "out" / ("bench-distill" if args.model == "cnn" else "bench-distill-minilm")
     args.out.mkdir(parents=True, exist_ok=True)
     return run_cnn(args) if args.model == "cnn" else run_minilm(args)
+
+
+def prune_spec(args) -> str:
+    return f"prune:{args.ratio}" + (f":{args.prune}" if args.prune else "")
 
 
 def run_minilm(args) -> int:
@@ -141,15 +151,16 @@ def run_minilm(args) -> int:
     holdout = wordnet.gloss_npz(args.out / "holdout.npz", MINILM_HOLDOUT, holdout_start, args.seq)
     train = wordnet.gloss_npz(args.out / "train.npz", args.train_glosses, train_start, args.seq)
     test_feeds = supersense.gloss_feeds(wordnet.noun_glosses(test_count))
-    distill = f"distill:epochs={args.epochs}:{args.distill}"
+    prune_data = wordnet.gloss_npz(args.out / "prune_data.npz", 512, train_start, args.seq)
+    distill, prune = f"distill:epochs={args.epochs}:{args.distill}", prune_spec(args)
     rows = [("unpruned", source, 0.0, "")]
-    pruned, seconds, _ = optimize(source, f"prune:{args.ratio}", args.out / "pruned.onnx", threads=args.threads)
-    rows.append((f"prune:{args.ratio}", pruned, seconds, ""))
-    distilled, seconds, report = optimize(source, f"prune:{args.ratio},{distill}", args.out / "distilled.onnx",
-                                          train_data=train, eval_data=holdout, metric="cosine",
+    pruned, seconds, _ = optimize(source, prune, args.out / "pruned.onnx", data=prune_data, threads=args.threads)
+    rows.append((prune, pruned, seconds, ""))
+    distilled, seconds, report = optimize(source, f"{prune},{distill}", args.out / "distilled.onnx",
+                                          data=prune_data, train_data=train, eval_data=holdout, metric="cosine",
                                           threads=args.threads)
     stats = report["passes"][1]["stats"]
-    rows.append((f"prune:{args.ratio},{distill}", distilled, seconds,
+    rows.append((f"{prune},{distill}", distilled, seconds,
                  f"best epoch {stats['best_epoch']}/{stats['epochs_run']}, holdout cosine {stats['cosine']}"))
 
     probe = supersense.Probe()
@@ -185,21 +196,22 @@ def run_cnn(args) -> int:
     from graphc.model_io import load_model
 
     train, holdout, calib = write_splits(args.out, args.holdout)
-    distill = f"distill:epochs={args.epochs}:{args.distill}"
+    distill, prune = f"distill:epochs={args.epochs}:{args.distill}", prune_spec(args)
+    data = calib if args.prune else None  # by=activation|taylor, recalibrate=true
     rows = [("unpruned", CNN, 0.0, "")]
-    pruned, seconds, _ = optimize(CNN, f"prune:{args.ratio}", args.out / "pruned.onnx")
-    rows.append((f"prune:{args.ratio}", pruned, seconds, ""))
+    pruned, seconds, _ = optimize(CNN, prune, args.out / "pruned.onnx", data=data)
+    rows.append((prune, pruned, seconds, ""))
     # one pipeline, so the teacher is the unpruned model as loaded (not the pruned one)
-    distilled, seconds, report = optimize(CNN, f"prune:{args.ratio},{distill}", args.out / "distilled.onnx",
+    distilled, seconds, report = optimize(CNN, f"{prune},{distill}", args.out / "distilled.onnx", data=data,
                                           train_data=train, eval_data=holdout, metric="top1")
     stats = report["passes"][1]["stats"]
-    rows.append((f"prune:{args.ratio},{distill}", distilled, seconds,
+    rows.append((f"{prune},{distill}", distilled, seconds,
                  f"best epoch {stats['best_epoch']}/{stats['epochs_run']}, holdout top1 {stats['top1']}"))
     if "int8" in PASSES:
         quantized, seconds, _ = optimize(distilled, "int8", args.out / "distilled.int8.onnx", data=calib)
-        rows.append((f"prune:{args.ratio},{distill},int8", quantized, seconds, "int8 on the distilled model"))
+        rows.append((f"{prune},{distill},int8", quantized, seconds, "int8 on the distilled model"))
     else:
-        rows.append((f"prune:{args.ratio},{distill},int8", None, 0.0, "pending: int8 is not registered yet"))
+        rows.append((f"{prune},{distill},int8", None, 0.0, "pending: int8 is not registered yet"))
 
     base_top1, base_size = top1(CNN), file_size(CNN)
     table, records = [], []

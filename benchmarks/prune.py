@@ -18,7 +18,10 @@ attention modules' head counts and the HF config updated); its models are export
 way. graphc prunes the unpruned ONNX export with ``prune:target=macs:ratio=r``, ``r`` chosen so
 its MACs match Torch-Pruning's within 3% (first guess from graphc's plan: ``r`` = MACs to
 remove / prunable MACs; then secant steps on the pruned model's measured MACs), plus a
-``round_to=1`` variant and, for BERT, ``hidden=true`` and ``scope=uniform:hidden=true`` variants. Both sides' MACs are counted
+``round_to=1`` variant, a ``round_to=32`` variant (onnxruntime's CPU kernels work on 32 output
+channels at a time with AVX2: MLAS's NCHWc convolution computes filter sets of 4 blocks of 8
+channels, ``FilterSetSize`` in ``snchwc.cpp``; its SGEMM packs 16-column panels) and, for
+BERT, ``hidden=true`` and ``hidden=true:round_to=32`` variants. Both sides' MACs are counted
 by ``graphc.stats`` on the ONNX files (attention score/context MatMuls included, which
 Torch-Pruning's own counter leaves out); "MACs vs TP" flags a graphc model more than 3% away
 (MISMATCH: the target is out of graphc's reach with those options).
@@ -415,7 +418,8 @@ def anchor_variants(name: str, model, export, work: pathlib.Path, shapes, hidden
         tp_path = export(pruners[name](model, ratio), work / f"{name}-tp{ratio}.onnx")
         made.append({"variant": f"Torch-Pruning {ratio}", "path": tp_path, "spec": ""})
         _, target = model_size(tp_path, shapes)
-        extras = ["", ":round_to=1", *([":hidden=true", ":scope=uniform:hidden=true"] if hidden_variant else [])]
+        extras = ["", ":round_to=1", ":round_to=32",
+                  *([":hidden=true", ":hidden=true:round_to=32"] if hidden_variant else [])]
         for extra in extras:
             out = work / f"{name}-graphc{ratio}{extra.replace(':', '-').replace('=', '')}.onnx"
             found = match_macs(source, target, extra, out, shapes, curves.setdefault(extra, list(first_guess["hidden=true" in extra])))

@@ -143,7 +143,8 @@ def _epoch_line(record: dict, epochs: int, metric: str | None) -> str:
     if "metric" in record:
         parts.append(f"{metric} {record['metric']:.4f}")
     if "seconds" in record:
-        parts.append(f"({record['seconds']:.1f} s)")
+        fill = f", {100 * record['token_fill']:.0f}% of positions real" if "token_fill" in record else ""
+        parts.append(f"({record['seconds']:.1f} s{fill})")
     return " ".join(parts)
 
 

@@ -63,6 +63,15 @@ Rules:
    every step. Each epoch's order is a permutation drawn from ``(seed, epoch)``, the last
    incomplete batch is dropped, and onnxruntime runs with deterministic compute: a fixed
    seed gives the same weights, and a resumed run the same weights as an uninterrupted one.
+   With ``mask`` (a 0/1 student input such as ``attention_mask``, [batch, sequence]) the
+   batches carry little padding: the permutation is cut into windows of ``GROUP_WINDOW``
+   batches, each window is sorted by row length (1 + the last non-zero mask column) and cut
+   into batches, the batch order is shuffled (same seed, same batches), and every batch is
+   cut to its longest row: inputs whose axis 1 is the mask's length, and teacher targets of
+   rank >= 3 whose axis 1 is that length ([batch, sequence, hidden]), keep only the first
+   columns. Exact for models whose valid positions never read padded ones (a BERT-style
+   encoder with its attention mask); the training cost follows the real lengths, so data can
+   be stored at the longest length without paying for its padding. Evaluation is not cut.
    Exception (measured): onnxruntime's InplaceClipGradNorm is not bit-reproducible (weights
    differ in the last bits from run to run, any thread count), so ``clip > 0`` gives the
    same weights only to about 1e-7; clipping is therefore off by default.
@@ -92,8 +101,9 @@ import numpy as np
 DEFAULTS = {
     "epochs": 3, "lr": 1e-3, "batch": 64, "loss": "kl", "T": 4.0, "alpha": 1.0, "beta": 0.0, "seed": 0,
     "warmup": 0.05, "clip": 0.0, "weight_decay": 0.0, "patience": 2, "metric": None, "freeze": [],
-    "threads": 0, "eval_batch": 256, "step_events": 50, "layers": [], "gamma": 1.0,
+    "threads": 0, "eval_batch": 256, "step_events": 50, "layers": [], "gamma": 1.0, "mask": None,
 }
+GROUP_WINDOW = 50  # batches per length-sorted window (rule 4, ``mask``)
 TEACHER_INPUT = "distill_teacher"
 LABELS_INPUT = "distill_labels"
 LAYER_FILE = "{stem}_layer{index}.npy"  # beside train.npz/eval.npz
@@ -443,7 +453,9 @@ def _atomic_npz(path: pathlib.Path, arrays: dict) -> None:
 class Data:
     """Student inputs, teacher outputs and optional labels of one .npz."""
 
-    def __init__(self, path: pathlib.Path, input_names: list[str], layer_count: int = 0):
+    def __init__(self, path: pathlib.Path, input_names: list[str], layer_count: int = 0, mask: str | None = None):
+        if mask is not None and mask not in input_names:
+            raise UserError(f"mask={mask!r} is not an input of the student ({', '.join(input_names)})")
         with np.load(path) as npz:
             self.inputs = {name: npz[name] for name in input_names}
             self.teacher = npz["teacher"].astype(np.float32)
@@ -452,6 +464,8 @@ class Data:
         self.layers = [np.load(path.with_name(LAYER_FILE.format(stem=path.stem, index=i)), mmap_mode="r")
                        for i in range(layer_count)]
         self._buffers: dict[tuple[str, int], np.ndarray] = {}
+        self.mask = mask
+        self.lengths = valid_lengths(self.inputs[mask]) if mask is not None else None
 
     def __len__(self) -> int:
         return len(self.teacher)
@@ -465,12 +479,13 @@ class Data:
             scales.append(max(total / max(layer.size, 1), 1e-12))
         return scales
 
-    def feeds(self, order: list[str], rows) -> list[np.ndarray]:
+    def feeds(self, order: list[str], rows, trim: bool = False) -> list[np.ndarray]:
         """The arrays of one batch, in ``order``, copied into buffers this object keeps for the
         whole run (one per input and batch size): onnxruntime always reads memory that is alive
         and holds the current batch. Why: fresh per-step arrays freed after each step were
         followed, twice, in a 40k-row MiniLM run, by a Gather reading garbage indices
-        (``idx=4048665012164910150``), as if a freed input buffer had been read."""
+        (``idx=4048665012164910150``), as if a freed input buffer had been read.
+        ``trim`` (with a mask): cut to the batch's longest row (rule 4)."""
         values = {**self.inputs, TEACHER_INPUT: self.teacher}
         if self.labels is not None:
             values[LABELS_INPUT] = self.labels
@@ -478,6 +493,7 @@ class Data:
             values[LAYER_INPUT.format(i)] = layer
         widened = {LAYER_INPUT.format(i) for i in range(len(self.layers))}
         rows = np.arange(len(self))[rows] if isinstance(rows, slice) else np.asarray(rows)
+        length = int(self.lengths[rows].max()) if trim and self.lengths is not None else None
         batch = []
         for name in order:
             source = values[name]
@@ -485,10 +501,49 @@ class Data:
             key = (name, len(rows))
             buffer = self._buffers.get(key)
             if buffer is None:
-                buffer = self._buffers[key] = np.empty((len(rows), *source.shape[1:]), dtype)
-            buffer[...] = source[rows]
-            batch.append(buffer)
+                buffer = self._buffers[key] = np.empty(len(rows) * math.prod(source.shape[1:]), dtype)
+            shape = [len(rows), *source.shape[1:]]
+            if length is not None and self._sequence_axis(name, source):
+                shape[1] = length
+                view = buffer[:math.prod(shape)].reshape(shape)
+                view[...] = source[rows, :length]
+            else:
+                view = buffer.reshape(shape)
+                view[...] = source[rows]
+            batch.append(view)
         return batch
+
+    def _sequence_axis(self, name: str, source: np.ndarray) -> bool:
+        """Whether axis 1 of ``source`` is the mask's sequence axis (rule 4)."""
+        sequence = self.lengths is not None and source.ndim >= 2 and source.shape[1] == self.seq_len
+        return sequence and (name in self.inputs or (name != LABELS_INPUT and source.ndim >= 3))
+
+    @property
+    def seq_len(self) -> int:
+        return self.inputs[self.mask].shape[1]
+
+
+def valid_lengths(mask: np.ndarray) -> np.ndarray:
+    """Per row of a [batch, sequence] mask: 1 + its last non-zero column (1 for an all-zero row)."""
+    if mask.ndim != 2:
+        raise UserError(f"mask: the mask input must be [batch, sequence], got shape {list(mask.shape)}")
+    nonzero = mask != 0
+    last = mask.shape[1] - np.argmax(nonzero[:, ::-1], axis=1)
+    return np.where(nonzero.any(axis=1), last, 1)
+
+
+def epoch_batches(perm: np.ndarray, batch: int, lengths: np.ndarray | None, rng) -> list[np.ndarray]:
+    """Rows of each step of one epoch (rule 4): consecutive slices of ``perm`` (the last
+    incomplete batch dropped), or with ``lengths`` length-sorted windows in shuffled order."""
+    perm = perm[:len(perm) // batch * batch]
+    if lengths is None:
+        return [perm[i:i + batch] for i in range(0, len(perm), batch)]
+    batches = []
+    for start in range(0, len(perm), GROUP_WINDOW * batch):
+        window = perm[start:start + GROUP_WINDOW * batch]
+        window = window[np.argsort(lengths[window], kind="stable")]
+        batches += [window[i:i + batch] for i in range(0, len(window), batch)]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def evaluate(module, data: Data, config: dict) -> dict:
@@ -525,8 +580,10 @@ def train(workdir: pathlib.Path) -> dict:
     config = {**DEFAULTS, **json.loads((workdir / "config.json").read_text())}
     input_names = list(config["inputs"])
     layer_count = len(config["layers"]) if float(config["gamma"]) > 0 else 0
-    train_data = Data(workdir / "train.npz", input_names, layer_count)
-    eval_data = Data(workdir / "eval.npz", input_names, layer_count) if (workdir / "eval.npz").exists() else None
+    mask = config["mask"] or None
+    train_data = Data(workdir / "train.npz", input_names, layer_count, mask)
+    eval_data = (Data(workdir / "eval.npz", input_names, layer_count, mask) if (workdir / "eval.npz").exists()
+                 else None)
     with_labels = float(config["alpha"]) < 1
     if with_labels and (train_data.labels is None or (eval_data is not None and eval_data.labels is None)):
         raise UserError(f"alpha={config['alpha']} < 1 weighs hard labels; the data has no 'labels'")
@@ -583,12 +640,17 @@ def train(workdir: pathlib.Path) -> dict:
             break
         module.train()
         order = module.input_names()
-        perm = np.random.default_rng([int(config["seed"]), epoch]).permutation(len(train_data))
+        rng = np.random.default_rng([int(config["seed"]), epoch])
+        steps = epoch_batches(rng.permutation(len(train_data)), batch, train_data.lengths, rng)
         running, count, started = 0.0, 0, time.perf_counter()
-        for i in range(steps_per_epoch):
+        real, fed = 0, 0  # mask: real tokens and positions fed this epoch
+        for i, rows in enumerate(steps):
+            if train_data.lengths is not None:
+                real += int(train_data.lengths[rows].sum())
+                fed += len(rows) * int(train_data.lengths[rows].max())
             step = (epoch - 1) * steps_per_epoch + i
             optimizer.set_learning_rate(lr_at(step, total, float(config["lr"]), float(config["warmup"])))
-            loss = float(module(*train_data.feeds(order, perm[i * batch:(i + 1) * batch]))[0])
+            loss = float(module(*train_data.feeds(order, rows, trim=True))[0])
             if not math.isfinite(loss):
                 raise UserError(f"the loss became {loss} at epoch {epoch} step {i + 1}; lower distill:lr "
                                 f"(now {config['lr']})")
@@ -601,6 +663,8 @@ def train(workdir: pathlib.Path) -> dict:
                 emit("step", epoch=epoch, step=i + 1, loss=running / count)
         record = {"epoch": epoch, "train_loss": running / max(count, 1),
                   "seconds": round(time.perf_counter() - started, 2)}
+        if fed:
+            record["token_fill"] = real / fed
         if eval_data is not None:
             record.update(evaluate(module, eval_data, config))
         if _better(record, best):

@@ -43,6 +43,12 @@ change. Rules:
    BatchNormalization trained with its running statistics frozen (rewritten in the training
    copy; onnxruntime-training would otherwise use batch statistics that inference never
    sees), LayerNormalization given its optional outputs (onnxruntime issue 22465).
+   ``mask=<input>`` (text models: ``mask=attention_mask``) names a 0/1 input of shape
+   [batch, sequence]: rows are grouped by length and each training batch is cut to its
+   longest row (``graphc.distill_worker`` rule 4), so ``--train-data`` can be stored at the
+   longest length the model must serve while each step pays only for its real tokens. The
+   model must ignore padded positions (a BERT-style encoder does, through its attention mask);
+   evaluation runs uncut.
 5. After every epoch the student is evaluated on ``--eval-data`` (held-out loss, and
    ``--metric``); the best epoch (by metric, else by held-out loss; without eval data the
    last) is written back, the starting weights counting as epoch 0. ``patience`` epochs
@@ -104,6 +110,9 @@ class DistillOptions:
     clip: float = field(default=0.0, metadata={"min": 0.0, "help": "max global gradient norm (0: off; > 0 is "
                                                                   "reproducible only to ~1e-7, see rule 3)"})
     weight_decay: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0, "help": "AdamW weight decay"})
+    mask: str = field(default="", metadata={
+        "help": "0/1 [batch, sequence] input (e.g. attention_mask): batches grouped by length and cut to their "
+                "longest row (rule 4)"})
     patience: int = field(default=2, metadata={"min": 0, "help": "epochs without improvement before stopping (0: off)"})
     resume: bool = field(default=True, metadata={"help": "resume an interrupted identical run from its checkpoint"})
 
@@ -156,7 +165,26 @@ class DistillPass(Pass):
         if sorted(names) != sorted(student_names):
             raise GraphcError(f"distill:teacher={o.teacher}: its inputs {names} differ from the model's {student_names}")
         check_trainable(ctx.original, "the input model", hard_labels=o.alpha < 1, loss=o.loss)
+        if o.mask:
+            self._check_mask(student_names, ctx)
         self._layer_tensors(ctx.original, teacher)  # globs that match nothing fail before any pass runs
+
+    def _check_mask(self, input_names: list[str], ctx) -> None:
+        """``mask`` names an input whose data is [batch, sequence] zeros and ones (rule 4)."""
+        name = self.options.mask
+        if name not in input_names:
+            raise GraphcError(f"distill:mask={name}: the model has no input {name!r} (inputs: "
+                              f"{', '.join(input_names)})")
+        for dataset, flag in ((ctx.train_data, "--train-data"), (ctx.eval_data, "--eval-data")):
+            if dataset is None:
+                continue
+            values = dataset.inputs[name]
+            if values.ndim != 2:
+                raise GraphcError(f"distill:mask={name}: {flag} {dataset.source} holds it with shape "
+                                  f"{list(values.shape)}; a mask is [batch, sequence]")
+            if not np.isin(values, (0, 1)).all():
+                raise GraphcError(f"distill:mask={name}: {flag} {dataset.source} holds values other than 0 "
+                                  f"and 1 in it; a mask marks real positions with 1 and padding with 0")
 
     def _teacher(self, ctx):
         return load_model(self.options.teacher) if self.options.teacher else ctx.original
@@ -167,7 +195,7 @@ class DistillPass(Pass):
                 "alpha": o.alpha, "beta": o.beta, "seed": o.seed, "warmup": o.warmup, "clip": o.clip,
                 "weight_decay": o.weight_decay, "patience": o.patience, "freeze": o.freeze_patterns(),
                 "metric": ctx.metric if ctx.eval_data is not None else None, "threads": ctx.threads or 0,
-                "layers": layers, "gamma": o.gamma}
+                "layers": layers, "gamma": o.gamma, "mask": o.mask or None}
 
     def run(self, graph: gs.Graph, ctx) -> PassResult:
         python = training_env.require()
@@ -246,6 +274,8 @@ class DistillPass(Pass):
                  "batchnorm_frozen": result["batchnorm_frozen"]}
         if config["layers"]:
             stats["layers_matched"] = len(config["layers"])
+        if trained and "token_fill" in trained[-1]:
+            stats["token_fill"] = round(trained[-1]["token_fill"], 3)
         if config["freeze"]:
             stats["frozen_by_glob"] = config["frozen_by_glob"]
         if trained:

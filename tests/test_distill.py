@@ -319,3 +319,82 @@ def test_cli_prune_distill_and_setup_is_idempotent(tmp_path, fashion, training_p
     epochs = [line for line in run.stderr.splitlines() if line.startswith("distill epoch")]
     assert len(epochs) == 3 and epochs[0].startswith("distill epoch 0/2: eval loss") and "top1" in epochs[-1]
     assert "| distill:epochs=2:alpha=0.5" in run.stdout and "top1=" in run.stdout
+
+
+def test_valid_lengths_and_length_grouped_batches():
+    from graphc.distill_worker import epoch_batches, valid_lengths
+
+    mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0], [1, 0, 1, 0]])
+    assert valid_lengths(mask).tolist() == [2, 4, 1, 3]
+    lengths = np.random.default_rng(5).integers(1, 49, 1000)
+    perm = np.random.default_rng(0).permutation(1000)
+    plain = epoch_batches(perm, 32, None, None)
+    np.testing.assert_array_equal(np.concatenate(plain), perm[:992])  # consecutive slices, last one dropped
+    grouped = epoch_batches(perm, 32, lengths, np.random.default_rng(1))
+    assert [len(b) for b in grouped] == [32] * 31
+    np.testing.assert_array_equal(np.sort(np.concatenate(grouped)), np.sort(perm[:992]))  # each row once
+    for again, first in zip(epoch_batches(perm, 32, lengths, np.random.default_rng(1)), grouped):
+        np.testing.assert_array_equal(again, first)  # same seed, same batches
+    real = lengths[perm[:992]].sum()
+    padded = [sum(32 * lengths[b].max() for b in batches) for batches in (plain, grouped)]
+    assert padded[1] < 1.1 * real < 0.6 * padded[0]
+
+
+def test_trimmed_feeds_cut_inputs_and_sequence_targets_to_the_longest_row(tmp_path):
+    from graphc.distill_worker import LAYER_FILE, LAYER_INPUT, TEACHER_INPUT, Data
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((6, 8), np.int64)
+    for row, length in enumerate([3, 8, 2, 5, 1, 4]):
+        mask[row, :length] = 1
+    ids, teacher = rng.integers(0, 99, (6, 8)), rng.standard_normal((6, 8)).astype(np.float32)
+    layer = rng.standard_normal((6, 8, 4)).astype(np.float16)
+    np.savez(tmp_path / "train.npz", input_ids=ids, attention_mask=mask, teacher=teacher)
+    np.save(tmp_path / LAYER_FILE.format(stem="train", index=0), layer)
+    data = Data(tmp_path / "train.npz", ["input_ids", "attention_mask"], 1, "attention_mask")
+    order = ["input_ids", TEACHER_INPUT, "attention_mask", LAYER_INPUT.format(0)]
+    got = data.feeds(order, [0, 3], trim=True)  # longest row: 5
+    np.testing.assert_array_equal(got[0], ids[[0, 3], :5])
+    np.testing.assert_array_equal(got[1], teacher[[0, 3]])  # rank 2 [batch, 8]: a per-sample target, not cut
+    np.testing.assert_array_equal(got[2], mask[[0, 3], :5])
+    assert got[3].dtype == np.float32 and got[3].shape == (2, 5, 4)
+    np.testing.assert_array_equal(got[3], layer[[0, 3], :5].astype(np.float32))
+    full = data.feeds(order, [1, 2], trim=True)  # row 1 is full length
+    assert [a.shape for a in full] == [(2, 8), (2, 8), (2, 8), (2, 8, 4)]
+    assert all(np.shares_memory(a, b) for a, b in zip(got, full))  # buffers kept for the run
+    assert data.feeds(order, [0, 3])[0].shape == (2, 8)  # evaluation: never cut
+
+
+def test_mask_grouped_training_step0_loss_is_the_uncut_loss(tmp_path, onnx_model, sample_inputs, training_python):
+    """A BERT-style encoder ignores padded positions, so cutting each batch to its longest row
+    leaves the first step's loss what numpy computes from the uncut rows."""
+    from graphc.distill_worker import epoch_batches, valid_lengths
+
+    teacher = onnx.load(str(onnx_model("bert")))
+    student = onnx.ModelProto()
+    student.CopyFrom(teacher)
+    rng = np.random.default_rng(4)
+    for tensor in student.graph.initializer:
+        value = numpy_helper.to_array(tensor)
+        if value.dtype == np.float32 and value.size > 1:
+            tensor.CopyFrom(numpy_helper.from_array(value + 0.05 * rng.standard_normal(value.shape)
+                                                    .astype(np.float32), tensor.name))
+    inputs = sample_inputs("bert", batch=64, seed=1)
+    signature = model_signature(teacher)
+    train = Dataset(inputs, None, "train")
+    evaluation = Dataset(sample_inputs("bert", batch=16, seed=2), None, "eval")
+    config = {"inputs": [s.name for s in signature], "threads": 2, "epochs": 2, "batch": 8, "lr": 0.0005,
+              "loss": "cosine", "metric": "cosine", "patience": 0, "mask": "attention_mask"}
+    directory = tmp_path / "run"
+    distill_run.prepare(directory, student, teacher, train, evaluation, config, threads=2)
+    result = distill_run.run_worker(directory, training_python, "cosine", say=lambda line: None, progress=False)
+    lengths = valid_lengths(inputs["attention_mask"])
+    order = np.random.default_rng([0, 1])
+    batches = epoch_batches(order.permutation(64), 8, lengths, order)
+    feeds = {name: value[batches[0]] for name, value in inputs.items()}
+    want = reference_feature_loss(outputs(student, feeds), outputs(teacher, feeds), "cosine", 1.0, 0.0)
+    assert result["first_step_loss"] == pytest.approx(want, rel=1e-4)
+    fill = sum(int(lengths[b].sum()) for b in batches) / sum(8 * int(lengths[b].max()) for b in batches)
+    assert result["history"][1]["token_fill"] == pytest.approx(fill) and fill > lengths.mean() / 16 + 0.05
+    history = result["history"]
+    assert history[-1]["eval_loss"] < history[0]["eval_loss"] and history[-1]["metric"] > history[0]["metric"]

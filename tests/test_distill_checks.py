@@ -292,3 +292,19 @@ def test_setup_refuses_a_python_without_wheels(tmp_path, monkeypatch):
     with pytest.raises(GraphcError, match=r"--python /nonexistent/python: cannot run it"):
         training_env.setup(python="/nonexistent/python", say=lambda line: None)
     assert not training_env.env_dir().exists()
+
+
+def test_mask_must_be_an_input_holding_zeros_and_ones(fake_env):
+    with pytest.raises(GraphcError, match=r"distill:mask=attention_mask: the model has no input 'attention_mask' "
+                                          r"\(inputs: x\)"):
+        check(mlp(), mask="attention_mask")
+    with pytest.raises(GraphcError, match=r"distill:mask=x: --train-data train.npz holds values other than 0 and 1"):
+        check(mlp(), mask="x")
+    ctx = context(mlp())
+    ctx.train_data.inputs["x"] = (ctx.train_data.inputs["x"] > 0).astype(np.float32)
+    ctx.eval_data.inputs["x"] = ctx.train_data.inputs["x"].reshape(64, 2, 4)
+    with pytest.raises(GraphcError, match=r"distill:mask=x: --eval-data eval.npz holds it with shape \[64, 2, 4\]; "
+                                          r"a mask is \[batch, sequence\]"):
+        check(mlp(), ctx, mask="x")
+    ctx.eval_data.inputs["x"] = ctx.train_data.inputs["x"]
+    check(mlp(), ctx, mask="x")  # 0/1 [batch, sequence]: accepted
