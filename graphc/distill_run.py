@@ -16,6 +16,13 @@ Rules:
 - The worker runs as ``<training venv>/bin/python graphc/distill_worker.py RUNDIR``; its
   JSON progress lines drive a progress bar (on a terminal) and one line per epoch on
   stderr. Exit 3 with error.json is a user error (GraphcError), any other failure is a bug.
+- Crash restarts: onnxruntime-training 1.19.2 fails intermittently in long MiniLM runs
+  (measured here: SIGSEGV at the first training steps once, a Gather reading garbage indices
+  twice; rerunning the same directory did not reproduce either). A worker killed by SIGSEGV,
+  SIGBUS or SIGABRT, or ending on an ``[ONNXRuntimeError]``, is started again on the same
+  directory up to ``CRASH_RESTARTS`` times: it resumes after the last completed epoch, and
+  since a resumed run gives the same weights as an uninterrupted one, a restart changes
+  nothing but the time taken.
 - Write-back: every trained array replaces the initializer of the same name in the graph
   the pass received (same shape and dtype); nodes, inputs, outputs and every other
   initializer are left as they are.
@@ -27,6 +34,7 @@ import hashlib
 import json
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -43,6 +51,8 @@ from graphc.model_io import save_model
 from graphc.runtime import open_session, run_session
 
 TEACHER_BATCH = 256
+CRASH_RESTARTS = 2
+CRASH_CODES = {-signal.SIGSEGV, -signal.SIGBUS, -signal.SIGABRT}
 
 
 def expose(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
@@ -150,9 +160,28 @@ def _epoch_line(record: dict, epochs: int, metric: str | None) -> str:
 
 def run_worker(directory: pathlib.Path, python: pathlib.Path, metric: str | None,
                say: Callable[[str], None] | None = None, progress: bool | None = None) -> dict:
-    """Run the worker on ``directory``; returns its result.json."""
+    """Run the worker on ``directory`` (restarted after a crash, see the rules); returns its
+    result.json."""
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     progress = sys.stderr.isatty() if progress is None else progress
+    for restart in range(CRASH_RESTARTS + 1):
+        code = _run_worker_once(directory, python, metric, say, progress)
+        if code == 3 and (directory / "error.json").exists():
+            raise GraphcError(json.loads((directory / "error.json").read_text())["message"])
+        if code == 0:
+            return json.loads((directory / "result.json").read_text())
+        tail = [ln for ln in (directory / "worker.log").read_text().splitlines() if ln.strip()]
+        last = tail[-1] if tail else "no message"
+        crashed = code in CRASH_CODES or "[ONNXRuntimeError]" in last
+        if not crashed or restart == CRASH_RESTARTS:
+            raise RuntimeError(f"the distillation worker failed (exit {code}): {last}; its files are in {directory}")
+        say(f"distill: the training worker crashed (exit {code}: {last[:160]}); restarting it from its last "
+            f"checkpoint ({restart + 1} of {CRASH_RESTARTS})")
+    raise AssertionError("unreachable")
+
+
+def _run_worker_once(directory: pathlib.Path, python: pathlib.Path, metric: str | None,
+                     say: Callable[[str], None], progress: bool) -> int:
     for stale in ("error.json", "result.json", "trained.npz"):
         (directory / stale).unlink(missing_ok=True)
     log = open(directory / "worker.log", "w")  # a file, not a pipe: a chatty worker cannot block
@@ -188,13 +217,7 @@ def run_worker(directory: pathlib.Path, python: pathlib.Path, metric: str | None
         log.close()
         if bar is not None:
             bar.close()
-    if code == 3 and (directory / "error.json").exists():
-        raise GraphcError(json.loads((directory / "error.json").read_text())["message"])
-    if code != 0:
-        tail = [ln for ln in (directory / "worker.log").read_text().splitlines() if ln.strip()]
-        raise RuntimeError(f"the distillation worker failed (exit {code}): {tail[-1] if tail else 'no message'}; "
-                           f"its files are in {directory}")
-    return json.loads((directory / "result.json").read_text())
+    return code
 
 
 def write_back(graph: gs.Graph, path: pathlib.Path) -> int:

@@ -7,6 +7,7 @@ these tests are skipped only when it cannot be installed (no package index, no P
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -398,3 +399,35 @@ def test_mask_grouped_training_step0_loss_is_the_uncut_loss(tmp_path, onnx_model
     assert result["history"][1]["token_fill"] == pytest.approx(fill) and fill > lengths.mean() / 16 + 0.05
     history = result["history"]
     assert history[-1]["eval_loss"] < history[0]["eval_loss"] and history[-1]["metric"] > history[0]["metric"]
+
+
+def test_a_crashed_worker_is_restarted_and_other_failures_are_not(tmp_path, training_python):
+    """SIGSEGV (onnxruntime-training 1.19.2's intermittent fault) restarts the worker on its
+    directory (it resumes from its checkpoint, which gives the same weights: see the resume test);
+    a plain failure is reported at once."""
+    teacher, student, train, evaluation = feature_models()
+    config = {"inputs": ["x"], "threads": 1, "epochs": 1, "batch": 32, "lr": 0.02, "loss": "cosine",
+              "metric": "cosine", "patience": 0}
+    runs = {}
+    for name in ("steady", "flaky"):
+        runs[name] = tmp_path / name
+        distill_run.prepare(runs[name], student, teacher, train, evaluation, config, threads=1)
+    flaky = tmp_path / "flaky-python"
+    flaky.write_text(f"#!/bin/sh\necho started >> {tmp_path}/starts\n"
+                     f"if [ ! -e {tmp_path}/crashed ]; then touch {tmp_path}/crashed; kill -SEGV $$; fi\n"
+                     f"exec {training_python} \"$@\"\n")
+    flaky.chmod(0o755)
+    lines = []
+    result = distill_run.run_worker(runs["flaky"], flaky, "cosine", say=lines.append, progress=False)
+    assert (tmp_path / "starts").read_text().count("started") == 2
+    assert any(f"crashed (exit {-signal.SIGSEGV}" in line and "(1 of 2)" in line for line in lines)
+    distill_run.run_worker(runs["steady"], training_python, "cosine", say=lambda line: None, progress=False)
+    for key, value in trained(runs["steady"]).items():
+        np.testing.assert_array_equal(trained(runs["flaky"])[key], value)
+    assert result["best"]["epoch"] == 1
+    failing = tmp_path / "failing-python"
+    failing.write_text(f"#!/bin/sh\necho started >> {tmp_path}/fails\necho 'ValueError: broken' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    with pytest.raises(RuntimeError, match=r"the distillation worker failed \(exit 1\): ValueError: broken"):
+        distill_run.run_worker(runs["flaky"], failing, "cosine", say=lines.append, progress=False)
+    assert (tmp_path / "fails").read_text().count("started") == 1
