@@ -420,7 +420,7 @@ def test_a_crashed_worker_is_restarted_and_other_failures_are_not(tmp_path, trai
     lines = []
     result = distill_run.run_worker(runs["flaky"], flaky, "cosine", say=lines.append, progress=False)
     assert (tmp_path / "starts").read_text().count("started") == 2
-    assert any(f"crashed (exit {-signal.SIGSEGV}" in line and "(1 of 2)" in line for line in lines)
+    assert any(f"crashed (exit {-signal.SIGSEGV}" in line and "(1 of 4)" in line for line in lines)
     distill_run.run_worker(runs["steady"], training_python, "cosine", say=lambda line: None, progress=False)
     for key, value in trained(runs["steady"]).items():
         np.testing.assert_array_equal(trained(runs["flaky"])[key], value)
