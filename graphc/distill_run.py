@@ -17,9 +17,9 @@ Rules:
   JSON progress lines drive a progress bar (on a terminal) and one line per epoch on
   stderr. Exit 3 with error.json is a user error (GraphcError), any other failure is a bug.
 - Crash restarts: onnxruntime-training 1.19.2 fails intermittently in MiniLM runs (measured
-  here: SIGSEGV inside its embedding-gradient kernel in the first training steps, 3 of the
-  4 starts of one 40k-gloss run, the 4th trained through; earlier, twice, a Gather reading
-  garbage indices; the same directory rerun by hand trained without a fault). A worker killed by SIGSEGV,
+  here: SIGSEGV inside its embedding-gradient kernel in the first training steps in 3 of 5
+  starts on one 40k-gloss run directory, the others trained through; earlier, twice, a Gather
+  reading garbage indices; rerun by hand, the same directory trained without a fault). A worker killed by SIGSEGV,
   SIGBUS or SIGABRT, or ending on an ``[ONNXRuntimeError]``, is started again on the same
   directory up to ``CRASH_RESTARTS`` times: it resumes after the last completed epoch, and
   since a resumed run gives the same weights as an uninterrupted one, a restart changes
