@@ -16,14 +16,13 @@ Rules:
 - The worker runs as ``<training venv>/bin/python graphc/distill_worker.py RUNDIR``; its
   JSON progress lines drive a progress bar (on a terminal) and one line per epoch on
   stderr. Exit 3 with error.json is a user error (GraphcError), any other failure is a bug.
-- Crash restarts: onnxruntime-training 1.19.2 fails intermittently in MiniLM runs (measured
-  here: SIGSEGV inside its embedding-gradient kernel in the first training steps in 3 of 5
-  starts on one 40k-gloss run directory, the others trained through; earlier, twice, a Gather
-  reading garbage indices; rerun by hand, the same directory trained without a fault). A worker killed by SIGSEGV,
-  SIGBUS or SIGABRT, or ending on an ``[ONNXRuntimeError]``, is started again on the same
-  directory up to ``CRASH_RESTARTS`` times: it resumes after the last completed epoch, and
-  since a resumed run gives the same weights as an uninterrupted one, a restart changes
-  nothing but the time taken.
+- Crash restarts: onnxruntime-training 1.19.2 has faults of its own (its memory-pattern
+  planner corrupted embedding gradients until the worker turned it off, ``distill_worker``
+  rule 1: SIGSEGV in the first steps, a Gather reading garbage indices). As a safety net a
+  worker killed by SIGSEGV, SIGBUS or SIGABRT, or ending on an ``[ONNXRuntimeError]``, is
+  started again on the same directory up to ``CRASH_RESTARTS`` times: it resumes after the
+  last completed epoch, and since a resumed run gives the same weights as an uninterrupted
+  one, a restart changes nothing but the time taken.
 - Write-back: every trained array replaces the initializer of the same name in the graph
   the pass received (same shape and dtype); nodes, inputs, outputs and every other
   initializer are left as they are.
