@@ -21,8 +21,8 @@ Rules:
   rule 1: SIGSEGV in the first steps, a Gather reading garbage indices). As a safety net a
   worker killed by SIGSEGV, SIGBUS or SIGABRT, or ending on an ``[ONNXRuntimeError]``, is
   started again on the same directory up to ``CRASH_RESTARTS`` times: it resumes after the
-  last completed epoch, and since a resumed run gives the same weights as an uninterrupted
-  one, a restart changes nothing but the time taken.
+  last completed epoch, and a resumed run gives the weights of an uninterrupted one (to the
+  reproducibility of ``distill_worker`` rule 4), so a restart costs only time.
 - Write-back: every trained array replaces the initializer of the same name in the graph
   the pass received (same shape and dtype); nodes, inputs, outputs and every other
   initializer are left as they are.
