@@ -80,6 +80,14 @@ def run_in(directory, fashion, python, **config):
     return distill_run.run_worker(directory, python, config.get("metric"), say=lambda line: None, progress=False)
 
 
+def worker_batches(rows: int, batch: int, lengths=None) -> list[np.ndarray]:
+    """The rows of each step of the worker's first epoch at seed 0 (its rule 4)."""
+    from graphc.distill_worker import epoch_batches
+
+    order = np.random.default_rng([0, 1])
+    return epoch_batches(order.permutation(rows), batch, lengths, order)
+
+
 def trained(directory) -> dict:
     with np.load(directory / "trained.npz") as npz:
         return {k: npz[k] for k in npz.files}
@@ -89,7 +97,7 @@ def test_step0_kd_loss_matches_numpy(tmp_path, fashion, training_python):
     T, alpha, beta = 3.0, 0.6, 0.3
     result = run_in(tmp_path / "run", fashion, training_python, T=T, alpha=alpha, beta=beta, batch=64)
     train, evaluation = fashion["train"], fashion["eval"]
-    rows = np.random.default_rng([0, 1]).permutation(len(train))[:64]  # the worker's first batch (seed 0, epoch 1)
+    rows = worker_batches(len(train), 64)[0]
     feeds = {"image": train.inputs["image"][rows]}
     want = reference_loss(outputs(fashion["student"], feeds), outputs(fashion["teacher"], feeds),
                           train.labels[rows], T, alpha, beta)
@@ -145,7 +153,7 @@ def test_step0_feature_loss_matches_numpy_and_training_lowers_it(tmp_path, loss,
               "metric": "cosine", "patience": 0}
     distill_run.prepare(directory, student, teacher, train, evaluation, config, threads=1)
     result = distill_run.run_worker(directory, training_python, "cosine", say=lambda line: None, progress=False)
-    rows = np.random.default_rng([0, 1]).permutation(len(train))[:32]  # the worker's first batch
+    rows = worker_batches(len(train), 32)[0]
     feeds = {"x": train.inputs["x"][rows]}
     want = reference_feature_loss(outputs(student, feeds), outputs(teacher, feeds), loss, 1.0, beta)
     assert result["first_step_loss"] == pytest.approx(want, rel=1e-5)
@@ -175,7 +183,7 @@ def test_step0_layer_loss_matches_numpy_and_training_lowers_it(tmp_path, trainin
 
     teacher_h = hidden(teacher, train.inputs["x"]).astype(np.float32).astype(np.float16).astype(np.float64)
     mean_square = (teacher_h ** 2).mean()
-    rows = np.random.default_rng([0, 1]).permutation(len(train))[:32]  # the worker's first batch
+    rows = worker_batches(len(train), 32)[0]
     feeds = {"x": train.inputs["x"][rows]}
     main = reference_feature_loss(outputs(student, feeds), outputs(teacher, feeds), "cosine", 1.0, 0.0)
     layer = ((hidden(student, feeds["x"]) - teacher_h[rows]) ** 2).mean() / mean_square
@@ -369,7 +377,7 @@ def test_trimmed_feeds_cut_inputs_and_sequence_targets_to_the_longest_row(tmp_pa
 def test_mask_grouped_training_step0_loss_is_the_uncut_loss(tmp_path, onnx_model, sample_inputs, training_python):
     """A BERT-style encoder ignores padded positions, so cutting each batch to its longest row
     leaves the first step's loss what numpy computes from the uncut rows."""
-    from graphc.distill_worker import epoch_batches, valid_lengths
+    from graphc.distill_worker import valid_lengths
 
     teacher = onnx.load(str(onnx_model("bert")))
     student = onnx.ModelProto()
@@ -390,8 +398,7 @@ def test_mask_grouped_training_step0_loss_is_the_uncut_loss(tmp_path, onnx_model
     distill_run.prepare(directory, student, teacher, train, evaluation, config, threads=2)
     result = distill_run.run_worker(directory, training_python, "cosine", say=lambda line: None, progress=False)
     lengths = valid_lengths(inputs["attention_mask"])
-    order = np.random.default_rng([0, 1])
-    batches = epoch_batches(order.permutation(64), 8, lengths, order)
+    batches = worker_batches(64, 8, lengths)
     feeds = {name: value[batches[0]] for name, value in inputs.items()}
     want = reference_feature_loss(outputs(student, feeds), outputs(teacher, feeds), "cosine", 1.0, 0.0)
     assert result["first_step_loss"] == pytest.approx(want, rel=1e-4)
@@ -469,7 +476,7 @@ def test_embedding_table_trained_on_cut_batches_follows_numpy_adamw(tmp_path, tr
     projection equal numpy's (gradients through Gather written out by hand). This is the
     gradient onnxruntime's memory-pattern planner corrupted on MiniLM (distill_worker rule 1);
     a model this small does not trigger that fault, so this checks the arithmetic only."""
-    from graphc.distill_worker import epoch_batches, lr_at, valid_lengths
+    from graphc.distill_worker import lr_at, valid_lengths
 
     student, teacher, inputs = embedding_models()
     lr, config = 0.01, {"inputs": ["ids", "mask"], "threads": 1, "epochs": 1, "batch": 32, "loss": "mse",
@@ -482,9 +489,8 @@ def test_embedding_table_trained_on_cut_batches_follows_numpy_adamw(tmp_path, tr
     target = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in teacher.graph.initializer}
     table, weight = weights["E"], weights["W"]
     moments = {name: [np.zeros_like(value), np.zeros_like(value)] for name, value in (("E", table), ("W", weight))}
-    order = np.random.default_rng([0, 1])
-    batches = epoch_batches(order.permutation(64), 32, valid_lengths(inputs["mask"]), order)
     lengths = valid_lengths(inputs["mask"])
+    batches = worker_batches(64, 32, lengths)
     assert len(batches) == 2 and min(int(lengths[b].max()) for b in batches) < 8  # a batch is cut
     for step, rows in enumerate(batches):
         ids, mask = inputs["ids"][rows], inputs["mask"][rows].astype(np.float64)
