@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from graphc.data import Dataset, load_dataset, model_signature, synthetic_dataset, validate
+from graphc.data import Dataset, load_dataset, model_signature, synthetic_feeds, validate
 from graphc.model_io import file_size, load_model
 from graphc.report import markdown_table
 from graphc.runtime import open_session
@@ -38,14 +38,9 @@ def _feeds_for(models, data: pathlib.Path | None, shapes, batch: int) -> dict[st
     first = models[0]
     if data is not None:
         dataset = load_dataset(data, model_signature(first))
+        feeds, _ = next(dataset.batches(batch))
     else:
-        overrides = dict(shapes)
-        dynamic_first = {s.shape[0] for s in model_signature(first) if s.shape and not isinstance(s.shape[0], int)}
-        for dim in dynamic_first:
-            if dim and dim not in overrides:
-                overrides[dim] = (batch,)
-        dataset = synthetic_dataset(first, shapes=overrides)
-    feeds, _ = next(dataset.batches(batch))
+        feeds = synthetic_feeds(first, shapes, batch)
     rows = len(next(iter(feeds.values())))
     if rows < batch:  # fewer --data rows than the batch: repeat them, the batch size is what is measured
         feeds = {name: np.resize(value, (batch, *value.shape[1:])) for name, value in feeds.items()}

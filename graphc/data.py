@@ -288,3 +288,14 @@ def synthetic_dataset(model: onnx.ModelProto, batches: int = 1,
     dataset = validate(arrays, signature, "synthetic inputs")
     dataset.fixed_batch = max(1, batch // batches)
     return dataset
+
+
+def synthetic_feeds(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], batch: int) -> dict[str, np.ndarray]:
+    """One batch of synthetic inputs, a symbolic leading dimension (the batch) set to ``batch``
+    unless ``shapes`` sets it."""
+    overrides = dict(shapes)
+    for spec in model_signature(model):
+        if spec.shape and not isinstance(spec.shape[0], int) and spec.shape[0] and spec.shape[0] not in overrides:
+            overrides[spec.shape[0]] = (batch,)
+    feeds, _ = next(synthetic_dataset(model, shapes=overrides).batches(batch))
+    return feeds

@@ -60,6 +60,7 @@ class CostModel:
         self.groups = {g.id: g for g in groups}
         self.tensors: dict[tuple[int, int], tuple[tuple[int, ...], float]] = {}  # key -> (shape, cost)
         self.members: dict[int, list[tuple[tuple[int, int], int, list[np.ndarray]]]] = {}
+        self.nodes: dict[tuple[int, int], gs.Node] = {}
         for group in groups:
             for member in group.params():
                 values = constant_values(member.node.inputs[member.input_index])
@@ -74,6 +75,7 @@ class CostModel:
                 else:
                     continue
                 self.tensors[key] = (shape, cost)
+                self.nodes[key] = member.node
                 self.members.setdefault(group.id, []).append((key, member.axis, _unit_positions(member, group)))
         self.total = sum(cost for _, cost in self.tensors.values())
 
@@ -169,6 +171,34 @@ def unit_importance(groups: list[ChannelGroup], graph: gs.Graph, by: str, data=N
         activation = activation_scores(graph, groups, data)
         raw = activation if by == "activation" else {g.id: taylor_scores(g, activation[g.id]) for g in groups}
     return {gid: s / s.mean() if s.mean() > 0 else s for gid, s in raw.items()}
+
+
+def speed_factors(macs: CostModel, times: dict[str, float], bounds: tuple[float, float] = (0.5, 2.0)) -> dict[int, float]:
+    """How fast each group's MACs run, relative to the model: MACs per microsecond saved by
+    removing one of its units, divided by the MACs per microsecond of all measured layers.
+
+    ``macs`` is a ``target="macs"`` cost model; ``times`` holds measured microseconds per
+    weighted node, keyed by its output name (``graphc.node_times``). A layer's time falls in
+    proportion to its MACs; an unmeasured layer runs at the model's average speed. Factors
+    are clipped to ``bounds`` so one noisy measurement cannot empty or spare a group.
+    """
+    measured = {key: times[node.outputs[0].name] for key, node in macs.nodes.items()
+                if times.get(node.outputs[0].name, 0) > 0}
+    measured_macs = sum(macs.tensors[key][1] for key in measured)
+    measured_time = sum(measured.values())
+    if not measured_macs or not measured_time:
+        return {gid: 1.0 for gid in macs.groups}
+    speed = measured_macs / measured_time
+    factors = {}
+    for gid in macs.groups:
+        unit_macs = unit_time = 0.0
+        for key, axis, positions in macs.members.get(gid, []):
+            shape, cost = macs.tensors[key]
+            share = positions[0].size / shape[axis]
+            unit_macs += cost * share
+            unit_time += measured.get(key, cost / speed) * share
+        factors[gid] = float(np.clip(unit_macs / unit_time / speed, *bounds)) if unit_time else 1.0
+    return factors
 
 
 def select_units(groups: list[ChannelGroup], importance: dict[int, np.ndarray], cost: CostModel,

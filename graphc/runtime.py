@@ -24,7 +24,8 @@ PAGE = 4096
 ort.set_default_logger_severity(3)  # sessions graphc does not open itself (constant folding) stay quiet
 
 
-def session_options(threads: int | None = None, spinning: bool = True) -> ort.SessionOptions:
+def session_options(threads: int | None = None, spinning: bool = True,
+                    profile_prefix: str | None = None) -> ort.SessionOptions:
     """Options of every session graphc opens. ``spinning=False`` makes idle intra-op threads
     block instead of spin-waiting after a run; benchmarks that interleave several sessions
     need it, else the pools of the sessions that just ran keep the cores busy (measured on
@@ -36,13 +37,18 @@ def session_options(threads: int | None = None, spinning: bool = True) -> ort.Se
         options.inter_op_num_threads = 1
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     return options
 
 
 def open_session(model: onnx.ModelProto | str | os.PathLike, threads: int | None = None,
-                 what: str = "the model", spinning: bool = True) -> ort.InferenceSession:
-    """An onnxruntime CPU session for a model (proto or path); failure is a GraphcError."""
-    options = session_options(threads, spinning)
+                 what: str = "the model", spinning: bool = True,
+                 profile_prefix: str | None = None) -> ort.InferenceSession:
+    """An onnxruntime CPU session for a model (proto or path); failure is a GraphcError.
+    ``profile_prefix``: profile every run into ``<prefix>_<time>.json``."""
+    options = session_options(threads, spinning, profile_prefix)
     try:
         if isinstance(model, onnx.ModelProto):
             if model.ByteSize() > FILE_SESSION_BYTES:

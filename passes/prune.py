@@ -22,7 +22,12 @@ Rules:
    all groups until the share is reached; ``scope=uniform`` removes ``ratio`` of the units
    of every group. No group loses more than ``max_layer_ratio`` of its units or its last
    unit; with ``round_to=k`` the kept channel count of a channel group is rounded up to a
-   multiple of k.
+   multiple of k. ``latency=true`` (global scope) multiplies every unit's importance by its
+   group's measured speed: the MACs per microsecond its layers save per removed unit over
+   the model's MACs per microsecond (``graphc.node_times`` profiles the model once in
+   onnxruntime at batch 1 with ``--threads``; factors clipped to [0.5, 2]), so at equal
+   importance the channels of layers that run slowly per MAC go first and the same MACs
+   cost less time. The choice then depends on the machine that profiled.
 4. Removal: every weight slice of a removed unit is deleted (producer outputs, consumer
    inputs, BatchNorm/bias/depthwise parameters, Reshape target-shape constants, a depthwise
    Conv's ``group``); shared constants are copied rather than edited; shapes are re-inferred. Input and output shapes
@@ -43,7 +48,9 @@ from graphc.channel_graph import ChannelGraph, ChannelGroup
 from graphc.errors import GraphcError
 from graphc.graph import clear_intermediate_shapes, constant_values, infer_graph_shapes, swap_tensor
 from graphc.pass_api import Pass, PassResult, Tolerance
-from graphc.prune_select import CostModel, PruneConfig, select_units, unit_importance
+from graphc.data import synthetic_feeds
+from graphc.node_times import weighted_node_times
+from graphc.prune_select import CostModel, PruneConfig, select_units, speed_factors, unit_importance
 from graphc.stats import tensor_shapes
 
 
@@ -60,6 +67,8 @@ class PruneOptions:
     round_to: int = field(default=8, metadata={"min": 1, "help": "kept channels a multiple of this (1: exact ratio; "
                                                                 "8 keeps onnxruntime's fast blocked Conv/GEMM paths)"})
     hidden: bool = field(default=False, metadata={"help": "also prune the transformer hidden size (inexact)"})
+    latency: bool = field(default=False, metadata={"help": "rank by importance x measured speed: channels of layers "
+                                                           "slow per MAC go first (profiles the model once)"})
     recalibrate: bool = field(default=False, metadata={"help": "re-estimate BatchNorm statistics on --data"})
 
 
@@ -77,6 +86,9 @@ class PrunePass(Pass):
         if needs_data and ctx.data is None:
             raise GraphcError(f"prune:by={self.options.by}{':recalibrate=true' if self.options.recalibrate else ''} "
                               f"needs --data (inputs to measure activations on)")
+        if self.options.latency and self.options.scope == "uniform":
+            raise GraphcError("prune:latency=true reorders units across groups; scope=uniform removes the same share "
+                              "of every group, so it would change nothing (use scope=global)")
 
     def run(self, graph: gs.Graph, ctx) -> PassResult:
         plan = plan_pruning(graph, self.options, ctx)
@@ -102,6 +114,7 @@ class PrunePlan:
     cost_total: float
     cost_removed: float
     target: str
+    layers_timed: int = 0  # weighted layers profiled for latency=true
 
     def prunable(self) -> list[ChannelGroup]:
         return [g for g in self.groups if not g.blocked and g.units >= 2]
@@ -117,6 +130,7 @@ class PrunePlan:
             "groups_pruned": len(self.removed),
             "units_removed": sum(len(v) for v in self.removed.values()),
             f"prunable_{self.target}_removed": f"{self.cost_removed / self.cost_total:.1%}" if self.cost_total else "0%",
+            **({"layers_timed": self.layers_timed} if self.layers_timed else {}),
         }
 
     def group_table(self) -> list[dict]:
@@ -163,8 +177,22 @@ def plan_pruning(graph: gs.Graph, options: PruneOptions, ctx=None) -> PrunePlan:
     cost = CostModel(prunable, channel_graph.shapes, options.target)
     data = ctx.data if ctx is not None else None
     importance = unit_importance(prunable, graph, options.by, data) if prunable else {}
+    measured = 0
+    if options.latency and prunable and options.ratio > 0:
+        times = _layer_times(graph, shapes, data, ctx)
+        factors = speed_factors(CostModel(prunable, channel_graph.shapes, "macs"), times)
+        importance = {gid: scores * factors[gid] for gid, scores in importance.items()}
+        measured = len(times)
     removed = select_units(prunable, importance, cost, config) if options.ratio > 0 else {}
-    return PrunePlan(graph, groups, removed, cost.total, cost.removed(removed), options.target)
+    return PrunePlan(graph, groups, removed, cost.total, cost.removed(removed), options.target, measured)
+
+
+def _layer_times(graph: gs.Graph, shapes, data, ctx) -> dict[str, float]:
+    """Measured microseconds of each weighted layer of ``graph`` at batch 1 (one row of
+    ``--data``, else synthetic inputs shaped by ``--shape``)."""
+    model = gs.export_onnx(graph, do_type_check=False)
+    feeds = next(data.batches(1))[0] if data is not None else synthetic_feeds(model, shapes, 1)
+    return weighted_node_times(model, feeds, threads=getattr(ctx, "threads", None))
 
 
 def apply_pruning(plan: PrunePlan) -> None:

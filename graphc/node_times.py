@@ -1,0 +1,91 @@
+"""Measured onnxruntime CPU time of a model's weighted layers, from one profiled session.
+
+onnxruntime's profiler reports time per *executed* node, after its graph optimiser has fused
+and renamed nodes (a Conv with its Relu and residual Add becomes one fused Conv; the NCHWc
+layout transform names the new node after its output tensor with ``_nchwc`` appended). No
+library maps those events back to the nodes of the graph that was loaded; this module does.
+
+Rules:
+
+1. The model is profiled as it will run: every onnxruntime optimisation on, ``threads``
+   intra-op threads, ``warmup + runs`` runs of one batch of feeds in one profiled session.
+   A node's time is the median of its kernel times over the last ``runs`` runs.
+2. An executed node is credited to the weighted node (Conv, ConvTranspose, Gemm, MatMul
+   with a constant weight) whose name it bears, or whose output it is named after
+   (``_nchwc`` stripped), or whose output reaches it through at most three single-input
+   chains of element-wise nodes (activation, bias or residual Add, Mul, BatchNormalization)
+   that onnxruntime fuses into it. The first weighted node to claim a tensor keeps it.
+3. Weighted nodes that no executed node is credited to are absent from the result.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import tempfile
+from collections import defaultdict
+
+import numpy as np
+import onnx
+
+from graphc.runtime import open_session
+
+WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+FUSED_FOLLOWERS = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "Tanh", "Add", "Mul",
+                   "BatchNormalization", "Gelu", "FastGelu", "Erf", "Div"}
+FUSION_DEPTH = 3
+
+
+def _aliases(model: onnx.ModelProto) -> dict[str, str]:
+    """Executed-node names onnxruntime may give a weighted node, mapped to its output name."""
+    initializers = {t.name for t in model.graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in model.graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    aliases: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type not in WEIGHTED_OPS or len(node.input) < 2 or node.input[1] not in initializers:
+            continue
+        key = node.output[0]
+        for name in (node.name, key):
+            if name:
+                aliases.setdefault(name, key)
+        frontier = [key]
+        for _ in range(FUSION_DEPTH):
+            reached = []
+            for tensor in frontier:
+                if len(consumers[tensor]) != 1:
+                    continue
+                follower = consumers[tensor][0]
+                if follower.op_type in FUSED_FOLLOWERS and follower.output:
+                    for name in (follower.output[0], follower.name):
+                        if name:
+                            aliases.setdefault(name, key)
+                    reached.append(follower.output[0])
+            frontier = reached
+    return aliases
+
+
+def weighted_node_times(model: onnx.ModelProto, feeds: dict[str, np.ndarray], threads: int | None = None,
+                        warmup: int = 3, runs: int = 15) -> dict[str, float]:
+    """Median kernel time in microseconds of each weighted node, keyed by its output name."""
+    aliases = _aliases(model)
+    with tempfile.TemporaryDirectory(prefix="graphc-profile-") as tmp:
+        session = open_session(model, threads, what="the model to profile", profile_prefix=str(pathlib.Path(tmp) / "p"))
+        for _ in range(warmup + runs):
+            session.run(None, feeds)
+        events = json.loads(pathlib.Path(session.end_profiling()).read_text())
+    durations: dict[str, list[float]] = defaultdict(list)  # in run order
+    for event in events:
+        name = event.get("name", "")
+        if event.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        executed = name[: -len("_kernel_time")]
+        executed = executed[: -len("_nchwc")] if executed.endswith("_nchwc") else executed
+        if executed in aliases:
+            durations[executed].append(float(event["dur"]))
+    times: dict[str, float] = defaultdict(float)
+    for executed, values in durations.items():
+        times[aliases[executed]] += float(np.median(values[warmup:] or values))
+    return dict(times)
