@@ -2,7 +2,8 @@
 
 onnxruntime's profiler reports time per *executed* node, after its graph optimiser has fused
 and renamed nodes (a Conv with its Relu and residual Add becomes one fused Conv; the NCHWc
-layout transform names the new node after its output tensor with ``_nchwc`` appended). No
+layout transform names the new node after its output tensor with ``_nchwc`` appended, a
+Gemm fused with its activation is named ``fused <name>``). No
 library maps those events back to the nodes of the graph that was loaded; this module does.
 
 Rules:
@@ -12,7 +13,7 @@ Rules:
    A node's time is the median of its kernel times over the last ``runs`` runs.
 2. An executed node is credited to the weighted node (Conv, ConvTranspose, Gemm, MatMul
    with a constant weight) whose name it bears, or whose output it is named after
-   (``_nchwc`` stripped), or whose output reaches it through at most three single-input
+   (``_nchwc`` suffix and ``fused `` prefix stripped), or whose output reaches it through at most three single-input
    chains of element-wise nodes (activation, bias or residual Add, Mul, BatchNormalization)
    that onnxruntime fuses into it. The first weighted node to claim a tensor keeps it.
 3. Weighted nodes that no executed node is credited to are absent from the result.
@@ -83,6 +84,7 @@ def weighted_node_times(model: onnx.ModelProto, feeds: dict[str, np.ndarray], th
             continue
         executed = name[: -len("_kernel_time")]
         executed = executed[: -len("_nchwc")] if executed.endswith("_nchwc") else executed
+        executed = executed[len("fused "):] if executed.startswith("fused ") else executed
         if executed in aliases:
             durations[executed].append(float(event["dur"]))
     times: dict[str, float] = defaultdict(float)
