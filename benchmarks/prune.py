@@ -20,8 +20,10 @@ its MACs match Torch-Pruning's within 3% (first guess from graphc's plan: ``r`` 
 remove / prunable MACs; then secant steps on the pruned model's measured MACs), plus a
 ``round_to=1`` variant, a ``round_to=32`` variant (onnxruntime's CPU kernels work on 32 output
 channels at a time with AVX2: MLAS's NCHWc convolution computes filter sets of 4 blocks of 8
-channels, ``FilterSetSize`` in ``snchwc.cpp``; its SGEMM packs 16-column panels) and, for
-BERT, ``hidden=true`` and ``hidden=true:round_to=32`` variants. Both sides' MACs are counted
+channels, ``FilterSetSize`` in ``snchwc.cpp``; its SGEMM packs 16-column panels), a
+``latency=true:round_to=32`` variant (importance weighed by each layer's speed per MAC,
+profiled on this machine at batch 1 with 2 threads: at equal MACs the slow layers give more)
+and, for BERT, ``hidden=true`` and ``hidden=true:round_to=32`` variants. Both sides' MACs are counted
 by ``graphc.stats`` on the ONNX files (attention score/context MatMuls included, which
 Torch-Pruning's own counter leaves out); "MACs vs TP" flags a graphc model more than 3% away
 (MISMATCH: the target is out of graphc's reach with those options).
@@ -153,7 +155,8 @@ def graphc_prune(source: pathlib.Path, spec: str, output: pathlib.Path, shapes=N
     from graphc.pipeline import OptimizeRequest, optimize
 
     log(f"graphc {spec}: {source.name} -> {output.name}")
-    optimize(OptimizeRequest(model=source, passes=spec, output=output, shapes=dict(shapes or {}), progress=False))
+    optimize(OptimizeRequest(model=source, passes=spec, output=output, shapes=dict(shapes or {}), progress=False,
+                             threads=THREADS))  # latency=true profiles with the threads the models are timed with
     return output
 
 
@@ -418,7 +421,7 @@ def anchor_variants(name: str, model, export, work: pathlib.Path, shapes, hidden
         tp_path = export(pruners[name](model, ratio), work / f"{name}-tp{ratio}.onnx")
         made.append({"variant": f"Torch-Pruning {ratio}", "path": tp_path, "spec": ""})
         _, target = model_size(tp_path, shapes)
-        extras = ["", ":round_to=1", ":round_to=32",
+        extras = ["", ":round_to=1", ":round_to=32", ":latency=true:round_to=32",
                   *([":hidden=true", ":hidden=true:round_to=32"] if hidden_variant else [])]
         for extra in extras:
             out = work / f"{name}-graphc{ratio}{extra.replace(':', '-').replace('=', '')}.onnx"
