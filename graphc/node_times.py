@@ -9,7 +9,9 @@ library maps those events back to the nodes of the graph that was loaded; this m
 Rules:
 
 1. The model is profiled as it will run: every onnxruntime optimisation on, ``threads``
-   intra-op threads, ``warmup + runs`` runs of one batch of feeds in one profiled session.
+   intra-op threads, ``warmup + runs`` runs of one batch of feeds in one profiled session
+   (by default as many runs as fill half a second, 15 to 300, so that microsecond-scale
+   kernels of small models are measured often enough to rank them the same way each time).
    A node's time is the median of its kernel times over the last ``runs`` runs.
 2. An executed node is credited to the weighted node (Conv, ConvTranspose, Gemm, MatMul
    with a constant weight) whose name it bears, or whose output it is named after
@@ -24,6 +26,7 @@ from __future__ import annotations
 import json
 import pathlib
 import tempfile
+import time
 from collections import defaultdict
 
 import numpy as np
@@ -35,6 +38,8 @@ WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 FUSED_FOLLOWERS = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "Tanh", "Add", "Mul",
                    "BatchNormalization", "Gelu", "FastGelu", "Erf", "Div"}
 FUSION_DEPTH = 3
+PROFILE_SECONDS = 0.5  # small models get more runs: the profiler counts whole microseconds
+PROFILE_RUNS = (15, 300)
 
 
 def _aliases(model: onnx.ModelProto) -> dict[str, str]:
@@ -69,12 +74,19 @@ def _aliases(model: onnx.ModelProto) -> dict[str, str]:
 
 
 def weighted_node_times(model: onnx.ModelProto, feeds: dict[str, np.ndarray], threads: int | None = None,
-                        warmup: int = 3, runs: int = 15) -> dict[str, float]:
-    """Median kernel time in microseconds of each weighted node, keyed by its output name."""
+                        warmup: int = 3, runs: int | None = None) -> dict[str, float]:
+    """Median kernel time in microseconds of each weighted node, keyed by its output name.
+    ``runs=None``: as many runs as fill ``PROFILE_SECONDS`` (``PROFILE_RUNS`` bounds them)."""
     aliases = _aliases(model)
     with tempfile.TemporaryDirectory(prefix="graphc-profile-") as tmp:
         session = open_session(model, threads, what="the model to profile", profile_prefix=str(pathlib.Path(tmp) / "p"))
-        for _ in range(warmup + runs):
+        for _ in range(warmup - 1):
+            session.run(None, feeds)
+        start = time.perf_counter()
+        session.run(None, feeds)  # the last warm-up run sizes the profile
+        if runs is None:
+            runs = int(np.clip(PROFILE_SECONDS / max(time.perf_counter() - start, 1e-6), *PROFILE_RUNS))
+        for _ in range(runs):
             session.run(None, feeds)
         events = json.loads(pathlib.Path(session.end_profiling()).read_text())
     durations: dict[str, list[float]] = defaultdict(list)  # in run order
