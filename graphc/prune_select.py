@@ -3,6 +3,7 @@ and which units go for a given ratio (rules in ``passes/prune.py``'s docstring).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -173,6 +174,16 @@ def unit_importance(groups: list[ChannelGroup], graph: gs.Graph, by: str, data=N
     return {gid: s / s.mean() if s.mean() > 0 else s for gid, s in raw.items()}
 
 
+def _measured(macs: CostModel, times: dict[str, float]) -> tuple[dict[tuple[int, int], float], float | None]:
+    """Measured microseconds per weighted tensor of ``macs`` and the model's MACs per microsecond
+    over the measured layers (None when nothing was measured)."""
+    measured = {key: times[node.outputs[0].name] for key, node in macs.nodes.items()
+                if times.get(node.outputs[0].name, 0) > 0}
+    measured_macs = sum(macs.tensors[key][1] for key in measured)
+    measured_time = sum(measured.values())
+    return measured, (measured_macs / measured_time if measured_macs and measured_time else None)
+
+
 def speed_factors(macs: CostModel, times: dict[str, float], bounds: tuple[float, float] = (0.5, 2.0)) -> dict[int, float]:
     """How fast each group's MACs run, relative to the model: MACs per microsecond saved by
     removing one of its units, divided by the MACs per microsecond of all measured layers.
@@ -182,13 +193,9 @@ def speed_factors(macs: CostModel, times: dict[str, float], bounds: tuple[float,
     proportion to its MACs; an unmeasured layer runs at the model's average speed. Factors
     are clipped to ``bounds`` so one noisy measurement cannot empty or spare a group.
     """
-    measured = {key: times[node.outputs[0].name] for key, node in macs.nodes.items()
-                if times.get(node.outputs[0].name, 0) > 0}
-    measured_macs = sum(macs.tensors[key][1] for key in measured)
-    measured_time = sum(measured.values())
-    if not measured_macs or not measured_time:
+    measured, speed = _measured(macs, times)
+    if speed is None:
         return {gid: 1.0 for gid in macs.groups}
-    speed = measured_macs / measured_time
     factors = {}
     for gid in macs.groups:
         unit_macs = unit_time = 0.0
@@ -199,6 +206,21 @@ def speed_factors(macs: CostModel, times: dict[str, float], bounds: tuple[float,
             unit_time += measured.get(key, cost / speed) * share
         factors[gid] = float(np.clip(unit_macs / unit_time / speed, *bounds)) if unit_time else 1.0
     return factors
+
+
+def timed_cost(macs: CostModel, times: dict[str, float]) -> CostModel:
+    """``macs`` with every layer's cost replaced by its measured microseconds (``target=latency``).
+
+    A layer's time falls in proportion to its MACs (the product of its kept fractions, as for
+    MACs); an unmeasured layer costs its MACs at the model's MACs per microsecond; with no
+    measurement at all the costs stay MACs (the same shares).
+    """
+    measured, speed = _measured(macs, times)
+    result = copy.copy(macs)
+    result.tensors = {key: (shape, measured.get(key, cost / speed if speed else cost))
+                      for key, (shape, cost) in macs.tensors.items()}
+    result.total = sum(cost for _, cost in result.tensors.values())
+    return result
 
 
 def select_units(groups: list[ChannelGroup], importance: dict[int, np.ndarray], cost: CostModel,

@@ -17,8 +17,10 @@ Rules:
    (activation x consumer weight norm), since an ONNX graph has no gradient path.
    Scores are normalised per group (divided by the group mean).
 3. Selection: ``ratio`` is the share of the prunable cost removed, where the cost is the
-   parameter count of every tensor in a prunable group (``target=params``, default) or
-   their MACs (``target=macs``). ``scope=global`` removes the least important units across
+   parameter count of every tensor in a prunable group (``target=params``, default),
+   their MACs (``target=macs``), or the measured time of their weighted layers
+   (``target=latency``: one onnxruntime profile as for ``latency=true`` below, each layer's
+   time falling in proportion to its MACs). ``scope=global`` removes the least important units across
    all groups until the share is reached; ``scope=uniform`` removes ``ratio`` of the units
    of every group. No group loses more than ``max_layer_ratio`` of its units or its last
    unit; with ``round_to=k`` the kept channel count of a channel group is rounded up to a
@@ -50,7 +52,7 @@ from graphc.graph import clear_intermediate_shapes, constant_values, infer_graph
 from graphc.pass_api import Pass, PassResult, Tolerance
 from graphc.data import synthetic_feeds
 from graphc.node_times import weighted_node_times
-from graphc.prune_select import CostModel, PruneConfig, select_units, speed_factors, unit_importance
+from graphc.prune_select import CostModel, PruneConfig, select_units, speed_factors, timed_cost, unit_importance
 from graphc.stats import tensor_shapes
 
 
@@ -59,7 +61,8 @@ class PruneOptions:
     ratio: float = field(default=0.3, metadata={"min": 0.0, "max": 0.95,
                                                 "help": "share of the prunable cost to remove (see target)"})
     by: Literal["l1", "l2", "activation", "taylor"] = field(default="l2", metadata={"help": "importance score"})
-    target: Literal["params", "macs"] = field(default="params", metadata={"help": "what ratio measures"})
+    target: Literal["params", "macs", "latency"] = field(default="params", metadata={
+        "help": "what ratio measures: parameters, MACs, or measured time (latency profiles the model once)"})
     scope: Literal["global", "uniform"] = field(default="global", metadata={
         "help": "rank units across all groups, or remove ratio of every group"})
     max_layer_ratio: float = field(default=0.9, metadata={"min": 0.0, "max": 0.99,
@@ -174,15 +177,19 @@ def plan_pruning(graph: gs.Graph, options: PruneOptions, ctx=None) -> PrunePlan:
     groups = sorted(channel_graph.groups.values(), key=lambda g: g.id)
     prunable = [g for g in groups if not g.blocked and g.units >= 2]
     config = PruneConfig(options.ratio, options.scope, options.max_layer_ratio, options.round_to)
-    cost = CostModel(prunable, channel_graph.shapes, options.target)
     data = ctx.data if ctx is not None else None
     importance = unit_importance(prunable, graph, options.by, data) if prunable else {}
-    measured = 0
-    if options.latency and prunable and options.ratio > 0:
+    times: dict[str, float] = {}
+    if (options.latency or options.target == "latency") and prunable and options.ratio > 0:
         times = _layer_times(graph, shapes, data, ctx)
+    if options.target == "latency":
+        cost = timed_cost(CostModel(prunable, channel_graph.shapes, "macs"), times)
+    else:
+        cost = CostModel(prunable, channel_graph.shapes, options.target)
+    if options.latency and times:
         factors = speed_factors(CostModel(prunable, channel_graph.shapes, "macs"), times)
         importance = {gid: scores * factors[gid] for gid, scores in importance.items()}
-        measured = len(times)
+    measured = len(times)
     removed = select_units(prunable, importance, cost, config) if options.ratio > 0 else {}
     return PrunePlan(graph, groups, removed, cost.total, cost.removed(removed), options.target, measured)
 

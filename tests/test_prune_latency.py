@@ -11,7 +11,7 @@ from graphc.graph import to_graph, to_model
 from graphc.model_io import load_model
 from graphc.node_times import WEIGHTED_OPS, weighted_node_times
 from graphc.passes.prune import PruneOptions, PrunePass, analyse, apply_pruning, mask_pruned_channels, plan_pruning
-from graphc.prune_select import CostModel, PruneConfig, select_units, speed_factors
+from graphc.prune_select import CostModel, PruneConfig, select_units, speed_factors, timed_cost
 from graphc.runtime import open_session
 from topologies import BUILDERS
 
@@ -92,8 +92,39 @@ def test_slow_layers_lose_more_units_at_equal_importance(onnx_model):
     assert macs.share(weighed) >= 0.2 and macs.share(plain) >= 0.2
 
 
+def test_timed_cost_at_uniform_speed_selects_what_macs_selects(onnx_model):
+    groups, macs = _plan_inputs(onnx_model, "resnet")
+    times = _time_at_speed(macs, set())
+    timed = timed_cost(macs, times)
+    assert timed.total == pytest.approx(sum(times.values()), rel=1e-12)
+    rng = np.random.default_rng(1)
+    importance = {g.id: rng.random(g.units) for g in groups}
+    for ratio in (0.2, 0.5):
+        config = PruneConfig(ratio=ratio, round_to=8)
+        assert select_units(groups, importance, timed, config) == select_units(groups, importance, macs, config)
+
+
+def test_timed_cost_charges_slow_layers_their_measured_time(onnx_model):
+    groups, macs = _plan_inputs(onnx_model, "resnet")
+    slow_group = max(groups, key=lambda g: len(macs.members.get(g.id, [])))
+    slow = {macs.nodes[key].outputs[0].name for key, _, _ in macs.members[slow_group.id]}
+    times = _time_at_speed(macs, slow)
+    timed = timed_cost(macs, times)
+    assert timed.total == pytest.approx(sum(times.values()), rel=1e-12)
+    chosen = {slow_group.id: [0]}
+    assert timed.removed(chosen) == pytest.approx(2 * macs.removed(chosen) / 100.0, rel=1e-12)
+    del times[next(iter(slow))]  # an unmeasured layer costs its MACs at the measured speed
+    assert timed_cost(macs, times).total < timed.total
+    assert timed_cost(macs, {}).total == macs.total  # nothing measured: MACs, the same shares
+
+
+SPECS = {"latency": dict(target="macs", latency=True), "target-latency": dict(target="latency"),
+         "both": dict(target="latency", latency=True)}
+
+
+@pytest.mark.parametrize("spec", sorted(SPECS))
 @pytest.mark.parametrize("name", ["resnet", "depthwise", "bert"])
-def test_latency_pruning_is_exact_against_masking(name, onnx_model, sample_inputs, monkeypatch):
+def test_latency_pruning_is_exact_against_masking(name, spec, onnx_model, sample_inputs, monkeypatch):
     import graphc.passes.prune as prune_module
 
     first: dict[str, float] = {}
@@ -105,7 +136,7 @@ def test_latency_pruning_is_exact_against_masking(name, onnx_model, sample_input
 
     monkeypatch.setattr(prune_module, "weighted_node_times", measured_once)
     model = load_model(onnx_model(name))
-    options = PruneOptions(ratio=0.3, target="macs", latency=True)
+    options = PruneOptions(ratio=0.3, **SPECS[spec])
     plan = plan_pruning(to_graph(model), options)
     reference = plan_pruning(to_graph(model), options)
     assert plan.removed == reference.removed and plan.layers_timed == len(first) > 0
@@ -117,6 +148,9 @@ def test_latency_pruning_is_exact_against_masking(name, onnx_model, sample_input
     for got, want in zip(open_session(pruned).run(None, feeds), open_session(masked).run(None, feeds)):
         assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
     assert plan.cost_removed >= 0.3 * plan.cost_total
+    if options.target == "latency":  # the cost is the prunable layers' measured microseconds
+        assert 0 < plan.cost_total <= sum(first.values()) * (1 + 1e-9)
+        assert "prunable_latency_removed" in plan.stats()
     assert PrunePass(options).run(to_graph(model), ctx=None).stats["layers_timed"] == len(first)
 
 
