@@ -135,3 +135,18 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> pathlib.Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> pathlib.Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, so a reader
+    never sees a half-written file."""
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path

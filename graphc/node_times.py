@@ -19,6 +19,10 @@ Rules:
    chains of element-wise nodes (activation, bias or residual Add, Mul, BatchNormalization)
    that onnxruntime fuses into it. The first weighted node to claim a tensor keeps it.
 3. Weighted nodes that no executed node is credited to are absent from the result.
+4. A measurement can be kept in a JSON file (``save_layer_times``) and read back
+   (``load_layer_times``), so a pruning run can be repeated exactly or use times measured
+   on the deployment machine: ``{"format": "graphc-layer-times/1", "unit": "us",
+   "threads": ..., "layers": {output name: microseconds}}``; anything else is refused.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from collections import defaultdict
 import numpy as np
 import onnx
 
+from graphc.errors import GraphcError
+from graphc.model_io import write_text_atomically
 from graphc.runtime import open_session
 
 WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
@@ -40,6 +46,7 @@ FUSED_FOLLOWERS = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "Tanh"
 FUSION_DEPTH = 3
 PROFILE_SECONDS = 0.5  # small models get more runs: the profiler counts whole microseconds
 PROFILE_RUNS = (15, 300)
+FILE_FORMAT = "graphc-layer-times/1"
 
 
 def _aliases(model: onnx.ModelProto) -> dict[str, str]:
@@ -103,3 +110,26 @@ def weighted_node_times(model: onnx.ModelProto, feeds: dict[str, np.ndarray], th
     for executed, values in durations.items():
         times[aliases[executed]] += float(np.median(values[warmup:] or values))
     return dict(times)
+
+
+def save_layer_times(path: str | pathlib.Path, times: dict[str, float], threads: int | None) -> None:
+    """Write a measurement (rule 4), atomically."""
+    record = {"format": FILE_FORMAT, "unit": "us", "threads": threads, "layers": times}
+    write_text_atomically(path, json.dumps(record, indent=1) + "\n")
+
+
+def load_layer_times(path: str | pathlib.Path) -> dict[str, float]:
+    """Read a measurement written by ``save_layer_times``; a malformed file is a GraphcError."""
+    try:
+        record = json.loads(pathlib.Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GraphcError(f"cannot read layer times {path}: {exc}") from None
+    layers = record.get("layers") if isinstance(record, dict) else None
+    if not isinstance(record, dict) or record.get("format") != FILE_FORMAT or not isinstance(layers, dict):
+        raise GraphcError(f"{path} is not a graphc layer-times file (want {{\"format\": \"{FILE_FORMAT}\", "
+                          f"\"layers\": {{name: microseconds}}}})")
+    bad = next((name for name, value in layers.items()
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0), None)
+    if bad is not None:
+        raise GraphcError(f"{path}: layer {bad!r} has time {layers[bad]!r}; times must be positive microseconds")
+    return {str(name): float(value) for name, value in layers.items()}

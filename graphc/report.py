@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
+from graphc.model_io import write_text_atomically
 from graphc.stats import ModelStats, human, human_bytes
 from graphc.verify import OutputComparison
 
@@ -57,16 +56,7 @@ class Report:
 
     def write_json(self, path: str | os.PathLike) -> None:
         """Write the JSON report atomically."""
-        path = pathlib.Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.as_dict(), f, indent=2)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_text_atomically(path, json.dumps(self.as_dict(), indent=2) + "\n")
 
     def markdown(self) -> str:
         rows = [["stage", "nodes", "params", "MACs", "size", "time", "verify (rel err / cos / top-1)", "details"],

@@ -29,7 +29,9 @@ Rules:
    the model's MACs per microsecond (``graphc.node_times`` profiles the model once in
    onnxruntime at batch 1 with ``--threads``; factors clipped to [0.5, 2]), so at equal
    importance the channels of layers that run slowly per MAC go first and the same MACs
-   cost less time. The choice then depends on the machine that profiled.
+   cost less time. The choice then depends on the machine that profiled; ``profile=FILE``
+   keeps the measurement (written on the first run, read on later ones) so a run can be
+   repeated exactly, or use times measured on the deployment machine.
 4. Removal: every weight slice of a removed unit is deleted (producer outputs, consumer
    inputs, BatchNorm/bias/depthwise parameters, Reshape target-shape constants, a depthwise
    Conv's ``group``); shared constants are copied rather than edited; shapes are re-inferred. Input and output shapes
@@ -40,6 +42,7 @@ Rules:
 
 from __future__ import annotations
 
+import pathlib
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -47,11 +50,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.channel_graph import ChannelGraph, ChannelGroup
+from graphc.data import synthetic_feeds
 from graphc.errors import GraphcError
 from graphc.graph import clear_intermediate_shapes, constant_values, infer_graph_shapes, swap_tensor
+from graphc.node_times import WEIGHTED_OPS, load_layer_times, save_layer_times, weighted_node_times
 from graphc.pass_api import Pass, PassResult, Tolerance
-from graphc.data import synthetic_feeds
-from graphc.node_times import weighted_node_times
 from graphc.prune_select import CostModel, PruneConfig, select_units, speed_factors, timed_cost, unit_importance
 from graphc.stats import tensor_shapes
 
@@ -72,6 +75,8 @@ class PruneOptions:
     hidden: bool = field(default=False, metadata={"help": "also prune the transformer hidden size (inexact)"})
     latency: bool = field(default=False, metadata={"help": "rank by importance x measured speed: channels of layers "
                                                            "slow per MAC go first (profiles the model once)"})
+    profile: str = field(default="", metadata={"help": "layer-times JSON for latency=true / target=latency: read "
+                                                      "if it exists, else measured and written there"})
     recalibrate: bool = field(default=False, metadata={"help": "re-estimate BatchNorm statistics on --data"})
 
 
@@ -89,6 +94,11 @@ class PrunePass(Pass):
         if needs_data and ctx.data is None:
             raise GraphcError(f"prune:by={self.options.by}{':recalibrate=true' if self.options.recalibrate else ''} "
                               f"needs --data (inputs to measure activations on)")
+        uses_times = self.options.latency or self.options.target == "latency"
+        if self.options.profile and not uses_times:
+            raise GraphcError(f"prune:profile={self.options.profile} is only read with latency=true or target=latency")
+        if self.options.profile and pathlib.Path(self.options.profile).exists():
+            load_layer_times(self.options.profile)  # refuse a malformed file before any work
         if self.options.latency and self.options.scope == "uniform":
             raise GraphcError("prune:latency=true reorders units across groups; scope=uniform removes the same share "
                               "of every group, so it would change nothing (use scope=global)")
@@ -181,7 +191,7 @@ def plan_pruning(graph: gs.Graph, options: PruneOptions, ctx=None) -> PrunePlan:
     importance = unit_importance(prunable, graph, options.by, data) if prunable else {}
     times: dict[str, float] = {}
     if (options.latency or options.target == "latency") and prunable and options.ratio > 0:
-        times = _layer_times(graph, shapes, data, ctx)
+        times = _layer_times(graph, shapes, data, ctx, options.profile)
     if options.target == "latency":
         cost = timed_cost(CostModel(prunable, channel_graph.shapes, "macs"), times)
     else:
@@ -194,12 +204,24 @@ def plan_pruning(graph: gs.Graph, options: PruneOptions, ctx=None) -> PrunePlan:
     return PrunePlan(graph, groups, removed, cost.total, cost.removed(removed), options.target, measured)
 
 
-def _layer_times(graph: gs.Graph, shapes, data, ctx) -> dict[str, float]:
-    """Measured microseconds of each weighted layer of ``graph`` at batch 1 (one row of
-    ``--data``, else synthetic inputs shaped by ``--shape``)."""
+def _layer_times(graph: gs.Graph, shapes, data, ctx, profile: str = "") -> dict[str, float]:
+    """Microseconds of each weighted layer of ``graph`` at batch 1 (one row of ``--data``, else
+    synthetic inputs shaped by ``--shape``): read from ``profile`` when that file exists,
+    else measured (and written to ``profile`` when one is named)."""
     model = gs.export_onnx(graph, do_type_check=False)
+    if profile and pathlib.Path(profile).exists():
+        times = load_layer_times(profile)
+        layers = {n.outputs[0].name for n in graph.nodes if n.op in WEIGHTED_OPS and n.outputs}
+        if not layers & set(times):
+            raise GraphcError(f"prune:profile={profile} names none of this model's weighted layers "
+                              f"(measured on another model?)")
+        return times
+    threads = getattr(ctx, "threads", None)
     feeds = next(data.batches(1))[0] if data is not None else synthetic_feeds(model, shapes, 1)
-    return weighted_node_times(model, feeds, threads=getattr(ctx, "threads", None))
+    times = weighted_node_times(model, feeds, threads=threads)
+    if profile:
+        save_layer_times(profile, times, threads)
+    return times
 
 
 def apply_pruning(plan: PrunePlan) -> None:

@@ -1,6 +1,8 @@
 """``prune:latency=true``: measured layer times (``graphc.node_times``) and the speed factors
 that reorder the units (``graphc.prune_select.speed_factors``)."""
 
+import json
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -157,3 +159,64 @@ def test_latency_pruning_is_exact_against_masking(name, spec, onnx_model, sample
 def test_latency_with_uniform_scope_is_refused():
     with pytest.raises(GraphcError, match="latency=true.*scope=uniform"):
         PrunePass(PruneOptions(latency=True, scope="uniform")).check(ctx=None)
+
+
+def test_profile_file_is_written_once_and_reread_exactly(onnx_model, tmp_path, monkeypatch):
+    import graphc.passes.prune as prune_module
+
+    model = load_model(onnx_model("resnet"))
+    profile = tmp_path / "times.json"
+    options = PruneOptions(ratio=0.4, target="latency", latency=True, profile=str(profile))
+    PrunePass(options).check(ctx=None)  # no file yet: fine, it is written by the run
+    first = plan_pruning(to_graph(model), options)
+    record = json.loads(profile.read_text())
+    assert record["format"] == "graphc-layer-times/1" and len(record["layers"]) == first.layers_timed > 0
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("the profile file must be read, not measured again")
+
+    monkeypatch.setattr(prune_module, "weighted_node_times", no_measuring)
+    again = plan_pruning(to_graph(model), options)
+    assert again.removed == first.removed and again.cost_total == first.cost_total
+    times = dict(record["layers"])
+    slowest = max(times, key=times.get)  # an edited measurement changes the choice
+    times[slowest] *= 50
+    profile.write_text(json.dumps({**record, "layers": times}))
+    assert plan_pruning(to_graph(model), options).removed != first.removed
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not json", "cannot read layer times"),
+    ('{"layers": {"a": 1}}', "not a graphc layer-times file"),
+    ('{"format": "graphc-layer-times/1", "layers": {"a": -3}}', "times must be positive"),
+    ('{"format": "graphc-layer-times/1", "layers": {"a": true}}', "times must be positive"),
+])
+def test_malformed_profile_files_are_refused_before_any_work(content, message, tmp_path):
+    profile = tmp_path / "times.json"
+    profile.write_text(content)
+    with pytest.raises(GraphcError, match=message):
+        PrunePass(PruneOptions(latency=True, profile=str(profile))).check(ctx=None)
+
+
+def test_profile_of_another_model_and_profile_without_latency_are_refused(onnx_model, tmp_path):
+    profile = tmp_path / "times.json"
+    profile.write_text(json.dumps({"format": "graphc-layer-times/1", "layers": {"/other/model/Conv_output_0": 5.0}}))
+    with pytest.raises(GraphcError, match="names none of this model's weighted layers"):
+        plan_pruning(to_graph(load_model(onnx_model("resnet"))), PruneOptions(latency=True, profile=str(profile)))
+    with pytest.raises(GraphcError, match="only read with latency=true or target=latency"):
+        PrunePass(PruneOptions(profile=str(profile))).check(ctx=None)
+
+
+def test_cli_bad_profile_is_a_one_line_error_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    from test_cli import CNN, assert_one_line_error
+
+    profile = tmp_path / "times.json"
+    profile.write_text("{broken")
+    out = tmp_path / "out.onnx"
+    run = subprocess.run([sys.executable, "-m", "graphc", "optimize", str(CNN), "--passes",
+                          f"prune:latency=true:profile={profile}", "-o", str(out)], capture_output=True, text=True)
+    assert_one_line_error(run, "cannot read layer times")
+    assert not out.exists()
