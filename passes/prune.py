@@ -127,7 +127,8 @@ class PrunePlan:
     cost_total: float
     cost_removed: float
     target: str
-    layers_timed: int = 0  # weighted layers profiled for latency=true
+    layers_timed: int = 0  # weighted layers profiled for latency=true / target=latency
+    time_share_removed: float | None = None  # predicted share of the prunable layers' time (other targets)
 
     def prunable(self) -> list[ChannelGroup]:
         return [g for g in self.groups if not g.blocked and g.units >= 2]
@@ -144,6 +145,8 @@ class PrunePlan:
             "units_removed": sum(len(v) for v in self.removed.values()),
             f"prunable_{self.target}_removed": f"{self.cost_removed / self.cost_total:.1%}" if self.cost_total else "0%",
             **({"layers_timed": self.layers_timed} if self.layers_timed else {}),
+            **({"prunable_latency_removed_predicted": f"{self.time_share_removed:.1%}"}
+               if self.time_share_removed is not None else {}),
         }
 
     def group_table(self) -> list[dict]:
@@ -199,9 +202,11 @@ def plan_pruning(graph: gs.Graph, options: PruneOptions, ctx=None) -> PrunePlan:
     if options.latency and times:
         factors = speed_factors(CostModel(prunable, channel_graph.shapes, "macs"), times)
         importance = {gid: scores * factors[gid] for gid, scores in importance.items()}
-    measured = len(times)
     removed = select_units(prunable, importance, cost, config) if options.ratio > 0 else {}
-    return PrunePlan(graph, groups, removed, cost.total, cost.removed(removed), options.target, measured)
+    time_share = None
+    if times and options.target != "latency":  # what the measurement predicts this choice saves
+        time_share = timed_cost(CostModel(prunable, channel_graph.shapes, "macs"), times).share(removed)
+    return PrunePlan(graph, groups, removed, cost.total, cost.removed(removed), options.target, len(times), time_share)
 
 
 def _layer_times(graph: gs.Graph, shapes, data, ctx, profile: str = "") -> dict[str, float]:

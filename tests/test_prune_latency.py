@@ -153,6 +153,11 @@ def test_latency_pruning_is_exact_against_masking(name, spec, onnx_model, sample
     if options.target == "latency":  # the cost is the prunable layers' measured microseconds
         assert 0 < plan.cost_total <= sum(first.values()) * (1 + 1e-9)
         assert "prunable_latency_removed" in plan.stats()
+    else:  # MACs target: the measurement's prediction of the time this choice saves
+        _, macs = _plan_inputs(onnx_model, name)
+        expected = timed_cost(macs, first).share({gid: units for gid, units in reference.removed.items()})
+        assert plan.time_share_removed == pytest.approx(expected, rel=1e-9) and 0 < expected < 1
+        assert plan.stats()["prunable_latency_removed_predicted"] == f"{expected:.1%}"
     assert PrunePass(options).run(to_graph(model), ctx=None).stats["layers_timed"] == len(first)
 
 
