@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})  # layers whose input 1 is a weight
+
 
 def to_graph(model: onnx.ModelProto) -> gs.Graph:
     return gs.import_onnx(model)

@@ -37,10 +37,10 @@ import numpy as np
 import onnx
 
 from graphc.errors import GraphcError
+from graphc.graph import WEIGHTED_OPS
 from graphc.model_io import write_text_atomically
 from graphc.runtime import open_session
 
-WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 FUSED_FOLLOWERS = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "Tanh", "Add", "Mul",
                    "BatchNormalization", "Gelu", "FastGelu", "Erf", "Div"}
 FUSION_DEPTH = 3

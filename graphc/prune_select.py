@@ -13,9 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphc.channel_graph import ChannelGroup, Member
-from graphc.graph import constant_values
-
-WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+from graphc.graph import WEIGHTED_OPS, constant_values
 
 
 @dataclass(frozen=True)
@@ -71,7 +69,7 @@ class CostModel:
                 key = (id(member.node), member.input_index)
                 if target == "params":
                     cost = float(np.prod(shape))
-                elif member.node.op in WEIGHTED and member.input_index == 1:
+                elif member.node.op in WEIGHTED_OPS and member.input_index == 1:
                     cost = _node_macs(member.node, shapes)
                 else:
                     continue

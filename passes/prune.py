@@ -52,8 +52,9 @@ import onnx_graphsurgeon as gs
 from graphc.channel_graph import ChannelGraph, ChannelGroup
 from graphc.data import synthetic_feeds
 from graphc.errors import GraphcError
-from graphc.graph import clear_intermediate_shapes, constant_values, infer_graph_shapes, swap_tensor
-from graphc.node_times import WEIGHTED_OPS, load_layer_times, save_layer_times, weighted_node_times
+from graphc.graph import (WEIGHTED_OPS, clear_intermediate_shapes, constant_values, infer_graph_shapes,
+                          swap_tensor)
+from graphc.node_times import load_layer_times, save_layer_times, weighted_node_times
 from graphc.pass_api import Pass, PassResult, Tolerance
 from graphc.prune_select import CostModel, PruneConfig, select_units, speed_factors, timed_cost, unit_importance
 from graphc.stats import tensor_shapes
@@ -195,17 +196,20 @@ def plan_pruning(graph: gs.Graph, options: PruneOptions, ctx=None) -> PrunePlan:
     times: dict[str, float] = {}
     if (options.latency or options.target == "latency") and prunable and options.ratio > 0:
         times = _layer_times(graph, shapes, data, ctx, options.profile)
-    if options.target == "latency":
-        cost = timed_cost(CostModel(prunable, channel_graph.shapes, "macs"), times)
+    # one MACs model serves the MACs target, the measured-time costs and the speed factors
+    macs = CostModel(prunable, channel_graph.shapes, "macs") if times or options.target != "params" else None
+    timed = timed_cost(macs, times) if times or options.target == "latency" else None
+    if options.target == "params":
+        cost = CostModel(prunable, channel_graph.shapes, "params")
     else:
-        cost = CostModel(prunable, channel_graph.shapes, options.target)
+        cost = timed if options.target == "latency" else macs
     if options.latency and times:
-        factors = speed_factors(CostModel(prunable, channel_graph.shapes, "macs"), times)
+        factors = speed_factors(macs, times)
         importance = {gid: scores * factors[gid] for gid, scores in importance.items()}
     removed = select_units(prunable, importance, cost, config) if options.ratio > 0 else {}
     time_share = None
     if times and options.target != "latency":  # what the measurement predicts this choice saves
-        time_share = timed_cost(CostModel(prunable, channel_graph.shapes, "macs"), times).share(removed)
+        time_share = timed.share(removed)
     return PrunePlan(graph, groups, removed, cost.total, cost.removed(removed), options.target, len(times), time_share)
 
 
