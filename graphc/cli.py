@@ -90,10 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "the resolved input shapes).")
     ins.add_argument("model", type=pathlib.Path, metavar="MODEL")
     ins.add_argument("--json", action="store_true", help="print JSON instead of text")
-    ins.add_argument("--prune-groups", action="store_true",
-                     help="list the channel groups prune sees: kind, units, origin, and what blocks a group")
-    ins.add_argument("--quant", action="store_true",
-                     help="list compute nodes as quantized (static/dynamic/integer, weight bits) or FP32")
+    for section in _inspect_sections():
+        ins.add_argument(f"--{section.flag}", action="store_true", help=section.help)
     _add_shape(ins)
 
     ben = sub.add_parser("bench", help="latency p50/p90 and size of models side by side",
@@ -158,32 +156,21 @@ def cmd_inspect(args) -> int:
     model = load_model(args.model)
     shapes = check_shape_overrides(model_signature(model), parse_shapes(args.shape))
     info = describe(model, args.model, shapes)
-    if args.prune_groups:
-        from graphc.describe import prune_groups
-
-        info["prune_groups"] = prune_groups(model, shapes)
-    if args.quant:
-        from graphc.passes.int8 import quantization_summary
-
-        info["quant"] = quantization_summary(model)
-    print(json.dumps(info, indent=2) if args.json else render(info))
-    if args.quant and not args.json:
-        print(_quant_text(info["quant"]))
+    sections = [s for s in _inspect_sections() if getattr(args, s.flag.replace("-", "_"))]
+    for section in sections:
+        info[section.key] = section.collect(model, shapes)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print("\n".join([render(info), *(section.render(info[section.key]) for section in sections)]))
     return 0
 
 
-def _quant_text(rows: list[dict]) -> str:
-    from collections import Counter
+def _inspect_sections():
+    """The ``graphc inspect`` sections the passes declare, in pass order."""
+    from graphc.passes import PASSES
 
-    from graphc.report import markdown_table
-
-    counts = Counter(r["state"] for r in rows)
-    head = "quantization: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) if rows else \
-        "quantization: no compute nodes"
-    table = [["node", "op", "state", "weight bits", "activation"]]
-    table += [[r["node"], r["op"], r["state"] + (f" ({r['reason']})" if r.get("reason") else ""),
-               str(r["weight_bits"] or ""), r["activation"] or ""] for r in rows]
-    return head + ("\n" + markdown_table(table) if rows else "")
+    return [cls.inspect for cls in PASSES.values() if cls.inspect is not None]
 
 
 def cmd_bench(args) -> int:

@@ -54,29 +54,5 @@ def render(info: dict) -> str:
         rows.append([op, str(count), "" if macs is None else human(macs),
                      "" if macs is None else f"{macs / total:.1%}"])
     lines += [f"nodes: {info['nodes']}", markdown_table(rows)]
-    if "prune_groups" in info:
-        groups = info["prune_groups"]
-        prunable = sum(1 for g in groups if g["status"] == "prunable")
-        lines.append(f"prune groups: {len(groups)} ({prunable} prunable)")
-        table = [["group", "kind", "units x channels", "params", "origin", "status"]]
-        table += [[str(g["group"]), g["kind"], f"{g['units']} x {g['unit_channels']}", human(g["params"]),
-                   g["origin"], g["status"]] for g in groups]
-        lines.append(markdown_table(table))
     return "\n".join(lines)
 
-
-def prune_groups(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> list[dict]:
-    """The channel groups of ``model`` as prune sees them, with what blocks each."""
-    from graphc.graph import to_graph
-    from graphc.passes.prune import PruneOptions, analyse
-    from graphc.prune_select import CostModel
-
-    channel_graph = analyse(to_graph(model), PruneOptions(), dict(shapes))
-    rows = []
-    for group in sorted(channel_graph.groups.values(), key=lambda g: g.id):
-        status = f"blocked: {group.blocked}" if group.blocked else (
-            "prunable" if group.units >= 2 else "single unit")
-        rows.append({"group": group.id, "kind": group.kind, "units": group.units,
-                     "unit_channels": group.channels_per_unit, "origin": group.origin,
-                     "params": int(CostModel([group], channel_graph.shapes, "params").total), "status": status})
-    return rows

@@ -29,6 +29,7 @@ from graphc.errors import GraphcError
 from graphc.graph import drop_intermediate_shapes, model_header, to_graph, to_model
 from graphc.metrics import check_metric, evaluate
 from graphc.model_io import file_size, load_model, save_model
+from graphc.pass_api import check_order, result_graph
 from graphc.passes import build_passes
 from graphc.report import PassReport, Report
 from graphc.runtime import open_session, run_session
@@ -64,7 +65,7 @@ def _load_data(path: pathlib.Path | None, signature) -> Dataset | None:
 
 def build_context(request: OptimizeRequest, model: onnx.ModelProto, report: Report) -> Context:
     signature = model_signature(model)
-    ctx = Context(original=model, model_path=request.model, report=report,
+    ctx = Context(original=model, report=report,
                   data=_load_data(request.data, signature),
                   train_data=_load_data(request.train_data, signature),
                   eval_data=_load_data(request.eval_data, signature),
@@ -79,6 +80,7 @@ def build_context(request: OptimizeRequest, model: onnx.ModelProto, report: Repo
 def optimize(request: OptimizeRequest) -> Report:
     specs = parse_spec(request.passes)
     passes = build_passes(specs)
+    check_order(passes)
     if _same_file(request.model, request.output):
         raise GraphcError(f"-o {request.output}: the output must not overwrite the input model")
     original = load_model(request.model)
@@ -87,7 +89,6 @@ def optimize(request: OptimizeRequest) -> Report:
     before = model_stats(original, request.shapes, size_bytes=file_size(request.model))
     report = Report(model=str(request.model), before=before, output=str(request.output))
     ctx = build_context(request, original, report)
-    ctx.pass_names = [s.name for s in specs]
     for p in passes:
         p.check(ctx)
 
@@ -106,7 +107,7 @@ def optimize(request: OptimizeRequest) -> Report:
         graph = to_graph(current)
         current = None  # the graph holds what it needs: no second copy of the weights during the pass
         result = p.run(graph, ctx)
-        candidate = to_model(result.graph if result.graph is not None else graph, template)
+        candidate = to_model(result_graph(p, graph, result), template)
         seconds = time.perf_counter() - start
         check_model(candidate, after=f"pass {spec_text}")
         verify = None

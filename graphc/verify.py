@@ -14,7 +14,15 @@ import numpy as np
 
 from graphc.errors import VerificationError
 from graphc.metrics import cosine_per_sample
-from graphc.pass_api import Tolerance
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far a pass may move the model's outputs from its input model (None: not checked)."""
+
+    max_rel_error: float | None = None  # max |new - ref| / max |ref|, per output
+    min_cosine: float | None = None  # mean per-sample cosine similarity, per output
+    min_top1_agreement: float | None = None  # share of samples with the same argmax
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,8 @@ from graphc.distill_worker import trainable_names
 from graphc.errors import GraphcError
 from graphc.graph import to_model
 from graphc.model_io import load_model
-from graphc.pass_api import Pass, PassResult, Tolerance
+from graphc.pass_api import Pass, PassResult
+from graphc.verify import Tolerance
 from graphc.runtime import open_session, run_session
 
 
@@ -137,15 +138,15 @@ class DistillPass(Pass):
     summary = "knowledge-distillation fine-tuning against the original model (onnxruntime-training)"
     Options = DistillOptions
     main_option = "epochs"
+    in_place = True
+    must_run_before = {"int8": "distill cannot train through the Q/DQ nodes int8 inserts (they have no gradient); "
+                               "put int8 after distill, e.g. --passes prune,distill,int8"}
 
     def tolerance(self) -> Tolerance:
         return Tolerance()  # training changes outputs by design; --eval-data/--metric measure it
 
     def check(self, ctx) -> None:
         o = self.options
-        if ctx.runs_before("int8", "distill"):
-            raise GraphcError("distill cannot train through the Q/DQ nodes int8 inserts (they have no gradient); "
-                              "put int8 after distill, e.g. --passes prune,distill,int8")
         training_env.require()
         if ctx.train_data is None:
             raise GraphcError("distill needs --train-data (inputs of the model; labels optional, the teacher "

@@ -35,7 +35,8 @@ from onnx_graphsurgeon.logger import G_LOGGER
 
 from graphc.graph import (constant_values, infer_graph_shapes, is_graph_input, is_graph_output, producer,
                           replace_uses, set_tensors, swap_tensor, unique_name)
-from graphc.pass_api import Pass, PassResult, Tolerance
+from graphc.pass_api import Pass, PassResult
+from graphc.verify import Tolerance
 
 G_LOGGER.severity = G_LOGGER.ERROR  # fold_constants warns for every node it cannot fold
 
@@ -57,6 +58,7 @@ class FoldPass(Pass):
     name = "fold"
     summary = "constant folding, Identity/Dropout removal, BatchNorm folding, dead-code removal (exact)"
     Options = FoldOptions
+    in_place = False
 
     def tolerance(self) -> Tolerance:
         return Tolerance(max_rel_error=1e-4, min_cosine=0.99999)

@@ -112,7 +112,8 @@ from graphc.data import synthetic_dataset
 from graphc.errors import GraphcError
 from graphc.graph import (constant_values, is_graph_output, producer, swap_tensor, to_model,
                           write_graph_with_external_weights)
-from graphc.pass_api import Pass, PassResult, Tolerance
+from graphc.pass_api import InspectSection, Pass, PassResult
+from graphc.verify import Tolerance
 
 CONV_OPS = ("Conv", "ConvTranspose")
 COMPUTE_OPS = (*CONV_OPS, "Gemm", "MatMul")
@@ -182,6 +183,7 @@ class Int8Pass(Pass):
     summary = "INT8 QDQ quantization: per-channel s8 weights, calibrated (or dynamic) activations"
     Options = Int8Options
     main_option = "calib"
+    in_place = False
 
     def tolerance(self) -> Tolerance:
         # int8 noise: outputs stay aligned in direction (cosine), not within a relative bound
@@ -923,3 +925,22 @@ def quantization_summary(model) -> list[dict]:
                 row["reason"] = "weight is an activation"
         rows.append(row)
     return rows
+
+
+def quantization_text(rows: list[dict]) -> str:
+    from collections import Counter
+
+    from graphc.report import markdown_table
+
+    counts = Counter(r["state"] for r in rows)
+    head = "quantization: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) if rows else \
+        "quantization: no compute nodes"
+    table = [["node", "op", "state", "weight bits", "activation"]]
+    table += [[r["node"], r["op"], r["state"] + (f" ({r['reason']})" if r.get("reason") else ""),
+               str(r["weight_bits"] or ""), r["activation"] or ""] for r in rows]
+    return head + ("\n" + markdown_table(table) if rows else "")
+
+
+Int8Pass.inspect = InspectSection(
+    flag="quant", key="quant", collect=lambda model, shapes: quantization_summary(model), render=quantization_text,
+    help="list compute nodes as quantized (static/dynamic/integer, weight bits) or FP32")

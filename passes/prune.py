@@ -55,7 +55,8 @@ from graphc.errors import GraphcError
 from graphc.graph import (WEIGHTED_OPS, clear_intermediate_shapes, constant_values, infer_graph_shapes,
                           swap_tensor)
 from graphc.node_times import load_layer_times, save_layer_times, weighted_node_times
-from graphc.pass_api import Pass, PassResult, Tolerance
+from graphc.pass_api import InspectSection, Pass, PassResult
+from graphc.verify import Tolerance
 from graphc.prune_select import CostModel, PruneConfig, select_units, speed_factors, timed_cost, unit_importance
 from graphc.stats import tensor_shapes
 
@@ -86,6 +87,7 @@ class PrunePass(Pass):
     summary = "structured pruning of channels, attention heads and FFN neurons (physically removed)"
     Options = PruneOptions
     main_option = "ratio"
+    in_place = False
 
     def tolerance(self) -> Tolerance:
         return Tolerance()  # pruning changes outputs by design; distill wins accuracy back
@@ -110,7 +112,7 @@ class PrunePass(Pass):
         if not plan.removed:  # the given graph is returned untouched
             if ctx is not None and ctx.report is not None:
                 ctx.report.note(plan.nothing_message())
-            return PassResult(changed=False, stats=stats, details={"groups": plan.group_table()})
+            return PassResult(changed=False, stats=stats, graph=graph, details={"groups": plan.group_table()})
         apply_pruning(plan)
         pruned = infer_graph_shapes(plan.graph)
         if self.options.recalibrate:
@@ -328,3 +330,34 @@ def mask_pruned_channels(plan: PrunePlan) -> None:
             slicer[member.axis] = positions
             values[tuple(slicer)] = 0
             swap_tensor(member.node.inputs, tensor, gs.Constant(f"{tensor.name}_masked{group.id}", values))
+
+
+def prune_groups(model, shapes) -> list[dict]:
+    """The channel groups of ``model`` as prune sees them, with what blocks each."""
+    from graphc.graph import to_graph
+
+    channel_graph = analyse(to_graph(model), PruneOptions(), dict(shapes))
+    rows = []
+    for group in sorted(channel_graph.groups.values(), key=lambda g: g.id):
+        status = f"blocked: {group.blocked}" if group.blocked else (
+            "prunable" if group.units >= 2 else "single unit")
+        rows.append({"group": group.id, "kind": group.kind, "units": group.units,
+                     "unit_channels": group.channels_per_unit, "origin": group.origin,
+                     "params": int(CostModel([group], channel_graph.shapes, "params").total), "status": status})
+    return rows
+
+
+def prune_groups_text(groups: list[dict]) -> str:
+    from graphc.report import markdown_table
+    from graphc.stats import human
+
+    prunable = sum(1 for g in groups if g["status"] == "prunable")
+    table = [["group", "kind", "units x channels", "params", "origin", "status"]]
+    table += [[str(g["group"]), g["kind"], f"{g['units']} x {g['unit_channels']}", human(g["params"]),
+               g["origin"], g["status"]] for g in groups]
+    return f"prune groups: {len(groups)} ({prunable} prunable)\n" + markdown_table(table)
+
+
+PrunePass.inspect = InspectSection(
+    flag="prune-groups", key="prune_groups", collect=prune_groups, render=prune_groups_text,
+    help="list the channel groups prune sees: kind, units, origin, and what blocks a group")

@@ -1,19 +1,20 @@
-"""Shared fixtures: ONNX exports of the topologies in ``topologies.py``, and their inputs."""
+"""Shared fixtures: ONNX exports of the topologies in ``tests/topologies.py``, their inputs,
+and a pass context.
+
+The tests are a package (``tests/__init__.py``, one sub-package per pass plus ``driver``), so
+pytest puts the repository root on ``sys.path`` and every test imports
+``tests.topologies`` / ``tests.builders`` and ``graphc.models`` by name.
+"""
 
 from __future__ import annotations
 
 import pathlib
-import sys
 import time
 
 import pytest
-import torch
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-import topologies  # noqa: E402
-
-torch.set_num_threads(1)  # the exports are small; leave the cores to other jobs
+from graphc.context import Context
+from tests import topologies
 
 _EXPORT_SECONDS: dict[str, float] = {}
 
@@ -31,6 +32,9 @@ def onnx_model(tmp_path_factory):
     Each (name, flavour) is exported at most once per session; dynamo exports have their
     weights in ``<path>.data`` beside the model.
     """
+    import torch
+
+    torch.set_num_threads(1)  # the exports are small; leave the cores to other jobs
     root = tmp_path_factory.mktemp("topologies")
     cache: dict[tuple[str, bool, bool], pathlib.Path] = {}
 
@@ -51,3 +55,10 @@ def onnx_model(tmp_path_factory):
 def sample_inputs():
     """Factory ``sample_inputs(name, batch=2, seed=0, seq=16) -> {input name: ndarray}``."""
     return topologies.sample_inputs
+
+
+@pytest.fixture
+def make_context():
+    """Factory ``make_context(model, **fields) -> Context``: the context a pass receives in
+    the pipeline (with an empty report), for tests that run a pass by hand."""
+    return Context.for_model

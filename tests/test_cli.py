@@ -172,6 +172,7 @@ def test_usage_errors_are_one_line_too(tmp_path):
 class ExplodingPass(Pass):
     name = "explode"
     summary = "raises halfway (test only)"
+    in_place = True
 
     def run(self, graph, ctx) -> PassResult:
         raise GraphcError("exploded on purpose")

@@ -11,7 +11,7 @@ import pytest
 
 from graphc.pipeline import OptimizeRequest, optimize
 from graphc.runtime import open_session
-from topologies import BUILDERS
+from tests.topologies import BUILDERS
 
 FOLDABLE_PRODUCERS = {"Conv", "ConvTranspose", "Gemm"}
 

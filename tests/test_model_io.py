@@ -11,7 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 from graphc import cli
 from graphc.errors import GraphcError
 from graphc.model_io import file_size, load_model, save_model
-from graphc.pass_api import Pass, PassResult, Tolerance
+from graphc.pass_api import Pass, PassResult
+from graphc.verify import Tolerance
 from graphc.passes import PASSES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -95,6 +96,7 @@ class PerturbPass(Pass):
 
     name = "perturb"
     summary = "test only"
+    in_place = True
 
     def tolerance(self):
         return Tolerance(max_rel_error=1e-4)

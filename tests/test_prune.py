@@ -11,7 +11,7 @@ from graphc.model_io import load_model
 from graphc.passes.prune import PruneOptions, PrunePass, apply_pruning, mask_pruned_channels, plan_pruning
 from graphc.runtime import open_session
 from graphc.stats import count_params
-from topologies import BUILDERS
+from tests.topologies import BUILDERS
 
 EXPECTED_KINDS = {  # what each topology must offer to prune
     "resnet": {"channels"}, "depthwise": {"channels"}, "concat": {"channels"}, "se": {"channels"},

@@ -16,7 +16,7 @@ from graphc.node_times import weighted_node_times
 from graphc.passes.prune import PruneOptions, PrunePass, analyse, apply_pruning, mask_pruned_channels, plan_pruning
 from graphc.prune_select import CostModel, PruneConfig, select_units, speed_factors, timed_cost
 from graphc.runtime import open_session
-from topologies import BUILDERS
+from tests.topologies import BUILDERS
 
 FLAVOURS = [(name, False) for name in sorted(BUILDERS)] + [("bert", True), ("resnet", True), ("vit", True)]
 

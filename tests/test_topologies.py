@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-import topologies
+from tests import topologies
 
 FLAVOURS = [pytest.param(False, id="torchscript"), pytest.param(True, id="dynamo")]
 
