@@ -4,7 +4,7 @@ Three conditions: ``onnx.checker`` accepts it, ONNX shape inference runs in stri
 without error, and onnxruntime opens a session on it.
 
 All three read one temporary file written with external weights
-(``graphc.runtime.write_with_external_weights``, tensor by tensor), not the proto: the
+(``graphc.model_io.write_with_external_weights``, tensor by tensor), not the proto: the
 in-memory checker and shape inference each serialize the whole model and parse it again
 (BERT-base: about 1.3 GB on top of the model, the peak of ``fold,int8``), and are limited to
 2 GB. From the file they hold only the graph structure.
@@ -18,7 +18,8 @@ import tempfile
 import onnx
 
 from graphc.errors import GraphcError, first_line
-from graphc.runtime import open_session, write_with_external_weights
+from graphc.model_io import write_with_external_weights
+from graphc.runtime import open_session
 
 
 class BrokenModelError(GraphcError):

@@ -1,19 +1,30 @@
-"""The in-memory graph passes edit, and the helpers they share.
+"""The in-memory graph passes edit, its weight-free view, and the helpers passes share.
 
 Passes edit an onnx-graphsurgeon ``gs.Graph`` (plain Python objects, ``cleanup()`` and
 ``toposort()`` after edits); the pipeline converts ModelProto <-> Graph around each pass and
 keeps the model-level fields graphsurgeon does not carry (metadata, docs, model version).
+
+The weight-free view (``skeleton``) is a model with every large constant reduced to its
+name, type and dims (integer tensors, which may be shapes, and tensors of at most
+``SMALL_TENSOR_BYTES`` keep their values for data propagation): what ONNX shape inference
+and the checker need, a few KB instead of the weights. ``infer_shapes`` annotates a graph
+from it in place. onnx-graphsurgeon keeps a constant's bytes in the private
+``Constant._values`` (an ndarray or a not-yet-loaded ``LazyValues``); ``stored_values`` and
+``swap_stored_values`` are the one place that reaches in (tests/driver/test_graph.py fails
+if a graphsurgeon release changes it).
 """
 
 from __future__ import annotations
 
-import pathlib
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})  # layers whose input 1 is a weight
+SHAPE_DATA_TYPES = frozenset({onnx.TensorProto.INT64, onnx.TensorProto.INT32})  # may be shapes: values kept
+SMALL_TENSOR_BYTES = 4096
 
 
 def to_graph(model: onnx.ModelProto) -> gs.Graph:
@@ -32,47 +43,10 @@ def to_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def write_graph_with_external_weights(graph: gs.Graph, template: onnx.ModelProto,
-                                     directory: pathlib.Path) -> pathlib.Path:
-    """``graph`` written to ``directory/model.onnx`` (``template``'s model-level fields) with
-    every constant over ``INLINE_TENSOR_BYTES`` in ``weights.bin`` beside it, page-aligned,
-    one tensor at a time. No proto holding the weights is built (``to_model`` of BERT-base
-    transiently needs 2 x 440 MB: tensor bytes plus proto); the graph is left as it was."""
-    from graphc.runtime import INLINE_TENSOR_BYTES, point_to_weights
-
-    swapped: list[tuple[gs.Constant, object]] = []
-    offset = 0
-    try:
-        with open(directory / "weights.bin", "wb") as data:
-            for tensor in graph.tensors().values():
-                if not isinstance(tensor, gs.Constant) or tensor.dtype is None or np.dtype(tensor.dtype).kind in "OSU":
-                    continue
-                dims, dtype = tuple(tensor.shape), np.dtype(tensor.dtype)
-                nbytes = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-                if nbytes <= INLINE_TENSOR_BYTES:
-                    continue
-                values = tensor._values  # LazyValues are loaded for this write only, not cached in the graph
-                values = values.load() if isinstance(values, gs.ir.tensor.LazyValues) else values
-                np.ascontiguousarray(values, dtype=dtype.newbyteorder("<")).tofile(data)
-                del values
-                external = onnx.TensorProto(name=tensor.name, dims=dims,
-                                            data_type=onnx.helper.np_dtype_to_tensor_dtype(dtype))
-                offset = point_to_weights(external, data, offset, nbytes)
-                swapped.append((tensor, tensor._values))
-                tensor._values = gs.ir.tensor.LazyValues(external)  # exported as this proto, not as bytes
-        model = to_model(graph, template)
-    finally:
-        for tensor, values in swapped:
-            tensor._values = values
-    path = directory / "model.onnx"
-    path.write_bytes(model.SerializeToString())
-    return path
-
-
 def model_header(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model``'s model-level fields without its graph: a ``to_model`` template that does
     not keep the weights alive."""
-    from graphc.runtime import copy_fields
+    from graphc.model_io import copy_fields
 
     header = onnx.ModelProto()
     copy_fields(model, header, skip="graph")
@@ -148,15 +122,6 @@ def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
     graph.outputs = [new if t is old else t for t in graph.outputs]
 
 
-def onnx_dtype(tensor: gs.Tensor) -> int | None:
-    """The ONNX element type of a tensor, when known."""
-    if tensor.dtype is None:
-        return None
-    if isinstance(tensor.dtype, int):
-        return tensor.dtype
-    return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(tensor.dtype))
-
-
 def clear_intermediate_shapes(graph: gs.Graph) -> None:
     """Forget the shapes of all tensors but the graph inputs and outputs (after a pass
     changed sizes, stale shapes would contradict the new weights)."""
@@ -166,16 +131,107 @@ def clear_intermediate_shapes(graph: gs.Graph) -> None:
             tensor.shape = None
 
 
-def infer_graph_shapes(graph: gs.Graph) -> gs.Graph:
-    """A copy of ``graph`` with every intermediate shape re-inferred by ONNX shape inference.
+def stored_values(tensor: gs.Constant):
+    """What graphsurgeon stores for a constant: an ndarray, or ``LazyValues`` not yet read."""
+    return tensor._values
 
-    Stale shapes (after a pass changed channel counts) are dropped first; graph inputs and
-    outputs keep theirs. If inference fails the graph is returned without intermediate shapes.
+
+def swap_stored_values(tensor: gs.Constant, values) -> object:
+    """Store ``values`` (an ndarray or ``LazyValues``) in ``tensor`` without loading either;
+    returns what was stored."""
+    old, tensor._values = tensor._values, values
+    return old
+
+
+def load_stored(values) -> np.ndarray:
+    """The array behind ``stored_values``: ``LazyValues`` are read for the caller only, not
+    cached in the graph."""
+    return values.load() if isinstance(values, gs.ir.tensor.LazyValues) else values
+
+
+@contextlib.contextmanager
+def constants_as_protos(protos: Sequence[tuple[gs.Constant, onnx.TensorProto]]) -> Iterator[None]:
+    """Within the block, each constant is exported as its paired proto (no bytes are read
+    or copied); the graph is as it was afterwards."""
+    swapped = [(tensor, swap_stored_values(tensor, gs.ir.tensor.LazyValues(proto))) for tensor, proto in protos]
+    try:
+        yield
+    finally:
+        for tensor, values in swapped:
+            swap_stored_values(tensor, values)
+
+
+def keeps_values(data_type: int, nbytes: int) -> bool:
+    """Whether the weight-free view keeps a constant's values (shape data, small tensors)."""
+    return data_type in SHAPE_DATA_TYPES or nbytes <= SMALL_TENSOR_BYTES
+
+
+def _valueless(tensor: gs.Constant) -> onnx.TensorProto | None:
+    """``tensor`` as a proto with name, type and dims only, or None if its values stay."""
+    if tensor.dtype is None or np.dtype(tensor.dtype).kind in "OSU":
+        return None
+    dtype, dims = np.dtype(tensor.dtype), tuple(tensor.shape)
+    data_type = onnx.helper.np_dtype_to_tensor_dtype(dtype)
+    if keeps_values(data_type, int(np.prod(dims, dtype=np.int64)) * dtype.itemsize):
+        return None
+    return onnx.TensorProto(name=tensor.name, dims=dims, data_type=data_type)
+
+
+def set_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> None:
+    """Give the graph inputs named in ``shapes`` those concrete dims (in place)."""
+    for value_info in model.graph.input:
+        if value_info.name in shapes and value_info.type.tensor_type.HasField("shape"):
+            dims = value_info.type.tensor_type.shape.dim
+            for dim, size in zip(dims, shapes[value_info.name]):
+                dim.Clear()
+                dim.dim_value = int(size)
+
+
+def skeleton(source: gs.Graph | onnx.ModelProto, inputs: Mapping[str, Sequence[int]] | None = None,
+             ) -> onnx.ModelProto:
+    """The weight-free view of a graph or model (see the module docstring), with the graph
+    inputs named in ``inputs`` at those concrete shapes. ``source`` is left as it was."""
+    if isinstance(source, gs.Graph):
+        protos = [(t, p) for t in source.tensors().values() if isinstance(t, gs.Constant)
+                  for p in [_valueless(t)] if p is not None]
+        with constants_as_protos(protos):
+            model = gs.export_onnx(source, do_type_check=False)
+    else:
+        from graphc.model_io import copy_fields
+
+        model = onnx.ModelProto()
+        copy_fields(source, model, skip="graph")
+        copy_fields(source.graph, model.graph, skip="initializer")
+        for tensor in source.graph.initializer:
+            if keeps_values(tensor.data_type, tensor.ByteSize()):
+                model.graph.initializer.append(tensor)
+            else:
+                model.graph.initializer.append(onnx.TensorProto(name=tensor.name, dims=tensor.dims,
+                                                                data_type=tensor.data_type))
+    set_input_shapes(model, inputs or {})
+    return model
+
+
+def infer_shapes(graph: gs.Graph, inputs: Mapping[str, Sequence[int]] | None = None) -> gs.Graph:
+    """Re-infer the dtype and shape of every intermediate tensor and graph output of
+    ``graph`` in place (ONNX shape inference with data propagation on its skeleton, graph
+    inputs at ``inputs`` where given); returns ``graph``.
+
+    Stale intermediate shapes (after a pass changed channel counts) are dropped first; a
+    tensor inference cannot type is left without dtype and shape. If inference fails, the
+    intermediate tensors are left without shapes.
     """
     clear_intermediate_shapes(graph)
-    model = gs.export_onnx(graph, do_type_check=False)
     try:
-        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(skeleton(graph, inputs), data_prop=True)
     except (onnx.shape_inference.InferenceError, ValueError):
         return graph
-    return gs.import_onnx(model)
+    typed = gs.import_onnx(inferred).tensors()  # graphsurgeon's own reading of the value infos
+    inputs_ = {id(t) for t in graph.inputs}
+    for name, tensor in graph.tensors().items():
+        if not isinstance(tensor, gs.Variable) or id(tensor) in inputs_:
+            continue
+        info = typed.get(name)
+        tensor.dtype = info.dtype if info is not None else None
+        tensor.shape = info.shape if info is not None else None
+    return graph

@@ -9,7 +9,13 @@ Rules:
 - saving is atomic: the model is written to a temporary file in the target directory and
   renamed into place (missing parent directories are created), so a failure never leaves a
   half-written output. Models over 2 GB are
-  saved with their weights in one external data file ``<name>.data`` beside the model.
+  saved with their weights in one external data file ``<name>.data`` beside the model;
+- temporary copies for onnxruntime, the checker and shape inference are written with their
+  weights in ``weights.bin`` beside them, tensor by tensor and page-aligned
+  (``write_with_external_weights`` from a proto, ``write_graph_with_external_weights`` from a
+  graph), so no serialized copy of the whole model is ever made.
+
+Every file graphc writes is written here.
 """
 
 from __future__ import annotations
@@ -20,14 +26,17 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
+import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 from onnx.external_data_helper import uses_external_data
 
 from graphc.errors import GraphcError, first_line
 
-PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**27  # leave headroom below protobuf's 2 GB limit
+INLINE_TENSOR_BYTES = 4096  # smaller initializers stay inside a temporary model file
+PAGE = 4096
 
 
 def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -149,4 +158,87 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> pathlib.Path:
     except BaseException:
         os.unlink(tmp)
         raise
+    return path
+
+
+def copy_fields(source, target, skip: str | None = None) -> None:
+    """Copy every set field of a protobuf message but ``skip`` into an empty message."""
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if field.is_repeated:
+            getattr(target, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+
+
+def point_to_weights(target: onnx.TensorProto, data, offset: int, length: int) -> int:
+    """Mark ``target`` as stored at ``offset`` in ``weights.bin``, whose ``length`` bytes were
+    just written to ``data``; pad ``data`` to the next page. Returns the next offset."""
+    target.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", "weights.bin"), ("offset", str(offset)), ("length", str(length))):
+        entry = target.external_data.add()
+        entry.key, entry.value = key, value
+    padding = -length % PAGE
+    data.write(b"\0" * padding)
+    return offset + length + padding
+
+
+def write_with_external_weights(model: onnx.ModelProto, directory: pathlib.Path) -> pathlib.Path:
+    """``model`` written to ``directory/model.onnx`` with its initializers (all but small
+    and string ones) in ``weights.bin`` beside it, one tensor at a time, page-aligned: no
+    serialized copy of the whole model is made, and ``model`` is not changed."""
+    skeleton = onnx.ModelProto()
+    copy_fields(model, skeleton, skip="graph")
+    copy_fields(model.graph, skeleton.graph, skip="initializer")
+    offset = 0
+    with open(directory / "weights.bin", "wb") as data:
+        for tensor in model.graph.initializer:
+            target = skeleton.graph.initializer.add()
+            if (tensor.data_type == onnx.TensorProto.STRING or tensor.data_location == onnx.TensorProto.EXTERNAL
+                    or tensor.ByteSize() <= INLINE_TENSOR_BYTES):
+                target.CopyFrom(tensor)
+                continue
+            raw = tensor.raw_data if tensor.HasField("raw_data") else onnx.numpy_helper.to_array(tensor).tobytes()
+            copy_fields(tensor, target, skip="raw_data")
+            for name in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                target.ClearField(name)
+            data.write(raw)
+            offset = point_to_weights(target, data, offset, len(raw))
+            del raw
+    path = directory / "model.onnx"
+    path.write_bytes(skeleton.SerializeToString())
+    return path
+
+
+def write_graph_with_external_weights(graph: gs.Graph, template: onnx.ModelProto,
+                                     directory: pathlib.Path) -> pathlib.Path:
+    """``graph`` written to ``directory/model.onnx`` (``template``'s model-level fields) with
+    every constant over ``INLINE_TENSOR_BYTES`` in ``weights.bin`` beside it, page-aligned,
+    one tensor at a time. No proto holding the weights is built (``to_model`` of BERT-base
+    transiently needs 2 x 440 MB: tensor bytes plus proto); the graph is left as it was."""
+    from graphc.graph import constants_as_protos, load_stored, stored_values, to_model
+
+    external: list[tuple[gs.Constant, onnx.TensorProto]] = []
+    offset = 0
+    with open(directory / "weights.bin", "wb") as data:
+        for tensor in graph.tensors().values():
+            if not isinstance(tensor, gs.Constant) or tensor.dtype is None or np.dtype(tensor.dtype).kind in "OSU":
+                continue
+            dims, dtype = tuple(tensor.shape), np.dtype(tensor.dtype)
+            nbytes = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+            if nbytes <= INLINE_TENSOR_BYTES:
+                continue
+            values = load_stored(stored_values(tensor))  # read for this write only
+            np.ascontiguousarray(values, dtype=dtype.newbyteorder("<")).tofile(data)
+            del values
+            proto = onnx.TensorProto(name=tensor.name, dims=dims, data_type=onnx.helper.np_dtype_to_tensor_dtype(dtype))
+            offset = point_to_weights(proto, data, offset, nbytes)
+            external.append((tensor, proto))
+    with constants_as_protos(external):  # exported as these protos, not as bytes
+        model = to_model(graph, template)
+    path = directory / "model.onnx"
+    path.write_bytes(model.SerializeToString())
     return path

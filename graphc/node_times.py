@@ -37,7 +37,7 @@ import numpy as np
 import onnx
 
 from graphc.errors import GraphcError
-from graphc.graph import WEIGHTED_OPS
+from graphc.ops import WEIGHTED_OPS
 from graphc.model_io import write_text_atomically
 from graphc.runtime import open_session
 

@@ -13,7 +13,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphc.channel_graph import ChannelGroup, Member
-from graphc.graph import WEIGHTED_OPS, constant_values
+from graphc.graph import constant_values
+from graphc.ops import WEIGHTED_OPS
 
 
 @dataclass(frozen=True)

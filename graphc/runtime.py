@@ -1,16 +1,38 @@
-"""onnxruntime sessions: one place that opens them, with thread and provider settings."""
+"""onnxruntime sessions: one place that opens them (thread and provider settings), runs
+them, and taps intermediate tensors.
+
+The tensor tap (``tap``) is the one way graphc streams data through a model to look at its
+intermediate tensors (calibration ranges, activation and Taylor scores, BatchNorm statistics,
+shape measurement, distillation targets). Its rules:
+
+1. the model is opened once with the wanted tensors as extra outputs; the model given is
+   left as it was (a path is read without its external weights, and the skeleton with the
+   extra outputs is written beside it, never over it);
+2. each batch of ``batch_size`` rows runs in pieces of about ``run_bytes`` exposed bytes
+   (the first piece is one row, the next ones sized from the bytes that row exposed; a model
+   with a fixed batch runs whole batches), so memory is bounded whatever the batch size;
+3. every exposed tensor of a piece is handed to the reducer, one at a time, and dropped as
+   soon as the reducer returns: what a caller keeps is what its reducer accumulates.
+"""
 
 from __future__ import annotations
 
 import os
 import pathlib
 import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from graphc.errors import GraphcError, first_line
+from graphc.model_io import write_with_external_weights
+
+if TYPE_CHECKING:
+    from graphc.data import Dataset
 
 # A proto larger than this opens from a temporary file whose weights are external data,
 # written tensor by tensor: a session made from the serialized bytes holds about twice the
@@ -18,8 +40,7 @@ from graphc.errors import GraphcError, first_line
 # more copy while it opens (measured with BERT-base, 420 MB: +1166 MB RSS from bytes,
 # +522 MB from a file).
 FILE_SESSION_BYTES = 64 * 2**20
-INLINE_TENSOR_BYTES = 4096  # smaller initializers stay inside the temporary model file
-PAGE = 4096
+RUN_BYTES = 64 * 2**20  # exposed tensor bytes per tapped run, about (rule 2)
 
 ort.set_default_logger_severity(3)  # sessions graphc does not open itself (constant folding) stay quiet
 
@@ -64,58 +85,6 @@ def open_session(model: onnx.ModelProto | str | os.PathLike, threads: int | None
         raise GraphcError(f"onnxruntime cannot run {what}: {first_line(exc)}") from None
 
 
-def copy_fields(source, target, skip: str | None = None) -> None:
-    """Copy every set field of a protobuf message but ``skip`` into an empty message."""
-    for field, value in source.ListFields():
-        if field.name == skip:
-            continue
-        if field.is_repeated:
-            getattr(target, field.name).extend(value)
-        elif field.message_type is not None:
-            getattr(target, field.name).CopyFrom(value)
-        else:
-            setattr(target, field.name, value)
-
-
-def point_to_weights(target: onnx.TensorProto, data, offset: int, length: int) -> int:
-    """Mark ``target`` as stored at ``offset`` in ``weights.bin``, whose ``length`` bytes were
-    just written to ``data``; pad ``data`` to the next page. Returns the next offset."""
-    target.data_location = onnx.TensorProto.EXTERNAL
-    for key, value in (("location", "weights.bin"), ("offset", str(offset)), ("length", str(length))):
-        entry = target.external_data.add()
-        entry.key, entry.value = key, value
-    padding = -length % PAGE
-    data.write(b"\0" * padding)
-    return offset + length + padding
-
-
-def write_with_external_weights(model: onnx.ModelProto, directory: pathlib.Path) -> pathlib.Path:
-    """``model`` written to ``directory/model.onnx`` with its initializers (all but small
-    and string ones) in ``weights.bin`` beside it, one tensor at a time, page-aligned: no
-    serialized copy of the whole model is made, and ``model`` is not changed."""
-    skeleton = onnx.ModelProto()
-    copy_fields(model, skeleton, skip="graph")
-    copy_fields(model.graph, skeleton.graph, skip="initializer")
-    offset = 0
-    with open(directory / "weights.bin", "wb") as data:
-        for tensor in model.graph.initializer:
-            target = skeleton.graph.initializer.add()
-            if (tensor.data_type == onnx.TensorProto.STRING or tensor.data_location == onnx.TensorProto.EXTERNAL
-                    or tensor.ByteSize() <= INLINE_TENSOR_BYTES):
-                target.CopyFrom(tensor)
-                continue
-            raw = tensor.raw_data if tensor.HasField("raw_data") else onnx.numpy_helper.to_array(tensor).tobytes()
-            copy_fields(tensor, target, skip="raw_data")
-            for name in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-                target.ClearField(name)
-            data.write(raw)
-            offset = point_to_weights(target, data, offset, len(raw))
-            del raw
-    path = directory / "model.onnx"
-    path.write_bytes(skeleton.SerializeToString())
-    return path
-
-
 def run_session(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Run all outputs; an input mismatch is reported as a GraphcError."""
     try:
@@ -123,3 +92,80 @@ def run_session(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> 
     except (ort.capi.onnxruntime_pybind11_state.InvalidArgument,
             ort.capi.onnxruntime_pybind11_state.Fail) as exc:
         raise GraphcError(f"onnxruntime failed to run the model: {first_line(exc)}") from None
+
+
+@dataclass(frozen=True)
+class Piece:
+    """The rows of one tapped run: batch number (from 0) and rows [start, stop) of the data."""
+
+    batch: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class TapRun:
+    """What a tap ran: rows, batches, and onnxruntime runs (pieces)."""
+
+    rows: int
+    batches: int
+    runs: int
+
+
+def exposing_session(model: onnx.ModelProto | os.PathLike, names: Sequence[str], threads: int | None = None,
+                     what: str = "the model") -> ort.InferenceSession:
+    """A session of ``model`` with ``names`` as extra outputs (rule 1)."""
+    if not isinstance(model, onnx.ModelProto):
+        skeleton = onnx.load(str(model), load_external_data=False)
+        existing = {o.name for o in skeleton.graph.output}
+        skeleton.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in existing)
+        exposed = pathlib.Path(model).with_name(pathlib.Path(model).stem + ".exposed.onnx")
+        onnx.save(skeleton, str(exposed))
+        try:
+            return open_session(exposed, threads, what=what)
+        finally:
+            exposed.unlink(missing_ok=True)
+    existing = {o.name for o in model.graph.output}
+    count = len(model.graph.output)
+    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in existing)
+    try:
+        return open_session(model, threads, what=what)
+    finally:
+        del model.graph.output[count:]
+
+
+def tap(model: onnx.ModelProto | os.PathLike, names: Sequence[str], data: Dataset,
+        reduce: Callable[[str, np.ndarray, Piece], None], batch_size: int = 16, threads: int | None = None,
+        run_bytes: int = RUN_BYTES, what: str = "the model") -> TapRun:
+    """Stream ``data`` through ``model`` and hand every tensor in ``names`` (graph outputs
+    included) of every piece to ``reduce(name, values, piece)`` (rules 1-3)."""
+    names = list(dict.fromkeys(names))
+    if not names:
+        return TapRun(0, 0, 0)
+    session = exposing_session(model, names, threads, what)
+    position = {o.name: i for i, o in enumerate(session.get_outputs())}
+    batches = runs = 0
+    piece_rows = None if data.fixed_batch else 1  # rows of the next run; None: whole batches
+    offset = 0
+    for feeds, _ in data.batches(batch_size):
+        total, begin = len(next(iter(feeds.values()))), 0
+        while begin < total:
+            end = total if piece_rows is None else min(total, begin + piece_rows)
+            outputs = run_session(session, {k: v[begin:end] for k, v in feeds.items()})
+            piece = Piece(batches, offset + begin, offset + end)
+            exposed_bytes = 0
+            for name in names:
+                values = outputs[position[name]]
+                outputs[position[name]] = None  # freed as soon as it is reduced
+                exposed_bytes += values.nbytes
+                reduce(name, values, piece)
+                del values
+            del outputs
+            runs += 1
+            if piece_rows is not None:
+                per_row = max(exposed_bytes / (end - begin), 1.0)
+                piece_rows = int(min(max(run_bytes // per_row, 1), max(batch_size, 1)))
+            begin = end
+        offset += total
+        batches += 1
+    return TapRun(offset, batches, runs)

@@ -2,15 +2,9 @@
 
 MACs (multiply-accumulates) are counted for one batch at concrete input shapes (dynamic
 dims resolved like synthetic data: first axis 1, integer sequence axes 64, or ``--shape``).
-Shapes come from ONNX shape inference with data propagation; tensors it cannot resolve are
-measured by one onnxruntime run that exposes them. Counted ops and their rules:
-
-- Conv / ConvInteger / QLinearConv: output elements x (input channels / group) x kernel size;
-- ConvTranspose: input elements x (output channels / group) x kernel size;
-- Gemm: M x N x K; MatMul / MatMulInteger / QLinearMatMul / MatMulIntegerToFloat /
-  FusedMatMul: output elements x K (the reduced dim).
-
-Other ops are cheap element-wise work and are not counted. Parameters are the elements of
+Shapes come from ONNX shape inference with data propagation on the weight-free view
+(``graphc.graph.skeleton``); tensors it cannot resolve are measured by one onnxruntime run
+that exposes them. The counted ops and the formula are ``graphc.ops.node_macs``. Parameters are the elements of
 float and 8-bit constant tensors (initializers and Constant nodes) of 2+ elements, except
 the scale/zero-point inputs of Q/DQ nodes.
 """
@@ -25,15 +19,12 @@ import numpy as np
 import onnx
 
 from graphc.data import resolve_shape, model_signature, synthetic_dataset
+from graphc.graph import set_input_shapes, skeleton
+from graphc.ops import MAC_OPS, QDQ_OPS, node_macs
 
-CONV_LIKE = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
-MATMUL_LIKE = {"MatMul", "MatMulInteger", "QLinearMatMul", "MatMulIntegerToFloat", "FusedMatMul"}
 PARAM_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
                onnx.TensorProto.DOUBLE, onnx.TensorProto.INT8, onnx.TensorProto.UINT8,
                onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
-QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
-SHAPE_DATA_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}  # may be shapes: kept for data propagation
-SMALL_TENSOR_BYTES = 4096
 
 
 @dataclass
@@ -71,37 +62,9 @@ def count_params(model: onnx.ModelProto) -> int:
     return total
 
 
-def _with_concrete_inputs(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> onnx.ModelProto:
-    """A weight-free copy of ``model`` (large initializers keep name, type and dims, not their
-    values) with the graph inputs at their resolved shapes: what ONNX shape inference needs,
-    without a second copy of the weights (BERT-base: 440 MB)."""
-    from graphc.runtime import copy_fields
-
-    fixed = onnx.ModelProto()
-    copy_fields(model, fixed, skip="graph")
-    copy_fields(model.graph, fixed.graph, skip="initializer")
-    for tensor in model.graph.initializer:
-        if tensor.data_type in SHAPE_DATA_TYPES or tensor.ByteSize() <= SMALL_TENSOR_BYTES:
-            fixed.graph.initializer.append(tensor)  # shape data (Reshape targets...) keeps its values
-        else:
-            fixed.graph.initializer.append(onnx.TensorProto(name=tensor.name, dims=tensor.dims,
-                                                            data_type=tensor.data_type))
-    _set_input_shapes(fixed, model, shapes)
-    return fixed
-
-
-def _set_input_shapes(target: onnx.ModelProto, model: onnx.ModelProto, shapes) -> list:
-    """Set ``target``'s graph inputs to their resolved shapes; returns the old input protos."""
-    old = [onnx.ValueInfoProto() for _ in target.graph.input]
-    for saved, value_info in zip(old, target.graph.input):
-        saved.CopyFrom(value_info)
-        spec = next((s for s in model_signature(model) if s.name == value_info.name), None)
-        if spec is None or not value_info.type.tensor_type.HasField("shape"):
-            continue
-        for dim, size in zip(value_info.type.tensor_type.shape.dim, resolve_shape(spec, shapes)):
-            dim.Clear()
-            dim.dim_value = size
-    return old
+def _resolved_inputs(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Concrete shapes of the graph inputs (dynamic dims resolved as in synthetic data)."""
+    return {spec.name: resolve_shape(spec, shapes) for spec in model_signature(model)}
 
 
 def _known_shape(value_info: onnx.ValueInfoProto) -> tuple[int, ...] | None:
@@ -118,7 +81,7 @@ def tensor_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]] 
                   wanted: set[str] | None = None) -> dict[str, tuple[int, ...]]:
     """Concrete shapes of the model's tensors at the resolved input shapes."""
     shapes = dict(shapes or {})
-    fixed = _with_concrete_inputs(model, shapes)
+    fixed = skeleton(model, _resolved_inputs(model, shapes))
     try:
         inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
     except (onnx.shape_inference.InferenceError, ValueError):
@@ -143,7 +106,10 @@ def _measure_shapes(model: onnx.ModelProto, names: list[str], shapes) -> dict[st
     existing = {o.name for o in model.graph.output}
     count = len(model.graph.output)
     model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in existing)
-    old_inputs = _set_input_shapes(model, model, shapes)
+    old_inputs = [onnx.ValueInfoProto() for _ in model.graph.input]
+    for saved, value_info in zip(old_inputs, model.graph.input):
+        saved.CopyFrom(value_info)
+    set_input_shapes(model, _resolved_inputs(model, shapes))
     try:  # outputs and input shapes change only while the session opens: no copy of the model
         session = open_session(model, what="the shape probe")
     except Exception:  # shapes stay unknown; the MACs of those nodes are reported as uncounted
@@ -160,40 +126,18 @@ def _measure_shapes(model: onnx.ModelProto, names: list[str], shapes) -> dict[st
     return {o.name: tuple(v.shape) for o, v in zip(session.get_outputs(), outputs)}
 
 
-def _node_macs(node: onnx.NodeProto, shape) -> int | None:
+def _node_macs(node: onnx.NodeProto, shape: Mapping[str, tuple[int, ...]]) -> int | None:
     """MACs of one node given a name -> shape lookup (None: unknown shape)."""
-    def get(i):
-        return shape.get(node.input[i]) if i < len(node.input) else None
+    def input_shape(i):
+        return shape.get(node.input[i]) if i < len(node.input) and node.input[i] else None
 
-    out = shape.get(node.output[0]) if node.output else None
-    if node.op_type in CONV_LIKE:
-        weight = get(CONV_LIKE[node.op_type])
-        if weight is None or out is None:
-            return None
-        return int(np.prod(out)) * int(np.prod(weight[1:]))
-    if node.op_type == "ConvTranspose":
-        x, weight = get(0), get(1)
-        if x is None or weight is None:
-            return None
-        return int(np.prod(x)) * int(np.prod(weight[1:]))
-    if node.op_type == "Gemm":
-        a = get(0)
-        if a is None or out is None:
-            return None
-        trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
-        return int(np.prod(out)) * a[0 if trans_a else -1]
-    if node.op_type in MATMUL_LIKE:
-        a = get(3 if node.op_type == "QLinearMatMul" else 0)
-        if a is None or out is None:
-            return None
-        return int(np.prod(out)) * a[-1]
-    return 0
+    attrs = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
+    return node_macs(node.op_type, input_shape, shape.get(node.output[0]) if node.output else None, attrs)
 
 
 def model_stats(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]] | None = None,
                 size_bytes: int | None = None) -> ModelStats:
-    compute = [n for n in model.graph.node
-               if n.op_type in CONV_LIKE or n.op_type in MATMUL_LIKE or n.op_type in ("Gemm", "ConvTranspose")]
+    compute = [n for n in model.graph.node if n.op_type in MAC_OPS]
     wanted = {name for n in compute for name in [*n.input, *n.output] if name}
     try:
         shape = tensor_shapes(model, shapes, wanted) if compute else {}

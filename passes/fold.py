@@ -33,7 +33,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
-from graphc.graph import (constant_values, infer_graph_shapes, is_graph_input, is_graph_output, producer,
+from graphc.graph import (constant_values, infer_shapes, is_graph_input, is_graph_output, producer,
                           replace_uses, set_tensors, swap_tensor, unique_name)
 from graphc.pass_api import Pass, PassResult
 from graphc.verify import Tolerance
@@ -79,7 +79,7 @@ class FoldPass(Pass):
         stats["nodes_removed"] = nodes_before - len(graph.nodes)
         initializers_after = sum(1 for t in graph.tensors().values() if isinstance(t, gs.Constant))
         stats["initializers"] = f"{initializers_before}->{initializers_after}"
-        annotated = infer_graph_shapes(graph)
+        annotated = infer_shapes(graph)
         changed = stats["nodes_removed"] != 0 or stats["bn_folded"] != 0 or stats["constants_to_initializers"] != 0
         return PassResult(changed=changed, stats=stats, graph=annotated)
 

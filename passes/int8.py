@@ -110,8 +110,8 @@ from graphc.calibration import collect, tensor_range
 from graphc.cpu_features import cpu_features, default_weight_bits
 from graphc.data import synthetic_dataset
 from graphc.errors import GraphcError
-from graphc.graph import (constant_values, is_graph_output, producer, swap_tensor, to_model,
-                          write_graph_with_external_weights)
+from graphc.graph import constant_values, is_graph_output, producer, swap_tensor, to_model
+from graphc.model_io import write_graph_with_external_weights
 from graphc.pass_api import InspectSection, Pass, PassResult
 from graphc.verify import Tolerance
 

@@ -52,8 +52,8 @@ import onnx_graphsurgeon as gs
 from graphc.channel_graph import ChannelGraph, ChannelGroup
 from graphc.data import synthetic_feeds
 from graphc.errors import GraphcError
-from graphc.graph import (WEIGHTED_OPS, clear_intermediate_shapes, constant_values, infer_graph_shapes,
-                          swap_tensor)
+from graphc.graph import clear_intermediate_shapes, constant_values, infer_shapes, swap_tensor
+from graphc.ops import WEIGHTED_OPS
 from graphc.node_times import load_layer_times, save_layer_times, weighted_node_times
 from graphc.pass_api import InspectSection, Pass, PassResult
 from graphc.verify import Tolerance
@@ -114,7 +114,7 @@ class PrunePass(Pass):
                 ctx.report.note(plan.nothing_message())
             return PassResult(changed=False, stats=stats, graph=graph, details={"groups": plan.group_table()})
         apply_pruning(plan)
-        pruned = infer_graph_shapes(plan.graph)
+        pruned = infer_shapes(plan.graph)
         if self.options.recalibrate:
             from graphc.bn_recalibrate import recalibrate_batchnorm
 

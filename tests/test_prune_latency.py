@@ -11,7 +11,7 @@ import pytest
 from graphc.errors import GraphcError
 from graphc.graph import to_graph, to_model
 from graphc.model_io import load_model
-from graphc.graph import WEIGHTED_OPS
+from graphc.ops import WEIGHTED_OPS
 from graphc.node_times import weighted_node_times
 from graphc.passes.prune import PruneOptions, PrunePass, analyse, apply_pruning, mask_pruned_channels, plan_pruning
 from graphc.prune_select import CostModel, PruneConfig, select_units, speed_factors, timed_cost

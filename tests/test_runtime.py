@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import onnx.helper as oh
 
+import graphc.model_io as model_io
 import graphc.runtime as runtime
 
 
@@ -19,7 +20,7 @@ def test_large_protos_open_from_a_file_with_external_weights(tmp_path, monkeypat
                           [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(b, "b")])
     model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
     before = model.SerializeToString()
-    path = runtime.write_with_external_weights(model, tmp_path)
+    path = model_io.write_with_external_weights(model, tmp_path)
     written = onnx.load(str(path), load_external_data=False)
     assert [t.data_location for t in written.graph.initializer] == [onnx.TensorProto.EXTERNAL,
                                                                      onnx.TensorProto.DEFAULT]
@@ -31,12 +32,13 @@ def test_large_protos_open_from_a_file_with_external_weights(tmp_path, monkeypat
 
 
 def test_graph_written_with_external_weights_runs_like_the_exported_model(tmp_path, onnx_model, sample_inputs):
-    """graphc.graph.write_graph_with_external_weights: the BERT fixture written tensor by
+    """graphc.model_io.write_graph_with_external_weights: the BERT fixture written tensor by
     tensor gives onnxruntime's outputs of the exported model bit for bit; the big constants
     are in weights.bin (not the .onnx), and the graph's lazily loaded constants stay lazy."""
     import onnx_graphsurgeon as gs
 
-    from graphc.graph import to_graph, to_model, write_graph_with_external_weights
+    from graphc.graph import to_graph, to_model
+    from graphc.model_io import write_graph_with_external_weights
 
     source = onnx.load(onnx_model("bert"))
     graph = to_graph(source)
@@ -48,7 +50,7 @@ def test_graph_written_with_external_weights_runs_like_the_exported_model(tmp_pa
     assert lazy_before and lazy_after == lazy_before
     skeleton = onnx.load(str(path), load_external_data=False)
     big = {t.name: int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-           for t in source.graph.initializer if onnx.numpy_helper.to_array(t).nbytes > runtime.INLINE_TENSOR_BYTES}
+           for t in source.graph.initializer if onnx.numpy_helper.to_array(t).nbytes > model_io.INLINE_TENSOR_BYTES}
     external = {t.name: int(dict((e.key, e.value) for e in t.external_data)["length"])
                 for t in skeleton.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
     assert big and external == big

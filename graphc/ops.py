@@ -1,0 +1,59 @@
+"""graphc's op vocabulary and its one MAC formula.
+
+Op sets that more than one pass (or a pass and the driver) must agree on live here, so a
+new op is taught to graphc once. MACs (multiply-accumulates) of one node, from the shapes
+of its inputs and of its first output:
+
+- Conv / ConvInteger / QLinearConv: output elements x (input channels / group) x kernel
+  size, i.e. output elements x the product of the weight's dims after the first;
+- ConvTranspose: input elements x (output channels / group) x kernel size;
+- Gemm: M x N x K, i.e. output elements x K (K from B and ``transB``, else from A and
+  ``transA``);
+- MatMul / MatMulInteger / QLinearMatMul / MatMulIntegerToFloat / FusedMatMul: output
+  elements x K, the reduced dim (the last of A).
+
+Other ops are cheap element-wise work and count 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})  # layers whose input 1 is a weight
+CONV_OPS = ("Conv", "ConvTranspose")
+CONV_WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}  # convolutions: where the weight is
+MATMUL_A_INPUT = {"MatMul": 0, "MatMulInteger": 0, "QLinearMatMul": 0, "MatMulIntegerToFloat": 0, "FusedMatMul": 0}
+MAC_OPS = frozenset({*CONV_WEIGHT_INPUT, *MATMUL_A_INPUT, "Gemm", "ConvTranspose"})
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+INTEGER_OPS = frozenset({"QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QGemm",
+                         "ConvInteger", "MatMulInteger"})  # compute ops that already run in integers
+QUANTIZED_OPS = frozenset({*QDQ_OPS, *INTEGER_OPS, "DynamicQuantizeLinear", "QLinearAdd", "QLinearMul"})
+
+Shape = Sequence[int]
+
+
+def node_macs(op: str, input_shape: Callable[[int], Shape | None], output_shape: Shape | None,
+              attrs: Mapping[str, int]) -> int | None:
+    """MACs of one node (see the module docstring); None when a shape it needs is unknown.
+    ``input_shape(i)`` is the shape of input ``i`` (None: unknown or absent)."""
+    if op not in MAC_OPS:
+        return 0
+    if op == "ConvTranspose":
+        x, weight = input_shape(0), input_shape(1)
+        return None if x is None or weight is None else int(np.prod(x)) * int(np.prod(weight[1:]))
+    if output_shape is None:
+        return None
+    elements = int(np.prod(output_shape))
+    if op in CONV_WEIGHT_INPUT:
+        weight = input_shape(CONV_WEIGHT_INPUT[op])
+        return None if weight is None else elements * int(np.prod(weight[1:]))
+    if op == "Gemm":
+        b = input_shape(1)
+        if b is not None and len(b) == 2:
+            return elements * int(b[1] if attrs.get("transB", 0) else b[0])
+        a = input_shape(0)
+        return None if a is None else elements * int(a[0] if attrs.get("transA", 0) else a[-1])
+    a = input_shape(MATMUL_A_INPUT[op])
+    return None if a is None else elements * int(a[-1])
