@@ -30,7 +30,7 @@ normalised sentence embedding), measured in one run:
 
 Every row is measured on data that never steered training: embedding cosine vs the unpruned
 model on ``--test-glosses`` further glosses (full length, up to 128 tokens), and the WordNet
-supersense probe (``benchmarks/supersense.py``: logistic regression on frozen embeddings,
+supersense probe (``models/supersense.py``: logistic regression on frozen embeddings,
 4000 train / 1000 test glosses, disjoint from all the others). Gloss sets (``wordnet.noun_glosses``
 order): test ``[0, T)``, holdout ``[T, T + 512)``, train after them. Acceptance: row 3 cosine
 >= 0.98 and probe accuracy within 2 points of row 1. Prints one table (cosine, probe accuracy
@@ -44,13 +44,14 @@ Usage: ``python benchmarks/distill.py [--epochs 5] [--out out/bench-distill]`` (
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import pathlib
 import sys
 import time
 
 import numpy as np
+
+from graphc.models import fashion_cnn
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CNN = ROOT / "models" / "fashion_cnn.onnx"
@@ -64,15 +65,8 @@ PRUNE_DEFAULTS = {"cnn": "", "minilm": "by=taylor"}  # prune options after the r
 MINILM_HOLDOUT = 512
 
 
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("fashion_cnn", ROOT / "models" / "fashion_cnn.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def write_splits(out: pathlib.Path, holdout: int) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
-    images, labels = load_recipe().load_split("train")
+    images, labels = fashion_cnn.load_split("train")
     paths = out / "train.npz", out / "holdout.npz", out / "calib.npz"
     np.savez(paths[0], image=images[:-holdout], labels=labels[:-holdout])
     np.savez(paths[1], image=images[-holdout:], labels=labels[-holdout:])
@@ -133,11 +127,7 @@ def prune_spec(args) -> str:
 
 
 def run_minilm(args) -> int:
-    sys.path.insert(0, str(ROOT / "models"))
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import minilm
-    import supersense
-    import wordnet
+    from graphc.models import minilm, supersense, wordnet
     from graphc.metrics import cosine_per_sample
     from graphc.model_io import file_size, load_model
     from graphc.runtime import open_session

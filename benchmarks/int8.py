@@ -7,7 +7,7 @@ Models and metrics:
 - ``minilm``: all-MiniLM-L6-v2 (``models/minilm.py``, TorchScript export), 128 tokens: mean
   embedding cosine vs FP32 on ``--eval`` held-out WordNet noun glosses (Debian
   ``wordnet-base``); calibration rows are other glosses; and the accuracy of the WordNet
-  noun supersense probe (``benchmarks/supersense.py``: logistic regression on the frozen
+  noun supersense probe (``models/supersense.py``: logistic regression on the frozen
   embeddings, 4000 train / 1000 test glosses, none of them a calibration or held-out gloss);
 - ``resnet50``, ``bert``: random-init ``transformers`` ResNet-50 (1x3x224x224) and BERT-base
   (sequence 128), built and exported by ``benchmarks/prune.py``'s recipes (seed 0): mean
@@ -74,12 +74,10 @@ import time
 
 import numpy as np
 
+from graphc.models import hf_configs, wordnet
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
-BENCHMARKS = ROOT / "benchmarks"
-sys.path.insert(0, str(MODELS))
-sys.path.insert(0, str(BENCHMARKS))
-import wordnet  # noqa: E402  (models/wordnet.py)
 
 SEQUENCE = 128
 CALIB_BATCH = 16
@@ -260,19 +258,15 @@ def make_variant(recipe: str, source: pathlib.Path, output: pathlib.Path, calib:
 
 # ---------------------------------------------------------------------------- data
 def random_feeds(model: str, rows: int, seed: int) -> dict[str, np.ndarray]:
-    import prune as prune_bench  # benchmarks/prune.py: the ResNet-50 / BERT-base recipes
-
-    return prune_bench.bert_feeds(rows, seed) if model == "bert" else prune_bench.image_feeds(rows, seed)
+    return hf_configs.bert_feeds(rows, seed) if model == "bert" else hf_configs.image_feeds(rows, seed)
 
 
 def export_main(model: str, path: pathlib.Path) -> None:
-    """Child: export a random-init model with benchmarks/prune.py's recipe (seed 0)."""
-    import prune as prune_bench
-
+    """Child: export a random-init model with graphc.models.hf_configs (seed 0)."""
     if model == "resnet50":
-        prune_bench.export_resnet(prune_bench.hf_resnet50(), path)
+        hf_configs.export_resnet(hf_configs.hf_resnet50(), path)
     else:
-        prune_bench.export_bert(prune_bench.hf_bert(), path)
+        hf_configs.export_bert(hf_configs.hf_bert(), path)
 
 
 def run_session_rows(path: pathlib.Path, feeds: dict[str, np.ndarray], threads: int, batch: int = 16) -> np.ndarray:
@@ -324,7 +318,7 @@ class Setup:
             self.metric = lambda path: cnn_top1(path, self.threads)
             return
         if model == "minilm":
-            import minilm
+            from graphc.models import minilm
 
             self.source = work / "minilm.onnx"
             if not self.source.exists():
@@ -334,7 +328,7 @@ class Setup:
             np.savez(self.calib, **minilm.tokenize(glosses[:largest], max_length=SEQUENCE))
             held_out = minilm.tokenize(glosses[largest:], max_length=SEQUENCE)
             self.metric_name = f"embedding cosine vs FP32 ({args.eval} held-out glosses)"
-            import supersense  # benchmarks/supersense.py
+            from graphc.models import supersense
 
             probe = supersense.Probe()
             self.extra_name = (f"supersense probe accuracy ({supersense.TRAIN} train / {supersense.TEST} test "

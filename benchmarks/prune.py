@@ -63,10 +63,12 @@ import types
 
 import numpy as np
 
+from graphc.models import minilm, wordnet
+from graphc.models.hf_configs import (bert_feeds, export_bert, export_resnet, hf_bert, hf_resnet50,
+                                      image_feeds)
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
-sys.path.insert(0, str(MODELS))
-import wordnet  # noqa: E402  (models/wordnet.py)
 SEQUENCE = 128
 SEQ_SHAPES = {"sequence": (SEQUENCE,)}
 RATIOS = (0.3, 0.5)
@@ -74,7 +76,6 @@ MAC_TOLERANCE = 0.03
 THREADS = 2
 PART2_BATCHES = (1, 8, 32)  # the issue's anchor table is b1 / b8; the part 1 columns are b1 / b32
 CNN_RUNS_SCALE = 10  # the CNN runs in well under a millisecond: more runs for a steady p50
-BERT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def log(message: str) -> None:
@@ -85,17 +86,6 @@ def log(message: str) -> None:
 def save_npz(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> pathlib.Path:
     np.savez(path, **arrays)
     return path
-
-
-def bert_feeds(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {"input_ids": rng.integers(0, 30522, (rows, SEQUENCE), dtype=np.int64),
-            "attention_mask": np.ones((rows, SEQUENCE), np.int64),
-            "token_type_ids": np.zeros((rows, SEQUENCE), np.int64)}
-
-
-def image_feeds(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
-    return {"pixel_values": np.random.default_rng(seed).standard_normal((rows, 3, 224, 224), dtype=np.float32)}
 
 
 # ------------------------------------------------------------------------ measurement
@@ -221,62 +211,6 @@ def match_macs(source: pathlib.Path, target: int, extra: str, output: pathlib.Pa
 
 
 # ----------------------------------------------------------------- torch / exports
-def logits_module(model, names):
-    """``model`` taking plain positional tensors and returning the logits only (for export)."""
-    import torch
-
-    class Logits(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, *inputs):
-            return self.model(**dict(zip(names, inputs))).logits
-
-    return Logits().eval()
-
-
-def export_onnx(model, example: dict, path: pathlib.Path, dynamic: dict[str, dict[int, str]]) -> pathlib.Path:
-    import warnings
-
-    import torch
-
-    names = list(example)
-    axes = {**dynamic, "logits": {0: "batch"}}
-    tmp = path.with_name(path.name + ".tmp.onnx")
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's tracer warnings
-        torch.onnx.export(logits_module(model, names), tuple(torch.from_numpy(example[n]) for n in names), str(tmp),
-                          dynamo=False, opset_version=17, input_names=names, output_names=["logits"],
-                          dynamic_axes=axes)
-    tmp.replace(path)
-    return path
-
-
-def hf_resnet50():
-    import torch
-    from transformers import ResNetConfig, ResNetForImageClassification
-
-    torch.manual_seed(0)
-    return ResNetForImageClassification(ResNetConfig()).eval()
-
-
-def hf_bert():
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    return BertForSequenceClassification(BertConfig(attn_implementation="eager")).eval()
-
-
-def export_resnet(model, path: pathlib.Path) -> pathlib.Path:
-    return export_onnx(model, image_feeds(1), path, {"pixel_values": {0: "batch"}})
-
-
-def export_bert(model, path: pathlib.Path) -> pathlib.Path:
-    return export_onnx(model, bert_feeds(2), path, {n: {0: "batch", 1: "sequence"} for n in BERT_INPUTS})
-
-
 def torch_pruning():
     """The ``torch_pruning`` module, 1.6.1 (a benchmark-only dependency)."""
     try:
@@ -379,9 +313,6 @@ def run_cnn(args, work: pathlib.Path) -> list[dict]:
 
 
 def run_minilm(args, work: pathlib.Path) -> list[dict]:
-    sys.path.insert(0, str(MODELS))
-    import minilm
-
     source = work / "minilm.onnx"
     if not source.exists():
         log("exporting MiniLM")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from graphc.data import Dataset, load_dataset, model_signature, synthetic_feeds, validate
+from graphc.data import load_dataset, model_signature, synthetic_feeds, validate
 from graphc.model_io import file_size, load_model
 from graphc.report import markdown_table
 from graphc.runtime import open_session
@@ -78,6 +78,3 @@ def bench_table(results: Sequence[BenchResult]) -> str:
                      f"{base.p50_ms / r.p50_ms:.2f}x", f"{r.size_bytes / base.size_bytes:.3f}x"])
     return markdown_table(rows)
 
-
-def dataset_summary(dataset: Dataset) -> str:
-    return ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in dataset.inputs.items())

@@ -9,7 +9,8 @@ Grammar (strict)::
 options may follow it: ``prune:0.5:by=taylor``). Options
 are the fields of the pass's options dataclass; values are typed by the field (int, float,
 bool as true/false/1/0/yes/no, str, or a ``Literal`` of choices) and range-checked with the
-field metadata ``min``/``max``. An empty item, a repeated key, an unknown key or a value
+field metadata ``min``/``max``. A ``Globs`` field takes ``fnmatch`` patterns joined by
+``+`` (``int8:exclude=*attention*+Conv_3``; an empty pattern is an error). An empty item, a repeated key, an unknown key or a value
 that does not parse is an error naming the valid choices.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from fnmatch import fnmatchcase
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,26 @@ from graphc.errors import GraphcError
 
 TRUE_WORDS = {"true", "1", "yes", "on"}
 FALSE_WORDS = {"false", "0", "no", "off"}
+
+
+class Globs(tuple):
+    """Case-sensitive ``fnmatch`` patterns, written joined by ``+`` (``*word_embeddings*+*bias``)."""
+
+    @classmethod
+    def parse(cls, text: str, where: str = "globs") -> Globs:
+        if not text:
+            return cls()
+        patterns = [p.strip() for p in text.split("+")]
+        if not all(patterns):
+            raise GraphcError(f"{where}={text!r} has an empty pattern (join patterns with '+')")
+        return cls(patterns)
+
+    def matches(self, *names: str) -> bool:
+        """Whether any pattern matches any of ``names``."""
+        return any(fnmatchcase(name, pattern) for pattern in self for name in names)
+
+    def __str__(self) -> str:
+        return "+".join(self)
 
 
 @dataclass(frozen=True)
@@ -71,6 +93,8 @@ def _choices(tp: Any) -> tuple | None:
 
 
 def describe_type(tp: Any) -> str:
+    if tp is Globs:
+        return "globs"
     choices = _choices(tp)
     if choices:
         return "|".join(str(c) for c in choices)
@@ -84,6 +108,8 @@ def coerce(value: str, tp: Any, field: dataclasses.Field, where: str) -> Any:
         if value not in choices:
             raise GraphcError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
         return value
+    if tp is Globs:
+        return Globs.parse(value, where)
     try:
         if tp is bool:
             lowered = value.lower()

@@ -76,7 +76,7 @@ def gloss_npz(path: str | pathlib.Path, count: int, start: int = 0, max_length: 
     [count, max_length], padded and truncated to ``max_length``), as an unlabelled ``.npz``
     for ``--train-data``/``--eval-data``/``--data``. Disjoint ranges give disjoint gloss sets,
     none of them a probe gloss. Atomic: a temporary file renamed into place."""
-    import minilm
+    from graphc.models import minilm
 
     if count < 1 or start < 0:
         raise ValueError(f"count={count}, start={start}: need count >= 1 and start >= 0")

@@ -1,17 +1,13 @@
-"""WordNet noun data (models/wordnet.py) and the supersense probe's data path (benchmarks/supersense.py)."""
+"""WordNet noun data (models/wordnet.py) and the supersense probe's data path (models/supersense.py)."""
 
-import pathlib
-import sys
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "models"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import wordnet  # noqa: E402
+from graphc.models import wordnet
+
 
 pytestmark = pytest.mark.skipif(not wordnet.DATA_NOUN.is_file(), reason="Debian wordnet-base is not installed")
 
@@ -52,7 +48,7 @@ def mean_of_ids_model(path):
 
 
 def test_embed_batches_by_length_and_returns_rows_in_order(tmp_path):
-    import supersense
+    from graphc.models import supersense
 
     train, train_labels, test, test_labels = supersense.split(40, 10)
     assert train + test == [g for g, _ in wordnet.probe_synsets()[:50]]
@@ -68,14 +64,14 @@ def test_embed_batches_by_length_and_returns_rows_in_order(tmp_path):
 
 
 def test_split_refuses_sizes_beyond_the_probe():
-    import supersense
+    from graphc.models import supersense
 
     with pytest.raises(ValueError, match=r"train \+ test <= 5000"):
         supersense.split(4500, 1000)
 
 
 def test_probe_classifier_separates_clusters_and_not_noise():
-    import supersense
+    from graphc.models import supersense
 
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((5, 16)) * 3
@@ -87,7 +83,7 @@ def test_probe_classifier_separates_clusters_and_not_noise():
 
 
 def test_gloss_npz_is_unlabelled_minilm_input_and_ranges_are_disjoint(tmp_path):
-    import minilm
+    from graphc.models import minilm
 
     from graphc.data import load_dataset, model_signature
 

@@ -15,9 +15,8 @@ from graphc import cli
 from graphc.errors import GraphcError
 from graphc.pass_api import Pass, PassResult
 from graphc.passes import PASSES
+from tests import CNN, ROOT
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-CNN = ROOT / "models" / "fashion_cnn.onnx"
 TEST_SPLIT = ROOT / "models" / "fashion_mnist_test.npz"
 
 

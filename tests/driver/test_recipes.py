@@ -1,15 +1,13 @@
 """The bundled model's recipe and shipped files agree with the real data set."""
 
-import pathlib
-import sys
 
 import numpy as np
 import onnx
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "models"))
-import fashion_cnn  # noqa: E402
+from graphc.models import fashion_cnn
+from tests import ROOT
+
 
 
 def test_shipped_test_split_is_the_full_fashion_mnist_test_set():

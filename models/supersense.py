@@ -26,7 +26,7 @@ Rules:
   ``PROBE_C = 10`` was the best of 0.3, 1, 3, 10, 30, 100 for the unpruned MiniLM (test
   accuracy 64.2, 68.5, 69.1, 70.2, 68.5, 67.2%), fixed from then on for every model.
 
-Usage: ``python benchmarks/supersense.py MODEL.onnx [MODEL.onnx ...] [--threads 2]``
+Usage: ``python -m graphc.models.supersense MODEL.onnx [MODEL.onnx ...] [--threads 2]``
 (export the model first: ``python models/minilm.py -o minilm.onnx``). Prints one line per
 model: test accuracy and the time spent.
 """
@@ -41,14 +41,9 @@ import time
 
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-MODELS = ROOT / "models"
-if str(MODELS) not in sys.path:
-    sys.path.insert(0, str(MODELS))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from graphc.models import minilm, wordnet
 
-import minilm  # noqa: E402  (models/minilm.py)
-import wordnet  # noqa: E402  (models/wordnet.py)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TRAIN, TEST = 4000, 1000
 MAX_LENGTH = 128

@@ -3,14 +3,13 @@ from the session that runs next)."""
 
 from __future__ import annotations
 
-import pathlib
 
 import pytest
 
 import graphc.bench as bench_module
 from graphc.runtime import session_options
+from tests import CNN
 
-CNN = pathlib.Path(__file__).resolve().parent.parent / "models" / "fashion_cnn.onnx"
 
 
 def test_session_options_spinning_switch():

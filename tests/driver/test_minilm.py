@@ -2,17 +2,15 @@
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "models"))
+from graphc.models import minilm
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-import minilm  # noqa: E402
 
 SENTENCES = ["A man is playing a guitar.", "The cat sleeps on the warm windowsill.",
              "Quarterly revenue grew by twelve percent."]

@@ -5,6 +5,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from graphc.context import Context
 from graphc.graph import to_graph, to_model
 from graphc.passes.fold import FoldOptions, FoldPass
 from graphc.runtime import open_session
@@ -40,8 +41,8 @@ def model(nodes, inputs, outputs, initializers):
 
 def fold(m, **options):
     graph = to_graph(m)
-    result = FoldPass(FoldOptions(**options)).run(graph, ctx=None)
-    return to_model(result.graph or graph, m), result
+    result = FoldPass(FoldOptions(**options)).run(graph, Context.for_model(m))
+    return to_model(result.graph, m), result
 
 
 def assert_same_outputs(original, folded, feeds):

@@ -1,7 +1,6 @@
 """Model loading and saving: validation, external data confinement, atomic writes."""
 
 import os
-import pathlib
 
 import numpy as np
 import onnx
@@ -14,9 +13,8 @@ from graphc.model_io import file_size, load_model, save_model
 from graphc.pass_api import Pass, PassResult
 from graphc.verify import Tolerance
 from graphc.passes import PASSES
+from tests import CNN
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-CNN = ROOT / "models" / "fashion_cnn.onnx"
 
 
 def matmul_model(rows=64) -> onnx.ModelProto:
