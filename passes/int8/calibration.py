@@ -1,4 +1,5 @@
-"""Streamed activation calibration: ranges of many tensors from batched onnxruntime runs.
+"""Streamed activation calibration: ranges of many tensors from batched onnxruntime runs
+(the ``calib`` ranges of rule 3 and the channel maxima of rule 7).
 
 Collection rules:
 
@@ -25,7 +26,7 @@ Collection rules:
 - ``channel_names`` (optional) are tensors whose per-channel ``|x|`` maximum along the LAST
   axis is kept (one float per channel, merged with ``max`` batch by batch: fixed size too);
   they need no histogram unless also listed in ``names``. A tensor whose last axis changes
-  size between batches is an error. ``graphc.smoothquant`` reads these.
+  size between batches is an error. ``graphc.passes.int8.smoothing`` reads these.
 
 Range rules (all from the same streamed state; ``|x|`` histogram = the two halves folded):
 
@@ -48,6 +49,10 @@ represents them exactly, and their spike would otherwise drive the entropy thres
 to the first 128 bins. Every method but ``minmax`` clips to ``[max(min, -T-), min(max, T+)]`` (``T+ = T- = T``
 when symmetric), so a ReLU output keeps 0 as its lower end.
 
+What the pass calibrates on (``calibration_data``): ``samples`` rows of ``--data``, else
+synthetic inputs (seed 0); ``calibrate`` writes the graph to a temporary file (tensor by
+tensor, no proto of the weights) and collects from it.
+
 Why hand-written: onnxruntime's calibrators keep every batch's activations of every tensor
 in memory until the end (entropy calibration of BERT-base at 128 tokens: 10.3 GB RSS with 32
 samples, out of memory with 256); this module keeps a few KB per tensor.
@@ -56,16 +61,24 @@ samples, out of memory with 256); this module keeps a few KB per tensor.
 from __future__ import annotations
 
 import pathlib
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
-from graphc.data import Dataset
+from graphc.data import Dataset, synthetic_dataset
 from graphc.errors import GraphcError
+from graphc.graph import write_graph_with_external_weights
 from graphc.runtime import open_session, run_session
+
+if TYPE_CHECKING:
+    from graphc.context import Context
+    from graphc.passes.int8 import Int8Options
 
 BINS = 4096  # signed bins; the |x| histogram has BINS // 2 = 2048, TensorRT's count
 ENTROPY_LEVELS = 128
@@ -327,3 +340,26 @@ def collect(model: onnx.ModelProto | pathlib.Path, names: Sequence[str], data: D
             begin = end
         batches += 1
     return Calibration(states, len(rows), batches, time.perf_counter() - start, data.source, channel_max, runs)
+
+
+def calibration_data(ctx: Context, opts: Int8Options):
+    """(rows to calibrate on, how to name them): ``--data``, else synthetic inputs."""
+    if ctx.data is not None:
+        return ctx.data, "--data"
+    return (synthetic_dataset(ctx.original, batches=opts.samples, shapes=ctx.shapes, seed=0),
+            "synthetic inputs (no --data)")
+
+
+def calibrate(graph: gs.Graph, ctx: Context, tensors: dict[str, gs.Variable], opts: Int8Options):
+    """Ranges of ``tensors`` from ``--data`` (or synthetic inputs), and report statistics."""
+    data, source = calibration_data(ctx, opts)
+    with tempfile.TemporaryDirectory(prefix="graphc-calib-") as tmp:
+        # written tensor by tensor, no proto of the weights: onnxruntime reads the file
+        path = write_graph_with_external_weights(graph, ctx.original, pathlib.Path(tmp))
+        result = collect(path, list(tensors), data, opts.samples, opts.calib_batch, ctx.threads)
+    ranges = {name: tensor_range(state, opts.calib, opts.percentile, symmetric=opts.target == "tensorrt")
+              for name, state in result.states.items()}
+    stats = {"calibration": f"{opts.calib} on {result.samples} rows of {source}",
+             "calibration_seconds": round(result.seconds, 3),
+             "calibration_state_bytes": result.state_bytes()}
+    return ranges, stats
