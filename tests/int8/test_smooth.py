@@ -1,4 +1,4 @@
-"""int8 smoothing (``smooth=<alpha>``, graphc.smoothquant) and per-channel calibration maxima.
+"""int8 smoothing (``smooth=<alpha>``, graphc.passes.int8.smoothing) and per-channel calibration maxima.
 
 - exactness: the smoothed FP32 graph (before any Q/DQ) equals the original under
   onnxruntime on the BERT (post-LN: LayerNorms cloned) and ViT (pre-LN: edited in place)
@@ -16,8 +16,8 @@ import onnx.helper as oh
 import onnx_graphsurgeon as gs
 import pytest
 
-from graphc import smoothquant
-from graphc.calibration import collect
+from graphc.passes.int8 import smoothing
+from graphc.passes.int8.calibration import collect
 from graphc.data import model_signature, validate
 from graphc.errors import GraphcError
 from graphc.graph import to_model
@@ -37,10 +37,10 @@ def _folded(onnx_model, name, tmp_path) -> onnx.ModelProto:
 
 def _smoothed(model: onnx.ModelProto, feeds, alpha=0.5):
     graph = gs.import_onnx(onnx.shape_inference.infer_shapes(model))
-    sites = smoothquant.find_sites(graph, [n for n in graph.nodes if n.op in ("MatMul", "Gemm")])
+    sites = smoothing.find_sites(graph, [n for n in graph.nodes if n.op in ("MatMul", "Gemm")])
     data = validate(feeds, model_signature(model), "calibration rows")
     maxima = collect(model, [], data, channel_names=[s.tensor.name for s in sites]).channel_max
-    stats = smoothquant.smooth(graph, sites, maxima, alpha)
+    stats = smoothing.smooth(graph, sites, maxima, alpha)
     return to_model(graph, model), stats, sites, maxima
 
 

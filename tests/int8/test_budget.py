@@ -1,4 +1,4 @@
-"""int8 accuracy budget (``budget=<max drop>``, graphc.sensitivity) on the bundled CNN.
+"""int8 accuracy budget (``budget=<max drop>``, graphc.passes.int8.budget) on the bundled CNN.
 
 The budget is checked independently: the output model is scored with onnxruntime in the
 test, on the same evaluation rows, against the original model. The failing path is real:
@@ -17,9 +17,9 @@ from graphc.metrics import cosine_per_sample
 from graphc.passes.int8 import quantization_summary
 from graphc.pipeline import OptimizeRequest, optimize
 from graphc.runtime import open_session
-from graphc.sensitivity import group_key, make_groups
+from graphc.passes.int8.budget import group_key, make_groups
 
-MODELS = pathlib.Path(__file__).resolve().parent.parent / "models"
+MODELS = pathlib.Path(__file__).resolve().parents[2] / "models"
 CNN = MODELS / "fashion_cnn.onnx"
 ROWS = 128
 

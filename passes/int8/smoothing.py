@@ -1,5 +1,13 @@
-"""SmoothQuant-style activation smoothing: per-channel activation outliers migrate into the
-weights of the MatMul/Gemm nodes that read them. Exact in FP32 (only float rounding differs).
+"""Rule 7: smoothing (``smooth=<alpha>`` in (0, 1]; 0 = off), SmoothQuant-style: per-channel
+activation outliers migrate into the weights of the MatMul/Gemm nodes that read them. Exact in
+FP32 (only float rounding differs).
+
+Before calibration, per-channel activation outliers of every quantized MatMul/Gemm whose input
+comes from a LayerNormalization (cloned when its output also feeds other nodes) or from a
+MatMul/Gemm (+ bias Add) move into its weight: ``s_j = max|X_j|^alpha / max|W_j|^(1-alpha)``,
+the producer's output channel ``j`` divided by ``s_j``, the weight's input row ``j`` multiplied
+by it (``smooth_activations``; the rules are below). Channel maxima come from one streamed run
+over the same rows as calibration. ``smoothed_matmuls`` in the stats counts the nodes smoothed.
 
 Sites (where a per-channel scale ``s`` can be folded exactly):
 
@@ -23,7 +31,7 @@ Sites (where a per-channel scale ``s`` can be folded exactly):
 
   Anything else (activations, residual Adds, Reshape/Transpose in between) is skipped.
 - ``s_j = max|X_j| ** alpha / max|W_j| ** (1 - alpha)``, ``max|X_j|`` from the streamed
-  calibration run (``graphc.calibration.collect(channel_names=...)``), ``max|W_j|`` over
+  calibration run (``graphc.passes.int8.calibration.collect(channel_names=...)``), ``max|W_j|`` over
   input row ``j`` of every target's weight (all targets of a site share one ``s``); ``s_j = 1``
   where either maximum is 0 or ``s_j`` is not finite; ``s`` is clipped to ``[1e-5, 1e5]``.
 - Every target's weight gets input row ``j`` multiplied by ``s_j``. Scaled weights, gammas
@@ -36,12 +44,22 @@ on the graph before smoothing) stay valid for every site.
 
 from __future__ import annotations
 
+import pathlib
+import tempfile
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.graph import constant_values, is_graph_output, producer, swap_tensor, unique_name
+from graphc.model_io import write_graph_with_external_weights
+from graphc.passes.int8.calibration import calibration_data, collect
+
+if TYPE_CHECKING:
+    from graphc.context import Context
+    from graphc.passes.int8 import Int8Options
+    from graphc.passes.int8.plan import NodePlan
 
 SHAPE_READERS = ("Shape", "Size")  # read only the shape: unaffected by a channel scale
 S_MIN, S_MAX = 1e-5, 1e5
@@ -226,3 +244,16 @@ def smooth(graph: gs.Graph, sites: list[Site], channel_max: dict[str, np.ndarray
         sites_done += 1
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return {"smoothed_matmuls": smoothed, "smoothed_sites": sites_done, "cloned_layernorms": cloned}
+
+
+def smooth_activations(graph: gs.Graph, ctx: Context, plan: NodePlan, opts: Int8Options) -> dict:
+    """Rule 7: SmoothQuant on the planned MatMul/Gemm nodes, in place; statistics."""
+    sites = find_sites(graph, [n for n in [*plan.static, *plan.dynamic] if n.op in ("MatMul", "Gemm")])
+    if not sites:
+        return {"smoothed_matmuls": 0}
+    data, _ = calibration_data(ctx, opts)
+    with tempfile.TemporaryDirectory(prefix="graphc-calib-") as tmp:
+        path = write_graph_with_external_weights(graph, ctx.original, pathlib.Path(tmp))
+        result = collect(path, [], data, opts.samples, opts.calib_batch, ctx.threads,
+                         channel_names=[site.tensor.name for site in sites])
+    return smooth(graph, sites, result.channel_max, opts.smooth)

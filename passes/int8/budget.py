@@ -1,6 +1,15 @@
-"""Accuracy budget: per-group quantization sensitivity and the greedy FP32 fallback.
+"""Rule 8: accuracy budget (``budget=<max drop>``, needs ``--eval-data`` and ``--metric``).
 
-Rules (``search``):
+After smoothing and one calibration of every candidate tensor, quantized models are built
+with some compute nodes kept FP32 (activation ranges reused) and scored with the metric on
+``budget_rows`` rows (the original model is the reference for cosine / agreement). Groups of
+nodes (``budget_group=layer|node``), their sensitivity, the greedy FP32 fallback and the
+failure rule are below (``search``); ``drop = metric(FP32 input) - metric(INT8)`` must end
+``<= budget``. The stats, details and a report note list each group kept FP32 with the metric
+it gave back alone; if no mix that still quantizes something meets the budget the pass fails
+with one line (``budget_result``).
+
+Per-group quantization sensitivity and the greedy FP32 fallback. Rules (``search``):
 
 - Groups: ``by="node"``: every quantized compute node alone; ``by="layer"``: nodes whose
   names share the path up to the first non-final ``/`` segment ending in digits
@@ -27,13 +36,27 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
 from graphc.data import Dataset
 from graphc.errors import GraphcError
+from graphc.graph import to_model
 from graphc.metrics import evaluate
+from graphc.pass_api import PassResult
+from graphc.passes.int8.activations import activation_params, activation_tensors
+from graphc.passes.int8.calibration import calibrate
+from graphc.passes.int8.plan import NodePlan, node_label, plan_nodes, plan_stats
+from graphc.passes.int8.rewrite import rewrite
+from graphc.graph import infer_shapes
 from graphc.runtime import open_session, run_session
+
+if TYPE_CHECKING:
+    from graphc.context import Context
+    from graphc.passes.int8 import Int8Options
 
 NUMBERED = re.compile(r"\d+$")
 
@@ -132,3 +155,54 @@ def search(groups: dict[str, list[str]], build: Callable[[frozenset[str]], onnx.
         f"(all INT8: {fp32 - all_int8:.6g}; {len(order) - 1} of {len(order)} groups FP32, only "
         f"{order[-1]!r} INT8: {fp32 - value:.6g}); "
         f"raise the budget or run without it")
+
+
+def budget_result(graph: gs.Graph, ctx: Context, plan: NodePlan, opts: Int8Options, qmax: int,
+                  stats: dict) -> PassResult:
+    """Rule 8: the quantized graph with the fewest sensitive groups FP32 that meets the budget."""
+    base = to_model(graph, ctx.original)  # FP32 (after smoothing): every candidate starts from it
+    tensors = activation_tensors(graph, plan.static, opts.target)
+    ranges: dict[str, tuple[float, float]] = {}
+    if tensors:
+        ranges, calib_stats = calibrate(graph, ctx, tensors, opts)
+        stats.update(calib_stats)
+    built: dict[frozenset[str], tuple[gs.Graph, NodePlan, dict]] = {}
+
+    def build(keep: frozenset[str]) -> onnx.ModelProto:
+        candidate = infer_shapes(gs.import_onnx(base))
+        candidate_plan = plan_nodes(candidate, opts, keep)
+        chosen = activation_tensors(candidate, candidate_plan.static, opts.target)
+        missing = [name for name in chosen if name not in ranges]
+        if missing:  # never expected: fewer quantized nodes quantize a subset of the tensors
+            ranges.update(calibrate(candidate, ctx, {n: chosen[n] for n in missing}, opts)[0])
+        params = activation_params(candidate, chosen, {n: ranges[n] for n in chosen}, opts.target)
+        rewrite_stats = rewrite(candidate, candidate_plan, params, opts, qmax)
+        built.clear()  # keep only the latest: the search returns the last model it built or scored
+        built[keep] = (candidate, candidate_plan, rewrite_stats)
+        return to_model(candidate, ctx.original)
+
+    planned = {id(n) for n in [*plan.static, *plan.dynamic]}
+    labels = [node_label(n) for n in graph.nodes if id(n) in planned]
+    groups = make_groups(labels, opts.budget_group)
+    rows = ctx.eval_data.take(opts.budget_rows)
+    score = Evaluator(rows, ctx.metric, ctx.original, ctx.threads)
+    what = f"int8:budget={opts.budget:g} ({ctx.metric} on {len(rows)} rows of --eval-data)"
+    result = search(groups, build, score, base, opts.budget, what)
+    keep = frozenset(label for g in result.kept for label in groups[g])
+    if keep not in built:
+        build(keep)
+    final_graph, final_plan, rewrite_stats = built[keep]
+    stats.update(plan_stats(final_plan))
+    stats.update(rewrite_stats)
+    drop = result.fp32 - result.final
+    stats.update({"budget": opts.budget, "budget_metric": f"{ctx.metric} on {len(rows)} rows",
+                  "metric_fp32": round(result.fp32, 6), "metric_int8_all": round(result.all_int8, 6),
+                  "metric_int8": round(result.final, 6), "budget_fp32_groups": len(result.kept),
+                  "budget_fp32_nodes": len(keep), "budget_evaluations": result.evaluations})
+    kept = [{"group": g, "nodes": groups[g], "gain": result.sensitivity[g]} for g in result.kept]
+    details = {"budget": {"kept_fp32": kept, "sensitivity": result.sensitivity, "groups": len(groups)}}
+    listed = ", ".join(f"{k['group']} (alone FP32: {k['gain']:+.6g})" for k in kept) or "nothing"
+    ctx.report.note(f"int8 budget {opts.budget:g} on {ctx.metric} ({len(rows)} rows): FP32 {result.fp32:.6g}, "
+                    f"all INT8 {result.all_int8:.6g}, final {result.final:.6g} (drop {drop:.6g}); "
+                    f"kept FP32: {listed}")
+    return PassResult(changed=True, stats=stats, graph=final_graph, details=details)

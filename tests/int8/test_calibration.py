@@ -1,11 +1,11 @@
-"""Streamed calibration (graphc.calibration) and CPU feature detection (graphc.cpu_features)."""
+"""Streamed calibration (graphc.passes.int8.calibration) and CPU feature detection (graphc.cpu_features)."""
 
 import numpy as np
 import onnx
 import onnx.helper as oh
 import pytest
 
-from graphc.calibration import BINS, StreamingHistogram, _mse_threshold, collect, tensor_range
+from graphc.passes.int8.calibration import BINS, StreamingHistogram, _mse_threshold, collect, tensor_range
 from graphc.cpu_features import CpuFeatures, features_from_flags, parse_flags
 from graphc.data import validate, model_signature
 from graphc.errors import GraphcError

@@ -1,4 +1,5 @@
-"""Streamed activation calibration: ranges of many tensors from batched onnxruntime runs.
+"""Streamed activation calibration: ranges of many tensors from batched onnxruntime runs
+(the ``calib`` ranges of rule 3 and the channel maxima of rule 7).
 
 Collection rules:
 
@@ -25,7 +26,7 @@ Collection rules:
 - ``channel_names`` (optional) are tensors whose per-channel ``|x|`` maximum along the LAST
   axis is kept (one float per channel, merged with ``max`` batch by batch: fixed size too);
   they need no histogram unless also listed in ``names``. A tensor whose last axis changes
-  size between batches is an error. ``graphc.smoothquant`` reads these.
+  size between batches is an error. ``graphc.passes.int8.smoothing`` reads these.
 
 Range rules (all from the same streamed state; ``|x|`` histogram = the two halves folded):
 
@@ -48,6 +49,10 @@ represents them exactly, and their spike would otherwise drive the entropy thres
 to the first 128 bins. Every method but ``minmax`` clips to ``[max(min, -T-), min(max, T+)]`` (``T+ = T- = T``
 when symmetric), so a ReLU output keeps 0 as its lower end.
 
+What the pass calibrates on (``calibration_data``): ``samples`` rows of ``--data``, else
+synthetic inputs (seed 0); ``calibrate`` writes the graph to a temporary file (tensor by
+tensor, no proto of the weights) and collects from it.
+
 Why hand-written: onnxruntime's calibrators keep every batch's activations of every tensor
 in memory until the end (entropy calibration of BERT-base at 128 tokens: 10.3 GB RSS with 32
 samples, out of memory with 256); this module keeps a few KB per tensor.
@@ -56,21 +61,28 @@ samples, out of memory with 256); this module keeps a few KB per tensor.
 from __future__ import annotations
 
 import pathlib
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
-from graphc.data import Dataset
+from graphc.data import Dataset, synthetic_dataset
 from graphc.errors import GraphcError
-from graphc.runtime import open_session, run_session
+from graphc.model_io import write_graph_with_external_weights
+from graphc.runtime import RUN_BYTES, Piece, tap
+
+if TYPE_CHECKING:
+    from graphc.context import Context
+    from graphc.passes.int8 import Int8Options
 
 BINS = 4096  # signed bins; the |x| histogram has BINS // 2 = 2048, TensorRT's count
 ENTROPY_LEVELS = 128
 METHODS = ("minmax", "percentile", "entropy", "mse")
-RUN_BYTES = 64 * 2**20  # exposed activations per calibration run, about
 
 
 class StreamingHistogram:
@@ -246,29 +258,6 @@ class Calibration:
         return sum(s.state_bytes() for s in self.states.values()) + sum(m.nbytes for m in self.channel_max.values())
 
 
-def _exposing_session(model: onnx.ModelProto | pathlib.Path, names: Sequence[str], threads: int | None):
-    """A session of ``model`` with ``names`` as extra outputs; ``model`` is left as it was.
-    A path is read without its external weights; the skeleton with the extra outputs is
-    written beside it (same weights file), never over it."""
-    if not isinstance(model, onnx.ModelProto):
-        skeleton = onnx.load(str(model), load_external_data=False)
-        existing = {o.name for o in skeleton.graph.output}
-        skeleton.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in existing)
-        exposed = pathlib.Path(model).with_name(pathlib.Path(model).stem + ".exposed.onnx")
-        onnx.save(skeleton, str(exposed))
-        try:
-            return open_session(exposed, threads, what="the calibration model")
-        finally:
-            exposed.unlink(missing_ok=True)
-    existing = {o.name for o in model.graph.output}
-    count = len(model.graph.output)
-    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in existing)
-    try:
-        return open_session(model, threads, what="the calibration model")
-    finally:
-        del model.graph.output[count:]
-
-
 def _merge_channel_max(current: np.ndarray | None, values: np.ndarray, name: str) -> np.ndarray:
     """``current`` merged with the per-channel ``|x|`` max of ``values`` along its last axis."""
     if values.ndim == 0:
@@ -285,9 +274,10 @@ def _merge_channel_max(current: np.ndarray | None, values: np.ndarray, name: str
 def collect(model: onnx.ModelProto | pathlib.Path, names: Sequence[str], data: Dataset, samples: int | None = None,
             batch_size: int = 16, threads: int | None = None, channel_names: Sequence[str] = (),
             run_bytes: int = RUN_BYTES) -> Calibration:
-    """Run ``data`` (its first ``samples`` rows) through one session exposing ``names`` (and
-    ``channel_names``, whose per-channel maxima land in ``Calibration.channel_max``), in
-    batches of ``batch_size`` rows run in pieces of about ``run_bytes`` exposed bytes."""
+    """Run ``data`` (its first ``samples`` rows) through the tensor tap (``graphc.runtime.tap``)
+    exposing ``names`` (and ``channel_names``, whose per-channel maxima land in
+    ``Calibration.channel_max``), in batches of ``batch_size`` rows run in pieces of about
+    ``run_bytes`` exposed bytes."""
     start = time.perf_counter()
     names = list(dict.fromkeys(names))
     channel_names = list(dict.fromkeys(channel_names))
@@ -296,34 +286,41 @@ def collect(model: onnx.ModelProto | pathlib.Path, names: Sequence[str], data: D
     if not exposed:
         return Calibration(states, 0, 0, 0.0, data.source)
     rows = data if samples is None or samples >= len(data) else data.take(samples)
-    session = _exposing_session(model, exposed, threads)
-    position = {o.name: i for i, o in enumerate(session.get_outputs())}
     channel_max: dict[str, np.ndarray] = {}
-    batches = runs = 0
-    piece_rows = None if rows.fixed_batch else 1  # rows of the next run; None: whole batches
-    for feeds, _ in rows.batches(batch_size):
-        total, begin = len(next(iter(feeds.values()))), 0
-        while begin < total:
-            end = total if piece_rows is None else min(total, begin + piece_rows)
-            outputs = run_session(session, {k: v[begin:end] for k, v in feeds.items()})
-            exposed_bytes = 0
-            for name in exposed:
-                values = outputs[position[name]]
-                outputs[position[name]] = None  # freed as soon as it is merged
-                exposed_bytes += values.nbytes
-                if values.dtype.kind == "f" and not np.isfinite(values).all():
-                    raise GraphcError(f"calibration data from {data.source}: tensor {name!r} is NaN or infinite "
-                                      f"in batch {batches + 1}; check the inputs' values and scaling")
-                if name in states:
-                    states[name].update(values)
-                if name in channel_names:
-                    channel_max[name] = _merge_channel_max(channel_max.get(name), values, name)
-                del values
-            del outputs
-            runs += 1
-            if piece_rows is not None:
-                per_row = max(exposed_bytes / (end - begin), 1.0)
-                piece_rows = int(min(max(run_bytes // per_row, 1), max(batch_size, 1)))
-            begin = end
-        batches += 1
-    return Calibration(states, len(rows), batches, time.perf_counter() - start, data.source, channel_max, runs)
+    wanted_channels = set(channel_names)
+
+    def reduce(name: str, values: np.ndarray, piece: Piece) -> None:
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise GraphcError(f"calibration data from {data.source}: tensor {name!r} is NaN or infinite "
+                              f"in batch {piece.batch + 1}; check the inputs' values and scaling")
+        if name in states:
+            states[name].update(values)
+        if name in wanted_channels:
+            channel_max[name] = _merge_channel_max(channel_max.get(name), values, name)
+
+    run = tap(model, exposed, rows, reduce, batch_size, threads, run_bytes, what="the calibration model")
+    return Calibration(states, len(rows), run.batches, time.perf_counter() - start, data.source, channel_max,
+                       run.runs)
+
+
+def calibration_data(ctx: Context, opts: Int8Options):
+    """(rows to calibrate on, how to name them): ``--data``, else synthetic inputs."""
+    if ctx.data is not None:
+        return ctx.data, "--data"
+    return (synthetic_dataset(ctx.original, batches=opts.samples, shapes=ctx.shapes, seed=0),
+            "synthetic inputs (no --data)")
+
+
+def calibrate(graph: gs.Graph, ctx: Context, tensors: dict[str, gs.Variable], opts: Int8Options):
+    """Ranges of ``tensors`` from ``--data`` (or synthetic inputs), and report statistics."""
+    data, source = calibration_data(ctx, opts)
+    with tempfile.TemporaryDirectory(prefix="graphc-calib-") as tmp:
+        # written tensor by tensor, no proto of the weights: onnxruntime reads the file
+        path = write_graph_with_external_weights(graph, ctx.original, pathlib.Path(tmp))
+        result = collect(path, list(tensors), data, opts.samples, opts.calib_batch, ctx.threads)
+    ranges = {name: tensor_range(state, opts.calib, opts.percentile, symmetric=opts.target == "tensorrt")
+              for name, state in result.states.items()}
+    stats = {"calibration": f"{opts.calib} on {result.samples} rows of {source}",
+             "calibration_seconds": round(result.seconds, 3),
+             "calibration_state_bytes": result.state_bytes()}
+    return ranges, stats

@@ -20,7 +20,7 @@ from graphc.metrics import cosine_per_sample, evaluate
 from graphc.pipeline import OptimizeRequest, optimize
 from graphc.runtime import open_session, run_session, session_options
 
-MODELS = pathlib.Path(__file__).resolve().parent.parent / "models"
+MODELS = pathlib.Path(__file__).resolve().parents[2] / "models"
 FP32_TOP1 = 0.9146
 
 
