@@ -737,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(probe()))
         return 0
     if len(argv) != 1:
-        print("usage: distill_worker.py WORKDIR | --probe", file=sys.stderr)
+        print("usage: worker.py WORKDIR | --probe", file=sys.stderr)
         return 2
     workdir = pathlib.Path(argv[0]).resolve()
     os.chdir(workdir)  # onnxblock writes temporary files into the working directory

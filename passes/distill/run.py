@@ -13,16 +13,16 @@ Rules:
   (Ctrl-C, a killed process) leaves its per-epoch checkpoints there; the same command run
   again resumes after the last completed epoch (``resume=false`` starts over). The
   directory is deleted after a successful write-back.
-- The worker runs as ``<training venv>/bin/python graphc/distill_worker.py RUNDIR``; its
+- The worker runs as ``<training venv>/bin/python passes/distill/worker.py RUNDIR``; its
   JSON progress lines drive a progress bar (on a terminal) and one line per epoch on
   stderr. Exit 3 with error.json is a user error (GraphcError), any other failure is a bug.
 - Crash restarts: onnxruntime-training 1.19.2 has faults of its own (its memory-pattern
-  planner corrupted embedding gradients until the worker turned it off, ``distill_worker``
+  planner corrupted embedding gradients until the worker turned it off, ``worker``
   rule 1: SIGSEGV in the first steps, a Gather reading garbage indices). As a safety net a
   worker killed by SIGSEGV, SIGBUS or SIGABRT, or ending on an ``[ONNXRuntimeError]``, is
   started again on the same directory up to ``CRASH_RESTARTS`` times: it resumes after the
   last completed epoch, and a resumed run gives the weights of an uninterrupted one (to the
-  reproducibility of ``distill_worker`` rule 4), so a restart costs only time.
+  reproducibility of ``worker`` rule 4), so a restart costs only time.
 - Write-back: every trained array replaces the initializer of the same name in the graph
   the pass received (same shape and dtype); nodes, inputs, outputs and every other
   initializer are left as they are.

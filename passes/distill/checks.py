@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import onnx
 
-from graphc.distill_worker import trainable_names
 from graphc.errors import GraphcError
+from graphc.passes.distill.worker import trainable_names
 
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
                  "MatMulInteger", "ConvInteger", "QLinearAdd", "QLinearMul", "QGemm"}

@@ -23,20 +23,20 @@ change. Rules:
 
    Intermediate features: ``layers=<glob>[+<glob>...]`` names tensors (node outputs, by
    ``fnmatch`` glob on the tensor name) that student and teacher both compute; each adds a
-   normalised MSE to the loss, weighted by ``gamma`` (``graphc.distill_worker`` rule 3). Each
+   normalised MSE to the loss, weighted by ``gamma`` (``worker`` rule 3). Each
    glob must match a float tensor of both graphs, and every matched tensor must have the same
    shape in both on a probe batch: after ``prune`` that holds for the residual stream of a
    transformer (LayerNorm outputs; heads and FFN neurons are gone but the hidden size stays)
    and not for pruned CNN channels, where matching would need a learned projection, which
    graphc does not build (refused with the tensor and both shapes).
-3. Trained: the weights of the student (``graphc.distill_worker`` rule 2: Conv/Gemm/MatMul
+3. Trained: the weights of the student (``worker`` rule 2: Conv/Gemm/MatMul
    weights and biases, normalisation scales and biases, embedding tables, ...) except the
    initializers whose names match a ``freeze`` glob (``fnmatch``, joined by ``+``, e.g.
    ``freeze=*word_embeddings*`` keeps a text model's token table, which pruning heads and
    FFN neurons leaves as the teacher's). Each glob must match a trainable initializer of the
    graph distill receives.
 4. Training runs in graphc's isolated onnxruntime-training environment (``graphc setup
-   training``) as a subprocess (``graphc.distill_worker``): AdamW, gradient clipping by
+   training``) as a subprocess (``worker``): AdamW, gradient clipping by
    global norm (``clip``, off by default: onnxruntime's clipping kernel is not
    bit-reproducible), linear warm-up over ``warmup`` of the steps then cosine decay,
    a permutation per epoch drawn from ``seed`` (a fixed seed gives the same weights),
@@ -45,7 +45,7 @@ change. Rules:
    sees), LayerNormalization given its optional outputs (onnxruntime issue 22465).
    ``mask=<input>`` (text models: ``mask=attention_mask``) names a 0/1 input of shape
    [batch, sequence]: rows are grouped by length and each training batch is cut to its
-   longest row (``graphc.distill_worker`` rule 4), so ``--train-data`` can be stored at the
+   longest row (``worker`` rule 4), so ``--train-data`` can be stored at the
    longest length the model must serve while each step pays only for its real tokens. The
    model must ignore padded positions (a BERT-style encoder does, through its attention mask);
    evaluation runs uncut.
@@ -77,14 +77,15 @@ from typing import Literal
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphc import distill_run, training_env
+from graphc import training_env
 from graphc.data import model_signature
-from graphc.distill_checks import check_trainable
-from graphc.distill_worker import trainable_names
 from graphc.errors import GraphcError
 from graphc.graph import to_model
 from graphc.model_io import load_model
 from graphc.pass_api import Pass, PassResult
+from graphc.passes.distill import run as distill_run
+from graphc.passes.distill.checks import check_trainable
+from graphc.passes.distill.worker import trainable_names
 from graphc.verify import Tolerance
 from graphc.runtime import open_session, run_session
 
@@ -289,11 +290,9 @@ class DistillPass(Pass):
             stats["resumed_after_epoch"] = result["resumed_from"]
         if result["stopped_early"]:
             stats["stopped_early"] = True
-        report = getattr(ctx, "report", None)
-        if report is not None:
-            if best["epoch"] == 0:
-                report.note("distill: no epoch beat the starting weights on --eval-data; the graph is unchanged")
-            if config["metric"] is None and ctx.eval_data is None:
-                report.note("distill: no --eval-data, so the last epoch was kept (no best-checkpoint selection)")
+        if best["epoch"] == 0:
+            ctx.report.note("distill: no epoch beat the starting weights on --eval-data; the graph is unchanged")
+        if config["metric"] is None and ctx.eval_data is None:
+            ctx.report.note("distill: no --eval-data, so the last epoch was kept (no best-checkpoint selection)")
         return PassResult(changed=best["epoch"] > 0, stats=stats,
                           details={"history": history, "trainable": result["trainable"]})
