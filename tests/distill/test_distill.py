@@ -85,7 +85,7 @@ def run_in(directory, fashion, python, **config):
 
 def worker_batches(rows: int, batch: int, lengths=None) -> list[np.ndarray]:
     """The rows of each step of the worker's first epoch at seed 0 (its rule 4)."""
-    from graphc.passes.distill.worker import epoch_batches
+    from graphc.passes.distill.worker.batches import epoch_batches
 
     order = np.random.default_rng([0, 1])
     return epoch_batches(order.permutation(rows), batch, lengths, order)
@@ -333,7 +333,7 @@ def test_cli_prune_distill_and_setup_is_idempotent(tmp_path, fashion, training_p
 
 
 def test_valid_lengths_and_length_grouped_batches():
-    from graphc.passes.distill.worker import epoch_batches, valid_lengths
+    from graphc.passes.distill.worker.batches import epoch_batches, valid_lengths
 
     mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0], [1, 0, 1, 0]])
     assert valid_lengths(mask).tolist() == [2, 4, 1, 3]
@@ -352,7 +352,8 @@ def test_valid_lengths_and_length_grouped_batches():
 
 
 def test_trimmed_feeds_cut_inputs_and_sequence_targets_to_the_longest_row(tmp_path):
-    from graphc.passes.distill.worker import LAYER_FILE, LAYER_INPUT, TEACHER_INPUT, Data
+    from graphc.passes.distill.worker.batches import Data
+    from graphc.passes.distill.worker.protocol import LAYER_FILE, LAYER_INPUT, TEACHER_INPUT
 
     rng = np.random.default_rng(0)
     mask = np.zeros((6, 8), np.int64)
@@ -379,7 +380,7 @@ def test_trimmed_feeds_cut_inputs_and_sequence_targets_to_the_longest_row(tmp_pa
 def test_mask_grouped_training_step0_loss_is_the_uncut_loss(tmp_path, onnx_model, sample_inputs, training_python):
     """A BERT-style encoder ignores padded positions, so cutting each batch to its longest row
     leaves the first step's loss what numpy computes from the uncut rows."""
-    from graphc.passes.distill.worker import valid_lengths
+    from graphc.passes.distill.worker.batches import valid_lengths
 
     teacher = onnx.load(str(onnx_model("bert")))
     student = onnx.ModelProto()
@@ -476,9 +477,10 @@ def embedding_models():
 def test_embedding_table_trained_on_cut_batches_follows_numpy_adamw(tmp_path, training_python):
     """Two AdamW steps on batches cut to their longest row: the trained embedding table and
     projection equal numpy's (gradients through Gather written out by hand). This is the
-    gradient onnxruntime's memory-pattern planner corrupted on MiniLM (the worker's rule 1);
+    gradient onnxruntime's memory-pattern planner corrupted on MiniLM (rule 4, worker/loop.py);
     a model this small does not trigger that fault, so this checks the arithmetic only."""
-    from graphc.passes.distill.worker import lr_at, valid_lengths
+    from graphc.passes.distill.worker.batches import valid_lengths
+    from graphc.passes.distill.worker.loop import lr_at
 
     student, teacher, inputs = embedding_models()
     lr, config = 0.01, {"inputs": ["ids", "mask"], "threads": 1, "epochs": 1, "batch": 32, "loss": "mse",
