@@ -38,8 +38,9 @@ def _package() -> str:
     return PACKAGE
 
 
-loop = importlib.import_module(f"{_package()}.loop")
-protocol = importlib.import_module(f"{_package()}.protocol")
+_PACKAGE = _package()
+loop = importlib.import_module(f"{_PACKAGE}.loop")
+protocol = importlib.import_module(f"{_PACKAGE}.protocol")
 
 
 def import_training() -> None:
