@@ -3,7 +3,7 @@
 Why isolated: PyPI ``onnxruntime-training-cpu`` (last release 1.19.2, wheels for Python
 3.8-3.11) installs the module name ``onnxruntime`` and would replace the normal
 ``onnxruntime`` graphc runs on, so it lives in its own venv and the distillation worker
-(``graphc/distill_worker.py``) runs there as a subprocess.
+(``passes/distill/worker/``) runs there as a subprocess.
 
 Rules:
 
@@ -22,6 +22,7 @@ Rules:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -47,7 +48,9 @@ PINS = (
 SUPPORTED_PYTHON = ((3, 8), (3, 11))  # the wheels of onnxruntime-training-cpu 1.19.2
 MARKER = "graphc-training.json"
 SETUP_COMMAND = "graphc setup training"
-WORKER = pathlib.Path(__file__).with_name("distill_worker.py")
+# the distill pass's worker, a folder run by path; graphc.passes is located, not imported (it imports every pass)
+PASSES_DIR = pathlib.Path(importlib.util.find_spec("graphc.passes").submodule_search_locations[0])
+WORKER = PASSES_DIR / "distill" / "worker"
 
 
 def graphc_home() -> pathlib.Path:

@@ -16,12 +16,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from graphc import training_env
-from graphc.context import Context
 from graphc.data import Dataset
 from graphc.errors import GraphcError
 from graphc.passes.distill import DistillOptions, DistillPass
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 CNN = ROOT / "models" / "fashion_cnn.onnx"
 
 
@@ -69,45 +68,55 @@ def mlp(opset=17, op=None, qdq=False, out_rank=2, out_type=TensorProto.FLOAT, la
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
-def context(model, rows=64, labels=True, eval_labels=True, train=True):
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((rows, 8)).astype(np.float32)
-    y = rng.integers(0, 4, rows)
-    train_data = Dataset({"x": x}, y if labels else None, "train.npz") if train else None
-    eval_data = Dataset({"x": x}, y if eval_labels else None, "eval.npz")
-    return Context(original=model, model_path=pathlib.Path("m.onnx"), report=None, train_data=train_data,
-                   eval_data=eval_data, metric=None)
+@pytest.fixture
+def context(make_context):
+    """Factory ``context(model, rows=64, labels=True, eval_labels=True, train=True)``: a pass
+    context with ``rows`` rows of train and eval data for ``mlp`` models."""
+    def build(model, rows=64, labels=True, eval_labels=True, train=True):
+        rng = np.random.default_rng(1)
+        x = rng.standard_normal((rows, 8)).astype(np.float32)
+        y = rng.integers(0, 4, rows)
+        train_data = Dataset({"x": x}, y if labels else None, "train.npz") if train else None
+        eval_data = Dataset({"x": x}, y if eval_labels else None, "eval.npz")
+        return make_context(model, train_data=train_data, eval_data=eval_data, metric=None)
+
+    return build
 
 
-def check(model, ctx=None, **options):
-    DistillPass(DistillOptions(**options)).check(ctx or context(model))
+@pytest.fixture
+def check(context):
+    """Factory ``check(model, ctx=None, **options)``: ``DistillPass.check`` on ``context(model)``."""
+    def run(model, ctx=None, **options):
+        DistillPass(DistillOptions(**options)).check(ctx or context(model))
+
+    return run
 
 
-def test_a_trainable_model_passes_every_check(fake_env):
+def test_a_trainable_model_passes_every_check(fake_env, check):
     check(mlp())
     check(mlp(opset=13))
     check(mlp(opset=20), alpha=0.5)
 
 
-def test_missing_training_environment_says_what_to_run(tmp_path, monkeypatch):
+def test_missing_training_environment_says_what_to_run(tmp_path, monkeypatch, check):
     monkeypatch.setenv("GRAPHC_HOME", str(tmp_path / "empty"))
     with pytest.raises(GraphcError, match=r"training environment .* create it with: graphc setup training$"):
         check(mlp())
 
 
-def test_outdated_training_environment_is_missing_too(fake_env):
+def test_outdated_training_environment_is_missing_too(fake_env, check):
     marker = fake_env / training_env.MARKER
     marker.write_text(json.dumps({"pins": ["onnxruntime-training-cpu==1.18.0"]}))
     with pytest.raises(GraphcError, match="missing or outdated .* graphc setup training"):
         check(mlp())
 
 
-def test_missing_train_data(fake_env):
+def test_missing_train_data(fake_env, check, context):
     with pytest.raises(GraphcError, match=r"^distill needs --train-data \(inputs of the model"):
         check(mlp(), context(mlp(), train=False))
 
 
-def test_hard_labels_need_labels(fake_env):
+def test_hard_labels_need_labels(fake_env, check, context):
     with pytest.raises(GraphcError, match=r"alpha=0.5 weighs cross-entropy on labels by 0.5; --train-data train.npz "
                                           r"has no integer 'labels'"):
         check(mlp(), context(mlp(), labels=False), alpha=0.5)
@@ -116,30 +125,32 @@ def test_hard_labels_need_labels(fake_env):
     check(mlp(), context(mlp(), labels=False, eval_labels=False), alpha=1.0)  # unlabelled is fine with alpha=1
 
 
-def test_quantized_graph_is_refused_with_the_order_advice(fake_env):
+def test_quantized_graph_is_refused_with_the_order_advice(fake_env, check):
     with pytest.raises(GraphcError, match=r"is quantized \(DequantizeLinear, QuantizeLinear have no gradient\); "
                                           r"put int8 after distill"):
         check(mlp(qdq=True))
 
 
-def test_int8_before_distill_is_refused_before_anything_runs(fake_env):
-    ctx = context(mlp())
-    ctx.pass_names = ["prune", "int8", "distill"]
+def test_int8_before_distill_is_refused_before_anything_runs(fake_env, check):
+    from graphc.pass_api import check_order
+    from graphc.passes import build_passes
+    from graphc.spec import parse_spec
+
     with pytest.raises(GraphcError, match=r"cannot train through the Q/DQ nodes int8 inserts .* "
                                           r"put int8 after distill, e.g. --passes prune,distill,int8"):
-        check(mlp(), ctx)
-    ctx.pass_names = ["prune", "distill", "int8"]
-    check(mlp(), ctx)
+        check_order(build_passes(parse_spec("prune,int8,distill")))
+    check_order(build_passes(parse_spec("prune,distill,int8")))
+    check(mlp())
 
 
 @pytest.mark.parametrize("opset", [12, 21, 22])
-def test_opset_outside_13_to_20(fake_env, opset):
+def test_opset_outside_13_to_20(fake_env, opset, check):
     with pytest.raises(GraphcError, match=rf"has opset {opset}; onnxruntime-training 1.19.2 trains opsets 13-20"):
         check(mlp(opset=opset))
 
 
 @pytest.mark.parametrize("op", ["HardSigmoid", "HardSwish", "Floor", "CumSum"])
-def test_ops_without_gradient_between_weights_and_output(fake_env, op):
+def test_ops_without_gradient_between_weights_and_output(fake_env, op, check):
     model = mlp(op=op)
     if op == "CumSum":  # CumSum takes an axis input
         model.graph.initializer.append(numpy_helper.from_array(np.array(1, np.int64), "axis"))
@@ -149,14 +160,14 @@ def test_ops_without_gradient_between_weights_and_output(fake_env, op):
         check(model)
 
 
-def test_op_without_gradient_off_the_weight_path_is_accepted(fake_env):
+def test_op_without_gradient_off_the_weight_path_is_accepted(fake_env, check):
     model = mlp()
     model.graph.node.insert(0, helper.make_node("Floor", ["x"], ["x_floor"]))  # reads only the input
     model.graph.node.insert(1, helper.make_node("Identity", ["x_floor"], ["unused"]))
     check(model)
 
 
-def test_first_output_must_be_float_with_a_class_axis(fake_env):
+def test_first_output_must_be_float_with_a_class_axis(fake_env, check):
     with pytest.raises(GraphcError, match=r"^distill: the first output 'y' of the input model must be float32; the "
                                           r"loss compares it with the teacher's$"):
         check(mlp(out_type=TensorProto.INT64))
@@ -182,7 +193,7 @@ def test_feature_losses_refuse_labels_and_unknown_names():
     assert build_passes(parse_spec("distill"))[0].options.loss == "kl"
 
 
-def test_freeze_globs_must_match_and_leave_something_to_train(fake_env):
+def test_freeze_globs_must_match_and_leave_something_to_train(fake_env, context):
     from graphc.graph import to_graph
     from graphc.passes import build_passes
     from graphc.spec import parse_spec
@@ -199,7 +210,7 @@ def test_freeze_globs_must_match_and_leave_something_to_train(fake_env):
         DistillPass(DistillOptions(freeze="W+b")).run(to_graph(model), ctx)
 
 
-def test_cosine_loss_needs_a_batch_axis(fake_env):
+def test_cosine_loss_needs_a_batch_axis(fake_env, check):
     model = mlp()
     model.graph.output[0].type.tensor_type.shape.dim.pop(0)  # declared [4]: no batch axis
     with pytest.raises(GraphcError, match=r"^distill:loss=cosine compares samples along the batch axis; the first "
@@ -207,13 +218,13 @@ def test_cosine_loss_needs_a_batch_axis(fake_env):
         check(model, loss="cosine")
 
 
-def test_cross_entropy_needs_a_rank_2_output(fake_env):
+def test_cross_entropy_needs_a_rank_2_output(fake_env, check):
     with pytest.raises(GraphcError, match=r"alpha < 1 adds cross-entropy .* 'y' has rank 3 \(use alpha=1\)"):
         check(mlp(out_rank=3), alpha=0.9)
     check(mlp(out_rank=3), alpha=1.0)
 
 
-def test_layer_globs_must_match_a_tensor_of_both_graphs(fake_env):
+def test_layer_globs_must_match_a_tensor_of_both_graphs(fake_env, check):
     check(mlp(), layers="h")
     check(mlp(op="Relu"), layers="h+h?")
     with pytest.raises(GraphcError, match=r"distill:layers: 'hidden\*' matches no tensor that both the student "
@@ -223,29 +234,29 @@ def test_layer_globs_must_match_a_tensor_of_both_graphs(fake_env):
         DistillOptions(layers="h++y")
 
 
-def test_layers_of_pruned_channels_are_refused_with_both_shapes(fake_env):
+def test_layers_of_pruned_channels_are_refused_with_both_shapes(fake_env, make_context):
     """A pruned CNN's conv outputs are narrower than the teacher's: no projection, a clear refusal."""
     from graphc.graph import to_graph
     from graphc.passes.prune import PruneOptions, PrunePass
 
     teacher = onnx.load(str(CNN))
-    pruned = PrunePass(PruneOptions(ratio=0.5)).run(to_graph(teacher), None).graph
+    pruned = PrunePass(PruneOptions(ratio=0.5)).run(to_graph(teacher), make_context(teacher)).graph
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (8, 1, 28, 28), dtype=np.uint8)
-    ctx = Context(original=teacher, model_path=CNN, report=None, metric=None,
-                  train_data=Dataset({"image": images}, None, "train.npz"), eval_data=None)
+    ctx = make_context(teacher, metric=None, train_data=Dataset({"image": images}, None, "train.npz"),
+                       eval_data=None)
     conv = next(n.output[0] for n in teacher.graph.node if n.op_type == "Conv")
     with pytest.raises(GraphcError, match=rf"distill:layers: '{conv}' has shape \[2, \d+, .*\] in the student and "
                                           rf"\[2, \d+, .*\] in the teacher \(pruned channels\); .* not supported"):
         DistillPass(DistillOptions(layers=conv)).run(pruned, ctx)
 
 
-def test_batch_larger_than_the_data(fake_env):
+def test_batch_larger_than_the_data(fake_env, check):
     with pytest.raises(GraphcError, match=r"distill:batch=128: --train-data has only 64 rows"):
         check(mlp(), batch=128)
 
 
-def test_teacher_with_other_inputs(fake_env, tmp_path):
+def test_teacher_with_other_inputs(fake_env, tmp_path, check):
     teacher = mlp()
     teacher.graph.input[0].name = "other"
     teacher.graph.node[0].input[0] = "other"
@@ -294,7 +305,7 @@ def test_setup_refuses_a_python_without_wheels(tmp_path, monkeypatch):
     assert not training_env.env_dir().exists()
 
 
-def test_mask_must_be_an_input_holding_zeros_and_ones(fake_env):
+def test_mask_must_be_an_input_holding_zeros_and_ones(fake_env, check, context):
     with pytest.raises(GraphcError, match=r"distill:mask=attention_mask: the model has no input 'attention_mask' "
                                           r"\(inputs: x\)"):
         check(mlp(), mask="attention_mask")

@@ -1,31 +1,34 @@
 """The parent side of ``distill``: teacher outputs, the run directory, the worker, write-back.
 
-Rules:
+Rules (the numbers of ``graphc.passes.distill``):
 
-- The teacher's first output on the training (and eval) inputs is computed here with the
-  normal onnxruntime and handed to the worker as data (``teacher`` in train.npz/eval.npz);
-  so are the teacher's values of the intermediate tensors in ``config["layers"]``, each
-  written batch by batch into its own float16 ``.npy`` file (``train_layer<i>.npy``), which
-  the worker memory-maps: 12 hidden states of MiniLM on 40k glosses of 24 tokens are 8.8 GB
-  in float16, more than either process should hold.
-- The run directory is ``$GRAPHC_HOME/distill-runs/<key>``, where the key hashes the
+- Rule 1, the teacher's targets: the teacher's first output on the training (and eval)
+  inputs is computed here with the normal onnxruntime and handed to the worker as data
+  (``teacher`` in train.npz/eval.npz); so are the teacher's values of the intermediate
+  tensors in ``config["layers"]``, each written batch by batch into its own float16 ``.npy``
+  file (``train_layer<i>.npy``), which the worker memory-maps: 12 hidden states of MiniLM on
+  40k glosses of 24 tokens are 8.8 GB in float16, more than either process should hold.
+- Rule 6, the run directory: ``$GRAPHC_HOME/distill-runs/<key>``, where the key hashes the
   student graph, the teacher graph, the data and the training options. An interrupted run
   (Ctrl-C, a killed process) leaves its per-epoch checkpoints there; the same command run
   again resumes after the last completed epoch (``resume=false`` starts over). The
   directory is deleted after a successful write-back.
-- The worker runs as ``<training venv>/bin/python graphc/distill_worker.py RUNDIR``; its
-  JSON progress lines drive a progress bar (on a terminal) and one line per epoch on
-  stderr. Exit 3 with error.json is a user error (GraphcError), any other failure is a bug.
-- Crash restarts: onnxruntime-training 1.19.2 has faults of its own (its memory-pattern
-  planner corrupted embedding gradients until the worker turned it off, ``distill_worker``
-  rule 1: SIGSEGV in the first steps, a Gather reading garbage indices). As a safety net a
-  worker killed by SIGSEGV, SIGBUS or SIGABRT, or ending on an ``[ONNXRuntimeError]``, is
-  started again on the same directory up to ``CRASH_RESTARTS`` times: it resumes after the
-  last completed epoch, and a resumed run gives the weights of an uninterrupted one (to the
-  reproducibility of ``distill_worker`` rule 4), so a restart costs only time.
-- Write-back: every trained array replaces the initializer of the same name in the graph
-  the pass received (same shape and dtype); nodes, inputs, outputs and every other
-  initializer are left as they are.
+- Rule 4, the worker: it runs as ``<training venv>/bin/python <graphc.passes.distill>/worker
+  RUNDIR`` (``graphc.training_env.WORKER``); its JSON progress lines drive a progress bar
+  (on a terminal) and one line per epoch on stderr. Exit 3 with error.json is a user error
+  (GraphcError), any other failure is a bug.
+- Rule 4, crash restarts: onnxruntime-training 1.19.2 has faults of its own (its
+  memory-pattern planner corrupted embedding gradients until the worker turned it off,
+  rule 4 in ``worker/loop.py``: SIGSEGV in the first steps, a Gather reading garbage
+  indices). As a safety net a worker killed by SIGSEGV, SIGBUS or SIGABRT, or ending on an
+  ``[ONNXRuntimeError]``, is started again on the same directory up to ``CRASH_RESTARTS``
+  times: it resumes after the last completed epoch, and a resumed run gives the weights of
+  an uninterrupted one (to the reproducibility of rule 4, ``worker/loop.py``), so a restart
+  costs only time.
+- Rule 7, write-back by initializer name: every trained array replaces the initializer of
+  the same name in the graph the pass received (same shape and dtype); nodes, inputs,
+  outputs and every other initializer (BatchNorm running statistics, frozen tensors) are
+  left as they are.
 """
 
 from __future__ import annotations
