@@ -32,12 +32,13 @@ class Globs(tuple):
     """Case-sensitive ``fnmatch`` patterns, written joined by ``+`` (``*word_embeddings*+*bias``)."""
 
     @classmethod
-    def parse(cls, text: str, where: str = "globs") -> Globs:
+    def parse(cls, text: str, key: str = "globs") -> Globs:
+        """``text`` split at ``+``; ValueError on an empty pattern (``key`` names the option)."""
         if not text:
             return cls()
         patterns = [p.strip() for p in text.split("+")]
         if not all(patterns):
-            raise GraphcError(f"{where}={text!r} has an empty pattern (join patterns with '+')")
+            raise ValueError(f"{key}={text!r} has an empty pattern (join patterns with '+')")
         return cls(patterns)
 
     def matches(self, *names: str) -> bool:
@@ -109,7 +110,7 @@ def coerce(value: str, tp: Any, field: dataclasses.Field, where: str) -> Any:
             raise GraphcError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
         return value
     if tp is Globs:
-        return Globs.parse(value, where)
+        return value  # parsed by the options' __post_init__ (normalise_globs): errors name the pass
     try:
         if tp is bool:
             lowered = value.lower()
@@ -130,6 +131,16 @@ def coerce(value: str, tp: Any, field: dataclasses.Field, where: str) -> Any:
     if low is not None and result < low or high is not None and result > high:
         raise GraphcError(f"{where}: {value} is out of range [{low}, {high}]")
     return result
+
+
+def normalise_globs(options: Any) -> None:
+    """In an options dataclass's ``__post_init__``: every ``Globs`` field given as a
+    ``+``-joined string becomes ``Globs`` (ValueError on an empty pattern)."""
+    hints = typing.get_type_hints(type(options))
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        if hints[f.name] is Globs and not isinstance(value, Globs):
+            object.__setattr__(options, f.name, Globs.parse(value, f.name))
 
 
 def build_options(options_cls: type, spec: PassSpec, main_option: str | None) -> Any:

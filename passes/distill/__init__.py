@@ -39,6 +39,7 @@ from graphc.errors import GraphcError
 from graphc.graph import to_model
 from graphc.model_io import load_model
 from graphc.pass_api import Pass, PassResult
+from graphc.spec import Globs, normalise_globs
 from graphc.passes.distill import run as distill_run
 from graphc.passes.distill.checks import check_freeze, check_mask, check_shapes, check_trainable, layer_tensors
 from graphc.verify import Tolerance
@@ -55,11 +56,11 @@ class DistillOptions:
     alpha: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0,
                                                 "help": "weight of the loss term; 1-alpha weighs CE on labels (kl)"})
     beta: float = field(default=0.0, metadata={"min": 0.0, "help": "weight of MSE between student and teacher outputs"})
-    layers: str = field(default="", metadata={
+    layers: Globs = field(default=Globs(), metadata={
         "help": "tensor-name globs joined by '+' whose teacher values the student also matches (rule 2)"})
     gamma: float = field(default=1.0, metadata={"min": 0.0, "help": "weight of the layers= feature loss"})
     teacher: str = field(default="", metadata={"help": "teacher .onnx (default: the model as loaded)"})
-    freeze: str = field(default="", metadata={
+    freeze: Globs = field(default=Globs(), metadata={
         "help": "initializer-name globs kept frozen, joined by '+' (e.g. *word_embeddings*)"})
     seed: int = field(default=0, metadata={"min": 0, "help": "data-order seed (same seed, same weights)"})
     warmup: float = field(default=0.05, metadata={"min": 0.0, "max": 0.5, "help": "share of steps of linear warm-up"})
@@ -73,19 +74,10 @@ class DistillOptions:
     resume: bool = field(default=True, metadata={"help": "resume an interrupted identical run from its checkpoint"})
 
     def __post_init__(self):
-        if self.freeze and not all(self.freeze_patterns()):
-            raise ValueError(f"freeze={self.freeze!r} has an empty pattern (join patterns with '+')")
+        normalise_globs(self)
         if self.loss != "kl" and self.alpha < 1:
             raise ValueError(f"loss={self.loss} has no cross-entropy term; alpha={self.alpha:g} < 1 (labels) "
                              f"needs loss=kl")
-        if self.layers and not all(self.layer_patterns()):
-            raise ValueError(f"layers={self.layers!r} has an empty pattern (join patterns with '+')")
-
-    def freeze_patterns(self) -> list[str]:
-        return [p.strip() for p in self.freeze.split("+")] if self.freeze else []
-
-    def layer_patterns(self) -> list[str]:
-        return [p.strip() for p in self.layers.split("+")] if self.layers else []
 
 
 class DistillPass(Pass):
@@ -123,7 +115,7 @@ class DistillPass(Pass):
         check_trainable(ctx.original, "the input model", hard_labels=o.alpha < 1, loss=o.loss)
         if o.mask:
             check_mask(o.mask, student_names, ctx.train_data, ctx.eval_data)
-        layer_tensors(ctx.original, teacher, o.layer_patterns())  # globs matching nothing fail before any pass
+        layer_tensors(ctx.original, teacher, list(o.layers))  # globs matching nothing fail before any pass
 
     def _teacher(self, ctx):
         """Rule 1: the teacher is the model as loaded before the first pass, or
@@ -137,7 +129,7 @@ class DistillPass(Pass):
         o = self.options
         return {"inputs": inputs, "epochs": o.epochs, "lr": o.lr, "batch": o.batch, "loss": o.loss, "T": o.T,
                 "alpha": o.alpha, "beta": o.beta, "seed": o.seed, "warmup": o.warmup, "clip": o.clip,
-                "weight_decay": o.weight_decay, "patience": o.patience, "freeze": o.freeze_patterns(),
+                "weight_decay": o.weight_decay, "patience": o.patience, "freeze": list(o.freeze),
                 "metric": ctx.metric if ctx.eval_data is not None else None, "threads": ctx.threads or 0,
                 "layers": layers, "gamma": o.gamma, "mask": o.mask or None}
 
@@ -146,9 +138,9 @@ class DistillPass(Pass):
         student = to_model(graph, ctx.original)
         check_trainable(student, "the graph distill receives", hard_labels=self.options.alpha < 1,
                         loss=self.options.loss)
-        frozen = check_freeze(student, self.options.freeze, self.options.freeze_patterns())
+        frozen = check_freeze(student, str(self.options.freeze), list(self.options.freeze))
         teacher = self._teacher(ctx)
-        layers = layer_tensors(student, teacher, self.options.layer_patterns())
+        layers = layer_tensors(student, teacher, list(self.options.layers))
         check_shapes(student, teacher, layers, ctx.train_data, ctx.threads)
         config = self._config(ctx, [s.name for s in model_signature(student)], layers)
         directory = distill_run.run_dir(distill_run.run_key(student, teacher, [ctx.train_data, ctx.eval_data],

@@ -35,12 +35,10 @@ import onnx
 
 from graphc.data import Dataset
 from graphc.errors import GraphcError
-from graphc.passes.distill.run import expose
 from graphc.passes.distill.worker.training_graph import trainable_names
-from graphc.runtime import open_session, run_session
+from graphc.ops import QUANTIZED_OPS
+from graphc.runtime import tap
 
-QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
-                 "MatMulInteger", "ConvInteger", "QLinearAdd", "QLinearMul", "QGemm"}
 NO_GRADIENT_OPS = {"HardSigmoid", "HardSwish", "Einsum", "CumSum", "Floor"}
 OPSET_RANGE = (13, 20)
 
@@ -153,13 +151,24 @@ def layer_tensors(student: onnx.ModelProto, teacher: onnx.ModelProto, patterns: 
     return [name for name in candidates if name in chosen]
 
 
+def _probe(model: onnx.ModelProto, layers: list[str], data: Dataset, threads: int | None,
+           what: str) -> list[np.ndarray]:
+    """The first output and the ``layers`` tensors of ``model`` on the few rows of ``data``
+    (through the tensor tap, pieces joined again)."""
+    names = [model.graph.output[0].name, *layers]
+    seen: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    tap(model, names, data, lambda name, values, piece: seen[name].append(values), batch_size=len(data),
+        threads=threads, what=what)
+    return [np.concatenate(seen[name]) for name in names]
+
+
 def check_shapes(student: onnx.ModelProto, teacher: onnx.ModelProto, layers: list[str], train_data: Dataset,
                  threads: int | None) -> None:
     """Rules 1 and 2: the first outputs, and every ``layers`` tensor, have the same shape in both
     graphs (on a probe batch of two rows of ``train_data``)."""
-    feeds, _ = next(train_data.batches(2))
-    got = run_session(open_session(expose(student, layers), threads, what="the student"), feeds)
-    want = run_session(open_session(expose(teacher, layers), threads, what="the teacher"), feeds)
+    probe = train_data.take(2)
+    got = _probe(student, layers, probe, threads, "the student")
+    want = _probe(teacher, layers, probe, threads, "the teacher")
     if got[0].shape != want[0].shape:
         raise GraphcError(f"distill: the student's first output has shape {list(got[0].shape)}, the teacher's "
                           f"{list(want[0].shape)}; they must match")

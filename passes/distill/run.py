@@ -51,45 +51,42 @@ from graphc import training_env
 from graphc.data import Dataset
 from graphc.errors import GraphcError
 from graphc.model_io import save_model
-from graphc.runtime import open_session, run_session
+from graphc.runtime import Piece, tap
 
 TEACHER_BATCH = 256
 CRASH_RESTARTS = 4
 CRASH_CODES = {-signal.SIGSEGV, -signal.SIGBUS, -signal.SIGABRT}
 
 
-def expose(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose outputs are its first output followed by ``tensors``."""
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    del exposed.graph.output[1:]
-    exposed.graph.output.extend(onnx.ValueInfoProto(name=name) for name in tensors)
-    return exposed
-
-
 def teacher_targets(model: onnx.ModelProto, dataset: Dataset, threads: int | None, what: str,
                     layers: list[str] = (), layer_path: Callable[[int], pathlib.Path] | None = None) -> np.ndarray:
-    """The first output (float32) over the whole dataset; the ``layers`` tensors are written
-    (float16, batch by batch) into the ``.npy`` files ``layer_path(i)``."""
-    session = open_session(expose(model, list(layers)) if layers else model, threads, what=what)
-    first, files, start = [], [], 0
+    """The first output (float32) over the whole dataset, through the tensor tap
+    (``graphc.runtime.tap``, batches of ``TEACHER_BATCH`` rows in bounded pieces); the
+    ``layers`` tensors are written (float16, piece by piece) into the ``.npy`` files
+    ``layer_path(i)``."""
+    output = model.graph.output[0].name
+    layers = list(layers)
+    first: list[np.ndarray] = []
+    files: dict[str, np.memmap] = {}
+
+    def reduce(name: str, value: np.ndarray, piece: Piece) -> None:
+        if name == output:
+            first.append(value.astype(np.float32))
+            return
+        if name not in files:
+            files[name] = np.lib.format.open_memmap(layer_path(layers.index(name)), mode="w+", dtype=np.float16,
+                                                    shape=(len(dataset), *value.shape[1:]))
+        if value.shape[1:] != files[name].shape[1:]:
+            raise GraphcError(f"distill:layers: {name!r} has shape {list(value.shape[1:])} in one batch "
+                              f"and {list(files[name].shape[1:])} in another; its rows must have one shape")
+        files[name][piece.start:piece.stop] = value
+
     try:
-        for feeds, _ in dataset.batches(TEACHER_BATCH):
-            values = run_session(session, feeds)
-            first.append(values[0].astype(np.float32))
-            for i, value in enumerate(values[1:]):
-                if len(files) <= i:
-                    files.append(np.lib.format.open_memmap(layer_path(i), mode="w+", dtype=np.float16,
-                                                           shape=(len(dataset), *value.shape[1:])))
-                if value.shape[1:] != files[i].shape[1:]:
-                    raise GraphcError(f"distill:layers: {layers[i]!r} has shape {list(value.shape[1:])} in one batch "
-                                      f"and {list(files[i].shape[1:])} in another; its rows must have one shape")
-                files[i][start:start + len(value)] = value
-            start += len(values[0])
+        tap(model, [output, *layers], dataset, reduce, TEACHER_BATCH, threads, what=what)
     finally:
-        for layer_file in files:
+        for layer_file in files.values():
             layer_file.flush()
-        del files
+        files.clear()
     return np.concatenate(first)
 
 

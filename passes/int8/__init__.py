@@ -37,6 +37,7 @@ import onnx_graphsurgeon as gs
 from graphc.cpu_features import cpu_features
 from graphc.errors import GraphcError
 from graphc.pass_api import InspectSection, Pass, PassResult
+from graphc.spec import Globs, normalise_globs
 from graphc.passes.int8.activations import QParams, activation_params, activation_tensors
 from graphc.passes.int8.budget import budget_result
 from graphc.passes.int8.calibration import calibrate
@@ -52,7 +53,6 @@ from graphc.verify import Tolerance
 __all__ = ["Int8Options", "Int8Pass", "quantization_summary", "quantization_text", "tensorrt_violations"]
 
 MIN_OPSET = 13
-EXCLUDE_SEPARATOR = "+"
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class Int8Options:
     per_channel: bool = field(default=True, metadata={"help": "per-output-channel weight scales"})
     weight_bits: Literal["auto", "7", "8"] = field(default="auto", metadata={
         "help": "auto: 7 on CPUs whose u8 x s8 products saturate (AVX2 without VNNI), else 8"})
-    exclude: str = field(default="", metadata={
+    exclude: Globs = field(default=Globs(), metadata={
         "help": "node-name or op-type globs kept in FP32, joined by '+' (e.g. Gemm+/head/*)"})
     samples: int = field(default=256, metadata={"min": 1, "max": 1_000_000,
                                                 "help": "calibration rows taken from --data (or synthetic)"})
@@ -88,13 +88,7 @@ class Int8Options:
         "help": "target=ort: store constant tables read only by Gather (embeddings) as s8, per column"})
 
     def __post_init__(self):
-        patterns = self.exclude_patterns()
-        if self.exclude and any(not p for p in patterns):
-            raise ValueError(f"exclude={self.exclude!r} has an empty pattern (join patterns with "
-                             f"'{EXCLUDE_SEPARATOR}')")
-
-    def exclude_patterns(self) -> list[str]:
-        return [p.strip() for p in self.exclude.split(EXCLUDE_SEPARATOR)] if self.exclude else []
+        normalise_globs(self)
 
 
 class Int8Pass(Pass):

@@ -72,7 +72,7 @@ def node_label(node: gs.Node) -> str:
 
 def plan_nodes(graph: gs.Graph, opts: Int8Options, keep: frozenset[str] = frozenset()) -> NodePlan:
     """Rule 1: which compute nodes are quantized, and how (labels in ``keep``: FP32, rule 8)."""
-    patterns = opts.exclude_patterns()
+    patterns = list(opts.exclude)
     matched = {p: False for p in patterns}
     transformer = any(n.op == "Softmax" for n in graph.nodes)
     plan = NodePlan([], [], {})

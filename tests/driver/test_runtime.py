@@ -59,3 +59,48 @@ def test_graph_written_with_external_weights_runs_like_the_exported_model(tmp_pa
     got = runtime.open_session(path).run(None, feeds)
     for a, b in zip(want, got):
         np.testing.assert_array_equal(a, b)
+
+
+def _two_output_model():
+    """x [n, 4] -> h = x * 2 (intermediate) -> y = h + 1 (output)."""
+    graph = oh.make_graph([oh.make_node("Mul", ["x", "two"], ["h"]), oh.make_node("Add", ["h", "one"], ["y"])], "g",
+                          [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 4])],
+                          [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 4])],
+                          [onnx.numpy_helper.from_array(np.float32([2.0]), "two"),
+                           onnx.numpy_helper.from_array(np.float32([1.0]), "one")])
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+
+
+def test_tap_hands_every_piece_of_every_tensor_in_order_and_leaves_the_model_alone():
+    from graphc.data import Dataset
+
+    model = _two_output_model()
+    before = model.SerializeToString()
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    seen = []
+    # 2 tensors x 16 bytes a row; 64 bytes a run: 2 rows a run after the 1-row first piece
+    run = runtime.tap(model, ["h", "y"], Dataset({"x": x}, None, "test"),
+                      lambda name, values, piece: seen.append((name, piece, values.copy())), batch_size=4,
+                      run_bytes=64)
+    assert model.SerializeToString() == before
+    pieces = [piece for name, piece, _ in seen if name == "h"]
+    assert [(p.batch, p.start, p.stop) for p in pieces] == [(0, 0, 1), (0, 1, 3), (0, 3, 4), (1, 4, 6), (1, 6, 8),
+                                                            (2, 8, 10)]
+    assert (run.rows, run.batches, run.runs) == (10, 3, 6)
+    h = np.concatenate([v for name, _, v in seen if name == "h"])
+    y = np.concatenate([v for name, _, v in seen if name == "y"])
+    np.testing.assert_array_equal(h, x * 2)
+    np.testing.assert_array_equal(y, x * 2 + 1)
+
+
+def test_tap_on_a_path_writes_its_probe_beside_the_model_and_removes_it(tmp_path):
+    from graphc.data import Dataset
+
+    path = tmp_path / "m.onnx"
+    onnx.save(_two_output_model(), str(path))
+    before = path.read_bytes()
+    got = []
+    runtime.tap(path, ["h"], Dataset({"x": np.ones((3, 4), np.float32)}, None, "test"),
+                lambda name, values, piece: got.append(values))
+    np.testing.assert_array_equal(np.concatenate(got), np.full((3, 4), 2.0, np.float32))
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

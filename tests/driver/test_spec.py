@@ -76,3 +76,18 @@ def test_unknown_pass_lists_registered_passes():
     with pytest.raises(GraphcError, match=r"unknown pass 'prun' \(passes: .*fold"):
         build_passes(parse_spec("fold,prun:0.5"))
     assert "fold" in PASSES
+
+
+def test_globs_options_parse_match_and_refuse_empty_patterns():
+    from graphc.passes.int8 import Int8Options
+    from graphc.spec import Globs
+
+    options = build_options(Int8Options, parse_spec("int8:exclude=Gemm+/head/*")[0], "calib")
+    assert isinstance(options.exclude, Globs) and list(options.exclude) == ["Gemm", "/head/*"]
+    assert str(options.exclude) == "Gemm+/head/*"
+    assert options.exclude.matches("/head/MatMul") and options.exclude.matches("x", "Gemm")
+    assert not options.exclude.matches("/body/MatMul", "MatMul")
+    assert Int8Options().exclude == Globs() and not Int8Options().exclude
+    assert list(Int8Options(exclude="a+ b").exclude) == ["a", "b"]  # direct construction parses too
+    with pytest.raises(GraphcError, match=r"^pass 'int8': exclude='a\+\+b' has an empty pattern"):
+        build_options(Int8Options, parse_spec("int8:exclude=a++b")[0], "calib")
