@@ -1,4 +1,9 @@
-"""graphc's graph-rewrite passes, one per module, registered by command-line name."""
+"""graphc's graph-rewrite passes, registered by command-line name.
+
+A pass is a package ``passes/<name>/`` (its ``__init__.py`` holds the pass class, its options
+and the numbered rule index; the modules beside it hold what only that pass uses) or, for a
+small pass, one module (``fold.py``). Passes never import each other.
+"""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ import pytest
 from graphc.models import minilm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.slow  # a real 22.7M-parameter export and four passes over it
 
 SENTENCES = ["A man is playing a guitar.", "The cat sleeps on the warm windowsill.",
              "Quarterly revenue grew by twelve percent."]
