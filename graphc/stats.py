@@ -100,30 +100,25 @@ def tensor_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]] 
 
 
 def _measure_shapes(model: onnx.ModelProto, names: list[str], shapes) -> dict[str, tuple[int, ...]]:
-    """Shapes of ``names`` from one onnxruntime run of ``model`` at the resolved input shapes."""
-    from graphc.runtime import open_session
+    """Shapes of ``names`` from one tensor-tap run of ``model`` on a synthetic batch at the
+    resolved input shapes (the input dims are set only while it runs: no copy of the model)."""
+    from graphc.runtime import tap
 
-    existing = {o.name for o in model.graph.output}
-    count = len(model.graph.output)
-    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in existing)
     old_inputs = [onnx.ValueInfoProto() for _ in model.graph.input]
     for saved, value_info in zip(old_inputs, model.graph.input):
         saved.CopyFrom(value_info)
-    set_input_shapes(model, _resolved_inputs(model, shapes))
-    try:  # outputs and input shapes change only while the session opens: no copy of the model
-        session = open_session(model, what="the shape probe")
+    measured: dict[str, tuple[int, ...]] = {}
+    try:
+        data = synthetic_dataset(model, shapes=shapes)  # one batch at the resolved shapes, run whole
+        set_input_shapes(model, _resolved_inputs(model, shapes))
+        tap(model, names, data, lambda name, values, piece: measured.setdefault(name, tuple(values.shape)),
+            batch_size=len(data), what="the shape probe")
     except Exception:  # shapes stay unknown; the MACs of those nodes are reported as uncounted
         return {}
     finally:
-        del model.graph.output[count:]
         for value_info, saved in zip(model.graph.input, old_inputs):
             value_info.CopyFrom(saved)
-    try:
-        feeds, _ = next(synthetic_dataset(model, shapes=shapes).batches())
-        outputs = session.run(None, feeds)
-    except Exception:
-        return {}
-    return {o.name: tuple(v.shape) for o, v in zip(session.get_outputs(), outputs)}
+    return measured
 
 
 def _node_macs(node: onnx.NodeProto, shape: Mapping[str, tuple[int, ...]]) -> int | None:
