@@ -1,4 +1,5 @@
-"""Re-estimate BatchNormalization running statistics on data (after pruning).
+"""Rule 5 of ``prune`` (``recalibrate=true`` with ``--data``): re-estimate BatchNormalization
+running statistics on data, after pruning.
 
 Pruning removes input channels of the layers before a BatchNorm, so the statistics it was
 trained with no longer describe its input. One streamed onnxruntime pass over the data
