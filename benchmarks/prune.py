@@ -59,7 +59,6 @@ import json
 import pathlib
 import sys
 import time
-import types
 
 import numpy as np
 
@@ -158,8 +157,8 @@ def prunable_macs(source: pathlib.Path, hidden: bool, shapes) -> float:
     from graphc.model_io import load_model
     from graphc.passes.prune import PruneOptions, plan_pruning
 
-    context = types.SimpleNamespace(shapes=dict(shapes), data=None)  # what planning reads of a pass context
-    plan = plan_pruning(to_graph(load_model(source)), PruneOptions(ratio=0.0, target="macs", hidden=hidden), context)
+    plan = plan_pruning(to_graph(load_model(source)), PruneOptions(ratio=0.0, target="macs", hidden=hidden),
+                        shapes=dict(shapes))
     return plan.cost_total
 
 

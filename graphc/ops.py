@@ -10,7 +10,7 @@ of its inputs and of its first output:
 - Gemm: M x N x K, i.e. output elements x K (K from B and ``transB``, else from A and
   ``transA``);
 - MatMul / MatMulInteger / QLinearMatMul / MatMulIntegerToFloat / FusedMatMul: output
-  elements x K, the reduced dim (the last of A).
+  elements x K, the reduced dim (the last of A; B's second-to-last when A's shape is unknown).
 
 Other ops are cheap element-wise work and count 0.
 """
@@ -24,8 +24,8 @@ import numpy as np
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})  # layers whose input 1 is a weight
 CONV_OPS = ("Conv", "ConvTranspose")
 CONV_WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}  # convolutions: where the weight is
-MATMUL_A_INPUT = {"MatMul": 0, "MatMulInteger": 0, "QLinearMatMul": 0, "MatMulIntegerToFloat": 0, "FusedMatMul": 0}
-MAC_OPS = frozenset({*CONV_WEIGHT_INPUT, *MATMUL_A_INPUT, "Gemm", "ConvTranspose"})
+MATMUL_B_INPUT = {"MatMul": 1, "MatMulInteger": 1, "QLinearMatMul": 3, "MatMulIntegerToFloat": 1, "FusedMatMul": 1}
+MAC_OPS = frozenset({*CONV_WEIGHT_INPUT, *MATMUL_B_INPUT, "Gemm", "ConvTranspose"})
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 INTEGER_OPS = frozenset({"QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QGemm",
                          "ConvInteger", "MatMulInteger"})  # compute ops that already run in integers
@@ -55,5 +55,7 @@ def node_macs(op: str, input_shape: Callable[[int], Shape | None], output_shape:
             return elements * int(b[1] if attrs.get("transB", 0) else b[0])
         a = input_shape(0)
         return None if a is None else elements * int(a[0] if attrs.get("transA", 0) else a[-1])
-    a = input_shape(MATMUL_A_INPUT[op])
-    return None if a is None else elements * int(a[-1])
+    a, b = input_shape(0), input_shape(MATMUL_B_INPUT[op])
+    if a is not None and len(a):
+        return elements * int(a[-1])
+    return None if b is None or len(b) < 2 else elements * int(b[-2])

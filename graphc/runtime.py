@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from graphc.errors import GraphcError, first_line
-from graphc.model_io import write_with_external_weights
+from graphc.model_io import write_graph_with_external_weights, write_with_external_weights
 
 if TYPE_CHECKING:
     from graphc.data import Dataset
@@ -169,3 +170,13 @@ def tap(model: onnx.ModelProto | os.PathLike, names: Sequence[str], data: Datase
         offset += total
         batches += 1
     return TapRun(offset, batches, runs)
+
+
+def tap_graph(graph: gs.Graph, names: Sequence[str], data: Dataset, reduce: Callable[[str, np.ndarray, Piece], None],
+              batch_size: int = 16, threads: int | None = None, what: str = "the model") -> TapRun:
+    """Stream ``data`` through ``graph`` with the tensor tap (``graphc.runtime.tap``), from a
+    temporary file with external weights: no second in-memory copy of the weights."""
+    with tempfile.TemporaryDirectory(prefix="graphc-tap-") as tmp:
+        path = write_graph_with_external_weights(graph, onnx.ModelProto(ir_version=graph.ir_version or onnx.IR_VERSION),
+                                                 pathlib.Path(tmp))
+        return tap(path, sorted(set(names)), data, reduce, batch_size, threads, what=what)

@@ -73,8 +73,9 @@ def test_prune_minilm_heads_and_ffn_exactly(minilm_onnx):
     hidden size left alone): the pruned graph equals the masked original on real sentences."""
     from graphc.graph import to_graph, to_model
     from graphc.model_io import load_model
-    from graphc.passes.prune import PruneOptions, apply_pruning, mask_pruned_channels, plan_pruning
+    from graphc.passes.prune import PruneOptions, apply_pruning, plan_pruning
     from graphc.runtime import open_session
+    from tests.prune.oracle import mask_pruned_channels
 
     model = load_model(minilm_onnx)
     plan = plan_pruning(to_graph(model), PruneOptions(ratio=0.3))

@@ -1,5 +1,6 @@
-"""``prune:latency=true``: measured layer times (``graphc.node_times``) and the speed factors
-that reorder the units (``graphc.prune_select.speed_factors``)."""
+"""``prune:latency=true`` and ``target=latency`` (rule 3): measured layer times
+(``graphc.passes.prune.layer_times``) and the speed factors that reorder the units
+(``graphc.passes.prune.selection.speed_factors``)."""
 
 import json
 
@@ -12,13 +13,20 @@ from graphc.errors import GraphcError
 from graphc.graph import to_graph, to_model
 from graphc.model_io import load_model
 from graphc.ops import WEIGHTED_OPS
-from graphc.node_times import weighted_node_times
-from graphc.passes.prune import PruneOptions, PrunePass, analyse, apply_pruning, mask_pruned_channels, plan_pruning
-from graphc.prune_select import CostModel, PruneConfig, select_units, speed_factors, timed_cost
+from graphc.passes.prune import PruneOptions, PrunePass, analyse, apply_pruning, plan_pruning
+from graphc.passes.prune.layer_times import weighted_node_times
+from graphc.passes.prune.selection import CostModel, PruneConfig, select_units, speed_factors, timed_cost
 from graphc.runtime import open_session
+from tests.prune.oracle import mask_pruned_channels
 from tests.topologies import BUILDERS
 
 FLAVOURS = [(name, False) for name in sorted(BUILDERS)] + [("bert", True), ("resnet", True), ("vit", True)]
+
+
+@pytest.fixture
+def resnet_context(onnx_model, make_context):
+    """A real pass context (on the resnet topology) for ``PrunePass.check``."""
+    return make_context(load_model(onnx_model("resnet")))
 
 
 def folded(path) -> onnx.ModelProto:
@@ -127,8 +135,8 @@ SPECS = {"latency": dict(target="macs", latency=True), "target-latency": dict(ta
 
 @pytest.mark.parametrize("spec", sorted(SPECS))
 @pytest.mark.parametrize("name", ["resnet", "depthwise", "bert"])
-def test_latency_pruning_is_exact_against_masking(name, spec, onnx_model, sample_inputs, monkeypatch):
-    import graphc.passes.prune as prune_module
+def test_latency_pruning_is_exact_against_masking(name, spec, onnx_model, sample_inputs, monkeypatch, make_context):
+    import graphc.passes.prune.layer_times as layer_times_module
 
     first: dict[str, float] = {}
 
@@ -137,7 +145,7 @@ def test_latency_pruning_is_exact_against_masking(name, spec, onnx_model, sample
             first.update(weighted_node_times(model, feeds, threads, runs=3))
         return first
 
-    monkeypatch.setattr(prune_module, "weighted_node_times", measured_once)
+    monkeypatch.setattr(layer_times_module, "weighted_node_times", measured_once)
     model = load_model(onnx_model(name))
     options = PruneOptions(ratio=0.3, **SPECS[spec])
     plan = plan_pruning(to_graph(model), options)
@@ -159,21 +167,21 @@ def test_latency_pruning_is_exact_against_masking(name, spec, onnx_model, sample
         expected = timed_cost(macs, first).share({gid: units for gid, units in reference.removed.items()})
         assert plan.time_share_removed == pytest.approx(expected, rel=1e-9) and 0 < expected < 1
         assert plan.stats()["prunable_latency_removed_predicted"] == f"{expected:.1%}"
-    assert PrunePass(options).run(to_graph(model), ctx=None).stats["layers_timed"] == len(first)
+    assert PrunePass(options).run(to_graph(model), make_context(model)).stats["layers_timed"] == len(first)
 
 
-def test_latency_with_uniform_scope_is_refused():
+def test_latency_with_uniform_scope_is_refused(resnet_context):
     with pytest.raises(GraphcError, match="latency=true.*scope=uniform"):
-        PrunePass(PruneOptions(latency=True, scope="uniform")).check(ctx=None)
+        PrunePass(PruneOptions(latency=True, scope="uniform")).check(resnet_context)
 
 
-def test_profile_file_is_written_once_and_reread_exactly(onnx_model, tmp_path, monkeypatch):
-    import graphc.passes.prune as prune_module
+def test_profile_file_is_written_once_and_reread_exactly(onnx_model, tmp_path, monkeypatch, make_context):
+    import graphc.passes.prune.layer_times as layer_times_module
 
     model = load_model(onnx_model("resnet"))
     profile = tmp_path / "times.json"
     options = PruneOptions(ratio=0.4, target="latency", latency=True, profile=str(profile))
-    PrunePass(options).check(ctx=None)  # no file yet: fine, it is written by the run
+    PrunePass(options).check(make_context(model))  # no file yet: fine, it is written by the run
     first = plan_pruning(to_graph(model), options)
     record = json.loads(profile.read_text())
     assert record["format"] == "graphc-layer-times/1" and len(record["layers"]) == first.layers_timed > 0
@@ -181,7 +189,7 @@ def test_profile_file_is_written_once_and_reread_exactly(onnx_model, tmp_path, m
     def no_measuring(*args, **kwargs):
         raise AssertionError("the profile file must be read, not measured again")
 
-    monkeypatch.setattr(prune_module, "weighted_node_times", no_measuring)
+    monkeypatch.setattr(layer_times_module, "weighted_node_times", no_measuring)
     again = plan_pruning(to_graph(model), options)
     assert again.removed == first.removed and again.cost_total == first.cost_total
     times = dict(record["layers"])
@@ -197,27 +205,27 @@ def test_profile_file_is_written_once_and_reread_exactly(onnx_model, tmp_path, m
     ('{"format": "graphc-layer-times/1", "layers": {"a": -3}}', "times must be positive"),
     ('{"format": "graphc-layer-times/1", "layers": {"a": true}}', "times must be positive"),
 ])
-def test_malformed_profile_files_are_refused_before_any_work(content, message, tmp_path):
+def test_malformed_profile_files_are_refused_before_any_work(content, message, tmp_path, resnet_context):
     profile = tmp_path / "times.json"
     profile.write_text(content)
     with pytest.raises(GraphcError, match=message):
-        PrunePass(PruneOptions(latency=True, profile=str(profile))).check(ctx=None)
+        PrunePass(PruneOptions(latency=True, profile=str(profile))).check(resnet_context)
 
 
-def test_profile_of_another_model_and_profile_without_latency_are_refused(onnx_model, tmp_path):
+def test_profile_of_another_model_and_profile_without_latency_are_refused(onnx_model, tmp_path, resnet_context):
     profile = tmp_path / "times.json"
     profile.write_text(json.dumps({"format": "graphc-layer-times/1", "layers": {"/other/model/Conv_output_0": 5.0}}))
     with pytest.raises(GraphcError, match="names none of this model's weighted layers"):
         plan_pruning(to_graph(load_model(onnx_model("resnet"))), PruneOptions(latency=True, profile=str(profile)))
     with pytest.raises(GraphcError, match="only read with latency=true or target=latency"):
-        PrunePass(PruneOptions(profile=str(profile))).check(ctx=None)
+        PrunePass(PruneOptions(profile=str(profile))).check(resnet_context)
 
 
 def test_cli_bad_profile_is_a_one_line_error_and_writes_nothing(tmp_path):
     import subprocess
     import sys
 
-    from test_cli import CNN, assert_one_line_error
+    from tests.test_cli import CNN, assert_one_line_error
 
     profile = tmp_path / "times.json"
     profile.write_text("{broken")

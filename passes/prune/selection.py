@@ -1,20 +1,37 @@
-"""Scoring and selection for ``prune``: the cost and importance of each unit of a group,
-and which units go for a given ratio (rules in ``passes/prune.py``'s docstring)."""
+"""Rule 3 of ``prune``: which units go, and what a removal costs.
+
+``ratio`` is the share of the prunable cost removed, where the cost is the parameter count
+of every tensor in a prunable group (``target=params``, default), their MACs
+(``target=macs``), or the measured time of their weighted layers (``target=latency``: one
+onnxruntime profile as for ``latency=true`` below, each layer's time falling in proportion
+to its MACs; ``timed_cost``). ``scope=global`` removes the least important units across all
+groups until the share is reached; ``scope=uniform`` removes ``ratio`` of the units of every
+group. No group loses more than ``max_layer_ratio`` of its units or its last unit; with
+``round_to=k`` the kept channel count of a channel group is rounded up to a multiple of k
+(``select_units``).
+
+``latency=true`` (global scope) multiplies every unit's importance by its group's measured
+speed (``speed_factors``): the MACs per microsecond its layers save per removed unit over
+the model's MACs per microsecond (``layer_times`` profiles the model once in onnxruntime at
+batch 1 with ``--threads``; factors clipped to [0.5, 2]), so at equal importance the
+channels of layers that run slowly per MAC go first and the same MACs cost less time. The
+choice then depends on the machine that profiled; ``profile=FILE`` keeps the measurement
+(written on the first run, read on later ones) so a run can be repeated exactly, or use
+times measured on the deployment machine.
+"""
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
-from graphc.channel_graph import ChannelGroup, Member
 from graphc.graph import constant_values
-from graphc.ops import WEIGHTED_OPS
+from graphc.ops import WEIGHTED_OPS, node_macs
+from graphc.passes.prune.channel_groups import ChannelGroup, unit_positions
 
 
 @dataclass(frozen=True)
@@ -25,28 +42,19 @@ class PruneConfig:
     round_to: int = 1
 
 
-def _unit_positions(member: Member, group: ChannelGroup) -> list[np.ndarray]:
-    """Unique positions on the member's axis of each unit of the group."""
-    result = []
-    for u in range(group.units):
-        index = member.index[group.channels_of([u])]
-        result.append(np.unique(index[index >= 0]))
-    return result
-
-
 def _node_macs(node: gs.Node, shapes: dict) -> float:
+    """``graphc.ops.node_macs`` of a weighted layer (0: output shape or constant weight unknown)."""
     out = shapes.get(node.outputs[0].name)
     weight = constant_values(node.inputs[1]) if len(node.inputs) > 1 else None
     if out is None or weight is None:
         return 0.0
-    weight = np.asarray(weight)
-    if node.op in ("Conv", "ConvTranspose"):
-        if node.op == "ConvTranspose":
-            x = shapes.get(node.inputs[0].name)
-            return float(np.prod(x) * np.prod(weight.shape[1:])) if x else 0.0
-        return float(np.prod(out) * np.prod(weight.shape[1:]))
-    k = weight.shape[1] if node.op == "Gemm" and node.attrs.get("transB", 0) else weight.shape[0]
-    return float(np.prod(out) * k)
+
+    def input_shape(i):
+        if i == 1:
+            return np.shape(weight)
+        return shapes.get(node.inputs[i].name) if i < len(node.inputs) else None
+
+    return float(node_macs(node.op, input_shape, out, node.attrs) or 0)
 
 
 class CostModel:
@@ -76,7 +84,7 @@ class CostModel:
                     continue
                 self.tensors[key] = (shape, cost)
                 self.nodes[key] = member.node
-                self.members.setdefault(group.id, []).append((key, member.axis, _unit_positions(member, group)))
+                self.members.setdefault(group.id, []).append((key, member.axis, unit_positions(member, group)))
         self.total = sum(cost for _, cost in self.tensors.values())
 
     def removed(self, chosen: dict[int, list[int]]) -> float:
@@ -97,82 +105,6 @@ class CostModel:
         return self.removed(chosen) / self.total if self.total else 0.0
 
 
-def _weight_members(group: ChannelGroup, kinds: Iterable[str] = ("producer", "consumer", "parameter")):
-    for member in group.params():
-        if member.kind in kinds:
-            values = constant_values(member.node.inputs[member.input_index])
-            if values is not None and np.asarray(values).ndim >= 2:
-                yield member, np.asarray(values)
-
-
-def _normalised_mean(columns: list[np.ndarray], size: int) -> np.ndarray:
-    scaled = [c / c.mean() if c.mean() > 0 else c for c in columns]
-    return np.mean(scaled, axis=0) if scaled else np.ones(size)
-
-
-def magnitude_scores(group: ChannelGroup, order: int) -> np.ndarray:
-    """L1/L2 norm of each unit's weight slices, normalised per weight and averaged."""
-    columns = []
-    for member, values in _weight_members(group):
-        moved = np.moveaxis(values, member.axis, 0).reshape(values.shape[member.axis], -1).astype(np.float64)
-        per_position = np.abs(moved).sum(1) if order == 1 else (moved ** 2).sum(1)
-        unit = np.array([per_position[p].sum() for p in _unit_positions(member, group)])
-        columns.append(unit if order == 1 else np.sqrt(unit))
-    return _normalised_mean(columns, group.units)
-
-
-def activation_scores(graph: gs.Graph, groups: list[ChannelGroup], data, batch_size: int = 32) -> dict[int, np.ndarray]:
-    """Mean |activation| per unit over ``data``, from one streamed onnxruntime run."""
-    from graphc.runtime import open_session
-
-    wanted = {(m.tensor, m.axis) for g in groups for m in g.members if m.kind == "activation"}
-    model = gs.export_onnx(graph, do_type_check=False)
-    existing = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in sorted({t for t, _ in wanted}) if t not in existing)
-    session = open_session(model, what="the activation probe")
-    names = [o.name for o in session.get_outputs()]
-    sums: dict[tuple[str, int], np.ndarray] = {}
-    count: dict[tuple[str, int], int] = {}
-    for feeds, _ in data.batches(batch_size):
-        values = dict(zip(names, session.run(None, feeds)))
-        for tensor, axis in wanted:
-            array = np.abs(values[tensor].astype(np.float64))
-            moved = np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1)
-            sums[(tensor, axis)] = sums.get((tensor, axis), 0) + moved.sum(1)
-            count[(tensor, axis)] = count.get((tensor, axis), 0) + moved.shape[1]
-    scores = {}
-    for group in groups:
-        columns = []
-        for member in (m for m in group.members if m.kind == "activation"):
-            mean = sums[(member.tensor, member.axis)] / count[(member.tensor, member.axis)]
-            columns.append(np.array([mean[p].mean() if p.size else 0.0 for p in _unit_positions(member, group)]))
-        scores[group.id] = _normalised_mean(columns, group.units)
-    return scores
-
-
-def taylor_scores(group: ChannelGroup, activation: np.ndarray) -> np.ndarray:
-    """|a x g| with g approximated by the consumer weights' L2 norm per unit."""
-    consumer = [(m, v) for m, v in _weight_members(group, ("consumer",))]
-    if not consumer:
-        return activation
-    columns = []
-    for member, values in consumer:
-        moved = np.moveaxis(values, member.axis, 0).reshape(values.shape[member.axis], -1).astype(np.float64)
-        per_position = (moved ** 2).sum(1)
-        columns.append(np.sqrt(np.array([per_position[p].sum() for p in _unit_positions(member, group)])))
-    return activation * _normalised_mean(columns, group.units)
-
-
-def unit_importance(groups: list[ChannelGroup], graph: gs.Graph, by: str, data=None) -> dict[int, np.ndarray]:
-    """Importance of every unit of every group, normalised per group (mean 1)."""
-    if by in ("l1", "l2"):
-        raw = {g.id: magnitude_scores(g, 1 if by == "l1" else 2) for g in groups}
-    else:
-        activation = activation_scores(graph, groups, data)
-        raw = activation if by == "activation" else {g.id: taylor_scores(g, activation[g.id]) for g in groups}
-    return {gid: s / s.mean() if s.mean() > 0 else s for gid, s in raw.items()}
-
-
 def _measured(macs: CostModel, times: dict[str, float]) -> tuple[dict[tuple[int, int], float], float | None]:
     """Measured microseconds per weighted tensor of ``macs`` and the model's MACs per microsecond
     over the measured layers (None when nothing was measured)."""
@@ -188,7 +120,7 @@ def speed_factors(macs: CostModel, times: dict[str, float], bounds: tuple[float,
     removing one of its units, divided by the MACs per microsecond of all measured layers.
 
     ``macs`` is a ``target="macs"`` cost model; ``times`` holds measured microseconds per
-    weighted node, keyed by its output name (``graphc.node_times``). A layer's time falls in
+    weighted node, keyed by its output name (``layer_times``). A layer's time falls in
     proportion to its MACs; an unmeasured layer runs at the model's average speed. Factors
     are clipped to ``bounds`` so one noisy measurement cannot empty or spare a group.
     """

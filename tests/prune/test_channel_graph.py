@@ -1,6 +1,7 @@
-"""prune on real topologies: ratio 0 is the identity, ratio 0.3 removes >= 25% of the
-prunable parameters, and the pruned model equals the original with exactly the removed
-channels' consumer weights zeroed (the test that proves the dependency graph right)."""
+"""prune on real topologies (rules 1 and 4: the channel dependency graph and removal): ratio 0
+is the identity, ratio 0.3 removes >= 25% of the prunable parameters, and the pruned model
+equals the original with exactly the removed channels' consumer weights zeroed (the test
+that proves the dependency graph right)."""
 
 import numpy as np
 import onnx
@@ -8,9 +9,10 @@ import pytest
 
 from graphc.graph import to_graph, to_model
 from graphc.model_io import load_model
-from graphc.passes.prune import PruneOptions, PrunePass, apply_pruning, mask_pruned_channels, plan_pruning
+from graphc.passes.prune import PruneOptions, PrunePass, apply_pruning, plan_pruning
 from graphc.runtime import open_session
 from graphc.stats import count_params
+from tests.prune.oracle import pruned_and_masked
 from tests.topologies import BUILDERS
 
 EXPECTED_KINDS = {  # what each topology must offer to prune
@@ -25,24 +27,16 @@ def run(model, feeds):
     return open_session(model).run(None, feeds)
 
 
-def pruned_and_masked(model: onnx.ModelProto, options: PruneOptions):
-    plan = plan_pruning(to_graph(model), options)
-    apply_pruning(plan)
-    reference = plan_pruning(to_graph(model), options)
-    mask_pruned_channels(reference)
-    return plan, to_model(plan.graph, model), to_model(reference.graph, model)
-
-
 @pytest.mark.parametrize("name, dynamo", FLAVOURS, ids=[f"{n}-{'dynamo' if d else 'torchscript'}" for n, d in FLAVOURS])
-def test_prune_is_exact_against_masking_and_removes_a_quarter(name, dynamo, onnx_model, sample_inputs):
+def test_prune_is_exact_against_masking_and_removes_a_quarter(name, dynamo, onnx_model, sample_inputs, make_context):
     path = onnx_model(name, dynamo=dynamo)
     model = load_model(path)
     feeds = sample_inputs(name, batch=3)
     original = run(model, feeds)
 
     graph = to_graph(model)
-    result = PrunePass(PruneOptions(ratio=0.0)).run(graph, ctx=None)
-    assert not result.changed and result.graph is None
+    result = PrunePass(PruneOptions(ratio=0.0)).run(graph, make_context(model))
+    assert not result.changed and result.graph is graph  # in_place = False: the given graph, untouched
     unchanged = to_model(graph, model)
     assert [n.op_type for n in unchanged.graph.node] == [n.op_type for n in model.graph.node]
     for a, b in zip(run(unchanged, feeds), original):
@@ -95,7 +89,7 @@ def test_blocked_groups_are_reported_with_their_reason(onnx_model):
     assert any("graph output" in r for r in reasons)
 
 
-def test_nothing_prunable_returns_model_unchanged_with_message():
+def test_nothing_prunable_returns_model_unchanged_with_message(make_context):
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
@@ -103,93 +97,16 @@ def test_nothing_prunable_returns_model_unchanged_with_message():
     w = onnx.numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
     model = helper.make_model(helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [w]),
                               opset_imports=[helper.make_opsetid("", 17)])
+    ctx = make_context(model)
 
-    class Ctx:
-        shapes, data = {}, None
-
-        class report:
-            notes = []
-
-            @classmethod
-            def note(cls, text):
-                cls.notes.append(text)
-
-    result = PrunePass(PruneOptions(ratio=0.5)).run(to_graph(model), Ctx)
+    result = PrunePass(PruneOptions(ratio=0.5)).run(to_graph(model), ctx)
     assert not result.changed
-    assert Ctx.report.notes == ["prune: nothing prunable in this model; returned unchanged "
+    assert ctx.report.notes == ["prune: nothing prunable in this model; returned unchanged "
                                 "(blocked: reaches graph output 'y')"]
 
 
-# --- options -----------------------------------------------------------------------------
-
 def _plan(onnx_model, name, **options):
     return plan_pruning(to_graph(load_model(onnx_model(name))), PruneOptions(**options))
-
-
-def test_round_to_keeps_channel_counts_multiples(onnx_model):
-    plan = _plan(onnx_model, "resnet", ratio=0.4, round_to=8)
-    for group in plan.prunable():
-        kept = group.size - len(plan.removed.get(group.id, []))
-        assert kept % 8 == 0 or kept == group.size, (group.describe(), kept)
-    assert plan.removed
-
-
-def test_max_layer_ratio_caps_every_group(onnx_model):
-    plan = _plan(onnx_model, "depthwise", ratio=0.9, max_layer_ratio=0.5)
-    for group in plan.prunable():
-        assert len(plan.removed.get(group.id, [])) <= group.units // 2
-
-
-def test_uniform_scope_prunes_every_group_by_the_ratio(onnx_model):
-    plan = _plan(onnx_model, "concat", ratio=0.5, scope="uniform", round_to=1)
-    for group in plan.prunable():
-        assert len(plan.removed.get(group.id, [])) == min(group.units // 2, group.units - 1)
-
-
-def test_target_macs_measures_the_share_of_macs(onnx_model, tmp_path):
-    from graphc.stats import model_stats
-
-    model = load_model(onnx_model("resnet"))
-    plan = _plan(onnx_model, "resnet", ratio=0.4, target="macs")
-    assert plan.cost_removed >= 0.4 * plan.cost_total
-    apply_pruning(plan)
-    before, after = model_stats(model).macs, model_stats(to_model(plan.graph, model)).macs
-    assert after <= 0.7 * before  # every MAC of this CNN sits in a prunable Conv/Gemm
-
-
-@pytest.mark.parametrize("by", ["activation", "taylor"])
-def test_data_driven_scores_need_data_and_use_it(by, onnx_model, tmp_path):
-    from graphc.context import Context
-    from graphc.data import synthetic_dataset
-    from graphc.errors import GraphcError
-    from graphc.report import Report
-    from graphc.stats import model_stats
-
-    model = load_model(onnx_model("resnet"))
-    ctx = Context(original=model, model_path=tmp_path, report=Report("m", model_stats(model)))
-    with pytest.raises(GraphcError, match=f"prune:by={by} needs --data"):
-        PrunePass(PruneOptions(by=by)).check(ctx)
-    ctx.data = synthetic_dataset(model, batches=8, seed=1)
-    data_plan = plan_pruning(to_graph(model), PruneOptions(ratio=0.3, by=by), ctx)
-    l2_plan = plan_pruning(to_graph(model), PruneOptions(ratio=0.3, by="l2"), ctx)
-    assert data_plan.removed and data_plan.removed != l2_plan.removed
-
-
-def test_recalibrated_batchnorm_statistics_match_the_data(onnx_model, tmp_path):
-    from graphc.bn_recalibrate import recalibrate_batchnorm
-    from graphc.data import synthetic_dataset
-
-    model = load_model(onnx_model("resnet"))
-    plan = _plan(onnx_model, "resnet", ratio=0.3)
-    apply_pruning(plan)
-    data = synthetic_dataset(model, batches=6, seed=3)
-    bn = next(n for n in plan.graph.nodes if n.op == "BatchNormalization")
-    probe = to_model(plan.graph, model)
-    probe.graph.output.append(onnx.ValueInfoProto(name=bn.inputs[0].name))
-    x = np.concatenate([open_session(probe).run(None, f)[-1] for f, _ in data.batches(4)])
-    assert recalibrate_batchnorm(plan.graph, data, batch_size=4) > 0
-    np.testing.assert_allclose(bn.inputs[3].values, x.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(bn.inputs[4].values, x.var(axis=(0, 2, 3)), rtol=1e-4, atol=1e-6)
 
 
 def test_hidden_true_prunes_the_residual_stream_and_still_runs(onnx_model, sample_inputs):

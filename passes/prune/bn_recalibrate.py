@@ -1,7 +1,8 @@
-"""Re-estimate BatchNormalization running statistics on data (after pruning).
+"""Rule 5 of ``prune`` (``recalibrate=true`` with ``--data``): re-estimate BatchNormalization
+running statistics on data, after pruning.
 
 Pruning removes input channels of the layers before a BatchNorm, so the statistics it was
-trained with no longer describe its input. One streamed onnxruntime pass over the data
+trained with no longer describe its input. One streamed pass of the tensor tap over the data
 exposes every BatchNorm input and accumulates per-channel sums and sums of squares
 (float64); mean and population variance replace the node's ``input_mean`` / ``input_var``.
 Memory stays at two vectors per BatchNorm whatever the number of samples.
@@ -10,35 +11,30 @@ Memory stays at two vectors per BatchNorm whatever the number of samples.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from graphc.data import Dataset
 from graphc.graph import swap_tensor
-from graphc.runtime import open_session, run_session
+from graphc.runtime import tap_graph
 
 
-def recalibrate_batchnorm(graph: gs.Graph, data: Dataset, batch_size: int = 64) -> int:
+def recalibrate_batchnorm(graph: gs.Graph, data: Dataset, batch_size: int = 64, threads: int | None = None) -> int:
     """Update the statistics of every inference BatchNorm in ``graph``; returns how many."""
     norms = [n for n in graph.nodes if n.op == "BatchNormalization" and not n.attrs.get("training_mode", 0)]
     if not norms:
         return 0
-    model = gs.export_onnx(graph, do_type_check=False)
-    existing = {o.name for o in model.graph.output}
-    inputs = sorted({n.inputs[0].name for n in norms})
-    model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in inputs if t not in existing)
-    session = open_session(model, what="the BatchNorm statistics probe")
-    names = [o.name for o in session.get_outputs()]
     sums: dict[str, np.ndarray] = {}
     squares: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    for feeds, _ in data.batches(batch_size):
-        values = dict(zip(names, run_session(session, feeds)))
-        for name in inputs:
-            x = np.moveaxis(values[name].astype(np.float64), 1, 0).reshape(values[name].shape[1], -1)
-            sums[name] = sums.get(name, 0) + x.sum(1)
-            squares[name] = squares.get(name, 0) + (x * x).sum(1)
-            counts[name] = counts.get(name, 0) + x.shape[1]
+
+    def reduce(name: str, values: np.ndarray, piece) -> None:
+        x = np.moveaxis(values.astype(np.float64), 1, 0).reshape(values.shape[1], -1)
+        sums[name] = sums.get(name, 0) + x.sum(1)
+        squares[name] = squares.get(name, 0) + (x * x).sum(1)
+        counts[name] = counts.get(name, 0) + x.shape[1]
+
+    tap_graph(graph, [n.inputs[0].name for n in norms], data, reduce, batch_size, threads,
+              "the BatchNorm statistics probe")
     for node in norms:
         name = node.inputs[0].name
         mean = sums[name] / counts[name]

@@ -1,4 +1,5 @@
-"""Measured onnxruntime CPU time of a model's weighted layers, from one profiled session.
+"""Measured onnxruntime CPU time of a model's weighted layers, from one profiled session
+(``prune:latency=true`` and ``prune:target=latency``, rule 3 of ``prune``).
 
 onnxruntime's profiler reports time per *executed* node, after its graph optimiser has fused
 and renamed nodes (a Conv with its Relu and residual Add becomes one fused Conv; the NCHWc
@@ -23,6 +24,10 @@ Rules:
    (``load_layer_times``), so a pruning run can be repeated exactly or use times measured
    on the deployment machine: ``{"format": "graphc-layer-times/1", "unit": "us",
    "threads": ..., "layers": {output name: microseconds}}``; anything else is refused.
+5. ``prune`` profiles the analysed graph at batch 1 (one row of ``--data``, else synthetic
+   inputs shaped by ``--shape``), unless ``profile=FILE`` exists: then that file is read,
+   and refused when it names none of the graph's weighted layers
+   (``weighted_layer_times``).
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ from collections import defaultdict
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
+from graphc.data import synthetic_feeds
 from graphc.errors import GraphcError
 from graphc.ops import WEIGHTED_OPS
 from graphc.model_io import write_text_atomically
@@ -133,3 +140,22 @@ def load_layer_times(path: str | pathlib.Path) -> dict[str, float]:
     if bad is not None:
         raise GraphcError(f"{path}: layer {bad!r} has time {layers[bad]!r}; times must be positive microseconds")
     return {str(name): float(value) for name, value in layers.items()}
+
+
+def weighted_layer_times(graph: gs.Graph, shapes, data, threads: int | None, profile: str = "") -> dict[str, float]:
+    """Microseconds of each weighted layer of ``graph`` at batch 1 (rule 5): read from
+    ``profile`` when that file exists, else measured (and written to ``profile`` when one is
+    named)."""
+    model = gs.export_onnx(graph, do_type_check=False)
+    if profile and pathlib.Path(profile).exists():
+        times = load_layer_times(profile)
+        layers = {n.outputs[0].name for n in graph.nodes if n.op in WEIGHTED_OPS and n.outputs}
+        if not layers & set(times):
+            raise GraphcError(f"prune:profile={profile} names none of this model's weighted layers "
+                              f"(measured on another model?)")
+        return times
+    feeds = next(data.batches(1))[0] if data is not None else synthetic_feeds(model, shapes, 1)
+    times = weighted_node_times(model, feeds, threads=threads)
+    if profile:
+        save_layer_times(profile, times, threads)
+    return times
