@@ -15,7 +15,7 @@ from graphc import cli
 from graphc.errors import GraphcError
 from graphc.pass_api import Pass, PassResult
 from graphc.passes import PASSES
-from tests import CNN, ROOT
+from tests import CNN, ROOT, assert_one_line_error
 
 TEST_SPLIT = ROOT / "models" / "fashion_mnist_test.npz"
 
@@ -110,13 +110,6 @@ def _bad_files(tmp_path) -> dict[str, pathlib.Path]:
         paths[name] = tmp_path / f"{name}.onnx"
         paths[name].write_bytes(content)
     return paths
-
-
-def assert_one_line_error(run, pattern):
-    assert run.returncode == 2, (run.returncode, run.stderr)
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
-    assert re.search(pattern, lines[0]), lines[0]
 
 
 @pytest.mark.parametrize("kind", ["truncated", "random", "text", "empty"])

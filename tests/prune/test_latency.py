@@ -225,7 +225,7 @@ def test_cli_bad_profile_is_a_one_line_error_and_writes_nothing(tmp_path):
     import subprocess
     import sys
 
-    from tests.test_cli import CNN, assert_one_line_error
+    from tests import CNN, assert_one_line_error
 
     profile = tmp_path / "times.json"
     profile.write_text("{broken")
