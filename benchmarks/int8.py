@@ -58,6 +58,10 @@ Usage::
 
 Prints one Markdown table per model (progress on stderr). Exports and data files are kept in
 ``--workdir`` and reused; every quantized model is made afresh.
+
+One script of over 400 lines on purpose: a benchmark is read and rerun as one piece (its
+models, both tools' recipes, the interleaved measurement and the table), and its shared
+recipes already live in ``graphc.models``.
 """
 
 from __future__ import annotations

@@ -49,6 +49,10 @@ The full run (``python benchmarks/prune.py --json out/bench_prune.json``) takes 
 on 2 quiet cores (up to twice that when they are shared); ``--quick`` (3 timed runs after 1
 warm-up, 1000 test images, 64 glosses) checks that everything works, in about 8 minutes.
 Unpruned exports are kept in ``--workdir`` and reused; every pruned model is made afresh.
+
+One script of over 400 lines on purpose: a benchmark is read and rerun as one piece (both
+parts, Torch-Pruning's recipes, the MACs matching and the tables), and its shared recipes
+already live in ``graphc.models``.
 """
 
 from __future__ import annotations

@@ -13,29 +13,18 @@ from graphc.passes import PASSES
 from tests import CNN
 
 
-class First(Pass):
-    name = "first"
-    summary = "test only"
-    in_place = True
-    must_run_before = {"second": "first must run before second"}
-
+def declared(name: str, in_place: bool, **order) -> type[Pass]:
+    """A do-nothing pass class with the given declarations (test only)."""
     def run(self, graph, ctx):
-        return PassResult(changed=False)
+        return PassResult(changed=False, graph=None if in_place else graph)
+
+    return type(name.title(), (Pass,), {"name": name, "summary": "test only", "in_place": in_place, "run": run,
+                                        **order})
 
 
-class Second(Pass):
-    name = "second"
-    summary = "test only"
-    in_place = False
-    must_run_after = {"third": "second must run after third"}
-
-    def run(self, graph, ctx):
-        return PassResult(changed=False, graph=graph)
-
-
-class Third(First):
-    name = "third"
-    must_run_before = {}
+First = declared("first", True, must_run_before={"second": "first must run before second"})
+Second = declared("second", False, must_run_after={"third": "second must run after third"})
+Third = declared("third", True)
 
 
 def test_declared_order_holds_or_fails_with_the_declared_reason():
