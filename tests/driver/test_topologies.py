@@ -8,15 +8,21 @@ import pytest
 
 from tests import topologies
 
-FLAVOURS = [pytest.param(False, id="torchscript"), pytest.param(True, id="dynamo")]
+FAST_DYNAMO = {"bert", "resnet", "vit"}  # the dynamo exports the fast subset makes anyway (prune tests)
+
+
+def cases(names):
+    """(name, dynamo) pairs; the dynamo exports the fast subset does not need are ``slow``."""
+    return [pytest.param(name, dynamo, id=f"{name}-{'dynamo' if dynamo else 'torchscript'}",
+                         marks=[pytest.mark.slow] if dynamo and name not in FAST_DYNAMO else [])
+            for name in names for dynamo in (False, True)]
 
 
 def _dims(value_info) -> list:
     return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
 
 
-@pytest.mark.parametrize("dynamo", FLAVOURS)
-@pytest.mark.parametrize("name", topologies.NAMES)
+@pytest.mark.parametrize("name, dynamo", cases(topologies.NAMES))
 def test_onnxruntime_matches_torch(name, dynamo, onnx_model, sample_inputs):
     path = onnx_model(name, dynamo=dynamo)
     # batch / sequence sizes unlike the export example, so the dynamic axes are exercised
@@ -29,8 +35,7 @@ def test_onnxruntime_matches_torch(name, dynamo, onnx_model, sample_inputs):
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * scale)
 
 
-@pytest.mark.parametrize("dynamo", FLAVOURS)
-@pytest.mark.parametrize("name", topologies.NAMES)
+@pytest.mark.parametrize("name, dynamo", cases(topologies.NAMES))
 def test_graph_interface(name, dynamo, onnx_model):
     model = onnx.load(onnx_model(name, dynamo=dynamo), load_external_data=False)
     graph = model.graph
@@ -44,8 +49,7 @@ def test_graph_interface(name, dynamo, onnx_model):
     assert data.is_file() == dynamo
 
 
-@pytest.mark.parametrize("dynamo", FLAVOURS)
-@pytest.mark.parametrize("name", topologies.BATCHNORM_NAMES)
+@pytest.mark.parametrize("name, dynamo", cases(topologies.BATCHNORM_NAMES))
 def test_batchnorm_survives_export(name, dynamo, onnx_model):
     graph = onnx.load(onnx_model(name, dynamo=dynamo), load_external_data=False).graph
     modules = sum(m.__class__.__name__.startswith("BatchNorm") for m in topologies.build(name).model.modules())

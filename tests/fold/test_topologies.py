@@ -26,7 +26,7 @@ def unfoldable_bns(model: onnx.ModelProto) -> int:
                and not (producers.get(n.input[0]) in FOLDABLE_PRODUCERS and consumers[n.input[0]] == 1))
 
 
-@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["torchscript", "dynamo"])
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_fold_is_exact_and_removes_foldable_bn(name, dynamo, onnx_model, sample_inputs, tmp_path):
     source = onnx_model(name, dynamo=dynamo)
