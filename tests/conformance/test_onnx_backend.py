@@ -1,0 +1,53 @@
+"""Every pass on the ONNX backend test suite (``tests/conformance/suite.py``): a written
+model runs and matches the reference outputs, or the pass refuses in one line (exit 2).
+Named cases pin the causes found so far; a spread over all op types runs in the fast subset,
+every case in the slow run."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conformance import suite
+
+PASSES = ["fold", "fold,int8", "prune:0.3"]
+SHAPE_BOUNDS = ["test_shape_start_1", "test_shape_end_1", "test_shape_end_negative_1", "test_shape_start_negative_1",
+                "test_shape_start_1_end_2", "test_shape_start_1_end_negative_1", "test_shape_start_greater_than_end",
+                "test_shape_clip_start", "test_shape_clip_end"]
+
+
+def acceptable(result: str) -> bool:
+    return result == "exact" or result.startswith("refused: ")
+
+
+@pytest.mark.parametrize("name", SHAPE_BOUNDS)
+def test_fold_keeps_the_bounds_of_shape(name, tmp_path):
+    """Rule 3 of fold: Shape(start, end) folds to the bounded slice of the shape, not the whole."""
+    case = suite.case(name)
+    assert suite.onnxruntime_conforms(name)
+    assert suite.outcome(case, "fold", tmp_path) == "exact"
+
+
+@pytest.mark.parametrize("name", ["test_group_normalization_epsilon_expanded", "test_group_normalization_example_expanded",
+                                  "test_attention_4d_gqa_expanded", "test_attention_3d_expanded"])
+def test_fold_on_expanded_functions_built_from_bounded_shapes(name, tmp_path):
+    case = suite.case(name)
+    assert suite.onnxruntime_conforms(name)
+    assert suite.outcome(case, "fold", tmp_path) == "exact"
+
+
+@pytest.mark.parametrize("passes", PASSES)
+def test_every_pass_on_a_spread_of_op_types(passes, tmp_path):
+    results = {name: suite.outcome(suite.case(name), passes, tmp_path) for name in suite.sample()}
+    bad = {name: r for name, r in results.items() if not acceptable(r)}
+    assert len(results) > 150
+    assert not bad, f"{len(bad)} of {len(results)}: {bad}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("passes", PASSES)
+def test_every_pass_on_every_conforming_case(passes, tmp_path):
+    names = [c.name for c in suite.all_cases() if suite.onnxruntime_conforms(c.name)]
+    results = {name: suite.outcome(suite.case(name), passes, tmp_path) for name in names}
+    bad = {name: r for name, r in results.items() if not acceptable(r)}
+    assert len(results) > 1400
+    assert not bad, f"{len(bad)} of {len(results)}: {bad}"
