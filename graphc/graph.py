@@ -17,7 +17,7 @@ if a graphsurgeon release changes it).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -35,6 +35,10 @@ def to_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     """Export ``graph`` as a model carrying ``template``'s model-level fields."""
     model = gs.export_onnx(graph, do_type_check=True)
     model.ir_version = template.ir_version
+    if template.ir_version < 4:  # IR 3: every initializer must also be a graph input
+        listed = {i.name for i in model.graph.input}
+        model.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+                                 for t in model.graph.initializer if t.name not in listed)
     model.doc_string = template.doc_string
     model.domain = template.domain
     model.model_version = template.model_version
@@ -232,6 +236,69 @@ def infer_shapes(graph: gs.Graph, inputs: Mapping[str, Sequence[int]] | None = N
         if not isinstance(tensor, gs.Variable) or id(tensor) in inputs_:
             continue
         info = typed.get(name)
+        if info is not None and getattr(info, "type", "tensor_type") != "tensor_type":
+            tensor.type = info.type  # a sequence or optional value: its element type only
         tensor.dtype = info.dtype if info is not None else None
         tensor.shape = info.shape if info is not None else None
+    return graph
+
+
+def split_bounded_shapes(graph: gs.Graph) -> list[tuple[gs.Node, gs.Node]]:
+    """Before folding: every ``Shape`` with ``start``/``end`` becomes a whole Shape
+    and a Slice of it on axis 0 (same bounds); returns the (Shape, Slice) pairs made."""
+    pairs = []
+    for node in list(graph.nodes):
+        if node.op != "Shape" or not ({"start", "end"} & set(node.attrs)):
+            continue
+        start, end = int(node.attrs.pop("start", 0)), node.attrs.pop("end", None)
+        end = np.iinfo(np.int64).max if end is None else int(end)
+        output, whole = node.outputs[0], gs.Variable(f"{node.outputs[0].name}__whole_shape", dtype=np.int64)
+        bounds = [gs.Constant(f"{node.outputs[0].name}__shape_{key}", np.array([value], np.int64))
+                  for key, value in (("start", start), ("end", end), ("axis", 0))]
+        set_tensors(node.outputs, [whole])
+        piece = gs.Node("Slice", f"{node.name or output.name}__shape_slice", inputs=[whole, *bounds], outputs=[output])
+        graph.nodes.append(piece)
+        pairs.append((node, piece))
+    graph.toposort()
+    return pairs
+
+
+def join_bounded_shapes(graph: gs.Graph, pairs: list[tuple[gs.Node, gs.Node]]) -> None:
+    """After folding: a split pair that was not folded is one bounded Shape again."""
+    alive = {id(n) for n in graph.nodes}
+    for shape, piece in pairs:
+        whole = shape.outputs[0] if shape.outputs else None
+        if id(shape) not in alive or id(piece) not in alive or whole is None or piece.inputs[0] is not whole \
+                or len(whole.outputs) != 1:
+            continue  # folded (or its whole shape is read elsewhere): nothing to join
+        start, end = (int(constant_values(t).reshape(-1)[0]) for t in piece.inputs[1:3])
+        shape.attrs["start"] = start
+        if end != np.iinfo(np.int64).max:
+            shape.attrs["end"] = end
+        outputs = list(piece.outputs)
+        piece.outputs.clear()
+        piece.inputs.clear()
+        set_tensors(shape.outputs, outputs)
+    graph.cleanup(remove_unused_graph_inputs=False)
+
+
+def fold_constants(graph: gs.Graph, size_threshold: int | None = None,
+                   exclude: Callable[[gs.Node], bool] | None = None, flatten_subgraphs: bool = False) -> gs.Graph:
+    """onnx-graphsurgeon's ``fold_constants`` (shapes included, errors tolerated) made exact on what it gets wrong, then ``cleanup``; returns ``graph``.
+
+    - graphsurgeon's shape folding (0.6.1) reads a ``Shape`` node as the whole shape and
+      ignores its ``start``/``end`` (opset 15+): such a Shape is split into a whole ``Shape``
+      and a ``Slice`` on axis 0 with the same bounds first (the two ops clamp and wrap negative
+      bounds alike, so the split is exact), and pairs left unfolded are joined back;
+    - ops that make a sequence or an optional value (``graphc.ops.NON_TENSOR_OPS``) are never
+      folded: graphsurgeon evaluates them to Python lists, which no initializer can hold;
+    - nodes for which ``exclude`` is true are not folded either.
+    """
+    from graphc.ops import NON_TENSOR_OPS
+
+    pairs = split_bounded_shapes(graph)
+    graph.fold_constants(fold_shapes=True, size_threshold=size_threshold, error_ok=True, flatten_subgraphs=flatten_subgraphs,
+                         should_exclude_node=lambda node: node.op in NON_TENSOR_OPS or bool(exclude and exclude(node)))
+    graph.cleanup(remove_unused_graph_inputs=False)
+    join_bounded_shapes(graph, pairs)
     return graph

@@ -29,6 +29,8 @@ MAC_OPS = frozenset({*CONV_WEIGHT_INPUT, *MATMUL_B_INPUT, "Gemm", "ConvTranspose
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 INTEGER_OPS = frozenset({"QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QGemm",
                          "ConvInteger", "MatMulInteger"})  # compute ops that already run in integers
+NON_TENSOR_OPS = frozenset({"SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceErase", "SplitToSequence",
+                            "SequenceMap", "Optional"})  # ops whose output is a sequence or an optional
 QUANTIZED_OPS = frozenset({*QDQ_OPS, *INTEGER_OPS, "DynamicQuantizeLinear", "QLinearAdd", "QLinearMul"})
 
 Shape = Sequence[int]

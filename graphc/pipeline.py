@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from graphc.checks import check_model
+from graphc.checks import check_input, check_model
 from graphc.context import Context
 from graphc.data import Dataset, check_shape_overrides, load_dataset, model_signature, output_names
 from graphc.errors import GraphcError
@@ -85,7 +85,7 @@ def optimize(request: OptimizeRequest) -> Report:
         raise GraphcError(f"-o {request.output}: the output must not overwrite the input model")
     original = load_model(request.model)
     check_shape_overrides(model_signature(original), request.shapes)
-    open_session(original, request.threads, what=str(request.model))
+    check_input(original, str(request.model))
     before = model_stats(original, request.shapes, size_bytes=file_size(request.model))
     report = Report(model=str(request.model), before=before, output=str(request.output))
     ctx = build_context(request, original, report)

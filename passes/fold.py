@@ -10,12 +10,9 @@ Rewrite rules, in order:
    graph output instead (output names never change); an Identity that only forwards a
    graph input or a constant to a graph output stays.
 3. Constant subgraphs are evaluated with onnxruntime and replaced by initializers
-   (onnx-graphsurgeon ``fold_constants``, shape subgraphs included), unless a folded
-   tensor would exceed ``size_threshold`` bytes. graphsurgeon's shape folding (0.6.1) reads
-   a ``Shape`` node as the whole shape and ignores its ``start``/``end`` (opset 15+), so
-   such a Shape is first split into a whole ``Shape`` and a ``Slice`` on axis 0 with the same
-   bounds (the two ops clamp and wrap negative bounds alike, so the split is exact); pairs
-   the folding left in place are joined back into the one ``Shape`` node.
+   (``graphc.graph.fold_constants``: onnx-graphsurgeon's, shape subgraphs included, with
+   its rules for bounded ``Shape`` nodes and sequences), unless a folded tensor would exceed
+   ``size_threshold`` bytes.
 4. A BatchNormalization in inference mode whose input is produced only for it by a Conv,
    ConvTranspose or Gemm with constant weights is folded into that node's weights and bias;
    after a MatMul with a constant 2-D weight and a rank-2 output (the BN channel axis is then
@@ -37,7 +34,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
-from graphc.graph import (constant_values, infer_shapes, is_graph_input, is_graph_output, producer,
+from graphc.graph import (constant_values, fold_constants, infer_shapes, is_graph_input, is_graph_output, producer,
                           replace_uses, set_tensors, swap_tensor, unique_name)
 from graphc.pass_api import Pass, PassResult
 from graphc.verify import Tolerance
@@ -75,11 +72,7 @@ class FoldPass(Pass):
             "identity_dropout_removed": remove_passthrough_nodes(graph),
         }
         if self.options.constants:
-            split = split_bounded_shapes(graph)
-            graph.fold_constants(fold_shapes=True, size_threshold=self.options.size_threshold,
-                                 error_ok=True, flatten_subgraphs=False)
-            graph.cleanup(remove_unused_graph_inputs=False)
-            join_bounded_shapes(graph, split)
+            fold_constants(graph, size_threshold=self.options.size_threshold)
         stats["bn_folded"] = fold_batchnorms(graph) if self.options.bn else 0
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         stats["nodes_removed"] = nodes_before - len(graph.nodes)
@@ -109,45 +102,6 @@ def constants_to_initializers(graph: gs.Graph) -> int:
         node.outputs.clear()
         converted += 1
     return converted
-
-
-def split_bounded_shapes(graph: gs.Graph) -> list[tuple[gs.Node, gs.Node]]:
-    """Rule 3, before folding: every ``Shape`` with ``start``/``end`` becomes a whole Shape
-    and a Slice of it on axis 0 (same bounds); returns the (Shape, Slice) pairs made."""
-    pairs = []
-    for node in list(graph.nodes):
-        if node.op != "Shape" or not ({"start", "end"} & set(node.attrs)):
-            continue
-        start, end = int(node.attrs.pop("start", 0)), node.attrs.pop("end", None)
-        end = np.iinfo(np.int64).max if end is None else int(end)
-        output, whole = node.outputs[0], gs.Variable(f"{node.outputs[0].name}__whole_shape", dtype=np.int64)
-        bounds = [gs.Constant(f"{node.outputs[0].name}__shape_{key}", np.array([value], np.int64))
-                  for key, value in (("start", start), ("end", end), ("axis", 0))]
-        set_tensors(node.outputs, [whole])
-        piece = gs.Node("Slice", f"{node.name or output.name}__shape_slice", inputs=[whole, *bounds], outputs=[output])
-        graph.nodes.append(piece)
-        pairs.append((node, piece))
-    graph.toposort()
-    return pairs
-
-
-def join_bounded_shapes(graph: gs.Graph, pairs: list[tuple[gs.Node, gs.Node]]) -> None:
-    """Rule 3, after folding: a split pair that was not folded is one bounded Shape again."""
-    alive = {id(n) for n in graph.nodes}
-    for shape, piece in pairs:
-        whole = shape.outputs[0] if shape.outputs else None
-        if id(shape) not in alive or id(piece) not in alive or whole is None or piece.inputs[0] is not whole \
-                or len(whole.outputs) != 1:
-            continue  # folded (or its whole shape is read elsewhere): nothing to join
-        start, end = (int(constant_values(t).reshape(-1)[0]) for t in piece.inputs[1:3])
-        shape.attrs["start"] = start
-        if end != np.iinfo(np.int64).max:
-            shape.attrs["end"] = end
-        outputs = list(piece.outputs)
-        piece.outputs.clear()
-        piece.inputs.clear()
-        set_tensors(shape.outputs, outputs)
-    graph.cleanup(remove_unused_graph_inputs=False)
 
 
 def _is_inference_dropout(node: gs.Node) -> bool:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import onnx_graphsurgeon as gs
 
+from graphc.graph import fold_constants
 from graphc.passes.prune.channel_graph import ChannelGraph
 from graphc.passes.prune.channel_groups import ChannelGroup
 from graphc.passes.prune.layer_times import weighted_layer_times
@@ -76,8 +77,8 @@ class PrunePlan:
 def analyse(graph: gs.Graph, shapes: dict | None = None, hidden: bool = False) -> ChannelGraph:
     """Fold constants and build the channel dependency graph of ``graph`` (edited in place);
     ``shapes`` are the ``--shape`` overrides, ``hidden`` is ``prune:hidden``."""
-    graph.fold_constants(error_ok=True, should_exclude_node=_duplicates_shared_weight)
-    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    fold_constants(graph, exclude=_duplicates_shared_weight, flatten_subgraphs=True)
+    graph.toposort()
     model = gs.export_onnx(graph, do_type_check=False)
     names = {t for node in model.graph.node for t in [*node.input, *node.output] if t}
     return ChannelGraph(graph, tensor_shapes(model, shapes or {}, wanted=names), allow_hidden_norm=hidden)
