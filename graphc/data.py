@@ -42,7 +42,8 @@ class InputSignature:
 
     name: str
     dtype: np.dtype
-    shape: tuple[Dim, ...]
+    shape: tuple[Dim, ...]  # () also when the rank is unknown
+    scalar: bool = False  # declared 0-d: one value fed unchanged with every batch
 
     def describe_shape(self) -> str:
         return "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
@@ -67,7 +68,9 @@ def model_signature(model: onnx.ModelProto) -> list[InputSignature]:
         if not elem:
             raise GraphcError(f"input {value_info.name!r} is not a tensor; graphc supports tensor inputs only")
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem))
-        signature.append(InputSignature(value_info.name, dtype, _dims(value_info)))
+        tensor_type = value_info.type.tensor_type
+        scalar = tensor_type.HasField("shape") and not tensor_type.shape.dim
+        signature.append(InputSignature(value_info.name, dtype, _dims(value_info), scalar))
     return signature
 
 
@@ -89,13 +92,13 @@ class Dataset:
     fixed_batch: int | None = None  # set when the model fixes its first dim
 
     def __len__(self) -> int:
-        return len(next(iter(self.inputs.values())))
+        return next((len(v) for v in self.inputs.values() if v.ndim), 1)
 
     def batches(self, batch_size: int = 32) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
         """(feeds, labels) chunks of ``batch_size`` rows (the model's own batch if fixed)."""
         step = self.fixed_batch or max(1, int(batch_size))
         for start in range(0, len(self), step):
-            feeds = {k: v[start:start + step] for k, v in self.inputs.items()}
+            feeds = take_rows(self.inputs, start, start + step)
             labels = None if self.labels is None else self.labels[start:start + step]
             yield feeds, labels
 
@@ -104,7 +107,13 @@ class Dataset:
         if self.fixed_batch:
             rows = -(-rows // self.fixed_batch) * self.fixed_batch
         labels = None if self.labels is None else self.labels[:rows]
-        return Dataset({k: v[:rows] for k, v in self.inputs.items()}, labels, self.source, self.fixed_batch)
+        return Dataset(take_rows(self.inputs, 0, rows), labels, self.source, self.fixed_batch)
+
+
+def take_rows(feeds: Mapping[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+    """Rows [start, stop) of every input; a 0-d input (a scalar the model reads once per run,
+    e.g. a sample rate) goes with every piece unchanged."""
+    return {k: v if v.ndim == 0 else v[start:stop] for k, v in feeds.items()}
 
 
 def validate(arrays: Mapping[str, np.ndarray], signature: Sequence[InputSignature], source: str) -> Dataset:
@@ -124,6 +133,14 @@ def validate(arrays: Mapping[str, np.ndarray], signature: Sequence[InputSignatur
         array = arrays[spec.name]
         if array.dtype != spec.dtype:
             raise GraphcError(f"{source}: input {spec.name!r} has dtype {array.dtype}, the model expects {spec.dtype}")
+        if spec.scalar and array.ndim:
+            raise GraphcError(f"{source}: input {spec.name!r} has shape {_fmt(array.shape)}, the model expects a "
+                              f"scalar (one value, fed with every batch)")
+        if array.ndim == 0:
+            if spec.shape:
+                raise GraphcError(f"{source}: input {spec.name!r} is a scalar, the model expects "
+                                  f"{spec.describe_shape()} (rank {len(spec.shape)})")
+            continue
         if spec.shape and array.ndim != len(spec.shape):
             raise GraphcError(f"{source}: input {spec.name!r} has shape {_fmt(array.shape)}, the model expects "
                               f"{spec.describe_shape()} (rank {len(spec.shape)})")
@@ -138,7 +155,8 @@ def validate(arrays: Mapping[str, np.ndarray], signature: Sequence[InputSignatur
             fixed_batch = spec.shape[0]
         if rows is not None and array.shape[0] != rows:
             raise GraphcError(f"{source}: input {spec.name!r} has {array.shape[0]} rows, other inputs have {rows}")
-        rows = array.shape[0] if array.ndim else 1
+        rows = array.shape[0]
+    rows = 1 if rows is None else rows  # only scalar inputs: one sample
     if not rows:
         raise GraphcError(f"{source}: no samples")
     labels = arrays.get(LABELS_KEY)

@@ -29,6 +29,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
+from graphc.data import take_rows
 from graphc.errors import GraphcError, first_line
 from graphc.model_io import write_graph_with_external_weights, write_with_external_weights
 
@@ -149,10 +150,10 @@ def tap(model: onnx.ModelProto | os.PathLike, names: Sequence[str], data: Datase
     piece_rows = None if data.fixed_batch else 1  # rows of the next run; None: whole batches
     offset = 0
     for feeds, _ in data.batches(batch_size):
-        total, begin = len(next(iter(feeds.values()))), 0
+        total, begin = next((len(v) for v in feeds.values() if v.ndim), 1), 0
         while begin < total:
             end = total if piece_rows is None else min(total, begin + piece_rows)
-            outputs = run_session(session, {k: v[begin:end] for k, v in feeds.items()})
+            outputs = run_session(session, take_rows(feeds, begin, end))
             piece = Piece(batches, offset + begin, offset + end)
             exposed_bytes = 0
             for name in names:

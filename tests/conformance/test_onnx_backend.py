@@ -51,3 +51,26 @@ def test_every_pass_on_every_conforming_case(passes, tmp_path):
     bad = {name: r for name, r in results.items() if not acceptable(r)}
     assert len(results) > 1400
     assert not bad, f"{len(bad)} of {len(results)}: {bad}"
+
+
+@pytest.mark.parametrize("passes", ["fold", "prune:0.3"])
+@pytest.mark.parametrize("name", ["pytorch-converted/test_Conv1d", "pytorch-converted/test_Linear_no_bias"])
+def test_ir3_models_keep_their_initializers_as_graph_inputs(name, passes, tmp_path):
+    case = suite.case(name)
+    assert case.model.ir_version == 3 and suite.onnxruntime_conforms(name)
+    assert suite.outcome(case, passes, tmp_path) == "exact"
+
+
+@pytest.mark.parametrize("passes", ["fold", "prune:0.3"])
+@pytest.mark.parametrize("name", ["simple/test_sequence_model1", "simple/test_sequence_model2",
+                                  "simple/test_sequence_model6"])
+def test_sequence_values_are_never_folded(name, passes, tmp_path):
+    assert suite.onnxruntime_conforms(name)
+    assert suite.outcome(suite.case(name), passes, tmp_path) == "exact"
+
+
+def test_an_input_that_fails_strict_shape_inference_is_bad_input(tmp_path):
+    """test_mvn: onnxruntime runs it, but its MeanVarianceNormalization body fails strict
+    inference; graphc refuses it at load (exit 2), before blaming a pass."""
+    result = suite.outcome(suite.case("test_mvn"), "fold", tmp_path)
+    assert result.startswith("refused: ") and "invalid model" in result and "MeanVarianceNormalization" in result

@@ -104,3 +104,33 @@ def test_synthetic_shapes_from_flag_and_defaults():
         synthetic_dataset(image_model(), shapes=parse_shapes(["pixels=1x3x8x8"]))
     with pytest.raises(GraphcError, match="expected NAME=DIMxDIMx"):
         parse_shapes(["image=1x3xAx8"])
+
+
+def _scalar_input_model():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
+    rate = helper.make_tensor_value_info("rate", TensorProto.INT64, [])
+    return helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x, rate],
+                                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])]))
+
+
+def test_a_scalar_input_goes_with_every_batch_unchanged():
+    signature = model_signature(_scalar_input_model())
+    assert [s.scalar for s in signature] == [False, True]
+    from graphc.data import validate
+
+    dataset = validate({"x": np.arange(20, dtype=np.float32).reshape(5, 4), "rate": np.int64(16000)}, signature, "d")
+    assert len(dataset) == 5 and len(dataset.take(2)) == 2 and dataset.take(2).inputs["rate"] == 16000
+    batches = [feeds for feeds, _ in dataset.batches(2)]
+    assert [len(f["x"]) for f in batches] == [2, 2, 1] and all(f["rate"] == 16000 for f in batches)
+    synthetic = synthetic_dataset(_scalar_input_model(), batches=3)
+    assert synthetic.inputs["rate"].shape == () and len(synthetic) == 3
+
+
+def test_scalar_inputs_refuse_rows_and_tensors_refuse_scalars():
+    from graphc.data import validate
+
+    signature = model_signature(_scalar_input_model())
+    with pytest.raises(GraphcError, match=r"input 'rate' has shape \[5\], the model expects a scalar"):
+        validate({"x": np.zeros((5, 4), np.float32), "rate": np.zeros(5, np.int64)}, signature, "d")
+    with pytest.raises(GraphcError, match=r"input 'x' is a scalar, the model expects \[n, 4\]"):
+        validate({"x": np.float32(1), "rate": np.int64(1)}, signature, "d")
