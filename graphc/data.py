@@ -277,6 +277,8 @@ def _synthetic_array(spec: InputSignature, shape: tuple[int, ...], vocab: int | 
     name = spec.name.lower()
     if spec.dtype == np.bool_:
         return np.ones(shape, dtype=bool)
+    if spec.dtype.kind in "OSU":  # string tensors
+        return np.full(shape, "graphc", dtype=object)
     if np.issubdtype(spec.dtype, np.floating):
         return rng.standard_normal(shape).astype(spec.dtype)
     if "mask" in name:

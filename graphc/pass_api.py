@@ -11,7 +11,10 @@ A pass declares, as class attributes:
   the pipeline against the whole ``--passes`` list before anything is loaded
   (``check_order``);
 - ``inspect``: an optional ``InspectSection`` that gives ``graphc inspect`` a flag and a
-  section, so the driver never names a pass.
+  section, so the driver never names a pass;
+- ``exact``: True for a pass that must not change outputs (beyond float rounding): the
+  pipeline then runs its input and output models on two sample rows after it, ``--verify``
+  or not, and a change beyond ``tolerance()`` is a bug in graphc (exit 1).
 
 It implements ``tolerance()`` (what ``--verify`` holds it to, ``graphc.verify.Tolerance``),
 ``check(ctx)`` (preconditions on the context, before any pass runs) and ``run(graph, ctx)``.
@@ -72,6 +75,7 @@ class Pass(abc.ABC):
     must_run_before: ClassVar[Mapping[str, str]] = {}
     must_run_after: ClassVar[Mapping[str, str]] = {}
     inspect: ClassVar[InspectSection | None] = None
+    exact: ClassVar[bool] = False
 
     def __init__(self, options: Any = None):
         self.options = options if options is not None else self.Options()

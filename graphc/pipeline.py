@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from graphc.checks import check_input, check_model
+from graphc.checks import BrokenModelError, check_input, check_model
 from graphc.context import Context
 from graphc.data import Dataset, check_shape_overrides, load_dataset, model_signature, output_names
 from graphc.errors import GraphcError
@@ -94,6 +94,7 @@ def optimize(request: OptimizeRequest) -> Report:
 
     names = output_names(original)
     sample = ctx.sample_data() if request.verify else None
+    exact_sample = _exact_sample(ctx, report) if sample is None and any(p.exact for p in passes) else None
     reference = _outputs(open_session(original, request.threads), sample) if sample else None
     previous = reference  # a pass is held to its tolerance against its own input model
 
@@ -104,12 +105,17 @@ def optimize(request: OptimizeRequest) -> Report:
         bar.set_postfix_str(spec_text)
         start = time.perf_counter()
         template = model_header(current)
+        exact_reference = _exact_reference(current, exact_sample, spec_text, report, request.threads) \
+            if p.exact and exact_sample is not None else None
         graph = to_graph(current)
         current = None  # the graph holds what it needs: no second copy of the weights during the pass
         result = p.run(graph, ctx)
         candidate = to_model(result_graph(p, graph, result), template)
         seconds = time.perf_counter() - start
         check_model(candidate, after=f"pass {spec_text}")
+        if exact_reference is not None:
+            _check_exact(spec_text, p.tolerance(), names, exact_reference,
+                         run_session(open_session(candidate, request.threads), _exact_feeds(exact_sample)))
         verify = None
         if sample is not None:
             outputs = _outputs(open_session(candidate, request.threads), sample)
@@ -135,6 +141,49 @@ def optimize(request: OptimizeRequest) -> Report:
     if request.report is not None:
         report.write_json(request.report)
     return report
+
+
+EXACT_ROWS = 2
+
+
+def _exact_sample(ctx: Context, report: Report) -> Dataset | None:
+    """The rows an exact pass is checked on without --verify (None, with a note, if none)."""
+    try:
+        return ctx.sample_data(EXACT_ROWS)
+    except GraphcError as exc:
+        report.note(f"exact passes not checked on sample inputs: {exc}")
+        return None
+
+
+def _exact_reference(model: onnx.ModelProto, sample: Dataset, spec_text: str, report: Report,
+                     threads: int | None) -> list | None:
+    """The outputs of an exact pass's input model on ``sample`` (None, with a note, if the
+    model cannot run on them)."""
+    try:
+        return run_session(open_session(model, threads), _exact_feeds(sample))
+    except GraphcError as exc:
+        report.note(f"pass {spec_text}: not checked on sample inputs, the input model does not run on them: {exc}")
+        return None
+
+
+def _exact_feeds(sample: Dataset) -> dict:
+    """One run's inputs: the first batch (an input's first axis need not be a batch)."""
+    return next(sample.batches(EXACT_ROWS))[0]
+
+
+def _check_exact(spec_text: str, tolerance, names, before: list, after: list) -> None:
+    """An exact pass left the outputs equal, or within its tolerance where they are numbers,
+    else BrokenModelError (exit 1)."""
+    try:
+        if all(b.shape == a.shape and b.dtype == a.dtype and np.array_equal(b, a, equal_nan=b.dtype.kind in "fc")
+               for b, a in zip(before, after)):
+            return
+        if any(b.dtype.kind not in "biufc" for b in before):
+            raise GraphcError("--verify: a non-numeric output changed")
+        enforce(spec_text, tolerance, compare(names, before, after))
+    except GraphcError as exc:
+        raise BrokenModelError(f"pass {spec_text} is exact but changed the outputs on {EXACT_ROWS} sample rows "
+                               f"({str(exc).removeprefix('--verify: ')})") from None
 
 
 def _outputs(session, dataset: Dataset) -> list:

@@ -60,6 +60,7 @@ class FoldPass(Pass):
     summary = "constant folding, Identity/Dropout removal, BatchNorm folding, dead-code removal (exact)"
     Options = FoldOptions
     in_place = False
+    exact = True
 
     def tolerance(self) -> Tolerance:
         return Tolerance(max_rel_error=1e-4, min_cosine=0.99999)

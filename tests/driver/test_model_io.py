@@ -121,6 +121,22 @@ def test_verify_stops_a_pass_beyond_its_tolerance(tmp_path, monkeypatch, capsys)
     assert out.exists()
 
 
+class ExactPerturbPass(PerturbPass):
+    """The same change from a pass that declares itself exact (test only)."""
+
+    name = "exact-perturb"
+    exact = True
+
+
+def test_an_exact_pass_that_changes_outputs_is_a_bug_even_without_verify(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(PASSES, "exact-perturb", ExactPerturbPass)
+    out = tmp_path / "out.onnx"
+    assert cli.main(["optimize", str(CNN), "--passes", "fold,exact-perturb", "-o", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pass exact-perturb is exact but changed the outputs on 2 sample rows" in err
+    assert not out.exists()
+
+
 def test_verify_holds_each_pass_to_its_own_input(tmp_path, capsys):
     """prune changes outputs by design; the exact fold after it must still pass --verify,
     while the report keeps showing each stage against the original."""
