@@ -35,7 +35,7 @@ def test_fold_on_expanded_functions_built_from_bounded_shapes(name, tmp_path):
     assert suite.outcome(case, "fold", tmp_path) == "exact"
 
 
-@pytest.mark.parametrize("passes", PASSES)
+@pytest.mark.parametrize("passes", [pytest.param(p, marks=[] if p == "fold" else [pytest.mark.slow]) for p in PASSES])
 def test_every_pass_on_a_spread_of_op_types(passes, tmp_path):
     results = {name: suite.outcome(suite.case(name), passes, tmp_path) for name in suite.sample()}
     bad = {name: r for name, r in results.items() if not acceptable(r)}

@@ -85,6 +85,7 @@ def test_step0_layer_loss_matches_numpy_and_training_lowers_it(tmp_path, trainin
     assert history[-1]["eval_loss"] < 0.5 * history[0]["eval_loss"] and history[-1]["metric"] > history[0]["metric"]
 
 
+@pytest.mark.slow  # a BERT training artifact build and a worker run
 def test_mask_grouped_training_step0_loss_is_the_uncut_loss(tmp_path, onnx_model, sample_inputs, training_python):
     """A BERT-style encoder ignores padded positions, so cutting each batch to its longest row
     leaves the first step's loss what numpy computes from the uncut rows."""
