@@ -103,17 +103,24 @@ def onnxruntime_conforms(name: str) -> bool:
         return False
 
 
-def outcome(c: Case, passes: str, directory: pathlib.Path) -> str:
+def outcome(c: Case, passes: str, directory: pathlib.Path, with_data: bool = False) -> str:
     """What graphc does with one case: ``exact``, ``refused: <line>`` (exit 2), or a failure:
-    ``wrong outputs``, ``fails to run: ...``, ``exit 1: ...``."""
+    ``wrong outputs``, ``fails to run: ...``, ``exit 1: ...``. ``with_data``: the case's own
+    inputs are the ``--data`` (calibration, scores), as an ``.npz`` keyed by input name."""
     from graphc.checks import BrokenModelError
     from graphc.errors import GraphcError
     from graphc.pipeline import OptimizeRequest, optimize
 
     source, output = directory / f"{c.name.replace('/', '_')}.onnx", directory / f"{c.name.replace('/', '_')}.out.onnx"
     onnx.save(c.model, str(source))
+    data = None
+    if with_data:
+        from graphc.data import model_signature
+
+        data = directory / f"{c.name.replace('/', '_')}.npz"
+        np.savez(data, **{s.name: v for s, v in zip(model_signature(c.model), c.inputs)})
     try:
-        optimize(OptimizeRequest(model=source, passes=passes, output=output, progress=False))
+        optimize(OptimizeRequest(model=source, passes=passes, output=output, data=data, progress=False))
     except BrokenModelError as exc:
         return f"exit 1: {exc}"
     except GraphcError as exc:

@@ -74,3 +74,15 @@ def test_an_input_that_fails_strict_shape_inference_is_bad_input(tmp_path):
     inference; graphc refuses it at load (exit 2), before blaming a pass."""
     result = suite.outcome(suite.case("test_mvn"), "fold", tmp_path)
     assert result.startswith("refused: ") and "invalid model" in result and "MeanVarianceNormalization" in result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("passes", ["fold,int8", "prune:0.3"])
+def test_every_pass_with_the_cases_own_inputs_as_data(passes, tmp_path):
+    """The cases' inputs as --data (calibration, activation scores): data that does not batch
+    along axis 0 is refused in one line, never an internal error."""
+    names = [c.name for c in suite.all_cases() if suite.onnxruntime_conforms(c.name)]
+    results = {name: suite.outcome(suite.case(name), passes, tmp_path, with_data=True) for name in names}
+    bad = {name: r for name, r in results.items() if not acceptable(r)}
+    assert sum(r == "exact" for r in results.values()) > 800
+    assert not bad, f"{len(bad)} of {len(results)}: {bad}"
