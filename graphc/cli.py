@@ -181,13 +181,18 @@ def cmd_bench(args) -> int:
         _positive(getattr(args, flag), f"--{flag}")
     if args.warmup < 0:
         raise GraphcError(f"--warmup must be >= 0, got {args.warmup}")
+    from graphc.model_io import check_output_paths
+
+    check_output_paths({"--json": args.json}, {**{f"MODEL {m}": m for m in args.models}, "--data": args.data})
     results = bench(args.models, threads=args.threads, data=args.data, shapes=parse_shapes(args.shape),
                     batch=args.batch, warmup=args.warmup, runs=args.runs)
     print(bench_table(results))
     print(f"threads: {args.threads or 'default'}, batch {args.batch}, {args.runs} interleaved runs per model "
           f"after {args.warmup} warm-up")
     if args.json:
-        args.json.write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n")
+        from graphc.model_io import write_text_atomically
+
+        write_text_atomically(args.json, json.dumps([r.as_dict() for r in results], indent=2) + "\n")
     return 0
 
 

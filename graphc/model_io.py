@@ -8,7 +8,11 @@ Rules:
   (absolute path, ``..``) or a missing data file is refused;
 - saving is atomic: the model is written to a temporary file in the target directory and
   renamed into place (missing parent directories are created), so a failure never leaves a
-  half-written output. Models over 2 GB are
+  half-written output; an OS error while writing (permission, space, name length) is one
+  line, exit 2;
+- one output-path rule for every file a command writes (``check_output_paths``): an output
+  that resolves (symlinks and hard links followed) to a file the command reads, or to
+  another output of the same command, is refused before anything runs. Models over 2 GB are
   saved with their weights in one external data file ``<name>.data`` beside the model;
 - temporary copies for onnxruntime, the checker and shape inference are written with their
   weights in ``weights.bin`` beside them, tensor by tensor and page-aligned
@@ -99,6 +103,31 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name the same file (symlinks and hard links followed); a path that
+    cannot exist (a name too long) names no file."""
+    try:
+        return os.path.realpath(a) == os.path.realpath(b) or os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
+def check_output_paths(outputs: dict[str, str | os.PathLike | None], inputs: dict[str, str | os.PathLike | None]) -> None:
+    """Refuse an output (flag -> path) that is an input the command reads, or another output.
+    An input directory (``--data DIR``) covers every file inside it."""
+    given_inputs = {flag: pathlib.Path(p) for flag, p in inputs.items() if p is not None}
+    given_outputs = [(flag, pathlib.Path(p)) for flag, p in outputs.items() if p is not None]
+    for i, (flag, path) in enumerate(given_outputs):
+        for in_flag, source in given_inputs.items():
+            inside = source.is_dir() and pathlib.Path(os.path.realpath(path)).is_relative_to(os.path.realpath(source))
+            if inside or same_file(path, source):
+                raise GraphcError(f"{flag} {path}: it would overwrite {in_flag} {source}, which this command reads; "
+                                  f"choose another path")
+        for other_flag, other in given_outputs[:i]:
+            if same_file(path, other):
+                raise GraphcError(f"{flag} {path}: it is also {other_flag}; give each output its own path")
+
+
 def file_size(path: str | os.PathLike) -> int:
     """Bytes on disk of a model, its external data files included."""
     path = pathlib.Path(path)
@@ -125,9 +154,12 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> pathlib.Path:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise GraphcError(f"{path}: cannot create the output directory: {first_line(exc)}") from None
-    if path.is_dir():
+    if os.path.isdir(path):
         raise GraphcError(f"{path}: is a directory")
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=directory))
+    try:
+        staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=directory))
+    except OSError as exc:
+        raise GraphcError(f"{path}: cannot write there: {first_line(exc)}") from None
     try:
         staged = staging / path.name
         if needs_external_data(model):
@@ -141,6 +173,8 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> pathlib.Path:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(staged, path)
+    except OSError as exc:
+        raise GraphcError(f"{path}: cannot write the model: {first_line(exc)}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
@@ -150,11 +184,19 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> pathlib.Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder, so a reader
     never sees a half-written file."""
     path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    if os.path.isdir(path):
+        raise GraphcError(f"{path}: is a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    except OSError as exc:
+        raise GraphcError(f"{path}: cannot write there: {first_line(exc)}") from None
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
+    except OSError as exc:
+        os.unlink(tmp)
+        raise GraphcError(f"{path}: cannot write: {first_line(exc)}") from None
     except BaseException:
         os.unlink(tmp)
         raise

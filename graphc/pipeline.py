@@ -13,7 +13,6 @@ the original. The input file is only read; a failure anywhere leaves no output f
 
 from __future__ import annotations
 
-import os
 import pathlib
 import time
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from graphc.data import Dataset, check_shape_overrides, load_dataset, model_sign
 from graphc.errors import GraphcError
 from graphc.graph import drop_intermediate_shapes, model_header, to_graph, to_model
 from graphc.metrics import check_metric, evaluate
-from graphc.model_io import file_size, load_model, save_model
+from graphc.model_io import check_output_paths, file_size, load_model, same_file, save_model
 from graphc.pass_api import check_order, result_graph
 from graphc.passes import build_passes
 from graphc.report import PassReport, Report
@@ -55,10 +54,6 @@ class OptimizeRequest:
     bench: bool = False
 
 
-def _same_file(a: pathlib.Path, b: pathlib.Path) -> bool:
-    return os.path.abspath(a) == os.path.abspath(b) or (b.exists() and a.exists() and os.path.samefile(a, b))
-
-
 def _load_data(path: pathlib.Path | None, signature) -> Dataset | None:
     return load_dataset(path, signature) if path is not None else None
 
@@ -81,8 +76,11 @@ def optimize(request: OptimizeRequest) -> Report:
     specs = parse_spec(request.passes)
     passes = build_passes(specs)
     check_order(passes)
-    if _same_file(request.model, request.output):
+    if same_file(request.model, request.output):
         raise GraphcError(f"-o {request.output}: the output must not overwrite the input model")
+    check_output_paths({"-o": request.output, "--report": request.report},
+                       {"MODEL": request.model, "--data": request.data, "--train-data": request.train_data,
+                        "--eval-data": request.eval_data})
     original = load_model(request.model)
     check_shape_overrides(model_signature(original), request.shapes)
     check_input(original, str(request.model))
@@ -139,7 +137,11 @@ def optimize(request: OptimizeRequest) -> Report:
         report.latency = {"before_p50_ms": before.p50_ms, "after_p50_ms": after.p50_ms,
                           "speedup": before.p50_ms / after.p50_ms, "threads": request.threads}
     if request.report is not None:
-        report.write_json(request.report)
+        try:
+            report.write_json(request.report)
+        except BaseException:  # no output at all when the report cannot be written
+            pathlib.Path(request.output).unlink(missing_ok=True)
+            raise
     return report
 
 

@@ -84,7 +84,7 @@ def test_save_failure_keeps_the_old_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "fsync", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(GraphcError, match="cannot write the model: disk full"):  # one line, exit 2
         save_model(matmul_model(rows=32), path)
     assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["out.onnx"]
 
