@@ -18,7 +18,7 @@ import numpy as np
 from graphc.data import load_dataset, model_signature, synthetic_feeds, validate
 from graphc.model_io import file_size, load_model
 from graphc.report import markdown_table
-from graphc.runtime import open_session
+from graphc.runtime import open_session, run_session
 from graphc.stats import human_bytes
 
 
@@ -58,13 +58,13 @@ def bench(paths: Sequence[pathlib.Path], threads: int | None = None, data: pathl
     sessions = [open_session(p, threads, what=str(p), spinning=False) for p in paths]
     for session in sessions:
         for _ in range(warmup):
-            session.run(None, feeds)
+            run_session(session, feeds)
     times: list[list[float]] = [[] for _ in sessions]
     for round_index in range(runs):
         for k in range(len(sessions)):
             i = (round_index + k) % len(sessions)
             start = time.perf_counter()
-            sessions[i].run(None, feeds)
+            run_session(sessions[i], feeds)
             times[i].append(time.perf_counter() - start)
     return [BenchResult(str(p), file_size(p), float(np.percentile(t, 50) * 1e3), float(np.percentile(t, 90) * 1e3),
                         len(t)) for p, t in zip(paths, times)]

@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _positive(value: int | None, flag: str) -> None:
     if value is not None and value <= 0:
         raise GraphcError(f"{flag} must be a positive integer, got {value}")
+    cores = os.cpu_count() or 1
+    if flag == "--threads" and value is not None and value > cores:
+        raise GraphcError(f"--threads {value}: this machine has {cores} cores; give at most {cores}")
 
 
 def cmd_optimize(args) -> int:
@@ -241,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"graphc {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (graphc inspect M | head): end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # a bug in graphc: one line, traceback on request
         if os.environ.get("GRAPHC_DEBUG"):
             traceback.print_exc()

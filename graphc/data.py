@@ -160,6 +160,9 @@ def validate(arrays: Mapping[str, np.ndarray], signature: Sequence[InputSignatur
     if not rows:
         raise GraphcError(f"{source}: no samples")
     labels = arrays.get(LABELS_KEY)
+    if labels is not None and labels.ndim != 1:
+        raise GraphcError(f"{source}: {LABELS_KEY} has shape {_fmt(labels.shape)}; labels are one value a row "
+                          f"(rank 1)")
     if labels is not None and len(labels) != rows:
         raise GraphcError(f"{source}: {LABELS_KEY} has {len(labels)} rows, the inputs have {rows}")
     return Dataset({s.name: arrays[s.name] for s in signature}, labels, source, fixed_batch)
@@ -177,13 +180,14 @@ def _read_npy_dir(path: pathlib.Path) -> dict[str, np.ndarray]:
     files = sorted(path.glob("*.npy"))
     if not files:
         raise GraphcError(f"{path}: directory holds no .npy files (expected <input name>.npy per input)")
-    arrays = {}
-    for file in files:
-        try:
-            arrays[file.stem] = np.load(file, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise GraphcError(f"{file}: cannot read as .npy ({first_line(exc)})") from None
-    return arrays
+    return {file.stem: _read_npy(file) for file in files}
+
+
+def _read_npy(file: pathlib.Path) -> np.ndarray:
+    try:
+        return np.load(file, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise GraphcError(f"{file}: cannot read as .npy ({first_line(exc)})") from None
 
 
 def load_dataset(path: str | os.PathLike, signature: Sequence[InputSignature]) -> Dataset:
@@ -191,6 +195,12 @@ def load_dataset(path: str | os.PathLike, signature: Sequence[InputSignature]) -
     path = pathlib.Path(path)
     if path.is_dir():
         arrays = _read_npy_dir(path)
+    elif path.is_file() and path.suffix == ".npy":
+        if len(signature) != 1:
+            raise GraphcError(f"{path}: a single .npy feeds a one-input model; this one has {len(signature)} inputs "
+                              f"({', '.join(s.name for s in signature)}): give an .npz keyed by input name or a "
+                              f"directory of <input>.npy")
+        arrays = {signature[0].name: _read_npy(path)}
     elif path.is_file():
         arrays = _read_npz(path)
     else:

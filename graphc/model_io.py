@@ -91,6 +91,8 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
                           f"truncated or not ONNX; {first_line(exc)})") from None
     if model.ir_version <= 0 or not model.opset_import or not model.HasField("graph"):
         raise GraphcError(f"{path}: not an ONNX model (no IR version, opset or graph)")
+    if not model.graph.output:
+        raise GraphcError(f"{path}: the graph has no outputs; there is nothing to run or compare")
     _check_external_locations(model, path)
     try:
         onnx.checker.check_model(str(path))

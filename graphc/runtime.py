@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 FILE_SESSION_BYTES = 64 * 2**20
 RUN_BYTES = 64 * 2**20  # exposed tensor bytes per tapped run, about (rule 2)
 
-ort.set_default_logger_severity(3)  # sessions graphc does not open itself (constant folding) stay quiet
+ort.set_default_logger_severity(4)  # only fatal: graphc reports failures itself, in one line
 
 
 def session_options(threads: int | None = None, spinning: bool = True,
@@ -54,7 +54,7 @@ def session_options(threads: int | None = None, spinning: bool = True,
     need it, else the pools of the sessions that just ran keep the cores busy (measured on
     2 cores with 7 interleaved CNN sessions: FP32 batch-32 p50 22 ms spinning, 3.5 ms not)."""
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

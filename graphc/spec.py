@@ -24,6 +24,15 @@ from typing import Any
 
 from graphc.errors import GraphcError
 
+MAX_PASSES = 64  # a --passes list longer than this is refused (each pass reloads the graph)
+SHOWN_CHARS = 60
+
+
+def shown(value: str) -> str:
+    """``value`` as echoed in an error: quoted, cut to a short prefix."""
+    return repr(value) if len(value) <= SHOWN_CHARS else repr(value[:SHOWN_CHARS]) + f"... ({len(value)} chars)"
+
+
 TRUE_WORDS = {"true", "1", "yes", "on"}
 FALSE_WORDS = {"false", "0", "no", "off"}
 
@@ -62,8 +71,11 @@ class PassSpec:
 def parse_spec(text: str) -> list[PassSpec]:
     if not text or not text.strip():
         raise GraphcError("--passes is empty; give passes joined by ',' (e.g. --passes fold,prune:0.5)")
+    items = text.split(",")
+    if len(items) > MAX_PASSES:
+        raise GraphcError(f"--passes has {len(items)} passes; at most {MAX_PASSES} are run in one command")
     specs = []
-    for item in text.split(","):
+    for item in items:
         item = item.strip()
         if not item:
             raise GraphcError(f"--passes {text!r}: empty pass between commas")
@@ -107,7 +119,7 @@ def coerce(value: str, tp: Any, field: dataclasses.Field, where: str) -> Any:
     choices = _choices(tp)
     if choices:
         if value not in choices:
-            raise GraphcError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
+            raise GraphcError(f"{where}: {shown(value)} is not one of {', '.join(map(str, choices))}")
         return value
     if tp is Globs:
         return value  # parsed by the options' __post_init__ (normalise_globs): errors name the pass
@@ -126,7 +138,7 @@ def coerce(value: str, tp: Any, field: dataclasses.Field, where: str) -> Any:
         else:
             result = str(value)
     except ValueError:
-        raise GraphcError(f"{where}: {value!r} is not a valid {describe_type(tp)}") from None
+        raise GraphcError(f"{where}: {shown(value)} is not a valid {describe_type(tp)}") from None
     low, high = field.metadata.get("min"), field.metadata.get("max")
     if low is not None and result < low or high is not None and result > high:
         raise GraphcError(f"{where}: {value} is out of range [{low}, {high}]")

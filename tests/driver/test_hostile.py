@@ -1,0 +1,87 @@
+"""Careless and hostile input from issue 14, each refused in one line (exit 2) or handled
+(exit 0); inputs stay byte-identical."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import pytest
+
+from graphc import cli
+from graphc.data import load_dataset, model_signature, validate
+from graphc.errors import GraphcError
+from graphc.model_io import load_model
+from tests import CNN, MODELS
+
+
+def one_line(capsys, argv, pattern, code=2):
+    assert cli.main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and pattern in err, err
+
+
+def test_threads_beyond_the_machines_cores_are_refused(tmp_path, capsys):
+    many = str((os.cpu_count() or 1) + 1)
+    one_line(capsys, ["optimize", str(CNN), "--passes", "fold", "-o", str(tmp_path / "o.onnx"), "--threads", many],
+             "cores")
+    one_line(capsys, ["bench", str(CNN), "--threads", "100000"], "cores")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_passes_list_past_the_bound_is_refused(tmp_path, capsys):
+    one_line(capsys, ["optimize", str(CNN), "--passes", ",".join(["fold"] * 20000), "-o", str(tmp_path / "o.onnx")],
+             "at most 64")
+
+
+def test_a_huge_bad_value_is_echoed_as_a_short_prefix(tmp_path, capsys):
+    value = "x" * 100_000
+    assert cli.main(["optimize", str(CNN), "--passes", f"prune:ratio={value}", "-o", str(tmp_path / "o.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err) < 300 and "(100000 chars)" in err
+
+
+@pytest.mark.parametrize("labels", [np.int64(3), np.zeros((512, 2), np.int64)])
+def test_labels_must_be_one_value_a_row(labels):
+    with np.load(MODELS / "fashion_mnist_calib.npz") as npz:
+        arrays = {"image": npz["image"], "labels": labels}
+    with pytest.raises(GraphcError, match="labels are one value a row"):
+        validate(arrays, model_signature(load_model(CNN)), "d")
+
+
+def test_a_single_npy_feeds_a_one_input_model(tmp_path):
+    with np.load(MODELS / "fashion_mnist_calib.npz") as npz:
+        np.save(tmp_path / "image.npy", npz["image"][:8])
+    dataset = load_dataset(tmp_path / "image.npy", model_signature(load_model(CNN)))
+    assert len(dataset) == 8
+    two = [oh.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1]) for n in ("a", "b")]
+    model = oh.make_model(oh.make_graph([oh.make_node("Add", ["a", "b"], ["c"])], "g", two,
+                                        [oh.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [1])]))
+    with pytest.raises(GraphcError, match="a single .npy feeds a one-input model; this one has 2 inputs"):
+        load_dataset(tmp_path / "image.npy", model_signature(model))
+
+
+def test_a_model_without_outputs_is_refused_by_every_verb(tmp_path, capsys):
+    x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    path = tmp_path / "none.onnx"
+    onnx.save(oh.make_model(oh.make_graph([oh.make_node("Relu", ["x"], ["y"])], "g", [x], []),
+                            opset_imports=[oh.make_opsetid("", 17)]), str(path))
+    before = path.read_bytes()
+    for argv in (["optimize", str(path), "--passes", "prune:0.3", "-o", str(tmp_path / "o.onnx")],
+                 ["inspect", str(path)], ["bench", str(path)]):
+        one_line(capsys, argv, "the graph has no outputs")
+    assert path.read_bytes() == before and not (tmp_path / "o.onnx").exists()
+
+
+def test_inspect_into_a_closed_pipe_ends_quietly():
+    """``graphc inspect M | head``: the reader is gone before graphc prints (its end of the
+    pipe is closed at once, while graphc still imports)."""
+    proc = subprocess.Popen([sys.executable, "-m", "graphc", "inspect", str(CNN)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and stderr == "", stderr
