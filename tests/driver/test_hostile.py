@@ -85,3 +85,15 @@ def test_inspect_into_a_closed_pipe_ends_quietly():
     proc.stdout.close()
     stderr = proc.stderr.read()
     assert proc.wait(timeout=120) == 0 and stderr == "", stderr
+
+
+def test_bench_on_a_model_that_fails_at_run_time_is_one_line(tmp_path, capsys):
+    """bench runs through graphc's runner: onnxruntime's run failure is exit 2, one line."""
+    x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 4])
+    shape = onnx.numpy_helper.from_array(np.array([5], np.int64), "shape")  # 4 elements a row never reshape to 5
+    model = oh.make_model(oh.make_graph([oh.make_node("Reshape", ["x", "shape"], ["y"])], "g", [x],
+                                        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [5])], [shape]),
+                          opset_imports=[oh.make_opsetid("", 17)])
+    path = tmp_path / "bad.onnx"
+    onnx.save(model, str(path))
+    one_line(capsys, ["bench", str(path), "--runs", "1", "--warmup", "0"], "onnxruntime failed to run the model")
