@@ -259,7 +259,8 @@ def split_bounded_shapes(graph: gs.Graph) -> list[tuple[gs.Node, gs.Node]]:
         piece = gs.Node("Slice", f"{node.name or output.name}__shape_slice", inputs=[whole, *bounds], outputs=[output])
         graph.nodes.append(piece)
         pairs.append((node, piece))
-    graph.toposort()
+    if pairs:
+        graph.toposort()
     return pairs
 
 
@@ -284,7 +285,9 @@ def join_bounded_shapes(graph: gs.Graph, pairs: list[tuple[gs.Node, gs.Node]]) -
 
 def fold_constants(graph: gs.Graph, size_threshold: int | None = None,
                    exclude: Callable[[gs.Node], bool] | None = None, flatten_subgraphs: bool = False) -> gs.Graph:
-    """onnx-graphsurgeon's ``fold_constants`` (shapes included, errors tolerated) made exact on what it gets wrong, then ``cleanup``; returns ``graph``.
+    """onnx-graphsurgeon's ``fold_constants`` (shapes included, errors tolerated) made exact
+    on what it gets wrong, then ``cleanup``; returns ``graph``. Top-level nodes only are
+    split (a bounded Shape inside an If/Loop body is not).
 
     - graphsurgeon's shape folding (0.6.1) reads a ``Shape`` node as the whole shape and
       ignores its ``start``/``end`` (opset 15+): such a Shape is split into a whole ``Shape``
@@ -297,7 +300,8 @@ def fold_constants(graph: gs.Graph, size_threshold: int | None = None,
     from graphc.ops import NON_TENSOR_OPS
 
     pairs = split_bounded_shapes(graph)
-    graph.fold_constants(fold_shapes=True, size_threshold=size_threshold, error_ok=True, flatten_subgraphs=flatten_subgraphs,
+    graph.fold_constants(fold_shapes=True, size_threshold=size_threshold, error_ok=True,
+                         flatten_subgraphs=flatten_subgraphs,
                          should_exclude_node=lambda node: node.op in NON_TENSOR_OPS or bool(exclude and exclude(node)))
     graph.cleanup(remove_unused_graph_inputs=False)
     join_bounded_shapes(graph, pairs)
