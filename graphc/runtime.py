@@ -174,10 +174,11 @@ def tap(model: onnx.ModelProto | os.PathLike, names: Sequence[str], data: Datase
 
 
 def tap_graph(graph: gs.Graph, names: Sequence[str], data: Dataset, reduce: Callable[[str, np.ndarray, Piece], None],
-              batch_size: int = 16, threads: int | None = None, what: str = "the model") -> TapRun:
+              batch_size: int = 16, threads: int | None = None, run_bytes: int = RUN_BYTES,
+              what: str = "the model") -> TapRun:
     """Stream ``data`` through ``graph`` with the tensor tap (``graphc.runtime.tap``), from a
     temporary file with external weights: no second in-memory copy of the weights."""
     with tempfile.TemporaryDirectory(prefix="graphc-tap-") as tmp:
         path = write_graph_with_external_weights(graph, onnx.ModelProto(ir_version=graph.ir_version or onnx.IR_VERSION),
                                                  pathlib.Path(tmp))
-        return tap(path, sorted(set(names)), data, reduce, batch_size, threads, what=what)
+        return tap(path, sorted(set(names)), data, reduce, batch_size, threads, run_bytes, what)

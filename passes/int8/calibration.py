@@ -18,10 +18,10 @@ Collection rules:
   adjacent bins merge into one (exact re-binning: old bin edges are new bin edges). The
   state therefore does not grow with the number of samples: peak memory is the model's
   session, the state and one piece of a batch's activations.
-- The model may be given as a file (``graphc.runtime.write_with_external_weights`` output):
-  then only its skeleton (no weights) is loaded to add the exposed outputs, and the caller
-  holds no in-memory copy of the weights while onnxruntime holds its own (BERT-base: one
-  copy of 440 MB less at the peak).
+- The model may be a graph (the pass's own; ``graphc.runtime.tap_graph`` writes it to a
+  temporary file with external weights) or a file: then only its skeleton (no weights) is
+  loaded to add the exposed outputs, and the caller holds no in-memory copy of the weights
+  while onnxruntime holds its own (BERT-base: one copy of 440 MB less at the peak).
 - A NaN or infinite activation stops calibration with an error naming the tensor.
 - ``channel_names`` (optional) are tensors whose per-channel ``|x|`` maximum along the LAST
   axis is kept (one float per channel, merged with ``max`` batch by batch: fixed size too);
@@ -61,7 +61,6 @@ samples, out of memory with 256); this module keeps a few KB per tensor.
 from __future__ import annotations
 
 import pathlib
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -73,8 +72,7 @@ import onnx_graphsurgeon as gs
 
 from graphc.data import Dataset, synthetic_dataset
 from graphc.errors import GraphcError
-from graphc.model_io import write_graph_with_external_weights
-from graphc.runtime import RUN_BYTES, Piece, tap
+from graphc.runtime import RUN_BYTES, Piece, tap, tap_graph
 
 if TYPE_CHECKING:
     from graphc.context import Context
@@ -271,7 +269,7 @@ def _merge_channel_max(current: np.ndarray | None, values: np.ndarray, name: str
     return np.maximum(current, peak)
 
 
-def collect(model: onnx.ModelProto | pathlib.Path, names: Sequence[str], data: Dataset, samples: int | None = None,
+def collect(model: onnx.ModelProto | pathlib.Path | gs.Graph, names: Sequence[str], data: Dataset, samples: int | None = None,
             batch_size: int = 16, threads: int | None = None, channel_names: Sequence[str] = (),
             run_bytes: int = RUN_BYTES) -> Calibration:
     """Run ``data`` (its first ``samples`` rows) through the tensor tap (``graphc.runtime.tap``)
@@ -298,7 +296,8 @@ def collect(model: onnx.ModelProto | pathlib.Path, names: Sequence[str], data: D
         if name in wanted_channels:
             channel_max[name] = _merge_channel_max(channel_max.get(name), values, name)
 
-    run = tap(model, exposed, rows, reduce, batch_size, threads, run_bytes, what="the calibration model")
+    tap_model = tap_graph if isinstance(model, gs.Graph) else tap  # a graph: from a file with external weights
+    run = tap_model(model, exposed, rows, reduce, batch_size, threads, run_bytes, what="the calibration model")
     return Calibration(states, len(rows), run.batches, time.perf_counter() - start, data.source, channel_max,
                        run.runs)
 
@@ -314,10 +313,7 @@ def calibration_data(ctx: Context, opts: Int8Options):
 def calibrate(graph: gs.Graph, ctx: Context, tensors: dict[str, gs.Variable], opts: Int8Options):
     """Ranges of ``tensors`` from ``--data`` (or synthetic inputs), and report statistics."""
     data, source = calibration_data(ctx, opts)
-    with tempfile.TemporaryDirectory(prefix="graphc-calib-") as tmp:
-        # written tensor by tensor, no proto of the weights: onnxruntime reads the file
-        path = write_graph_with_external_weights(graph, ctx.original, pathlib.Path(tmp))
-        result = collect(path, list(tensors), data, opts.samples, opts.calib_batch, ctx.threads)
+    result = collect(graph, list(tensors), data, opts.samples, opts.calib_batch, ctx.threads)
     ranges = {name: tensor_range(state, opts.calib, opts.percentile, symmetric=opts.target == "tensorrt")
               for name, state in result.states.items()}
     stats = {"calibration": f"{opts.calib} on {result.samples} rows of {source}",

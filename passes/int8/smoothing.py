@@ -44,8 +44,6 @@ on the graph before smoothing) stay valid for every site.
 
 from __future__ import annotations
 
-import pathlib
-import tempfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -53,7 +51,6 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.graph import constant_values, is_graph_output, producer, swap_tensor, unique_name
-from graphc.model_io import write_graph_with_external_weights
 from graphc.passes.int8.calibration import calibration_data, collect
 
 if TYPE_CHECKING:
@@ -252,8 +249,6 @@ def smooth_activations(graph: gs.Graph, ctx: Context, plan: NodePlan, opts: Int8
     if not sites:
         return {"smoothed_matmuls": 0}
     data, _ = calibration_data(ctx, opts)
-    with tempfile.TemporaryDirectory(prefix="graphc-calib-") as tmp:
-        path = write_graph_with_external_weights(graph, ctx.original, pathlib.Path(tmp))
-        result = collect(path, [], data, opts.samples, opts.calib_batch, ctx.threads,
-                         channel_names=[site.tensor.name for site in sites])
+    result = collect(graph, [], data, opts.samples, opts.calib_batch, ctx.threads,
+                     channel_names=[site.tensor.name for site in sites])
     return smooth(graph, sites, result.channel_max, opts.smooth)

@@ -34,7 +34,7 @@ def recalibrate_batchnorm(graph: gs.Graph, data: Dataset, batch_size: int = 64, 
         counts[name] = counts.get(name, 0) + x.shape[1]
 
     tap_graph(graph, [n.inputs[0].name for n in norms], data, reduce, batch_size, threads,
-              "the BatchNorm statistics probe")
+              what="the BatchNorm statistics probe")
     for node in norms:
         name = node.inputs[0].name
         mean = sums[name] / counts[name]

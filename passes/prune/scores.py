@@ -67,7 +67,7 @@ def activation_scores(graph: gs.Graph, groups: list[ChannelGroup], data, batch_s
             sums[(name, axis)] = sums.get((name, axis), 0) + moved.sum(1)
             count[(name, axis)] = count.get((name, axis), 0) + moved.shape[1]
 
-    tap_graph(graph, axes, data, reduce, batch_size, threads, "the activation probe")
+    tap_graph(graph, axes, data, reduce, batch_size, threads, what="the activation probe")
     scores = {}
     for group in groups:
         columns = []
