@@ -59,19 +59,64 @@ def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
                     yield from iter_tensors(sub)
 
 
+def _external_field(tensor: onnx.TensorProto, key: str) -> str | None:
+    return next((e.value for e in tensor.external_data if e.key == key), None)
+
+
+def _external_bytes_needed(tensor: onnx.TensorProto) -> int | None:
+    """Bytes a tensor's raw data must hold (fixed-size types), or None."""
+    try:
+        item = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        return None
+    if tensor.data_type == onnx.TensorProto.STRING or not item:
+        return None
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+        return (count + 1) // 2
+    return count * item
+
+
 def _check_external_locations(model: onnx.ModelProto, path: pathlib.Path) -> None:
+    """External data is named by a relative path inside the model's directory (no NUL byte,
+    no component over 255 bytes), and the file holds the bytes the tensor declares
+    (``offset`` + ``length`` within the file, ``length`` at least the tensor's size)."""
     base = path.parent.resolve()
     for tensor in iter_tensors(model.graph):
         if not uses_external_data(tensor):
             continue
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        location = _external_field(tensor, "location") or ""
+        shown = location if len(location) <= 80 else location[:80] + f"... ({len(location)} chars)"
+        if "\0" in location or any(len(part.encode()) > 255 for part in location.split("/")) or len(location) > 4096:
+            raise GraphcError(f"{path}: external data location {shown!r} of tensor {tensor.name!r} is not a "
+                              f"file name (a NUL byte, or a name over 255 bytes); refused")
         target = (base / location).resolve()
         if not location or os.path.isabs(location) or not target.is_relative_to(base):
             raise GraphcError(
-                f"{path}: external data location {location!r} of tensor {tensor.name!r} "
+                f"{path}: external data location {shown!r} of tensor {tensor.name!r} "
                 f"is outside the model's directory; refused")
         if not target.is_file():
-            raise GraphcError(f"{path}: external data file {location!r} of tensor {tensor.name!r} not found")
+            raise GraphcError(f"{path}: external data file {shown!r} of tensor {tensor.name!r} not found")
+        try:
+            offset = int(_external_field(tensor, "offset") or 0)
+            length = _external_field(tensor, "length")
+            length = None if length is None else int(length)
+        except ValueError:
+            raise GraphcError(f"{path}: tensor {tensor.name!r}: external data offset or length is not a "
+                              f"number") from None
+        available = target.stat().st_size - offset
+        needed = _external_bytes_needed(tensor)
+        held = available if length is None else length
+        if offset < 0 or (length is not None and (length < 0 or length > available)):
+            raise GraphcError(f"{path}: tensor {tensor.name!r}: external data at offset {offset:,} length "
+                              f"{length:,} lies beyond the end of {shown!r} ({target.stat().st_size:,} bytes)"
+                              if length is not None else
+                              f"{path}: tensor {tensor.name!r}: external data offset {offset:,} is negative")
+        if needed is not None and held != needed and (length is not None or held < needed):
+            raise GraphcError(f"{path}: tensor {tensor.name!r} {list(tensor.dims)} needs {needed:,} bytes of "
+                              f"external data; {shown!r} holds {held:,} for it")
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
@@ -93,11 +138,19 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise GraphcError(f"{path}: not an ONNX model (no IR version, opset or graph)")
     if not model.graph.output:
         raise GraphcError(f"{path}: the graph has no outputs; there is nothing to run or compare")
+    for kind, values in (("output", model.graph.output), ("input", model.graph.input)):
+        for value in values:
+            if value.type.WhichOneof("value") not in ("tensor_type", None):
+                raise GraphcError(f"{path}: graph {kind} {value.name!r} is a {value.type.WhichOneof('value')[:-5]}, "
+                                  f"not a tensor; graphc handles models whose inputs and outputs are tensors")
     _check_external_locations(model, path)
     try:
         onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, DecodeError, ValueError) as exc:
         raise GraphcError(f"{path}: invalid ONNX model: {first_line(exc)}") from None
+    from graphc.tensor_bounds import check_constant_tensor_sizes  # it needs graphc.graph, which needs this module
+
+    check_constant_tensor_sizes(model, str(path))
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except (OSError, ValueError) as exc:
