@@ -33,7 +33,7 @@ from collections.abc import Iterator
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 from onnx.external_data_helper import uses_external_data
 
 from graphc.errors import GraphcError, first_line
@@ -197,8 +197,18 @@ def file_size(path: str | os.PathLike) -> int:
                        if (path.parent / loc).is_file())
 
 
+def proto_bytes(model: onnx.ModelProto) -> int:
+    """The serialized size of ``model``; protobuf cannot measure a message over 2 GB
+    (``EncodeError``), so that size is summed tensor by tensor (a slight underestimate: the
+    structure around the tensors is not counted)."""
+    try:
+        return model.ByteSize()
+    except EncodeError:
+        return sum(t.ByteSize() for t in iter_tensors(model.graph))
+
+
 def needs_external_data(model: onnx.ModelProto) -> bool:
-    return model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    return proto_bytes(model) > EXTERNAL_DATA_THRESHOLD
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> pathlib.Path:
@@ -219,15 +229,19 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> pathlib.Path:
         staged = staging / path.name
         if needs_external_data(model):
             data_name = path.name + ".data"
-            onnx.save_model(model, str(staged), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+            write_with_external_weights(model, staging, name=path.name, data_name=data_name, sync=True)
             os.replace(staging / data_name, directory / data_name)
+            try:
+                os.replace(staged, path)
+            except OSError:
+                (directory / data_name).unlink(missing_ok=True)  # no data file without its model
+                raise
         else:
             with open(staged, "wb") as f:
                 f.write(model.SerializeToString())
                 f.flush()
                 os.fsync(f.fileno())
-        os.replace(staged, path)
+            os.replace(staged, path)
     except OSError as exc:
         raise GraphcError(f"{path}: cannot write the model: {first_line(exc)}") from None
     finally:
@@ -271,11 +285,11 @@ def copy_fields(source, target, skip: str | None = None) -> None:
             setattr(target, field.name, value)
 
 
-def point_to_weights(target: onnx.TensorProto, data, offset: int, length: int) -> int:
-    """Mark ``target`` as stored at ``offset`` in ``weights.bin``, whose ``length`` bytes were
+def point_to_weights(target: onnx.TensorProto, data, offset: int, length: int, location: str = "weights.bin") -> int:
+    """Mark ``target`` as stored at ``offset`` in ``location``, whose ``length`` bytes were
     just written to ``data``; pad ``data`` to the next page. Returns the next offset."""
     target.data_location = onnx.TensorProto.EXTERNAL
-    for key, value in (("location", "weights.bin"), ("offset", str(offset)), ("length", str(length))):
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
         entry = target.external_data.add()
         entry.key, entry.value = key, value
     padding = -length % PAGE
@@ -283,15 +297,17 @@ def point_to_weights(target: onnx.TensorProto, data, offset: int, length: int) -
     return offset + length + padding
 
 
-def write_with_external_weights(model: onnx.ModelProto, directory: pathlib.Path) -> pathlib.Path:
-    """``model`` written to ``directory/model.onnx`` with its initializers (all but small
-    and string ones) in ``weights.bin`` beside it, one tensor at a time, page-aligned: no
-    serialized copy of the whole model is made, and ``model`` is not changed."""
+def write_with_external_weights(model: onnx.ModelProto, directory: pathlib.Path, name: str = "model.onnx",
+                                data_name: str = "weights.bin", sync: bool = False) -> pathlib.Path:
+    """``model`` written to ``directory/name`` with its initializers (all but small and
+    string ones) in ``data_name`` beside it, one tensor at a time, page-aligned: no
+    serialized copy of the whole model is made (so it works past protobuf's 2 GB), and
+    ``model`` is not changed. ``sync``: flush both files to disk before returning."""
     skeleton = onnx.ModelProto()
     copy_fields(model, skeleton, skip="graph")
     copy_fields(model.graph, skeleton.graph, skip="initializer")
     offset = 0
-    with open(directory / "weights.bin", "wb") as data:
+    with open(directory / data_name, "wb") as data:
         for tensor in model.graph.initializer:
             target = skeleton.graph.initializer.add()
             if (tensor.data_type == onnx.TensorProto.STRING or tensor.data_location == onnx.TensorProto.EXTERNAL
@@ -300,13 +316,20 @@ def write_with_external_weights(model: onnx.ModelProto, directory: pathlib.Path)
                 continue
             raw = tensor.raw_data if tensor.HasField("raw_data") else onnx.numpy_helper.to_array(tensor).tobytes()
             copy_fields(tensor, target, skip="raw_data")
-            for name in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-                target.ClearField(name)
+            for typed_field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                target.ClearField(typed_field)
             data.write(raw)
-            offset = point_to_weights(target, data, offset, len(raw))
+            offset = point_to_weights(target, data, offset, len(raw), data_name)
             del raw
-    path = directory / "model.onnx"
-    path.write_bytes(skeleton.SerializeToString())
+        if sync:
+            data.flush()
+            os.fsync(data.fileno())
+    path = directory / name
+    with open(path, "wb") as f:
+        f.write(skeleton.SerializeToString())
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
     return path
 
 
