@@ -10,7 +10,9 @@ shape measurement, distillation targets). Its rules:
    extra outputs is written beside it, never over it);
 2. each batch of ``batch_size`` rows runs in pieces of about ``run_bytes`` exposed bytes
    (the first piece is one row, the next ones sized from the bytes that row exposed; a model
-   with a fixed batch runs whole batches), so memory is bounded whatever the batch size;
+   with a fixed batch runs whole batches), so memory is bounded whatever the batch size; rows
+   are cut along each input's batch axis (``Dataset.axes``), an input without one goes whole
+   with every piece;
 3. every exposed tensor of a piece is handed to the reducer, one at a time, and dropped as
    soon as the reducer returns: what a caller keeps is what its reducer accumulates.
 """
@@ -29,7 +31,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from graphc.data import take_rows
+from graphc.data import count_rows, take_rows
 from graphc.errors import GraphcError, first_line
 from graphc.model_io import write_graph_with_external_weights, write_with_external_weights
 
@@ -150,10 +152,10 @@ def tap(model: onnx.ModelProto | os.PathLike, names: Sequence[str], data: Datase
     piece_rows = None if data.fixed_batch else 1  # rows of the next run; None: whole batches
     offset = 0
     for feeds, _ in data.batches(batch_size):
-        total, begin = next((len(v) for v in feeds.values() if v.ndim), 1), 0
+        total, begin = count_rows(feeds, data.axes), 0
         while begin < total:
             end = total if piece_rows is None else min(total, begin + piece_rows)
-            outputs = run_session(session, take_rows(feeds, begin, end))
+            outputs = run_session(session, take_rows(feeds, begin, end, data.axes))
             piece = Piece(batches, offset + begin, offset + end)
             exposed_bytes = 0
             for name in names:
