@@ -275,6 +275,7 @@ def _row_hint(signature: Sequence[InputSignature]) -> str:
 
 def validate(arrays: Mapping[str, np.ndarray], signature: Sequence[InputSignature], source: str) -> Dataset:
     """Check names, dtypes and shapes against the model's inputs; build a Dataset."""
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}  # numpy scalars (np.int64(16000)) as 0-d arrays
     expected = {s.name: s for s in signature}
     names = ", ".join(expected)
     for key in arrays:
