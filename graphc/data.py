@@ -305,8 +305,9 @@ def validate(arrays: Mapping[str, np.ndarray], signature: Sequence[InputSignatur
         axis = spec.batch_axis
         for dim, (want, got) in enumerate(zip(spec.shape, array.shape)):
             if dim != axis and isinstance(want, int) and want != got:
+                hint = "" if axis == 0 else "; " + _row_hint(signature)
                 raise GraphcError(f"{source}: input {spec.name!r} has shape {_fmt(array.shape)}, the model expects "
-                                  f"{spec.describe_shape()} (axis {dim}: {got} != {want})")
+                                  f"{spec.describe_shape()} (axis {dim}: {got} != {want}){hint}")
         if axis is None:
             continue
         if axis >= array.ndim:
