@@ -38,6 +38,10 @@ Batch-axis rules (``model_signature``; ``batch_axes`` below), first match wins:
 
 Outputs get batch axes by rules 3-5 (the name and dynamic-dim facts taken from the inputs);
 ``--verify`` joins output pieces along them.
+
+Bounds: files are read with bounded memory (:mod:`graphc.data_files`: headers checked against
+the bytes held, arrays memory-mapped, only used rows read); synthetic inputs are drawn in their
+own dtype and refused before drawing when they would take more than ``MAX_SYNTHETIC_BYTES``.
 """
 
 from __future__ import annotations
@@ -45,7 +49,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -53,10 +56,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from graphc.errors import GraphcError, first_line
+from graphc.data_files import read_npy, read_npz
+from graphc.errors import GraphcError
 
 LABELS_KEY = "labels"
 DEFAULT_SEQUENCE = 64
+# the most bytes of synthetic inputs graphc draws at once (all inputs, all batches); a --shape
+# or --batch that needs more is refused before anything is allocated
+MAX_SYNTHETIC_BYTES = 2**30
 
 Dim = int | str | None
 BatchAxes = Mapping[str, "int | None"]  # input name -> its batch axis (None: no batch axis)
@@ -353,11 +360,7 @@ def check_unbatched_agree(datasets: Mapping[str, Dataset | None]) -> None:
 
 
 def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise GraphcError(f"{path}: cannot read as .npz ({first_line(exc)})") from None
+    return read_npz(path)
 
 
 def _read_npy_dir(path: pathlib.Path) -> dict[str, np.ndarray]:
@@ -368,10 +371,7 @@ def _read_npy_dir(path: pathlib.Path) -> dict[str, np.ndarray]:
 
 
 def _read_npy(file: pathlib.Path) -> np.ndarray:
-    try:
-        return np.load(file, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise GraphcError(f"{file}: cannot read as .npy ({first_line(exc)})") from None
+    return read_npy(file)
 
 
 def load_dataset(path: str | os.PathLike, signature: Sequence[InputSignature]) -> Dataset:
@@ -446,6 +446,14 @@ def check_shape_overrides(signature: Sequence[InputSignature],
                               f"(inputs: {', '.join(s.name for s in signature)})")
         elif len(shape) != 1:
             raise GraphcError(f"--shape {key}: a dim takes one size, e.g. {key}=8")
+    if shapes:  # one batch at these shapes must be drawable: refused now, not mid-run
+        resolved = {}
+        for spec in signature:
+            try:
+                resolved[spec.name] = resolve_shape(spec, shapes)
+            except GraphcError:  # a dynamic dim left for later: checked when drawn
+                resolved[spec.name] = ()
+        _check_synthetic_bytes(signature, resolved)
     return shapes
 
 
@@ -474,7 +482,9 @@ def _synthetic_array(spec: InputSignature, shape: tuple[int, ...], vocab: int | 
     if spec.dtype.kind in "OSU":  # string tensors
         return np.full(shape, "graphc", dtype=object)
     if np.issubdtype(spec.dtype, np.floating):
-        return rng.standard_normal(shape).astype(spec.dtype)
+        if spec.dtype in (np.float32, np.float64):
+            return rng.standard_normal(shape, dtype=spec.dtype)
+        return rng.standard_normal(shape, dtype=np.float32).astype(spec.dtype)
     if "mask" in name:
         return np.ones(shape, dtype=spec.dtype)
     if "type" in name or "segment" in name:
@@ -483,7 +493,23 @@ def _synthetic_array(spec: InputSignature, shape: tuple[int, ...], vocab: int | 
         return np.broadcast_to(np.arange(shape[-1], dtype=spec.dtype), shape).copy()
     info = np.iinfo(spec.dtype)
     high = vocab if vocab else (info.max + 1 if info.bits <= 8 else 2)
-    return rng.integers(max(info.min, 0), high, size=shape).astype(spec.dtype)
+    return rng.integers(max(info.min, 0), high, size=shape, dtype=spec.dtype)
+
+
+def _check_synthetic_bytes(signature: Sequence[InputSignature], shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Synthetic inputs are bounded in bytes before any is drawn (``MAX_SYNTHETIC_BYTES``)."""
+    sizes = {s.name: int(np.prod(shapes[s.name], dtype=object)) * (s.dtype.itemsize if s.dtype.kind not in "OSU" else 8)
+             for s in signature}
+    total = sum(sizes.values())
+    if total > MAX_SYNTHETIC_BYTES:
+        largest = max(sizes, key=sizes.get)
+        raise GraphcError(f"synthetic inputs would take {total:,} bytes (input {largest!r}: "
+                          f"{_fmt(shapes[largest])} {signature_dtype(signature, largest)}), more than graphc draws "
+                          f"({MAX_SYNTHETIC_BYTES:,} bytes); give smaller --shape/--batch sizes or --data")
+
+
+def signature_dtype(signature: Sequence[InputSignature], name: str) -> str:
+    return str(next(s.dtype for s in signature if s.name == name))
 
 
 def accepted_scalars(model: onnx.ModelProto) -> dict[str, int]:
@@ -522,19 +548,18 @@ def synthetic_dataset(model: onnx.ModelProto, batches: int = 1,
     vocab = embedding_sizes(model)
     scalars = accepted_scalars(model)
     rng = np.random.default_rng(seed)
-    arrays = {}
+    full_shapes = {}
     batch = None
     for spec in signature:
         shape = resolve_shape(spec, shapes)
         axis = spec.batch_axis
-        full = shape
+        full_shapes[spec.name] = shape
         if shape and axis is not None and axis < len(shape):
-            full = (*shape[:axis], shape[axis] * batches, *shape[axis + 1:])
+            full_shapes[spec.name] = (*shape[:axis], shape[axis] * batches, *shape[axis + 1:])
             batch = shape[axis] if batch is None else batch
-        if spec.name in scalars:
-            arrays[spec.name] = np.array(scalars[spec.name], dtype=spec.dtype)
-        else:
-            arrays[spec.name] = _synthetic_array(spec, full, vocab.get(spec.name), rng)
+    _check_synthetic_bytes(signature, full_shapes)
+    arrays = {spec.name: np.array(scalars[spec.name], dtype=spec.dtype) if spec.name in scalars
+              else _synthetic_array(spec, full_shapes[spec.name], vocab.get(spec.name), rng) for spec in signature}
     dataset = validate(arrays, signature, "synthetic inputs")
     dataset.fixed_batch = batch or 1
     return dataset

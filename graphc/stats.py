@@ -21,6 +21,7 @@ import onnx
 from graphc.data import resolve_shape, model_signature, synthetic_dataset
 from graphc.graph import set_input_shapes, skeleton
 from graphc.ops import MAC_OPS, QDQ_OPS, node_macs
+from graphc.model_io import proto_bytes
 
 PARAM_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
                onnx.TensorProto.DOUBLE, onnx.TensorProto.INT8, onnx.TensorProto.UINT8,
@@ -149,7 +150,7 @@ def model_stats(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]] | 
     ops = collections.Counter(n.op_type for n in model.graph.node)
     return ModelStats(
         nodes=len(model.graph.node), ops=dict(ops.most_common()), params=count_params(model),
-        size_bytes=size_bytes if size_bytes is not None else model.ByteSize(),
+        size_bytes=size_bytes if size_bytes is not None else proto_bytes(model),
         macs=sum(macs_by_op.values()), macs_by_op=dict(macs_by_op), uncounted=uncounted)
 
 
