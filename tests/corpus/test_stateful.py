@@ -69,6 +69,7 @@ def _rnn_data(path, states) -> dict[str, np.ndarray]:
 
 # name: (natural-layout data, --shape for synthetic inputs, batch axis of each output)
 MODELS = {
+    "silero-vad": (_silero_data, ["input=1x512"], {"output": 0, "stateN": 1}),  # If-based, dims unnamed
     "silero-vad-op15": (_silero_data, ["sequence=512"], {"output": 0, "stateN": 1}),
     "silero-vad-ifless": (_silero_data, ["sequence=512"], {"output": 0, "stateN": 1}),
     "voicefilter-lite": (_voicefilter_data, ["time=6"], {"mask": 0, "f_adapt": 0, "hN": 1, "cN": 1}),
