@@ -211,7 +211,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from graphc.data import load_dataset, model_signature, parse_batch_axes
+    from graphc.data import load_dataset, model_signature, output_batch_axes, parse_batch_axes
     from graphc.metrics import evaluate
     from graphc.model_io import load_model
     from graphc.runtime import open_session, run_session
@@ -225,7 +225,8 @@ def cmd_eval(args) -> int:
     if args.reference is not None:
         ref_session = open_session(load_model(args.reference), args.threads, what=str(args.reference))
         reference = lambda feeds: run_session(ref_session, feeds)  # noqa: E731
-    value = evaluate(lambda feeds: run_session(session, feeds), dataset, args.metric, reference, args.batch)
+    axis = output_batch_axes(model).get(model.graph.output[0].name, 0)
+    value = evaluate(lambda feeds: run_session(session, feeds), dataset, args.metric, reference, args.batch, axis)
     print(f"{args.metric}: {value:.4f} ({len(dataset)} samples, {args.model})")
     return 0
 

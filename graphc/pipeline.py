@@ -220,5 +220,6 @@ def _metric_before_after(model: onnx.ModelProto, ctx: Context, threads: int | No
     def run_optimized(feeds):
         return run_session(optimized, feeds)
 
-    return {"before": evaluate(run_original, ctx.eval_data, ctx.metric, reference=run_original),
-            "after": evaluate(run_optimized, ctx.eval_data, ctx.metric, reference=run_original)}
+    axis = output_batch_axes(ctx.original).get(ctx.original.graph.output[0].name, 0)
+    return {"before": evaluate(run_original, ctx.eval_data, ctx.metric, reference=run_original, output_axis=axis),
+            "after": evaluate(run_optimized, ctx.eval_data, ctx.metric, reference=run_original, output_axis=axis)}

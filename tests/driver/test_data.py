@@ -291,3 +291,19 @@ def test_batch_axis_flag_errors_are_one_line_exit_2_on_every_verb(tmp_path, caps
     for verb in verbs:  # and the natural layout works on each
         assert cli.main([*map(str, verb), *(["--data", str(tmp_path / "d.npz")] if verb[0] in ("optimize", "bench")
                                             else [])]) == 0, (verb[0], capsys.readouterr().err)
+
+
+def test_metrics_take_samples_on_the_first_outputs_batch_axis():
+    """cosine of a [2, batch, 3] first output with batch row 0 unchanged and row 1 negated:
+    per batch row 1 and -1 (mean 0); taken along axis 0, each 'sample' mixes both rows."""
+    from graphc.data import Dataset
+    from graphc.metrics import evaluate
+
+    state = np.arange(1, 13, dtype=np.float32).reshape(2, 2, 3)
+    flipped = state.copy()
+    flipped[:, 1] *= -1  # batch row 1 reversed, row 0 unchanged
+    data = Dataset({"x": np.zeros((2, 1), np.float32)}, None, "d")
+    on_axis_1 = evaluate(lambda f: [flipped], data, "cosine", reference=lambda f: [state], output_axis=1)
+    on_axis_0 = evaluate(lambda f: [flipped], data, "cosine", reference=lambda f: [state])
+    assert on_axis_1 == pytest.approx(0.0, abs=1e-9)
+    assert on_axis_0 != pytest.approx(0.0, abs=1e-3)
