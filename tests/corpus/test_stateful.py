@@ -161,7 +161,7 @@ def test_fold_on_synthetic_inputs_is_exact(name, corpus, tmp_path):
 
 SYNTHETIC_INT8_REFUSED = {
     # calibrated on standard-normal audio and state, int8 moves stateN to a per-sample cosine of
-    # 0.9898 on the synthetic sample (0.9995 on streamed audio): --verify stops it (int8 quality)
+    # 0.9898 on the synthetic sample (calibrated on streamed audio: 0.9995): --verify stops it
     "silero-vad-op15": "int8 calibrated on synthetic inputs: stateN cosine 0.9898 < 0.99 under --verify",
 }
 
