@@ -4,8 +4,9 @@ Run it after ``fold`` (``--passes fold,int8``): a BatchNormalization left after 
 in float between the Conv's Q/DQ pair.
 
 ``run`` plans the compute nodes (rule 1), smooths their inputs (rule 7, ``smooth``),
-calibrates the static activations once, then rewrites the graph (rules 2-6, 9); with
-``budget`` it searches which layers stay FP32 instead (rule 8). The rules, each in the module
+calibrates the static activations once, then rewrites the graph (rules 2-6, 9, 10), profiles
+the result against FP32 and rebuilds it with the layers measured slower kept FP32 (rule 11);
+with ``budget`` it searches which layers stay FP32 instead (rule 8). The rules, each in the module
 that applies it:
 
 1. which nodes, static or dynamic (``mode``, ``exclude``): ``plan``
@@ -19,6 +20,9 @@ that applies it:
 7. SmoothQuant smoothing (``smooth``): ``smoothing``
 8. accuracy budget (``budget``, ``budget_rows``, ``budget_group``): ``budget``
 9. s8 embedding tables read by Gather (``embeddings``): ``embeddings``
+10. activation chains through onnxruntime's integer element-wise kernels (target=ort):
+    ``activation_chains``
+11. layers measured slower in INT8 stay FP32 (``speed_guard``, target=ort): ``speed_guard``
 
 ``rewrite`` applies rules 2-6 and 9 to a plan; ``types`` gives the graph's variables their
 dtypes (shape inference on a weight-free skeleton); ``inspect`` is ``graphc inspect --quant``.
@@ -38,15 +42,17 @@ from graphc.cpu_features import cpu_features
 from graphc.errors import GraphcError
 from graphc.pass_api import InspectSection, Pass, PassResult
 from graphc.spec import Globs, normalise_globs
-from graphc.passes.int8.activations import QParams, activation_params, activation_tensors
+from graphc.passes.int8.activation_chains import chain_tensors
+from graphc.passes.int8.activations import QParams, activation_params
 from graphc.passes.int8.budget import budget_result
 from graphc.passes.int8.calibration import calibrate
 from graphc.passes.int8.inspect import quantization_summary, quantization_text
 from graphc.passes.int8.plan import plan_nodes, plan_stats
 from graphc.passes.int8.rewrite import rewrite
+from graphc.passes.int8 import speed_guard
 from graphc.passes.int8.smoothing import smooth_activations
 from graphc.passes.int8.tensorrt import tensorrt_violations
-from graphc.graph import infer_shapes
+from graphc.graph import infer_shapes, to_model
 from graphc.passes.int8.weights import weight_bits, weight_qmax
 from graphc.verify import Tolerance
 
@@ -84,6 +90,9 @@ class Int8Options:
                                                     "help": "--eval-data rows scored per budget candidate"})
     budget_group: Literal["layer", "node"] = field(default="layer", metadata={
         "help": "what budget keeps FP32 together: a numbered layer (e.g. /encoder/layer.3/*) or one node"})
+    speed_guard: bool = field(default=True, metadata={"help": (
+        "target=ort: profile FP32 and INT8 once at batch 1 and keep FP32 the layers measured "
+        "slower in INT8 (the report lists them)")})
     embeddings: bool = field(default=True, metadata={
         "help": "target=ort: store constant tables read only by Gather (embeddings) as s8, per column"})
 
@@ -130,12 +139,26 @@ class Int8Pass(Pass):
             stats.update(smooth_activations(graph, ctx, plan, opts))
         if opts.budget >= 0:
             return budget_result(graph, ctx, plan, opts, qmax, stats)
-        tensors = activation_tensors(graph, plan.static, opts.target)
+        guarded = opts.speed_guard and opts.target == "ort"
+        base = to_model(graph, ctx.original) if guarded else None  # FP32, before rule 10 edits it
+        tensors = chain_tensors(graph, plan.static, opts.target)
         params: dict[str, QParams] = {}
+        ranges: dict[str, tuple[float, float]] = {}
         if tensors:
             ranges, calib_stats = calibrate(graph, ctx, tensors, opts)
             stats.update(calib_stats)
             params = activation_params(graph, tensors, ranges, opts.target)
+        compute = speed_guard.compute_layers(plan)
+        rewrite_stats = rewrite(graph, plan, params, opts, qmax)
+        details: dict = {}
+        if guarded:
+            keep, guard_stats, details = speed_guard.guard(base, graph, compute, ctx)
+            stats.update(guard_stats)
+            speed_guard.note(ctx, keep, details, guard_stats["speed_guard_layers"])
+            if keep:
+                graph, plan, rebuilt = speed_guard.build(base, ctx, opts, qmax, ranges, keep)
+                rewrite_stats = {k: v for k, v in rebuilt.items() if not k.startswith("calibration")}
+                stats.update({k: v for k, v in rebuilt.items() if k.startswith("calibration") and k not in stats})
         stats.update(plan_stats(plan))
-        stats.update(rewrite(graph, plan, params, opts, qmax))
-        return PassResult(changed=True, stats=stats, graph=graph)
+        stats.update(rewrite_stats)
+        return PassResult(changed=True, stats=stats, graph=graph, details=details)

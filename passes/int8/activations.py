@@ -53,8 +53,11 @@ def _data_inputs(node: gs.Node) -> list[gs.Tensor]:
     return inputs[:DATA_INPUTS[node.op]] if node.op in DATA_INPUTS else inputs
 
 
-def activation_tensors(graph: gs.Graph, static: list[gs.Node], target: str = "ort") -> dict[str, gs.Variable]:
-    """Rule 3 (ort) / rule 6 (tensorrt): the float activations that get a Q/DQ pair."""
+def activation_tensors(graph: gs.Graph, static: list[gs.Node], target: str = "ort",
+                       extend: Callable[[gs.Node, dict], gs.Tensor | None] | None = None) -> dict[str, gs.Variable]:
+    """Rule 3 (ort) / rule 6 (tensorrt): the float activations that get a Q/DQ pair.
+    ``extend(node, chosen)``: a further node output to quantize in the same fixed point
+    (rule 10, ``graphc.passes.int8.activation_chains``), or None."""
     chosen: dict[str, gs.Variable] = {}
 
     def add(tensor: gs.Tensor) -> bool:
@@ -76,12 +79,14 @@ def activation_tensors(graph: gs.Graph, static: list[gs.Node], target: str = "or
     while changed:
         changed = False
         for node in graph.nodes:
-            if node.op not in PROPAGATE_OPS or not node.outputs:
+            if not node.outputs:
                 continue
-            data = _data_inputs(node)
-            if not data or any(isinstance(t, gs.Constant) or t.name not in chosen for t in data):
-                continue
-            changed |= add(node.outputs[0])
+            data = _data_inputs(node) if node.op in PROPAGATE_OPS else []
+            if data and all(not isinstance(t, gs.Constant) and t.name in chosen for t in data):
+                changed |= add(node.outputs[0])
+            elif extend is not None:
+                extra = extend(node, chosen)
+                changed |= extra is not None and add(extra)
     return chosen
 
 
@@ -180,16 +185,17 @@ def activation_qparams(lo: float, hi: float, target: str) -> QParams:
 
 
 def insert_qdq(graph: gs.Graph, params: dict[str, QParams], names: Callable[[str], str],
-               static: list[gs.Node]) -> None:
+               static: list[gs.Node], chain_ops: tuple[str, ...] = ()) -> None:
     """Q -> DQ after every quantized activation. Its readers read the DQ output when its
     producer runs quantized (it must end in Q for onnxruntime to fuse it); otherwise only the
     quantized readers do and the others keep the exact float tensor (a transformer's
-    residual stream stays FP32)."""
+    residual stream stays FP32). ``chain_ops``: further ops whose quantized outputs make
+    them quantized nodes (rule 10)."""
     tensors = graph.tensors()
     quantized_nodes = {id(n) for n in static}
     for name in params:
         node = producer(tensors[name])
-        if node is not None and node.op in PROPAGATE_OPS:
+        if node is not None and (node.op in PROPAGATE_OPS or node.op in chain_ops):
             quantized_nodes.add(id(node))
     constants: dict[int, tuple[gs.Constant, gs.Constant]] = {}  # one pair per shared QParams
     for name, qp in params.items():

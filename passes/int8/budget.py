@@ -47,7 +47,8 @@ from graphc.errors import GraphcError
 from graphc.graph import to_model
 from graphc.metrics import evaluate
 from graphc.pass_api import PassResult
-from graphc.passes.int8.activations import activation_params, activation_tensors
+from graphc.passes.int8.activation_chains import chain_tensors
+from graphc.passes.int8.activations import activation_params
 from graphc.passes.int8.calibration import calibrate
 from graphc.passes.int8.plan import NodePlan, node_label, plan_nodes, plan_stats
 from graphc.passes.int8.rewrite import rewrite
@@ -162,7 +163,7 @@ def budget_result(graph: gs.Graph, ctx: Context, plan: NodePlan, opts: Int8Optio
                   stats: dict) -> PassResult:
     """Rule 8: the quantized graph with the fewest sensitive groups FP32 that meets the budget."""
     base = to_model(graph, ctx.original)  # FP32 (after smoothing): every candidate starts from it
-    tensors = activation_tensors(graph, plan.static, opts.target)
+    tensors = chain_tensors(graph, plan.static, opts.target)
     ranges: dict[str, tuple[float, float]] = {}
     if tensors:
         ranges, calib_stats = calibrate(graph, ctx, tensors, opts)
@@ -172,7 +173,7 @@ def budget_result(graph: gs.Graph, ctx: Context, plan: NodePlan, opts: Int8Optio
     def build(keep: frozenset[str]) -> onnx.ModelProto:
         candidate = infer_shapes(gs.import_onnx(base))
         candidate_plan = plan_nodes(candidate, opts, keep)
-        chosen = activation_tensors(candidate, candidate_plan.static, opts.target)
+        chosen = chain_tensors(candidate, candidate_plan.static, opts.target)
         missing = [name for name in chosen if name not in ranges]
         if missing:  # never expected: fewer quantized nodes quantize a subset of the tensors
             ranges.update(calibrate(candidate, ctx, {n: chosen[n] for n in missing}, opts)[0])

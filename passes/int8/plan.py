@@ -12,12 +12,14 @@ calibrated once) or ``dynamic`` (range measured per run):
   Softmax (a transformer: measured fastest and most accurate on CPU, issue 3), else static.
 
 ``target=tensorrt`` has no dynamic form: all static (rule 6). Nodes whose labels the accuracy
-budget keeps FP32 (rule 8) are planned FP32 too.
+budget keeps FP32 (rule 8), or the speed guard (rule 11, a label -> reason mapping), are planned
+FP32 too.
 """
 
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -70,8 +72,9 @@ def node_label(node: gs.Node) -> str:
     return node.name or f"{node.op}->{node.outputs[0].name}"
 
 
-def plan_nodes(graph: gs.Graph, opts: Int8Options, keep: frozenset[str] = frozenset()) -> NodePlan:
-    """Rule 1: which compute nodes are quantized, and how (labels in ``keep``: FP32, rule 8)."""
+def plan_nodes(graph: gs.Graph, opts: Int8Options, keep: frozenset[str] | Mapping[str, str] = frozenset()) -> NodePlan:
+    """Rule 1: which compute nodes are quantized, and how (labels in ``keep``: FP32, rule 8;
+    a mapping gives each kept label its reason, rule 11)."""
     patterns = list(opts.exclude)
     matched = {p: False for p in patterns}
     transformer = any(n.op == "Softmax" for n in graph.nodes)
@@ -86,7 +89,8 @@ def plan_nodes(graph: gs.Graph, opts: Int8Options, keep: frozenset[str] = frozen
         if hits:
             plan.skipped[label] = f"excluded by {hits[0]!r}"
             continue
-        why = refusal(node) or ("kept FP32 by budget" if label in keep else None)
+        kept = (keep[label] if isinstance(keep, Mapping) else "kept FP32 by budget") if label in keep else None
+        why = refusal(node) or kept
         if why is not None:
             plan.skipped[label] = why
             continue

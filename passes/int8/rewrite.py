@@ -1,4 +1,4 @@
-"""Rules 2-6 and 9 applied to a planned graph: the one rewrite both the plain run and every
+"""Rules 2-6, 9 and 10 applied to a planned graph: the one rewrite both the plain run and every
 accuracy-budget candidate (rule 8) go through."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import onnx_graphsurgeon as gs
 
 from graphc.graph import unique_name
+from graphc.passes.int8.activation_chains import CHAIN_OPS, drop_rescales, quantize_constant_inputs
 from graphc.passes.int8.activations import QParams, absorb_activations, insert_qdq
 from graphc.passes.int8.dynamic import quantize_dynamic_node
 from graphc.passes.int8.embeddings import quantize_embeddings
@@ -28,7 +29,7 @@ def name_maker(graph: gs.Graph) -> Callable[[str], str]:
 
 
 def rewrite(graph: gs.Graph, plan: NodePlan, params: dict[str, QParams], opts: Int8Options, qmax: int) -> dict:
-    """Rules 2-6 applied to the planned nodes with the given activation parameters."""
+    """Rules 2-6 and 10 applied to the planned nodes with the given activation parameters."""
     stats = {}
     names = name_maker(graph)
     weights = WeightCache(names, qmax, opts.per_channel)
@@ -37,7 +38,10 @@ def rewrite(graph: gs.Graph, plan: NodePlan, params: dict[str, QParams], opts: I
     graph.nodes.extend(weights.nodes)
     if opts.target == "ort":
         stats["activations_absorbed"] = absorb_activations(graph, params)
-    insert_qdq(graph, params, names, plan.static)
+    insert_qdq(graph, params, names, plan.static, CHAIN_OPS if opts.target == "ort" else ())
+    if opts.target == "ort":
+        stats["chain_constants_quantized"] = quantize_constant_inputs(graph, params, names)
+        stats["rescales_dropped"] = drop_rescales(graph)
     dynamic_inputs: dict[int, list[gs.Variable]] = {}  # one DynamicQuantizeLinear per tensor
     for node in plan.dynamic:
         quantize_dynamic_node(graph, node, weights, names, dynamic_inputs)
