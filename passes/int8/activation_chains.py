@@ -24,6 +24,9 @@ d. HardSwish and HardSigmoid (no integer kernel) whose input is quantized are fi
    Add (b) -> Clip (absorbed by rule 3) -> Mul by alpha (c) -> Mul (b). Paddle's HardSwish
    ``x * Clip(x + 3, 0, 6) / 6`` is that form already.
 
+e. every float output of a Split whose input is quantized, with the input's parameters
+   (onnxruntime then splits the integers: its Split rule wants one set of parameters).
+
 A graph output is never quantized; a node whose output is not float32 is not chained.
 """
 
@@ -41,7 +44,7 @@ from graphc.passes.int8.plan import is_float32
 UNARY_OPS = ("Sigmoid", "LeakyRelu")
 BINARY_OPS = ("Mul", "Add")
 RESCALE_OPS = ("Div", "Mul")
-CHAIN_OPS = (*UNARY_OPS, *BINARY_OPS, "Div")  # ops whose output rule 10 may quantize
+CHAIN_OPS = (*UNARY_OPS, *BINARY_OPS, "Div", "Split")  # ops whose outputs rule 10 may quantize
 HARD_OPS = {"HardSigmoid": (0.2, 0.5), "HardSwish": (1.0 / 6.0, 0.5)}  # op -> default (alpha, beta)
 SCALE_TOLERANCE = 1e-5
 
@@ -74,8 +77,14 @@ def _broadcast_constant(values: np.ndarray) -> bool:
     return sum(1 for d in values.shape if d > 1) <= 1
 
 
-def chain_output(node: gs.Node, chosen: dict[str, gs.Variable]) -> gs.Tensor | None:
-    """Rule 10 a-c: the output that becomes quantized when ``node``'s inputs are (None: none)."""
+def chain_output(node: gs.Node, chosen: dict[str, gs.Variable]) -> list[gs.Tensor]:
+    """Rule 10 a-c and e: the outputs that become quantized when ``node``'s inputs are."""
+    if node.op == "Split":
+        return [t for t in node.outputs if is_float32(t)] if node.inputs[0].name in chosen else []
+    return [] if (out := _chain_output(node, chosen)) is None else [out]
+
+
+def _chain_output(node: gs.Node, chosen: dict[str, gs.Variable]) -> gs.Tensor | None:
     if node.op not in CHAIN_OPS or not node.outputs or not is_float32(node.outputs[0]):
         return None
     if node.op in UNARY_OPS:

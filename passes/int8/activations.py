@@ -54,10 +54,10 @@ def _data_inputs(node: gs.Node) -> list[gs.Tensor]:
 
 
 def activation_tensors(graph: gs.Graph, static: list[gs.Node], target: str = "ort",
-                       extend: Callable[[gs.Node, dict], gs.Tensor | None] | None = None) -> dict[str, gs.Variable]:
+                       extend: Callable[[gs.Node, dict], list[gs.Tensor]] | None = None) -> dict[str, gs.Variable]:
     """Rule 3 (ort) / rule 6 (tensorrt): the float activations that get a Q/DQ pair.
-    ``extend(node, chosen)``: a further node output to quantize in the same fixed point
-    (rule 10, ``graphc.passes.int8.activation_chains``), or None."""
+    ``extend(node, chosen)``: further node outputs to quantize in the same fixed point
+    (rule 10, ``graphc.passes.int8.activation_chains``)."""
     chosen: dict[str, gs.Variable] = {}
 
     def add(tensor: gs.Tensor) -> bool:
@@ -85,8 +85,8 @@ def activation_tensors(graph: gs.Graph, static: list[gs.Node], target: str = "or
             if data and all(not isinstance(t, gs.Constant) and t.name in chosen for t in data):
                 changed |= add(node.outputs[0])
             elif extend is not None:
-                extra = extend(node, chosen)
-                changed |= extra is not None and add(extra)
+                for extra in extend(node, chosen):
+                    changed |= add(extra)
     return chosen
 
 
@@ -108,10 +108,16 @@ class _Groups:
 
 def sharing_groups(graph: gs.Graph, tensors: dict[str, gs.Variable]) -> tuple[_Groups, set[str]]:
     """Groups of tensors sharing parameters, and the pre-activation tensors whose range is
-    not used (their group's range comes from the Relu/Clip output)."""
+    not used (their group's range comes from the Relu/Clip output). Every quantized output
+    of a Split shares its input's (rule 10)."""
     groups = _Groups(tensors)
     pre_activation: set[str] = set()
     for node in graph.nodes:
+        if node.op == "Split" and node.inputs and node.inputs[0].name in tensors:
+            for result in node.outputs:
+                if result.name in tensors:
+                    groups.union(node.inputs[0].name, result.name)
+            continue
         if node.op not in SHARE_INPUT_OPS + ACTIVATION_OPS or not node.outputs:
             continue
         source, result = node.inputs[0], node.outputs[0]
