@@ -11,7 +11,8 @@ re-laid-out and renamed the graph; this module records that executed graph (the 
    leave the cores alone); ``warmup`` runs each, then the sessions run round-robin on the
    same feeds, as many rounds as fill ``seconds`` per model (``rounds`` bounds them), so a
    load that changes while they run changes all of them alike. A node's time is the median
-   of its kernel times over the timed rounds.
+   of its kernel times over the timed rounds, a model's ``wall_us`` the median of its runs'
+   wall times; ``elements`` holds each executed node's first-input element count.
 2. Unnamed nodes of the given models are named after their first output before they open
    (``name_nodes``): onnxruntime keeps names, and a name is what maps back.
 3. ``attribute``: an executed node is credited to the loaded node whose name it bears once
@@ -62,6 +63,8 @@ class Profile:
     executed: dict[str, ExecutedNode]
     times: dict[str, float]
     rounds: int
+    wall_us: float = 0.0
+    elements: dict[str, int] | None = None
 
     @property
     def total(self) -> float:
@@ -109,20 +112,36 @@ def profile_models(models: Sequence[onnx.ModelProto], feeds: Mapping[str, np.nda
                 session.run(None, feeds)
             slowest = max(slowest, time.perf_counter() - start)
         count = int(np.clip(seconds / max(slowest, 1e-6), *rounds))
+        walls: list[list[float]] = [[] for _ in opened]
         for _ in range(count):
-            for session, _ in opened:
+            for (session, _), wall in zip(opened, walls):
+                start = time.perf_counter()
                 session.run(None, feeds)
+                wall.append((time.perf_counter() - start) * 1e6)
         profiles = []
-        for session, executed in opened:
+        for (session, executed), wall in zip(opened, walls):
             events = json.loads(pathlib.Path(session.end_profiling()).read_text())
             durations: dict[str, list[float]] = defaultdict(list)
+            elements: dict[str, int] = {}
             for event in events:
                 name = event.get("name", "")
                 if event.get("cat") == "Node" and name.endswith("_kernel_time"):
-                    durations[name[: -len("_kernel_time")]].append(float(event["dur"]))
+                    node = name[: -len("_kernel_time")]
+                    durations[node].append(float(event["dur"]))
+                    if node not in elements:
+                        elements[node] = _first_input_elements(event.get("args", {}))
             times = {name: float(np.median(values[-count:])) for name, values in durations.items()}
-            profiles.append(Profile(executed, times, count))
+            profiles.append(Profile(executed, times, count, float(np.median(wall)), elements))
     return profiles
+
+
+def _first_input_elements(args: dict) -> int:
+    """Element count of an executed node's first input, from its profile event (0: unknown)."""
+    shapes = args.get("input_type_shape") or []
+    if not shapes or not isinstance(shapes[0], dict) or not shapes[0]:
+        return 0
+    dims = next(iter(shapes[0].values()))
+    return int(np.prod(dims)) if isinstance(dims, list) and dims else 0
 
 
 def _stripped(name: str) -> str:

@@ -152,13 +152,12 @@ class Int8Pass(Pass):
         rewrite_stats = rewrite(graph, plan, params, opts, qmax)
         details: dict = {}
         if guarded:
-            keep, guard_stats, details = speed_guard.guard(base, graph, compute, ctx)
-            stats.update(guard_stats)
-            speed_guard.note(ctx, keep, details, guard_stats["speed_guard_layers"])
-            if keep:
-                graph, plan, rebuilt = speed_guard.build(base, ctx, opts, qmax, ranges, keep)
-                rewrite_stats = {k: v for k, v in rebuilt.items() if not k.startswith("calibration")}
-                stats.update({k: v for k, v in rebuilt.items() if k.startswith("calibration") and k not in stats})
+            chosen = speed_guard.guard(base, graph, compute, ctx, opts, qmax, ranges)
+            stats.update(chosen.stats)
+            details = chosen.details
+            if chosen.graph is not None:
+                graph, plan = chosen.graph, chosen.plan
+                rewrite_stats = {k: v for k, v in chosen.rewrite_stats.items() if not k.startswith("calibration")}
         stats.update(plan_stats(plan))
         stats.update(rewrite_stats)
         return PassResult(changed=True, stats=stats, graph=graph, details=details)

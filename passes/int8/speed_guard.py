@@ -1,37 +1,49 @@
 """Rule 11 (``speed_guard``, on by default for ``target=ort``): layers whose INT8 form is
-measured slower stay FP32.
+measured slower stay FP32, and INT8 never makes the model slower at batch 1.
 
-1. Candidate: the graph quantized as planned (rules 1-10). The FP32 graph (before rule 10's
-   decompositions) and the candidate are profiled side by side once, at batch 1, on the
-   first row of ``--data`` (else a synthetic row), with ``graphc.profiling`` (one session
-   each, non-spinning, round-robin runs, median kernel time per executed node, credited back
-   to the loaded nodes).
+1. Profile: the FP32 graph (before rule 10's decompositions) and the candidate quantized as
+   planned (rules 1-10) are profiled side by side once, at batch 1, on the first row of
+   ``--data`` (else a synthetic row), with ``graphc.profiling`` (one non-spinning session
+   each, round-robin runs, median kernel time per executed node, credited back to the
+   loaded nodes).
 2. Layers (``layer_of``): every planned compute node is a layer; every other node belongs to
    the layer its first input comes from (the activation chain after a Conv, its Q/DQ
    pairs), a node named ``<compute node>_...`` (its weight/bias DQ, its dynamic-quantization
    nodes) to that node's layer, and a node before every layer (input pre-processing, the
-   input's Q) to the layer of its first reader. The FP32 graph and the candidate are split
-   alike, so a layer's time in each is the sum over its nodes.
-3. Decision (``decide``): a layer whose INT8 time exceeds its FP32 time by more than
-   ``SLACK_US`` (the profiler counts whole microseconds) stays FP32; the graph is rebuilt
-   from the FP32 graph with those compute nodes planned FP32 (activation ranges reused,
-   tensors not yet calibrated are calibrated).
-4. The stats give the count and the profiled totals, the details and a report note list each
-   layer kept FP32 with both times. Off with ``speed_guard=false``; not run for
+   input's Q) to the layer of its first reader. Both graphs are split alike; a layer's time
+   in each is the sum over its nodes.
+3. Decision (``decide``): each layer is INT8 or FP32 so that the sum of the layers' measured
+   times plus a boundary cost is least. A boundary is a compute node's data input whose
+   producing layer gets the other precision: it costs a Q or DQ and a layout change of that
+   tensor, ``2 x elements x`` the per-element time of the candidate's executed
+   QuantizeLinear/DequantizeLinear nodes (``boundary_cost``). Start: each layer alone (INT8
+   unless it is slower by more than ``SLACK_US``, the profiler's microsecond resolution);
+   then layers flip one at a time, in graph order, while a flip lowers the total
+   (``SWEEPS`` passes at most).
+4. Confirmation: when some layers stay FP32, the mix is built (activation ranges reused,
+   tensors not yet calibrated are calibrated) and FP32, the all-INT8 candidate and the mix
+   are profiled side by side once more; the one with the least total kernel time per run
+   (the sum of its nodes' medians: steadier than wall time on a shared machine) is written
+   (FP32: every layer stays FP32).
+5. The stats give the layer counts and the measured times; the details and a report note
+   list each layer kept FP32 with its times. Off with ``speed_guard=false``; not run for
    ``target=tensorrt`` (the CPU measures nothing about a GPU) nor with ``budget`` (the budget
    search decides which layers stay FP32).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphc.graph import infer_shapes, to_model
-from graphc.profiling import attribute, profile_models
+from graphc.graph import infer_shapes, skeleton, to_model
+from graphc.ops import QDQ_OPS
+from graphc.profiling import Profile, attribute, profile_models
 from graphc.passes.int8.activation_chains import chain_tensors
 from graphc.passes.int8.activations import activation_params
 from graphc.passes.int8.calibration import calibrate
@@ -43,6 +55,8 @@ if TYPE_CHECKING:
     from graphc.passes.int8 import Int8Options
 
 SLACK_US = 1.0
+SWEEPS = 10
+DEFAULT_ELEMENT_US = 1e-3  # a boundary's cost per element when no Q/DQ was executed
 NOTE_LAYERS = 20
 
 
@@ -91,10 +105,70 @@ def layer_times(model: onnx.ModelProto, node_times: Mapping[str | None, float],
     return times
 
 
-def decide(fp32: Mapping[str, float], int8: Mapping[str, float]) -> dict[str, str]:
-    """Rule 3: label -> reason for every layer whose INT8 time exceeds its FP32 time."""
-    return {label: f"kept FP32 by speed_guard: INT8 {int8[label]:.0f} us vs FP32 {fp32.get(label, 0.0):.0f} us"
-            for label in int8 if int8[label] > fp32.get(label, 0.0) + SLACK_US}
+def layer_edges(base: onnx.ModelProto, compute: Mapping[str, str], shapes: Mapping[str, Sequence[int]]
+                ) -> list[tuple[str, str, int]]:
+    """(producing layer, compute layer, elements) for every compute node's data input made
+    by another layer (rule 3's boundaries), element counts from shape inference at the
+    profiled input ``shapes``."""
+    layer = layer_of(base, compute)
+    producer = {out: n.output[0] for n in base.graph.node if n.output for out in n.output}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton(base, shapes))
+    except (onnx.shape_inference.InferenceError, ValueError):
+        inferred = None
+    sizes: dict[str, int] = {}
+    for info in (inferred.graph.value_info if inferred is not None else []):
+        dims = info.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            sizes[info.name] = int(np.prod([d.dim_value for d in dims]))
+    edges = []
+    for node in base.graph.node:
+        if not node.output or node.output[0] not in compute or not node.input:
+            continue
+        source = producer.get(node.input[0])
+        if source is not None and layer.get(source) not in (None, compute[node.output[0]]):
+            edges.append((layer[source], compute[node.output[0]], sizes.get(node.input[0], 0)))
+    return edges
+
+
+def boundary_cost(profile: Profile) -> float:
+    """Rule 3: microseconds per element of one boundary (a Q or DQ plus a layout change):
+    twice the candidate's executed Q/DQ time over the elements they read (large tensors
+    weigh most; a small one's time is mostly fixed overhead)."""
+    named = [name for name, node in profile.executed.items()
+             if node.op in QDQ_OPS and name in profile.times and (profile.elements or {}).get(name)]
+    elements = sum(profile.elements[name] for name in named)
+    if not elements:
+        return DEFAULT_ELEMENT_US
+    return 2.0 * sum(profile.times[name] for name in named) / elements
+
+
+def decide(fp32: Mapping[str, float], int8: Mapping[str, float], edges: Sequence[tuple[str, str, int]] = (),
+           element_us: float = 0.0) -> dict[str, str]:
+    """Rule 3: label -> reason for every layer kept FP32."""
+    labels = list(int8)
+    fp32_us = {label: fp32.get(label, 0.0) for label in labels}
+    quantized = {label: int8[label] <= fp32_us[label] + SLACK_US for label in labels}
+    neighbours: dict[str, list[tuple[str, float]]] = {label: [] for label in labels}
+    for u, v, elements in edges:
+        if u in neighbours and v in neighbours:
+            neighbours[u].append((v, elements * element_us))
+            neighbours[v].append((u, elements * element_us))
+
+    def cost(label: str, as_int8: bool) -> float:
+        own = int8[label] if as_int8 else fp32_us[label]
+        return own + sum(us for other, us in neighbours[label] if quantized[other] != as_int8)
+
+    for _ in range(SWEEPS):
+        flipped = False
+        for label in labels:
+            if cost(label, not quantized[label]) < cost(label, quantized[label]) - 1e-9:
+                quantized[label] = not quantized[label]
+                flipped = True
+        if not flipped:
+            break
+    return {label: f"kept FP32 by speed_guard: INT8 {int8[label]:.0f} us vs FP32 {fp32_us[label]:.0f} us"
+            for label in labels if not quantized[label]}
 
 
 def build(base: onnx.ModelProto, ctx: Context, opts: Int8Options, qmax: int,
@@ -115,45 +189,67 @@ def build(base: onnx.ModelProto, ctx: Context, opts: Int8Options, qmax: int,
     return graph, plan, stats
 
 
-def profile_pair(base: onnx.ModelProto, candidate: onnx.ModelProto, ctx: Context):
-    """Rule 1: (FP32 node times, candidate node times), each keyed by node (first output)."""
-    feeds = next(ctx.sample_data(1).batches(1))[0]
-    fp32, int8 = profile_models([base, candidate], feeds, threads=ctx.threads)
-    return attribute(fp32, base), attribute(int8, candidate), (fp32, int8)
-
-
 def compute_layers(plan: NodePlan) -> dict[str, str]:
     """First output -> label of every planned compute node (taken before the rewrite, which
     replaces dynamic nodes)."""
     return {n.outputs[0].name: node_label(n) for n in [*plan.static, *plan.dynamic]}
 
 
-def guard(base: onnx.ModelProto, candidate: gs.Graph, compute: Mapping[str, str], ctx: Context
-          ) -> tuple[dict[str, str], dict, dict]:
-    """Rules 1-3 on a built candidate: (label -> reason kept FP32, stats, details);
-    ``compute``: ``compute_layers`` of its plan."""
+@dataclass
+class Guarded:
+    """What rule 11 chose: the graph to write (None: the candidate), its plan, rewrite stats."""
+
+    graph: gs.Graph | None
+    plan: NodePlan | None
+    rewrite_stats: dict
+    stats: dict
+    details: dict
+
+
+def guard(base: onnx.ModelProto, candidate: gs.Graph, compute: Mapping[str, str], ctx: Context,
+          opts: Int8Options, qmax: int, ranges: dict[str, tuple[float, float]]) -> Guarded:
+    """Rules 1-5 on a built candidate (``compute``: ``compute_layers`` of its plan)."""
+    feeds = next(ctx.sample_data(1).batches(1))[0]
     candidate_model = to_model(candidate, ctx.original)
-    fp32_nodes, int8_nodes, (fp32_profile, int8_profile) = profile_pair(base, candidate_model, ctx)
-    fp32 = layer_times(base, fp32_nodes, compute)
-    int8 = layer_times(candidate_model, int8_nodes, compute)
-    keep = decide(fp32, int8)
-    kept = [{"layer": label, "int8_us": round(int8[label], 1), "fp32_us": round(fp32.get(label, 0.0), 1)}
-            for label in compute.values() if label in keep]
-    stats = {"speed_guard_fp32_layers": len(keep), "speed_guard_layers": len(compute),
-             "speed_guard_profile_us": f"FP32 {fp32_profile.total:.0f}, INT8 candidate {int8_profile.total:.0f} "
-                                       f"({int8_profile.rounds} runs)"}
-    details = {"speed_guard": {"kept_fp32": kept,
-                               "layers": {label: {"int8_us": round(int8[label], 1),
-                                                  "fp32_us": round(fp32.get(label, 0.0), 1)}
-                                          for label in compute.values()}}}
-    return keep, stats, details
+    fp32_profile, int8_profile = profile_models([base, candidate_model], feeds, threads=ctx.threads)
+    fp32 = layer_times(base, attribute(fp32_profile, base), compute)
+    int8 = layer_times(candidate_model, attribute(int8_profile, candidate_model), compute)
+    edges = layer_edges(base, compute, {name: value.shape for name, value in feeds.items()})
+    keep = decide(fp32, int8, edges, boundary_cost(int8_profile))
+    stats = {"speed_guard_layers": len(compute),
+             "speed_guard_profile_us": f"FP32 {fp32_profile.total:.0f}, all INT8 {int8_profile.total:.0f}"}
+    chosen = Guarded(None, None, {}, stats, {})
+    if keep:
+        graph, plan, rewrite_stats = build(base, ctx, opts, qmax, ranges, keep)
+        mixed_model = to_model(graph, ctx.original)
+        walls = [p.total for p in profile_models([base, candidate_model, mixed_model], feeds, threads=ctx.threads)]
+        stats["speed_guard_confirm_us"] = f"FP32 {walls[0]:.0f}, all INT8 {walls[1]:.0f}, mix {walls[2]:.0f}"
+        best = int(np.argmin(walls))
+        if best == 0:
+            keep = {label: f"kept FP32 by speed_guard: every INT8 form measured slower than FP32 "
+                           f"(all INT8 {walls[1]:.0f} us, mix {walls[2]:.0f} us vs {walls[0]:.0f} us per run)"
+                    for label in compute.values()}
+            graph, plan, rewrite_stats = build(base, ctx, opts, qmax, ranges, keep)
+        if best == 1:
+            keep = {}
+        else:
+            chosen = Guarded(graph, plan, rewrite_stats, stats, {})
+    stats["speed_guard_fp32_layers"] = len(keep)
+    chosen.details = {"speed_guard": {
+        "kept_fp32": [{"layer": label, "int8_us": round(int8[label], 1), "fp32_us": round(fp32.get(label, 0.0), 1),
+                       "reason": keep[label]} for label in compute.values() if label in keep],
+        "layers": {label: {"int8_us": round(int8[label], 1), "fp32_us": round(fp32.get(label, 0.0), 1)}
+                   for label in compute.values()}}}
+    note(ctx, keep, chosen.details, len(compute), stats)
+    return chosen
 
 
-def note(ctx: Context, keep: Mapping[str, str], details: dict, layers: int) -> None:
-    """Rule 4: the report note listing the layers kept FP32 and why."""
+def note(ctx: Context, keep: Mapping[str, str], details: dict, layers: int, stats: dict) -> None:
+    """Rule 5: the report note listing the layers kept FP32 and why."""
     kept = details["speed_guard"]["kept_fp32"]
-    listed = ", ".join(f"{k['layer']} (INT8 {k['int8_us']:g} us > FP32 {k['fp32_us']:g} us)"
+    listed = ", ".join(f"{k['layer']} (INT8 {k['int8_us']:g} us, FP32 {k['fp32_us']:g} us)"
                        for k in kept[:NOTE_LAYERS])
     more = f" and {len(kept) - NOTE_LAYERS} more" if len(kept) > NOTE_LAYERS else ""
-    ctx.report.note(f"int8 speed_guard: {len(keep)} of {layers} layers kept FP32, measured slower in INT8 "
-                    f"at batch 1: {listed or 'none'}{more}")
+    measured = stats.get("speed_guard_confirm_us") or stats["speed_guard_profile_us"]
+    ctx.report.note(f"int8 speed_guard (batch 1, us per run: {measured}): {len(keep)} of {layers} layers kept FP32"
+                    f"{': ' + listed + more if kept else ''}")

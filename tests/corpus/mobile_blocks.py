@@ -156,7 +156,7 @@ def export(name: str, directory: pathlib.Path) -> pathlib.Path:
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.2, 0.2)
         torch.onnx.export(net, torch.randn(1, 3, SIZE, SIZE), str(path), input_names=["image"],
-                          output_names=["output"], dynamic_axes={"image": {0: "batch"}, "output": {0: "batch"}},
+                          output_names=["output"], dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch"}},
                           opset_version=17, dynamo=False)
     return path
 
