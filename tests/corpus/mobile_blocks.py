@@ -11,7 +11,9 @@ HardSwish and HardSigmoid stay single ops, SiLU becomes ``x * Sigmoid(x)``).
 - ``silu-efficientnet``: EfficientNet-lite-style MBConv blocks at 1x3x160x160: depthwise
   convolutions, SiLU, sigmoid-gated squeeze-excite.
 
-Seeded (torch.manual_seed(0)); each under 1 MB and built in about a second.
+Height and width are dynamic (``--shape image=1x3x{H}x{W}``; the corpus passes 160x160, the
+speed benchmark also 640x640). Seeded (torch.manual_seed(0)); each about 1-2 MB, built in
+about two seconds.
 """
 
 from __future__ import annotations
@@ -163,4 +165,5 @@ def export(name: str, directory: pathlib.Path) -> pathlib.Path:
 
 for _name, _tags in [("silu-detector", ("cnn", "silu")), ("hardswish-mobilenet", ("cnn", "hardswish", "depthwise")),
                      ("silu-efficientnet", ("cnn", "silu", "depthwise"))]:
-    corpus_model(_name, origin=ORIGIN, tags=_tags)(lambda directory, _n=_name: export(_n, directory))
+    corpus_model(_name, origin=ORIGIN, tags=_tags, cli_args=("--shape", f"image=1x3x{SIZE}x{SIZE}"))(
+        lambda directory, _n=_name: export(_n, directory))

@@ -13,7 +13,7 @@ def _inspect(path, capsys, *extra):
 
 def test_inspect_quant_lists_static_dynamic_and_fp32_nodes(onnx_model, tmp_path, capsys):
     cnn = tmp_path / "resnet_int8.onnx"
-    optimize(OptimizeRequest(model=onnx_model("resnet"), passes="fold,int8:exclude=Gemm", output=cnn, progress=False))
+    optimize(OptimizeRequest(model=onnx_model("resnet"), passes="fold,int8:exclude=Gemm:speed_guard=false", output=cnn, progress=False))
     text = _inspect(cnn, capsys)
     assert "quantization: 1 fp32, 8 static" in text
     rows = json.loads(_inspect(cnn, capsys, "--json"))["quant"]
@@ -21,7 +21,7 @@ def test_inspect_quant_lists_static_dynamic_and_fp32_nodes(onnx_model, tmp_path,
     assert all(r["weight_bits"] in (7, 8) and r["activation"] == "uint8" for r in rows if r["state"] == "static")
 
     bert = tmp_path / "bert_int8.onnx"
-    optimize(OptimizeRequest(model=onnx_model("bert"), passes="fold,int8:weight_bits=8", output=bert,
+    optimize(OptimizeRequest(model=onnx_model("bert"), passes="fold,int8:weight_bits=8:speed_guard=false", output=bert,
                              progress=False))
     rows = json.loads(_inspect(bert, capsys, "--json"))["quant"]
     states = [r["state"] for r in rows]

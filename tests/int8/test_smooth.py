@@ -24,6 +24,7 @@ from graphc.graph import to_model
 from graphc.metrics import cosine_per_sample
 from graphc.pipeline import OptimizeRequest, optimize
 from graphc.runtime import open_session
+from tests.int8 import no_speed_guard
 
 FLOAT = onnx.TensorProto.FLOAT
 OUTLIERS = [3, 17]
@@ -149,8 +150,8 @@ def test_smoothing_shrinks_outlier_ranges_and_int8_error(onnx_model, sample_inpu
     errors = {}
     for spec in ("int8", "int8:smooth=0.5"):
         out = tmp_path / "q.onnx"
-        report = optimize(OptimizeRequest(model=source, passes=spec, output=out, data=tmp_path / "calib.npz",
-                                          progress=False))
+        report = optimize(OptimizeRequest(model=source, passes=no_speed_guard(spec), output=out,
+                                          data=tmp_path / "calib.npz", progress=False))
         got = open_session(out).run(None, held_out)[0]
         errors[spec] = 1 - cosine_per_sample(got, ref).mean()
     assert report.passes[-1].stats["smoothed_matmuls"] == 8

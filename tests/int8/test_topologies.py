@@ -33,25 +33,27 @@ def optimized_ops(path: pathlib.Path, tmp_path: pathlib.Path) -> collections.Cou
     return collections.Counter(n.op_type for n in model.graph.node)
 
 
-def quantize(source, tmp_path, spec="fold,int8"):
+def quantize(source, tmp_path, spec="fold,int8:speed_guard=false"):
     out = tmp_path / "int8.onnx"
     report = optimize(OptimizeRequest(model=source, passes=spec, output=out, verify=True, progress=False))
     return out, report.passes[-1]
 
 
+# placement, not speed: the speed guard (rule 11, tests/int8/test_speed_guard.py) is off, else
+# these tiny fixtures, measured slower in INT8 at batch 1, would stay FP32
 CASES = [  # name, spec, float compute ops expected to remain (attention's activation x activation MatMuls)
-    ("resnet", "fold,int8:calib=entropy", {}),
-    ("depthwise", "fold,int8", {}),
-    ("concat", "fold,int8:calib=percentile", {}),
-    ("mlp_bn", "fold,int8:calib=mse", {}),
-    ("bert", "fold,int8", {"FusedMatMul": 2, "MatMul": 2}),
-    ("bert", "fold,int8:mode=static:calib=percentile", {"FusedMatMul": 2, "MatMul": 2}),
-    ("vit", "fold,int8", {"FusedMatMul": 2, "MatMul": 2}),
-    ("gpt", "fold,int8:mode=static", {"FusedMatMul": 2, "MatMul": 2}),
+    ("resnet", "fold,int8:calib=entropy:speed_guard=false", {}),
+    ("depthwise", "fold,int8:speed_guard=false", {}),
+    ("concat", "fold,int8:calib=percentile:speed_guard=false", {}),
+    ("mlp_bn", "fold,int8:calib=mse:speed_guard=false", {}),
+    ("bert", "fold,int8:speed_guard=false", {"FusedMatMul": 2, "MatMul": 2}),
+    ("bert", "fold,int8:mode=static:calib=percentile:speed_guard=false", {"FusedMatMul": 2, "MatMul": 2}),
+    ("vit", "fold,int8:speed_guard=false", {"FusedMatMul": 2, "MatMul": 2}),
+    ("gpt", "fold,int8:mode=static:speed_guard=false", {"FusedMatMul": 2, "MatMul": 2}),
 ]
 
 
-@pytest.mark.parametrize("name,spec,float_left", CASES, ids=[f"{c[0]}-{c[1].split(',')[1]}" for c in CASES])
+@pytest.mark.parametrize("name,spec,float_left", CASES, ids=[f"{c[0]}-{c[1].split(',')[1].replace(':speed_guard=false', '')}" for c in CASES])
 def test_int8_fidelity_and_fusion(name, spec, float_left, onnx_model, sample_inputs, tmp_path):
     source = onnx_model(name)
     out, step = quantize(source, tmp_path, spec)
@@ -99,7 +101,7 @@ def test_bundled_cnn_top1_within_half_a_point(tmp_path):
     data = MODELS / "fashion_mnist_test.npz"
     out = tmp_path / "cnn_int8.onnx"
     # calibrate on the first 512 test images, evaluate on all 10k
-    optimize(OptimizeRequest(model=model, passes="fold,int8:samples=512", output=out, data=data, progress=False))
+    optimize(OptimizeRequest(model=model, passes="fold,int8:samples=512:speed_guard=false", output=out, data=data, progress=False))
     dataset = load_dataset(data, model_signature(onnx.load(model)))
     session = open_session(out, threads=2)
     top1 = evaluate(lambda feeds: run_session(session, feeds), dataset, "top1")
