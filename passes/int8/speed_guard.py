@@ -148,7 +148,8 @@ def decide(fp32: Mapping[str, float], int8: Mapping[str, float], edges: Sequence
     """Rule 3: label -> reason for every layer kept FP32."""
     labels = list(int8)
     fp32_us = {label: fp32.get(label, 0.0) for label in labels}
-    quantized = {label: int8[label] <= fp32_us[label] + SLACK_US for label in labels}
+    int8_us = {label: int8[label] - SLACK_US for label in labels}  # within the slack, INT8 wins
+    quantized = {label: int8_us[label] <= fp32_us[label] for label in labels}
     neighbours: dict[str, list[tuple[str, float]]] = {label: [] for label in labels}
     for u, v, elements in edges:
         if u in neighbours and v in neighbours:
@@ -156,7 +157,7 @@ def decide(fp32: Mapping[str, float], int8: Mapping[str, float], edges: Sequence
             neighbours[v].append((u, elements * element_us))
 
     def cost(label: str, as_int8: bool) -> float:
-        own = int8[label] if as_int8 else fp32_us[label]
+        own = int8_us[label] if as_int8 else fp32_us[label]
         return own + sum(us for other, us in neighbours[label] if quantized[other] != as_int8)
 
     for _ in range(SWEEPS):
