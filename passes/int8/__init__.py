@@ -140,6 +140,9 @@ class Int8Pass(Pass):
         if opts.budget >= 0:
             return budget_result(graph, ctx, plan, opts, qmax, stats)
         guarded = opts.speed_guard and opts.target == "ort"
+        if guarded and (why := speed_guard.skipped(graph, ctx)) is not None:
+            stats.update(why)
+            guarded = False
         base = to_model(graph, ctx.original) if guarded else None  # FP32, before rule 10 edits it
         tensors = chain_tensors(graph, plan.static, opts.target)
         params: dict[str, QParams] = {}

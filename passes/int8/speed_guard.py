@@ -28,7 +28,8 @@ measured slower stay FP32, and INT8 never makes the model slower at batch 1.
 5. The stats give the layer counts and the measured times; the details and a report note
    list each layer kept FP32 with its times. Off with ``speed_guard=false``; not run for
    ``target=tensorrt`` (the CPU measures nothing about a GPU) nor with ``budget`` (the budget
-   search decides which layers stay FP32).
+   search decides which layers stay FP32); skipped, with a note, for a model of more than
+   ``MAX_WEIGHT_BYTES`` of weights (profiling holds an FP32 and an INT8 copy beside the graph).
 """
 
 from __future__ import annotations
@@ -58,6 +59,26 @@ SLACK_US = 1.0
 SWEEPS = 10
 DEFAULT_ELEMENT_US = 1e-3  # a boundary's cost per element when no Q/DQ was executed
 NOTE_LAYERS = 20
+MAX_WEIGHT_BYTES = 512 * 2**20
+
+
+def weight_bytes(graph: gs.Graph) -> int:
+    """Bytes of the graph's constant tensors (from their shapes and dtypes; nothing loaded)."""
+    total = 0
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant) and tensor.shape is not None and tensor.dtype is not None:
+            total += int(np.prod(tensor.shape, dtype=np.int64)) * np.dtype(tensor.dtype).itemsize
+    return total
+
+
+def skipped(graph: gs.Graph, ctx: Context) -> dict | None:
+    """Stats saying why rule 11 does not run on ``graph`` (None: it runs)."""
+    size = weight_bytes(graph)
+    if size <= MAX_WEIGHT_BYTES:
+        return None
+    why = f"skipped: {size / 2**20:.0f} MiB of weights > {MAX_WEIGHT_BYTES // 2**20} MiB"
+    ctx.report.note(f"int8 speed_guard {why} (profiling would hold FP32 and INT8 copies); layers not measured")
+    return {"speed_guard": why}
 
 
 def layer_of(model: onnx.ModelProto, compute: Mapping[str, str]) -> dict[str, str]:

@@ -195,3 +195,11 @@ def test_profile_models_credits_every_executed_node(tmp_path):
     credited = attribute(profile, model)
     assert None not in credited and set(credited) <= {n.output[0] for n in model.graph.node}
     assert any(profile.elements[name] == 16 * 16 * 3 for name in profile.times)  # the input Transpose's input
+
+
+def test_guard_skips_models_above_the_weight_cap(tmp_path, monkeypatch):
+    monkeypatch.setattr(speed_guard, "MAX_WEIGHT_BYTES", 1000)  # the fixture holds 3.5 KB of weights
+    _, report, calls = _run(tmp_path, "int8", monkeypatch, slow={"conv0", "conv1"})
+    stats = report.passes[-1].stats
+    assert calls == [] and stats["speed_guard"].startswith("skipped: 0 MiB of weights > 0 MiB")
+    assert stats["static_nodes"] == 2 and any("speed_guard skipped" in n for n in report.notes)
