@@ -24,8 +24,9 @@ d. HardSwish and HardSigmoid (no integer kernel) whose input is quantized are fi
    Add (b) -> Clip (absorbed by rule 3) -> Mul by alpha (c) -> Mul (b). Paddle's HardSwish
    ``x * Clip(x + 3, 0, 6) / 6`` is that form already.
 
-e. every float output of a Split whose input is quantized, with the input's parameters
-   (onnxruntime then splits the integers: its Split rule wants one set of parameters).
+e. every float output of a Split or Resize whose data input is quantized, with the input's
+   parameters (onnxruntime then splits / resizes the integers: its Split and Resize rules
+   want one set of parameters).
 
 A graph output is never quantized; a node whose output is not float32 is not chained.
 """
@@ -44,7 +45,8 @@ from graphc.passes.int8.plan import is_float32
 UNARY_OPS = ("Sigmoid", "LeakyRelu")
 BINARY_OPS = ("Mul", "Add")
 RESCALE_OPS = ("Div", "Mul")
-CHAIN_OPS = (*UNARY_OPS, *BINARY_OPS, "Div", "Split")  # ops whose outputs rule 10 may quantize
+SHARED_OPS = ("Split", "Resize")  # outputs share the input's parameters (rule e)
+CHAIN_OPS = (*UNARY_OPS, *BINARY_OPS, "Div", *SHARED_OPS)  # ops whose outputs rule 10 may quantize
 HARD_OPS = {"HardSigmoid": (0.2, 0.5), "HardSwish": (1.0 / 6.0, 0.5)}  # op -> default (alpha, beta)
 SCALE_TOLERANCE = 1e-5
 
@@ -79,7 +81,7 @@ def _broadcast_constant(values: np.ndarray) -> bool:
 
 def chain_output(node: gs.Node, chosen: dict[str, gs.Variable]) -> list[gs.Tensor]:
     """Rule 10 a-c and e: the outputs that become quantized when ``node``'s inputs are."""
-    if node.op == "Split":
+    if node.op in SHARED_OPS:
         return [t for t in node.outputs if is_float32(t)] if node.inputs[0].name in chosen else []
     return [] if (out := _chain_output(node, chosen)) is None else [out]
 

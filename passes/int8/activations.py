@@ -109,11 +109,11 @@ class _Groups:
 def sharing_groups(graph: gs.Graph, tensors: dict[str, gs.Variable]) -> tuple[_Groups, set[str]]:
     """Groups of tensors sharing parameters, and the pre-activation tensors whose range is
     not used (their group's range comes from the Relu/Clip output). Every quantized output
-    of a Split shares its input's (rule 10)."""
+    of a Split or Resize shares its input's (rule 10)."""
     groups = _Groups(tensors)
     pre_activation: set[str] = set()
     for node in graph.nodes:
-        if node.op == "Split" and node.inputs and node.inputs[0].name in tensors:
+        if node.op in ("Split", "Resize") and node.inputs and node.inputs[0].name in tensors:
             for result in node.outputs:
                 if result.name in tensors:
                     groups.union(node.inputs[0].name, result.name)

@@ -51,8 +51,9 @@ WEAK_INT8 = {"ppocr-cls", "ppocr-det"}
 COMPARED = {"ppocr-det": _final_sigmoid_input}
 FLOAT_CHAIN_OPS = {"Sigmoid", "HardSwish", "HardSigmoid", "QuickGelu", "Clip", "Div"}
 # float chain ops expected to remain: the classifier head's HardSwish after a Gemm (rule 3
-# quantizes Conv-family outputs only; onnxruntime writes it HardSigmoid + Mul)
-FLOAT_LEFT = {"hardswish-mobilenet": {"HardSigmoid": 1}}
+# quantizes Conv-family outputs only; onnxruntime writes it HardSigmoid + Mul), the detector's
+# output Sigmoid (a graph output stays float)
+FLOAT_LEFT = {"hardswish-mobilenet": {"HardSigmoid": 1}, "ppocr-det": {"Sigmoid": 1}}
 
 
 def _source(name: str, directory: pathlib.Path) -> tuple[pathlib.Path, list[str]]:

@@ -51,6 +51,9 @@ def _block(kind: str):
         inits["sizes"] = np.array([C // 2, C // 2], np.int64)
         return [oh.make_node("Split", ["c", "sizes"], ["h0", "h1"], axis=1), oh.make_node("Sigmoid", ["h1"], ["s"]),
                 oh.make_node("Mul", ["h1", "s"], ["m"]), oh.make_node("Concat", ["h0", "h1", "m"], ["a"], axis=1)], inits
+    if kind == "resize":  # an FPN-style nearest upsampling
+        inits["scales"] = np.array([1, 1, 2, 2], np.float32)
+        return [oh.make_node("Resize", ["c", "", "scales"], ["a"], mode="nearest")], inits
     raise ValueError(kind)
 
 
@@ -64,7 +67,7 @@ def _model(tmp_path, kind: str):
     graph = oh.make_graph(
         [oh.make_node("Conv", ["x", "w0", "b0"], ["c"], pads=[1, 1, 1, 1]), *nodes,
          oh.make_node("Conv", ["a", "w3"], ["y"])],
-        kind, [oh.make_tensor_value_info("x", FLOAT, [1, 8, 16, 16])], [oh.make_tensor_value_info("y", FLOAT, [1, 8, 16, 16])],
+        kind, [oh.make_tensor_value_info("x", FLOAT, [1, 8, 16, 16])], [oh.make_tensor_value_info("y", FLOAT, [1, 8, "h", "w"])],
         [onnx.numpy_helper.from_array(v, k) for k, v in inits.items()])
     path = tmp_path / f"{kind}.onnx"
     onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), path)
@@ -98,6 +101,7 @@ CASES = [
     ("se_hardsigmoid", {"QLinearGlobalAveragePool", "QLinearAdd", "QLinearMul"}, {"HardSigmoid", "Mul", "Add"}),
     ("leaky", {"QLinearLeakyRelu"}, {"LeakyRelu"}),
     ("split", {"QLinearSigmoid", "QLinearMul", "QLinearConcat"}, {"Sigmoid", "Mul", "Concat"}),
+    ("resize", {"Resize"}, set()),  # on the integers: no Q/DQ around it (counted below)
 ]
 
 
