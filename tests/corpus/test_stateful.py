@@ -2,7 +2,8 @@
 and 0-d inputs, given as data in their natural layout (``input [N, 512]``, ``state [2, N,
 128]``, ``sr`` 0-d) and as graphc's synthetic inputs, through ``fold`` and ``fold,int8``;
 every output model is compared with onnxruntime on the original model, per sample along each
-output's batch axis."""
+output's batch axis. int8 runs with ``speed_guard=false``: which layers a timed profile keeps
+FP32 would change the fidelity these tests pin."""
 
 from __future__ import annotations
 
@@ -145,7 +146,7 @@ def test_fold_on_natural_layout_data_is_exact(name, corpus, tmp_path):
 def test_int8_on_natural_layout_data_within_its_tolerance(name, corpus, tmp_path):
     path, data, arrays = corpus(name)
     out = tmp_path / "int8.onnx"
-    assert _optimize(path, out, "fold,int8", "--data", data, "--verify") == 0
+    assert _optimize(path, out, "fold,int8:speed_guard=false", "--data", data, "--verify") == 0
     for output, (rel, cosine) in _compare(name, path, out, arrays).items():
         assert cosine >= 0.99, (output, rel, cosine)
 
@@ -171,7 +172,7 @@ SYNTHETIC_INT8_REFUSED = {
 def test_int8_on_synthetic_inputs_within_its_tolerance(name, corpus, tmp_path):
     path, _, arrays = corpus(name)
     out = tmp_path / "int8.onnx"
-    assert _optimize(path, out, "fold,int8", "--verify", *[f"--shape={s}" for s in MODELS[name][1]]) == 0
+    assert _optimize(path, out, "fold,int8:speed_guard=false", "--verify", *[f"--shape={s}" for s in MODELS[name][1]]) == 0
     for output, (rel, cosine) in _compare(name, path, out, arrays).items():
         assert cosine >= 0.99, (output, rel, cosine)
 
@@ -181,5 +182,5 @@ def test_synthetic_int8_model_runs_on_streamed_data(corpus, tmp_path):
     probe of the report used to abort onnxruntime on it) and runs on natural-layout rows."""
     path, _, arrays = corpus("silero-vad-op15")
     out = tmp_path / "int8.onnx"
-    assert _optimize(path, out, "fold,int8", "--shape=sequence=512") == 0
+    assert _optimize(path, out, "fold,int8:speed_guard=false", "--shape=sequence=512") == 0
     assert _compare("silero-vad-op15", path, out, arrays)["stateN"][1] >= 0.99
