@@ -89,7 +89,10 @@ X = np.random.default_rng(1).standard_normal((2, WIDTH), dtype=np.float32)
 
 
 def test_fold_int8_on_a_model_over_2_gb(ffn, tmp_path):
-    code, stderr, peak = _graphc("optimize", ffn, "--passes", "fold,int8", "--verify", "-o", tmp_path / "q.onnx")
+    data = tmp_path / "calib.npz"  # 32 rows: calibration runs them in 16-row pieces (synthetic rows run one by one)
+    np.savez(data, x=np.random.default_rng(2).standard_normal((32, WIDTH), dtype=np.float32))
+    code, stderr, peak = _graphc("optimize", ffn, "--passes", "fold,int8", "--data", data, "--verify",
+                                 "-o", tmp_path / "q.onnx")
     assert code == 0, stderr
     print(f"fold,int8 on a {ffn.with_suffix('.bin').stat().st_size:,}-byte model: peak RSS {peak / 2**30:.2f} GiB")
     quantized = onnx.load(str(tmp_path / "q.onnx"), load_external_data=False)
