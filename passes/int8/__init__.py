@@ -24,7 +24,8 @@ that applies it:
 dtypes (shape inference on a weight-free skeleton); ``inspect`` is ``graphc inspect --quant``.
 
 Refuses to touch: nodes in subgraphs, weights that are not constants, integer or float16
-graphs. Opset 13 or newer is required (per-axis Q/DQ).
+graphs. Opset 13 or newer is required (per-axis Q/DQ): the pipeline converts an older model
+where that is exact (``graphc.opsets``); ``run`` refuses one that reaches it unconverted.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class Int8Pass(Pass):
     Options = Int8Options
     main_option = "calib"
     in_place = False
+    min_opset = MIN_OPSET
     inspect = InspectSection(
         flag="quant", key="quant", collect=lambda model, shapes: quantization_summary(model),
         render=quantization_text,
