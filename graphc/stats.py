@@ -112,6 +112,8 @@ def tensor_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]] 
     """Concrete shapes of the model's tensors at the resolved input shapes."""
     shapes = dict(shapes or {})
     fixed = skeleton(model, _resolved_inputs(model, shapes))
+    for graph in list(graphs(fixed.graph))[1:]:  # a body's symbolic value infos would win over the concrete dims
+        del graph.value_info[:]
     try:
         inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
     except (onnx.shape_inference.InferenceError, ValueError):
