@@ -12,9 +12,17 @@ import pytest
 from graphc.describe import describe, render
 from graphc.graph import to_graph, to_model
 from graphc.pipeline import OptimizeRequest, optimize
-from graphc.stats import graphs, model_stats
+from graphc.stats import model_stats
 from tests.corpus import CORPUS
 from tests.corpus.control_flow import FEATURES, TRIPS
+
+
+def graphs(graph):
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from graphs(attr.g)
 
 
 def run(path, feeds):
