@@ -12,9 +12,10 @@ Subgraphs (If branches, Loop and Scan bodies) are counted too: their parameters 
 branch is stored in the file; a tensor is counted once by name), their MACs as one call runs
 them: the larger branch of each If (one runs per call), a Loop body times its trip count when
 that is a constant (else once, with a note), a Scan body times its scan length when known
-(else once, with a note). Shapes inside bodies come from the same shape inference only (the
-measuring run reaches top-level tensors only); bodies' compute nodes it leaves unknown are
-uncounted. ``macs_unknown`` says why MACs are unknown when the input shapes could not be
+(else once, with a note). Shapes inside bodies come from the same shape inference; where it
+leaves a body's compute node unknown (a Loop's carried values lose their shapes), one profiled
+onnxruntime run on synthetic inputs gives that node's data-input and output shapes (the branch
+an If does not take stays unknown, and uncounted). ``macs_unknown`` says why MACs are unknown when the input shapes could not be
 resolved (a dynamic dim without ``--shape``).
 """
 
@@ -253,12 +254,50 @@ def model_stats(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]] | 
         shape = {}
     constants = {t.name: t for t in _int_constants(model)}
     macs = _graph_macs(model.graph, shape, constants)
+    if unknown is None and set(macs.uncounted) - {n.name for n in model.graph.node}:
+        profiled = _profiled_shapes(model, shapes or {}, [n for n in compute if id(n) not in top], shape)
+        if profiled:
+            macs = _graph_macs(model.graph, {**profiled, **shape}, constants)
     ops = collections.Counter(n.op_type for n in model.graph.node)
     return ModelStats(
         nodes=len(model.graph.node), ops=dict(ops.most_common()), params=count_params(model),
         size_bytes=size_bytes if size_bytes is not None else model.ByteSize(),
         macs=sum(macs.by_op.values()), macs_by_op=dict(macs.by_op), uncounted=macs.uncounted,
         macs_notes=list(dict.fromkeys(macs.notes)), macs_unknown=unknown if macs.uncounted else None)
+
+
+def _profiled_shapes(model: onnx.ModelProto, shapes, nodes: list[onnx.NodeProto],
+                     known: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Output and data-input shapes of ``nodes`` (inside bodies) from one profiled onnxruntime
+    run on a synthetic batch (empty when it cannot run). onnxruntime's node events list the
+    shapes of inputs that are not initializers, so only input 0 is read, where it is not known."""
+    import json
+    import pathlib
+    import tempfile
+
+    from graphc.runtime import open_session
+
+    names = {n.name: n for n in nodes if n.name and n.output}
+    if not names:
+        return {}
+    try:
+        feeds, _ = next(synthetic_dataset(model, shapes=shapes).batches(1 << 30))
+        with tempfile.TemporaryDirectory() as tmp:
+            session = open_session(model, what="the shape probe", profile_prefix=str(pathlib.Path(tmp) / "shapes"))
+            session.run(None, feeds)
+            events = json.loads(pathlib.Path(session.end_profiling()).read_text())
+    except Exception:  # no synthetic inputs, or the model does not run on them: shapes stay unknown
+        return {}
+    found: dict[str, tuple[int, ...]] = {}
+    for event in events:
+        node = names.get(str(event.get("name", "")).removesuffix("_kernel_time"))
+        args = event.get("args") or {}
+        if node is None or event.get("cat") != "Node" or "output_type_shape" not in args:
+            continue
+        for name, listed in ((node.output[0], args["output_type_shape"]), (node.input[0], args.get("input_type_shape"))):
+            if name and name not in known and listed:
+                found.setdefault(name, tuple(next(iter(listed[0].values()))))
+    return found
 
 
 def _int_constants(model: onnx.ModelProto):

@@ -49,12 +49,15 @@ def build_if(directory: pathlib.Path) -> pathlib.Path:
 
 @corpus_model("loop-outer-weight", origin="written in tests/corpus/control_flow.py", tags=("subgraph", "loop"))
 def build_loop(directory: pathlib.Path) -> pathlib.Path:
-    """h <- tanh(h + x @ W^T) for ``TRIPS`` iterations from h = x (W and x outer), y = h."""
+    """h <- tanh(h @ W^T + x @ W^T) for ``TRIPS`` iterations from h = x (W and x outer), y = h:
+    shape inference knows the shapes of ``x @ W^T`` only (a Loop's carried ``h`` loses its
+    shape)."""
     body = helper.make_graph(
         [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
          helper.make_node("Transpose", ["W"], ["wt"], name="body/transpose"),
-         helper.make_node("MatMul", ["x", "wt"], ["xw"], name="body/matmul"),
-         helper.make_node("Add", ["h_in", "xw"], ["hw"], name="body/add"),
+         helper.make_node("MatMul", ["x", "wt"], ["xw"], name="body/matmul_x"),
+         helper.make_node("MatMul", ["h_in", "wt"], ["hw0"], name="body/matmul_h"),
+         helper.make_node("Add", ["hw0", "xw"], ["hw"], name="body/add"),
          helper.make_node("Tanh", ["hw"], ["h_out"], name="body/tanh")],
         "body",
         [helper.make_tensor_value_info("i", TensorProto.INT64, []),
