@@ -15,23 +15,30 @@ Layout rule: axis 0 of every array concatenates samples, exactly like a model in
 larger batch. When the model fixes its first dim to ``b``, the row count must be a multiple
 of ``b`` and batches are always ``b`` rows. A wrong input name, dtype or shape is an error
 naming the input, what the model expects and what was given.
+
+Bounds: files are read with bounded memory (:mod:`graphc.data_files`: headers checked against
+the bytes held, arrays memory-mapped, only used rows read); synthetic inputs are drawn in their
+own dtype and refused before drawing when they would take more than ``MAX_SYNTHETIC_BYTES``.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
-import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
-from graphc.errors import GraphcError, first_line
+from graphc.data_files import read_npy, read_npz
+from graphc.errors import GraphcError
 
 LABELS_KEY = "labels"
 DEFAULT_SEQUENCE = 64
+# the most bytes of synthetic inputs graphc draws at once (all inputs, all batches); a --shape
+# or --batch that needs more is refused before anything is allocated
+MAX_SYNTHETIC_BYTES = 2**30
 
 Dim = int | str | None
 
@@ -169,11 +176,7 @@ def validate(arrays: Mapping[str, np.ndarray], signature: Sequence[InputSignatur
 
 
 def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise GraphcError(f"{path}: cannot read as .npz ({first_line(exc)})") from None
+    return read_npz(path)
 
 
 def _read_npy_dir(path: pathlib.Path) -> dict[str, np.ndarray]:
@@ -184,10 +187,7 @@ def _read_npy_dir(path: pathlib.Path) -> dict[str, np.ndarray]:
 
 
 def _read_npy(file: pathlib.Path) -> np.ndarray:
-    try:
-        return np.load(file, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise GraphcError(f"{file}: cannot read as .npy ({first_line(exc)})") from None
+    return read_npy(file)
 
 
 def load_dataset(path: str | os.PathLike, signature: Sequence[InputSignature]) -> Dataset:
@@ -262,6 +262,14 @@ def check_shape_overrides(signature: Sequence[InputSignature],
                               f"(inputs: {', '.join(s.name for s in signature)})")
         elif len(shape) != 1:
             raise GraphcError(f"--shape {key}: a dim takes one size, e.g. {key}=8")
+    if shapes:  # one batch at these shapes must be drawable: refused now, not mid-run
+        resolved = {}
+        for spec in signature:
+            try:
+                resolved[spec.name] = resolve_shape(spec, shapes)
+            except GraphcError:  # a dynamic dim left for later: checked when drawn
+                resolved[spec.name] = ()
+        _check_synthetic_bytes(signature, resolved)
     return shapes
 
 
@@ -290,7 +298,9 @@ def _synthetic_array(spec: InputSignature, shape: tuple[int, ...], vocab: int | 
     if spec.dtype.kind in "OSU":  # string tensors
         return np.full(shape, "graphc", dtype=object)
     if np.issubdtype(spec.dtype, np.floating):
-        return rng.standard_normal(shape).astype(spec.dtype)
+        if spec.dtype in (np.float32, np.float64):
+            return rng.standard_normal(shape, dtype=spec.dtype)
+        return rng.standard_normal(shape, dtype=np.float32).astype(spec.dtype)
     if "mask" in name:
         return np.ones(shape, dtype=spec.dtype)
     if "type" in name or "segment" in name:
@@ -299,7 +309,23 @@ def _synthetic_array(spec: InputSignature, shape: tuple[int, ...], vocab: int | 
         return np.broadcast_to(np.arange(shape[-1], dtype=spec.dtype), shape).copy()
     info = np.iinfo(spec.dtype)
     high = vocab if vocab else (info.max + 1 if info.bits <= 8 else 2)
-    return rng.integers(max(info.min, 0), high, size=shape).astype(spec.dtype)
+    return rng.integers(max(info.min, 0), high, size=shape, dtype=spec.dtype)
+
+
+def _check_synthetic_bytes(signature: Sequence[InputSignature], shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Synthetic inputs are bounded in bytes before any is drawn (``MAX_SYNTHETIC_BYTES``)."""
+    sizes = {s.name: int(np.prod(shapes[s.name], dtype=object)) * (s.dtype.itemsize if s.dtype.kind not in "OSU" else 8)
+             for s in signature}
+    total = sum(sizes.values())
+    if total > MAX_SYNTHETIC_BYTES:
+        largest = max(sizes, key=sizes.get)
+        raise GraphcError(f"synthetic inputs would take {total:,} bytes (input {largest!r}: "
+                          f"{_fmt(shapes[largest])} {signature_dtype(signature, largest)}), more than graphc draws "
+                          f"({MAX_SYNTHETIC_BYTES:,} bytes); give smaller --shape/--batch sizes or --data")
+
+
+def signature_dtype(signature: Sequence[InputSignature], name: str) -> str:
+    return str(next(s.dtype for s in signature if s.name == name))
 
 
 def synthetic_dataset(model: onnx.ModelProto, batches: int = 1,
@@ -309,11 +335,13 @@ def synthetic_dataset(model: onnx.ModelProto, batches: int = 1,
     shapes = check_shape_overrides(signature, shapes)
     vocab = embedding_sizes(model)
     rng = np.random.default_rng(seed)
-    arrays = {}
+    full_shapes = {}
     for spec in signature:
         shape = resolve_shape(spec, shapes)
-        full = (shape[0] * batches, *shape[1:]) if shape else shape
-        arrays[spec.name] = _synthetic_array(spec, full, vocab.get(spec.name), rng)
+        full_shapes[spec.name] = (shape[0] * batches, *shape[1:]) if shape else shape
+    _check_synthetic_bytes(signature, full_shapes)
+    arrays = {spec.name: _synthetic_array(spec, full_shapes[spec.name], vocab.get(spec.name), rng)
+              for spec in signature}
     batch = next((len(a) for a in arrays.values() if a.ndim), 1)
     dataset = validate(arrays, signature, "synthetic inputs")
     dataset.fixed_batch = max(1, batch // batches)

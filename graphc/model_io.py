@@ -33,7 +33,7 @@ from collections.abc import Iterator
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 from onnx.external_data_helper import uses_external_data
 
 from graphc.errors import GraphcError, first_line
@@ -59,19 +59,64 @@ def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
                     yield from iter_tensors(sub)
 
 
+def _external_field(tensor: onnx.TensorProto, key: str) -> str | None:
+    return next((e.value for e in tensor.external_data if e.key == key), None)
+
+
+def _external_bytes_needed(tensor: onnx.TensorProto) -> int | None:
+    """Bytes a tensor's raw data must hold (fixed-size types), or None."""
+    try:
+        item = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        return None
+    if tensor.data_type == onnx.TensorProto.STRING or not item:
+        return None
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+        return (count + 1) // 2
+    return count * item
+
+
 def _check_external_locations(model: onnx.ModelProto, path: pathlib.Path) -> None:
+    """External data is named by a relative path inside the model's directory (no NUL byte,
+    no component over 255 bytes), and the file holds the bytes the tensor declares
+    (``offset`` + ``length`` within the file, ``length`` at least the tensor's size)."""
     base = path.parent.resolve()
     for tensor in iter_tensors(model.graph):
         if not uses_external_data(tensor):
             continue
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        location = _external_field(tensor, "location") or ""
+        shown = location if len(location) <= 80 else location[:80] + f"... ({len(location)} chars)"
+        if "\0" in location or any(len(part.encode()) > 255 for part in location.split("/")) or len(location) > 4096:
+            raise GraphcError(f"{path}: external data location {shown!r} of tensor {tensor.name!r} is not a "
+                              f"file name (a NUL byte, or a name over 255 bytes); refused")
         target = (base / location).resolve()
         if not location or os.path.isabs(location) or not target.is_relative_to(base):
             raise GraphcError(
-                f"{path}: external data location {location!r} of tensor {tensor.name!r} "
+                f"{path}: external data location {shown!r} of tensor {tensor.name!r} "
                 f"is outside the model's directory; refused")
         if not target.is_file():
-            raise GraphcError(f"{path}: external data file {location!r} of tensor {tensor.name!r} not found")
+            raise GraphcError(f"{path}: external data file {shown!r} of tensor {tensor.name!r} not found")
+        try:
+            offset = int(_external_field(tensor, "offset") or 0)
+            length = _external_field(tensor, "length")
+            length = None if length is None else int(length)
+        except ValueError:
+            raise GraphcError(f"{path}: tensor {tensor.name!r}: external data offset or length is not a "
+                              f"number") from None
+        available = target.stat().st_size - offset
+        needed = _external_bytes_needed(tensor)
+        held = available if length is None else length
+        if offset < 0 or (length is not None and (length < 0 or length > available)):
+            raise GraphcError(f"{path}: tensor {tensor.name!r}: external data at offset {offset:,} length "
+                              f"{length:,} lies beyond the end of {shown!r} ({target.stat().st_size:,} bytes)"
+                              if length is not None else
+                              f"{path}: tensor {tensor.name!r}: external data offset {offset:,} is negative")
+        if needed is not None and held != needed and (length is not None or held < needed):
+            raise GraphcError(f"{path}: tensor {tensor.name!r} {list(tensor.dims)} needs {needed:,} bytes of "
+                              f"external data; {shown!r} holds {held:,} for it")
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
@@ -93,11 +138,19 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise GraphcError(f"{path}: not an ONNX model (no IR version, opset or graph)")
     if not model.graph.output:
         raise GraphcError(f"{path}: the graph has no outputs; there is nothing to run or compare")
+    for kind, values in (("output", model.graph.output), ("input", model.graph.input)):
+        for value in values:
+            if value.type.WhichOneof("value") not in ("tensor_type", None):
+                raise GraphcError(f"{path}: graph {kind} {value.name!r} is a {value.type.WhichOneof('value')[:-5]}, "
+                                  f"not a tensor; graphc handles models whose inputs and outputs are tensors")
     _check_external_locations(model, path)
     try:
         onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, DecodeError, ValueError) as exc:
         raise GraphcError(f"{path}: invalid ONNX model: {first_line(exc)}") from None
+    from graphc.tensor_bounds import check_constant_tensor_sizes  # it needs graphc.graph, which needs this module
+
+    check_constant_tensor_sizes(model, str(path))
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except (OSError, ValueError) as exc:
@@ -144,8 +197,18 @@ def file_size(path: str | os.PathLike) -> int:
                        if (path.parent / loc).is_file())
 
 
+def proto_bytes(model: onnx.ModelProto) -> int:
+    """The serialized size of ``model``; protobuf cannot measure a message over 2 GB
+    (``EncodeError``), so that size is summed tensor by tensor (a slight underestimate: the
+    structure around the tensors is not counted)."""
+    try:
+        return model.ByteSize()
+    except EncodeError:
+        return sum(t.ByteSize() for t in iter_tensors(model.graph))
+
+
 def needs_external_data(model: onnx.ModelProto) -> bool:
-    return model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    return proto_bytes(model) > EXTERNAL_DATA_THRESHOLD
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> pathlib.Path:
@@ -166,15 +229,19 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> pathlib.Path:
         staged = staging / path.name
         if needs_external_data(model):
             data_name = path.name + ".data"
-            onnx.save_model(model, str(staged), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+            write_with_external_weights(model, staging, name=path.name, data_name=data_name, sync=True)
             os.replace(staging / data_name, directory / data_name)
+            try:
+                os.replace(staged, path)
+            except OSError:
+                (directory / data_name).unlink(missing_ok=True)  # no data file without its model
+                raise
         else:
             with open(staged, "wb") as f:
                 f.write(model.SerializeToString())
                 f.flush()
                 os.fsync(f.fileno())
-        os.replace(staged, path)
+            os.replace(staged, path)
     except OSError as exc:
         raise GraphcError(f"{path}: cannot write the model: {first_line(exc)}") from None
     finally:
@@ -218,11 +285,11 @@ def copy_fields(source, target, skip: str | None = None) -> None:
             setattr(target, field.name, value)
 
 
-def point_to_weights(target: onnx.TensorProto, data, offset: int, length: int) -> int:
-    """Mark ``target`` as stored at ``offset`` in ``weights.bin``, whose ``length`` bytes were
+def point_to_weights(target: onnx.TensorProto, data, offset: int, length: int, location: str = "weights.bin") -> int:
+    """Mark ``target`` as stored at ``offset`` in ``location``, whose ``length`` bytes were
     just written to ``data``; pad ``data`` to the next page. Returns the next offset."""
     target.data_location = onnx.TensorProto.EXTERNAL
-    for key, value in (("location", "weights.bin"), ("offset", str(offset)), ("length", str(length))):
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
         entry = target.external_data.add()
         entry.key, entry.value = key, value
     padding = -length % PAGE
@@ -230,15 +297,17 @@ def point_to_weights(target: onnx.TensorProto, data, offset: int, length: int) -
     return offset + length + padding
 
 
-def write_with_external_weights(model: onnx.ModelProto, directory: pathlib.Path) -> pathlib.Path:
-    """``model`` written to ``directory/model.onnx`` with its initializers (all but small
-    and string ones) in ``weights.bin`` beside it, one tensor at a time, page-aligned: no
-    serialized copy of the whole model is made, and ``model`` is not changed."""
+def write_with_external_weights(model: onnx.ModelProto, directory: pathlib.Path, name: str = "model.onnx",
+                                data_name: str = "weights.bin", sync: bool = False) -> pathlib.Path:
+    """``model`` written to ``directory/name`` with its initializers (all but small and
+    string ones) in ``data_name`` beside it, one tensor at a time, page-aligned: no
+    serialized copy of the whole model is made (so it works past protobuf's 2 GB), and
+    ``model`` is not changed. ``sync``: flush both files to disk before returning."""
     skeleton = onnx.ModelProto()
     copy_fields(model, skeleton, skip="graph")
     copy_fields(model.graph, skeleton.graph, skip="initializer")
     offset = 0
-    with open(directory / "weights.bin", "wb") as data:
+    with open(directory / data_name, "wb") as data:
         for tensor in model.graph.initializer:
             target = skeleton.graph.initializer.add()
             if (tensor.data_type == onnx.TensorProto.STRING or tensor.data_location == onnx.TensorProto.EXTERNAL
@@ -247,13 +316,20 @@ def write_with_external_weights(model: onnx.ModelProto, directory: pathlib.Path)
                 continue
             raw = tensor.raw_data if tensor.HasField("raw_data") else onnx.numpy_helper.to_array(tensor).tobytes()
             copy_fields(tensor, target, skip="raw_data")
-            for name in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-                target.ClearField(name)
+            for typed_field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                target.ClearField(typed_field)
             data.write(raw)
-            offset = point_to_weights(target, data, offset, len(raw))
+            offset = point_to_weights(target, data, offset, len(raw), data_name)
             del raw
-    path = directory / "model.onnx"
-    path.write_bytes(skeleton.SerializeToString())
+        if sync:
+            data.flush()
+            os.fsync(data.fileno())
+    path = directory / name
+    with open(path, "wb") as f:
+        f.write(skeleton.SerializeToString())
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
     return path
 
 

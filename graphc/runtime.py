@@ -31,7 +31,7 @@ import onnxruntime as ort
 
 from graphc.data import take_rows
 from graphc.errors import GraphcError, first_line
-from graphc.model_io import write_graph_with_external_weights, write_with_external_weights
+from graphc.model_io import proto_bytes, write_graph_with_external_weights, write_with_external_weights
 
 if TYPE_CHECKING:
     from graphc.data import Dataset
@@ -74,7 +74,7 @@ def open_session(model: onnx.ModelProto | str | os.PathLike, threads: int | None
     options = session_options(threads, spinning, profile_prefix)
     try:
         if isinstance(model, onnx.ModelProto):
-            if model.ByteSize() > FILE_SESSION_BYTES:
+            if proto_bytes(model) > FILE_SESSION_BYTES:
                 with tempfile.TemporaryDirectory() as tmp:
                     path = write_with_external_weights(model, pathlib.Path(tmp))
                     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

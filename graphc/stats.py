@@ -32,6 +32,7 @@ from graphc.data import resolve_shape, model_signature, synthetic_dataset
 from graphc.errors import GraphcError
 from graphc.graph import set_input_shapes, skeleton
 from graphc.ops import MAC_OPS, QDQ_OPS, node_macs
+from graphc.model_io import proto_bytes
 
 PARAM_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
                onnx.TensorProto.DOUBLE, onnx.TensorProto.INT8, onnx.TensorProto.UINT8,
@@ -261,7 +262,7 @@ def model_stats(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]] | 
     ops = collections.Counter(n.op_type for n in model.graph.node)
     return ModelStats(
         nodes=len(model.graph.node), ops=dict(ops.most_common()), params=count_params(model),
-        size_bytes=size_bytes if size_bytes is not None else model.ByteSize(),
+        size_bytes=size_bytes if size_bytes is not None else proto_bytes(model),
         macs=sum(macs.by_op.values()), macs_by_op=dict(macs.by_op), uncounted=macs.uncounted,
         macs_notes=list(dict.fromkeys(macs.notes)), macs_unknown=unknown if macs.uncounted else None)
 

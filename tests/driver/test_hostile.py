@@ -97,3 +97,66 @@ def test_bench_on_a_model_that_fails_at_run_time_is_one_line(tmp_path, capsys):
     path = tmp_path / "bad.onnx"
     onnx.save(model, str(path))
     one_line(capsys, ["bench", str(path), "--runs", "1", "--warmup", "0"], "onnxruntime failed to run the model")
+
+
+def _external_model(tmp_path, location="w.bin", length=None, held=64):
+    """y = x + w with w (16 floats, 64 bytes) in external data at ``location``."""
+    weight = onnx.numpy_helper.from_array(np.arange(16, dtype=np.float32), "w")
+    weight.ClearField("raw_data")
+    weight.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), *([("length", str(length))] if length else [])):
+        weight.external_data.add(key=key, value=value)
+    if "\0" not in location and len(location) < 255:
+        (tmp_path / location).write_bytes(np.arange(16, dtype=np.float32).tobytes()[:held])
+    x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [16])
+    model = oh.make_model(oh.make_graph([oh.make_node("Add", ["x", "w"], ["y"])], "g", [x],
+                                        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [16])], [weight]),
+                          opset_imports=[oh.make_opsetid("", 17)])
+    path = tmp_path / "ext.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("location, pattern", [("w\0.bin", "is not a file name (a NUL byte"),
+                                               ("w" * 300 + ".bin", "is not a file name (a NUL byte, or a name over 255")])
+def test_an_external_data_location_that_is_no_file_name_is_refused(location, pattern, tmp_path, capsys):
+    path = _external_model(tmp_path, location)
+    for argv in (["optimize", str(path), "--passes", "fold", "-o", str(tmp_path / "o.onnx")], ["inspect", str(path)],
+                 ["bench", str(path)]):
+        one_line(capsys, argv, pattern)
+    assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize("length, held, pattern", [
+    (None, 40, "needs 64 bytes of external data; 'w.bin' holds 40"),
+    (40, 64, "needs 64 bytes of external data; 'w.bin' holds 40"),
+    (100, 64, "length 100 lies beyond the end of 'w.bin' (64 bytes)"),
+])
+def test_external_data_shorter_than_its_tensor_is_refused_by_every_verb(length, held, pattern, tmp_path, capsys):
+    path = _external_model(tmp_path, length=length, held=held)
+    for argv in (["optimize", str(path), "--passes", "fold", "-o", str(tmp_path / "o.onnx")], ["inspect", str(path)],
+                 ["bench", str(path)]):
+        one_line(capsys, argv, pattern)
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_external_data_that_fits_still_loads(tmp_path, capsys):
+    path = _external_model(tmp_path, length=64)
+    assert cli.main(["optimize", str(path), "--passes", "fold", "-o", str(tmp_path / "o.onnx")]) == 0
+
+
+def test_a_sequence_output_model_is_refused_by_every_verb(tmp_path, capsys):
+    x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])
+    seq = oh.make_tensor_sequence_value_info("s", onnx.TensorProto.FLOAT, None)
+    model = oh.make_model(oh.make_graph([oh.make_node("SplitToSequence", ["x"], ["s"], axis=0)], "g", [x], [seq]),
+                          opset_imports=[oh.make_opsetid("", 17)])
+    path = tmp_path / "seq.onnx"
+    onnx.save(model, str(path))
+    before = path.read_bytes()
+    labels = tmp_path / "d.npz"
+    np.savez(labels, x=np.zeros((2, 3), np.float32), labels=np.zeros(2, np.int64))
+    for argv in (["optimize", str(path), "--passes", "prune:0.3", "-o", str(tmp_path / "o.onnx")],
+                 ["optimize", str(path), "--passes", "fold", "-o", str(tmp_path / "o.onnx")],
+                 ["inspect", str(path)], ["bench", str(path)], ["eval", str(path), "--data", str(labels), "--metric", "top1"]):
+        one_line(capsys, argv, "graph output 's' is a sequence, not a tensor")
+    assert path.read_bytes() == before and not (tmp_path / "o.onnx").exists()
