@@ -76,3 +76,15 @@ def test_paddle_exports_are_converted_for_int8(name, shape, tmp_path):
                                       shapes={"x": shape}, progress=False))
     assert any(n.startswith("converted from opset") for n in report.notes)
     assert report.passes[-1].changed
+
+
+def test_refusal_is_one_line_exit_2_on_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    source = CORPUS["ppocr-det"].build(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "graphc", "optimize", str(source), "--passes", "int8",
+                             "-o", str(tmp_path / "q.onnx"), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "has opset 12" in lines[0] and "convert_version" in lines[0]
