@@ -1,7 +1,8 @@
 """Side-by-side latency of several models, measured interleaved in one run.
 
 All models get the same inputs (the first ``batch`` rows of ``--data``, repeated when it has
-fewer, or synthetic ones from the first model's signature and ``--shape``), warm up, then are timed round-robin, one run each per round,
+fewer, or synthetic ones from the first model's signature and ``--shape``; rows along each
+input's batch axis, ``--batch-axis``), warm up, then are timed round-robin, one run each per round,
 with the starting model rotated every round so no model always runs right after another.
 Reported: p50/p90 latency, size on disk, and ratios against the first model.
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from graphc.data import load_dataset, model_signature, synthetic_feeds, validate
+from graphc.data import count_rows, load_dataset, model_signature, repeat_rows, synthetic_feeds, validate
 from graphc.model_io import file_size, load_model
 from graphc.report import markdown_table
 from graphc.runtime import open_session, run_session
@@ -34,26 +35,26 @@ class BenchResult:
         return dict(vars(self))
 
 
-def _feeds_for(models, data: pathlib.Path | None, shapes, batch: int) -> dict[str, np.ndarray]:
+def _feeds_for(models, data: pathlib.Path | None, shapes, batch: int, batch_axes=None) -> dict[str, np.ndarray]:
     first = models[0]
+    signature = model_signature(first, batch_axes)
     if data is not None:
-        dataset = load_dataset(data, model_signature(first))
-        feeds, _ = next(dataset.batches(batch))
+        feeds, _ = next(load_dataset(data, signature).batches(batch))
     else:
-        feeds = synthetic_feeds(first, shapes, batch)
-    rows = len(next(iter(feeds.values())))
-    if rows < batch:  # fewer --data rows than the batch: repeat them, the batch size is what is measured
-        feeds = {name: np.resize(value, (batch, *value.shape[1:])) for name, value in feeds.items()}
+        feeds = synthetic_feeds(first, shapes, batch, batch_axes)
+    axes = validate(feeds, signature, "the benchmark inputs").axes
+    if count_rows(feeds, axes) < batch:  # fewer rows than the batch: repeat them, the batch size is what is measured
+        feeds = repeat_rows(feeds, batch, axes)
     for model in models[1:]:  # every model must accept the same inputs
-        validate(feeds, model_signature(model), "the benchmark inputs")
+        validate(feeds, model_signature(model, batch_axes), "the benchmark inputs")
     return feeds
 
 
 def bench(paths: Sequence[pathlib.Path], threads: int | None = None, data: pathlib.Path | None = None,
           shapes: Mapping[str, tuple[int, ...]] | None = None, batch: int = 1,
-          warmup: int = 5, runs: int = 30) -> list[BenchResult]:
+          warmup: int = 5, runs: int = 30, batch_axes=None) -> list[BenchResult]:
     models = [load_model(p) for p in paths]
-    feeds = _feeds_for(models, data, shapes or {}, batch)
+    feeds = _feeds_for(models, data, shapes or {}, batch, batch_axes)
     del models  # sessions open from the files: no proto held beside them
     sessions = [open_session(p, threads, what=str(p), spinning=False) for p in paths]
     for session in sessions:

@@ -50,6 +50,13 @@ def _add_shape(parser: argparse.ArgumentParser) -> None:
                              "repeatable or comma-separated")
 
 
+def _add_batch_axis(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-axis", action="append", metavar="NAME=AXIS",
+                        help="the axis of input NAME that concatenates samples (state=1), or NAME=none for an "
+                             "input passed whole with every run (a constant per call); default: from the "
+                             "model's symbolic dims (graphc.data); repeatable or comma-separated")
+
+
 def _add_threads(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="onnxruntime intra-op threads (default: onnxruntime's choice)")
@@ -82,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also measure latency of the input and output models side by side (batch 1)")
     opt.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_shape(opt)
+    _add_batch_axis(opt)
     _add_threads(opt)
 
     ins = sub.add_parser("inspect", help="inputs, outputs, opset, ops, params, size, MACs",
@@ -93,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     for section in _inspect_sections():
         ins.add_argument(f"--{section.flag}", action="store_true", help=section.help)
     _add_shape(ins)
+    _add_batch_axis(ins)
 
     ben = sub.add_parser("bench", help="latency p50/p90 and size of models side by side",
                          description="Measure onnxruntime latency (p50/p90 over warm runs, all models interleaved "
@@ -104,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     ben.add_argument("--warmup", type=int, default=5, help="warm-up runs per model (default 5)")
     ben.add_argument("--json", type=pathlib.Path, metavar="PATH", help="also write results as JSON")
     _add_shape(ben)
+    _add_batch_axis(ben)
     _add_threads(ben)
 
     ev = sub.add_parser("eval", help="accuracy of a model on labelled or reference data",
@@ -115,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--metric", required=True, choices=["top1", "top5", "cosine", "agreement"])
     ev.add_argument("--reference", type=pathlib.Path, metavar="REF", help="reference model for cosine/agreement")
     ev.add_argument("--batch", type=int, default=64, help="evaluation batch size (default 64)")
+    _add_batch_axis(ev)
     _add_threads(ev)
 
     st = sub.add_parser("setup", help="prepare an optional environment (training: for the distill pass)",
@@ -136,14 +147,14 @@ def _positive(value: int | None, flag: str) -> None:
 
 
 def cmd_optimize(args) -> int:
-    from graphc.data import parse_shapes
+    from graphc.data import parse_batch_axes, parse_shapes
     from graphc.pipeline import OptimizeRequest, optimize
 
     _positive(args.threads, "--threads")
     request = OptimizeRequest(
         model=args.model, passes=args.passes, output=args.output, data=args.data, train_data=args.train_data,
         eval_data=args.eval_data, metric=args.metric, verify=args.verify, report=args.report,
-        shapes=parse_shapes(args.shape), threads=args.threads, progress=not args.quiet and sys.stderr.isatty(),
+        shapes=parse_shapes(args.shape), batch_axes=parse_batch_axes(args.batch_axis), threads=args.threads, progress=not args.quiet and sys.stderr.isatty(),
         bench=args.bench)
     report = optimize(request)
     print(report.markdown())
@@ -152,12 +163,12 @@ def cmd_optimize(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from graphc.data import check_shape_overrides, model_signature, parse_shapes
+    from graphc.data import check_shape_overrides, model_signature, parse_batch_axes, parse_shapes
     from graphc.describe import describe, render
     from graphc.model_io import load_model
 
     model = load_model(args.model)
-    shapes = check_shape_overrides(model_signature(model), parse_shapes(args.shape))
+    shapes = check_shape_overrides(model_signature(model, parse_batch_axes(args.batch_axis)), parse_shapes(args.shape))
     info = describe(model, args.model, shapes)
     sections = [s for s in _inspect_sections() if getattr(args, s.flag.replace("-", "_"))]
     for section in sections:
@@ -178,7 +189,7 @@ def _inspect_sections():
 
 def cmd_bench(args) -> int:
     from graphc.bench import bench, bench_table
-    from graphc.data import parse_shapes
+    from graphc.data import parse_batch_axes, parse_shapes
 
     for flag in ("threads", "batch", "runs"):
         _positive(getattr(args, flag), f"--{flag}")
@@ -188,7 +199,7 @@ def cmd_bench(args) -> int:
 
     check_output_paths({"--json": args.json}, {**{f"MODEL {m}": m for m in args.models}, "--data": args.data})
     results = bench(args.models, threads=args.threads, data=args.data, shapes=parse_shapes(args.shape),
-                    batch=args.batch, warmup=args.warmup, runs=args.runs)
+                    batch=args.batch, warmup=args.warmup, runs=args.runs, batch_axes=parse_batch_axes(args.batch_axis))
     print(bench_table(results))
     print(f"threads: {args.threads or 'default'}, batch {args.batch}, {args.runs} interleaved runs per model "
           f"after {args.warmup} warm-up")
@@ -200,7 +211,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from graphc.data import load_dataset, model_signature
+    from graphc.data import load_dataset, model_signature, output_batch_axes, parse_batch_axes
     from graphc.metrics import evaluate
     from graphc.model_io import load_model
     from graphc.runtime import open_session, run_session
@@ -208,13 +219,14 @@ def cmd_eval(args) -> int:
     _positive(args.threads, "--threads")
     _positive(args.batch, "--batch")
     model = load_model(args.model)
-    dataset = load_dataset(args.data, model_signature(model))
+    dataset = load_dataset(args.data, model_signature(model, parse_batch_axes(args.batch_axis)))
     session = open_session(model, args.threads, what=str(args.model))
     reference = None
     if args.reference is not None:
         ref_session = open_session(load_model(args.reference), args.threads, what=str(args.reference))
         reference = lambda feeds: run_session(ref_session, feeds)  # noqa: E731
-    value = evaluate(lambda feeds: run_session(session, feeds), dataset, args.metric, reference, args.batch)
+    axis = output_batch_axes(model).get(model.graph.output[0].name, 0)
+    value = evaluate(lambda feeds: run_session(session, feeds), dataset, args.metric, reference, args.batch, axis)
     print(f"{args.metric}: {value:.4f} ({len(dataset)} samples, {args.model})")
     return 0
 

@@ -21,13 +21,15 @@ class Context:
     eval_data: Dataset | None = None
     metric: str | None = None
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    batch_axes: dict[str, int | None] = field(default_factory=dict)  # --batch-axis items
     threads: int | None = None
 
     def sample_data(self, rows: int = VERIFY_ROWS) -> Dataset:
         """Inputs to compare models on: the first rows of --data, else synthetic ones."""
         if self.data is not None:
             return self.data.take(rows)
-        return synthetic_dataset(self.original, batches=rows, shapes=self.shapes, seed=0)
+        return synthetic_dataset(self.original, batches=rows, shapes=self.shapes, seed=0,
+                                 batch_axes=self.batch_axes)
 
     @classmethod
     def for_model(cls, model: onnx.ModelProto, **fields) -> Context:

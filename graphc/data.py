@@ -7,14 +7,37 @@ Three sources, one validated result (:class:`Dataset`):
   ``labels.npy``;
 - synthetic inputs built from the model's input signature: dynamic dims come from
   ``--shape`` (``name=1x3x224x224`` for a whole input, or ``dim=8`` for every dim of that
-  symbolic name); the first axis defaults to 1 and integer sequence axes to 64. Integer
+  symbolic name); the batch axis defaults to 1 and integer sequence axes to 64. Integer
   token inputs get valid ids (below the size of the embedding table they index), attention
-  masks are ones, token-type ids zeros, float inputs standard normal.
+  masks are ones, token-type ids zeros, float inputs standard normal; a 0-d integer input
+  that the model compares with a constant (``Equal(sr, 16000)``, also through Reshape /
+  Squeeze / Unsqueeze / Flatten / Cast / Identity / Gather) gets that constant (a sample
+  rate the model accepts); any other 0-d integer input needs ``--data``-given values to
+  mean anything and gets 0 or 1.
 
-Layout rule: axis 0 of every array concatenates samples, exactly like a model input with a
-larger batch. When the model fixes its first dim to ``b``, the row count must be a multiple
-of ``b`` and batches are always ``b`` rows. A wrong input name, dtype or shape is an error
-naming the input, what the model expects and what was given.
+Layout rule: each input has one batch axis, or none. Along its batch axis an array
+concatenates samples, exactly like a model input with a larger batch; an input with no batch
+axis (a 0-d sample rate, a constant per call) is one value passed whole, unchanged, with
+every run, and must be equal in every data source given (``--data``, ``--train-data``,
+``--eval-data``). When the model fixes the batch dim to ``b``, the row count must be a
+multiple of ``b`` and batches are always ``b`` rows. A wrong input name, dtype or shape is an
+error naming the input, what the model expects and what was given.
+
+Batch-axis rules (``model_signature``; ``batch_axes`` below), first match wins:
+
+1. ``--batch-axis NAME=AXIS`` / ``NAME=none`` (repeatable): as given (checked: a known
+   input, ``0 <= AXIS < rank``, ``none`` for a 0-d input);
+2. a 0-d input has none;
+3. the batch dim's name is the symbolic name at axis 0 of the first input whose axis 0 is a
+   named dim (``batch``); an input that carries that name has its batch axis where the name
+   first appears (``state [2, batch, 128]``: axis 1);
+4. an input whose axis 0 is fixed and whose only dynamic dim is unnamed, in a model where
+   another input's axis 0 is dynamic, has its batch axis there (``state [2, ?, 128]`` beside
+   ``input [?, ?]``: axis 1);
+5. otherwise axis 0 (a dynamic first dim, or the model's fixed batch).
+
+Outputs get batch axes by rules 3-5 (the name and dynamic-dim facts taken from the inputs);
+``--verify`` joins output pieces along them.
 
 Bounds: files are read with bounded memory (:mod:`graphc.data_files`: headers checked against
 the bytes held, arrays memory-mapped, only used rows read); synthetic inputs are drawn in their
@@ -23,6 +46,7 @@ own dtype and refused before drawing when they would take more than ``MAX_SYNTHE
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,6 +54,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from graphc.data_files import read_npy, read_npz
 from graphc.errors import GraphcError
@@ -41,6 +66,8 @@ DEFAULT_SEQUENCE = 64
 MAX_SYNTHETIC_BYTES = 2**30
 
 Dim = int | str | None
+BatchAxes = Mapping[str, "int | None"]  # input name -> its batch axis (None: no batch axis)
+PASSTHROUGH_OPS = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Cast", "Identity", "Gather"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +78,7 @@ class InputSignature:
     dtype: np.dtype
     shape: tuple[Dim, ...]  # () also when the rank is unknown
     scalar: bool = False  # declared 0-d: one value fed unchanged with every batch
+    batch_axis: int | None = 0  # the axis that concatenates samples; None: passed whole
 
     def describe_shape(self) -> str:
         return "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
@@ -64,8 +92,9 @@ def _dims(value_info: onnx.ValueInfoProto) -> tuple[Dim, ...]:
                  for d in tensor_type.shape.dim)
 
 
-def model_signature(model: onnx.ModelProto) -> list[InputSignature]:
-    """The inputs a caller feeds (graph inputs that are not initializers)."""
+def model_signature(model: onnx.ModelProto, batch_axes: BatchAxes | None = None) -> list[InputSignature]:
+    """The inputs a caller feeds (graph inputs that are not initializers), each with its
+    batch axis (the module's batch-axis rules; ``batch_axes``: the ``--batch-axis`` items)."""
     initializers = {t.name for t in model.graph.initializer}
     signature = []
     for value_info in model.graph.input:
@@ -78,7 +107,80 @@ def model_signature(model: onnx.ModelProto) -> list[InputSignature]:
         tensor_type = value_info.type.tensor_type
         scalar = tensor_type.HasField("shape") and not tensor_type.shape.dim
         signature.append(InputSignature(value_info.name, dtype, _dims(value_info), scalar))
-    return signature
+    name, dynamic_first = _batch_facts(signature)
+    signature = [dataclasses.replace(s, batch_axis=_inferred_axis(s.shape, s.scalar, name, dynamic_first))
+                 for s in signature]
+    return apply_batch_axes(signature, batch_axes)
+
+
+def _batch_facts(signature: Sequence[InputSignature]) -> tuple[str | None, set[str]]:
+    """(the batch dim's name (rule 3), the inputs whose axis 0 is dynamic (rule 4))."""
+    name = next((s.shape[0] for s in signature if s.shape and isinstance(s.shape[0], str)), None)
+    return name, {s.name for s in signature if s.shape and not isinstance(s.shape[0], int)}
+
+
+def _inferred_axis(shape: tuple[Dim, ...], scalar: bool, batch_name: str | None, dynamic_first: set[str]) -> int | None:
+    """Rules 2-5 of the module docstring for one input or output."""
+    if scalar:
+        return None
+    if batch_name is not None and batch_name in shape:
+        return shape.index(batch_name)
+    if not shape or not isinstance(shape[0], int):
+        return 0
+    dynamic = [axis for axis, dim in enumerate(shape) if not isinstance(dim, int)]
+    if len(dynamic) == 1 and shape[dynamic[0]] is None and dynamic_first:
+        return dynamic[0]
+    return 0
+
+
+def output_batch_axes(model: onnx.ModelProto) -> dict[str, int | None]:
+    """The batch axis of every graph output (rules 3-5, from the inputs' facts)."""
+    name, dynamic_first = _batch_facts(model_signature(model))
+    axes = {}
+    for value_info in model.graph.output:
+        tensor_type = value_info.type.tensor_type
+        scalar = tensor_type.HasField("shape") and not tensor_type.shape.dim
+        axes[value_info.name] = _inferred_axis(_dims(value_info), scalar, name, dynamic_first)
+    return axes
+
+
+def parse_batch_axes(items: Sequence[str] | None) -> dict[str, int | None]:
+    """Parse ``--batch-axis`` items: ``NAME=AXIS`` or ``NAME=none`` (repeatable or comma-separated)."""
+    axes: dict[str, int | None] = {}
+    for item in items or ():
+        for part in item.split(","):
+            name, sep, value = part.rpartition("=")
+            value = value.strip().lower()
+            if not sep or not name or not (value == "none" or value.isdigit()):
+                raise GraphcError(f"--batch-axis {part[:60]!r}: expected NAME=AXIS (an axis number from 0) or "
+                                  f"NAME=none, e.g. state=1 or sr=none")
+            axes[name] = None if value == "none" else int(value)
+    return axes
+
+
+def apply_batch_axes(signature: Sequence[InputSignature], batch_axes: BatchAxes | None) -> list[InputSignature]:
+    """``signature`` with the ``--batch-axis`` items applied (rule 1), each checked."""
+    batch_axes = dict(batch_axes or {})
+    by_name = {s.name: s for s in signature}
+    for name, axis in batch_axes.items():
+        spec = by_name.get(name)
+        if spec is None:
+            raise GraphcError(f"--batch-axis {name}: not an input of the model "
+                              f"(inputs: {', '.join(by_name) or 'none'})")
+        if axis is None:
+            continue
+        if spec.scalar:
+            raise GraphcError(f"--batch-axis {name}={axis}: input {name!r} is a scalar (0-d); only {name}=none fits")
+        if spec.shape and axis >= len(spec.shape):
+            raise GraphcError(f"--batch-axis {name}={axis}: input {name!r} is {spec.describe_shape()} "
+                              f"(rank {len(spec.shape)}); give an axis from 0 to {len(spec.shape) - 1}, or none")
+    return [dataclasses.replace(s, batch_axis=batch_axes[s.name]) if s.name in batch_axes else s
+            for s in signature]
+
+
+def describe_axes(signature: Sequence[InputSignature]) -> str:
+    """``input: 0, state: 1, sr: none``: the batch axes, for messages."""
+    return ", ".join(f"{s.name}: {'none' if s.batch_axis is None else s.batch_axis}" for s in signature)
 
 
 def output_names(model: onnx.ModelProto) -> list[str]:
@@ -91,21 +193,27 @@ def _fmt(shape: Sequence[int]) -> str:
 
 @dataclass
 class Dataset:
-    """Validated model inputs (axis 0 concatenates samples) and optional labels."""
+    """Validated model inputs and optional labels; ``axes`` names each input's batch axis
+    (None: no batch axis, the array goes whole with every run; default: axis 0, none for 0-d)."""
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
     source: str
-    fixed_batch: int | None = None  # set when the model fixes its first dim
+    fixed_batch: int | None = None  # set when the model fixes its batch dim
+    axes: dict[str, int | None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.axes is None:
+            self.axes = default_axes(self.inputs)
 
     def __len__(self) -> int:
-        return next((len(v) for v in self.inputs.values() if v.ndim), 1)
+        return count_rows(self.inputs, self.axes)
 
     def batches(self, batch_size: int = 32) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
         """(feeds, labels) chunks of ``batch_size`` rows (the model's own batch if fixed)."""
         step = self.fixed_batch or max(1, int(batch_size))
         for start in range(0, len(self), step):
-            feeds = take_rows(self.inputs, start, start + step)
+            feeds = take_rows(self.inputs, start, start + step, self.axes)
             labels = None if self.labels is None else self.labels[start:start + step]
             yield feeds, labels
 
@@ -114,17 +222,67 @@ class Dataset:
         if self.fixed_batch:
             rows = -(-rows // self.fixed_batch) * self.fixed_batch
         labels = None if self.labels is None else self.labels[:rows]
-        return Dataset(take_rows(self.inputs, 0, rows), labels, self.source, self.fixed_batch)
+        return Dataset(take_rows(self.inputs, 0, rows, self.axes), labels, self.source, self.fixed_batch,
+                       dict(self.axes))
+
+    def unbatched(self) -> dict[str, np.ndarray]:
+        """The inputs with no batch axis (passed whole with every run)."""
+        return {k: v for k, v in self.inputs.items() if self.axes.get(k) is None}
 
 
-def take_rows(feeds: Mapping[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
-    """Rows [start, stop) of every input; a 0-d input (a scalar the model reads once per run,
-    e.g. a sample rate) goes with every piece unchanged."""
-    return {k: v if v.ndim == 0 else v[start:stop] for k, v in feeds.items()}
+def default_axes(feeds: Mapping[str, np.ndarray]) -> dict[str, int | None]:
+    """Axis 0 for every array, none for a 0-d one (the layout before batch axes were named)."""
+    return {k: 0 if np.ndim(v) else None for k, v in feeds.items()}
+
+
+def _axis(feeds: Mapping[str, np.ndarray], axes: BatchAxes | None, name: str) -> int | None:
+    if axes is not None and name in axes:
+        return axes[name]
+    return 0 if np.ndim(feeds[name]) else None
+
+
+def count_rows(feeds: Mapping[str, np.ndarray], axes: BatchAxes | None = None) -> int:
+    """Rows of ``feeds``: the length of the first batched input along its batch axis (1 when
+    no input has a batch axis)."""
+    for name, value in feeds.items():
+        axis = _axis(feeds, axes, name)
+        if axis is not None:
+            return value.shape[axis]
+    return 1
+
+
+def take_rows(feeds: Mapping[str, np.ndarray], start: int, stop: int,
+              axes: BatchAxes | None = None) -> dict[str, np.ndarray]:
+    """Rows [start, stop) of every input along its batch axis (``axes``; default axis 0); an
+    input with no batch axis (a 0-d sample rate, a constant per call) goes with every piece
+    unchanged."""
+    pieces = {}
+    for name, value in feeds.items():
+        axis = _axis(feeds, axes, name)
+        pieces[name] = value if axis is None else value[(slice(None),) * axis + (slice(start, stop),)]
+    return pieces
+
+
+def repeat_rows(feeds: Mapping[str, np.ndarray], rows: int, axes: BatchAxes | None = None) -> dict[str, np.ndarray]:
+    """``feeds`` with every batched input's rows repeated (cyclically) up to ``rows``."""
+    repeated = {}
+    for name, value in feeds.items():
+        axis = _axis(feeds, axes, name)
+        if axis is None or value.shape[axis] == rows:
+            repeated[name] = value
+        else:
+            repeated[name] = np.take(value, np.arange(rows) % value.shape[axis], axis=axis)
+    return repeated
+
+
+def _row_hint(signature: Sequence[InputSignature]) -> str:
+    return (f"batch axes: {describe_axes(signature)}; set one with --batch-axis NAME=AXIS "
+            f"or NAME=none (no batch axis: passed whole)")
 
 
 def validate(arrays: Mapping[str, np.ndarray], signature: Sequence[InputSignature], source: str) -> Dataset:
     """Check names, dtypes and shapes against the model's inputs; build a Dataset."""
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}  # numpy scalars (np.int64(16000)) as 0-d arrays
     expected = {s.name: s for s in signature}
     names = ", ".join(expected)
     for key in arrays:
@@ -134,7 +292,7 @@ def validate(arrays: Mapping[str, np.ndarray], signature: Sequence[InputSignatur
     missing = [n for n in expected if n not in arrays]
     if missing:
         raise GraphcError(f"{source}: missing input {missing[0]!r} (the model's inputs: {names})")
-    rows = None
+    rows = None  # (count, input that set it)
     fixed_batch = None
     for spec in signature:
         array = arrays[spec.name]
@@ -151,19 +309,28 @@ def validate(arrays: Mapping[str, np.ndarray], signature: Sequence[InputSignatur
         if spec.shape and array.ndim != len(spec.shape):
             raise GraphcError(f"{source}: input {spec.name!r} has shape {_fmt(array.shape)}, the model expects "
                               f"{spec.describe_shape()} (rank {len(spec.shape)})")
-        for axis, (want, got) in enumerate(zip(spec.shape, array.shape)):
-            if axis > 0 and isinstance(want, int) and want != got:
+        axis = spec.batch_axis
+        for dim, (want, got) in enumerate(zip(spec.shape, array.shape)):
+            if dim != axis and isinstance(want, int) and want != got:
+                hint = "" if axis == 0 else "; " + _row_hint(signature)
                 raise GraphcError(f"{source}: input {spec.name!r} has shape {_fmt(array.shape)}, the model expects "
-                                  f"{spec.describe_shape()} (axis {axis}: {got} != {want})")
-        if spec.shape and isinstance(spec.shape[0], int):
-            if array.shape[0] % spec.shape[0]:
-                raise GraphcError(f"{source}: input {spec.name!r} has {array.shape[0]} rows, not a multiple of the "
-                                  f"model's fixed batch {spec.shape[0]} (expects {spec.describe_shape()})")
-            fixed_batch = spec.shape[0]
-        if rows is not None and array.shape[0] != rows:
-            raise GraphcError(f"{source}: input {spec.name!r} has {array.shape[0]} rows, other inputs have {rows}")
-        rows = array.shape[0]
-    rows = 1 if rows is None else rows  # only scalar inputs: one sample
+                                  f"{spec.describe_shape()} (axis {dim}: {got} != {want}){hint}")
+        if axis is None:
+            continue
+        if axis >= array.ndim:
+            raise GraphcError(f"{source}: input {spec.name!r} has shape {_fmt(array.shape)}, no batch axis {axis}; "
+                              + _row_hint(signature))
+        count = array.shape[axis]
+        if spec.shape and isinstance(spec.shape[axis], int):
+            if count % spec.shape[axis]:
+                raise GraphcError(f"{source}: input {spec.name!r} has {count} rows, not a multiple of the "
+                                  f"model's fixed batch {spec.shape[axis]} (expects {spec.describe_shape()})")
+            fixed_batch = spec.shape[axis]
+        if rows is not None and count != rows[0]:
+            raise GraphcError(f"{source}: input {spec.name!r} has {count} rows (axis {axis} of "
+                              f"{_fmt(array.shape)}), input {rows[1]!r} has {rows[0]}; " + _row_hint(signature))
+        rows = (count, spec.name) if rows is None else rows
+    rows = 1 if rows is None else rows[0]  # only inputs without a batch axis: one sample
     if not rows:
         raise GraphcError(f"{source}: no samples")
     labels = arrays.get(LABELS_KEY)
@@ -172,7 +339,24 @@ def validate(arrays: Mapping[str, np.ndarray], signature: Sequence[InputSignatur
                           f"(rank 1)")
     if labels is not None and len(labels) != rows:
         raise GraphcError(f"{source}: {LABELS_KEY} has {len(labels)} rows, the inputs have {rows}")
-    return Dataset({s.name: arrays[s.name] for s in signature}, labels, source, fixed_batch)
+    return Dataset({s.name: arrays[s.name] for s in signature}, labels, source, fixed_batch,
+                   {s.name: None if np.ndim(arrays[s.name]) == 0 else s.batch_axis for s in signature})
+
+
+def check_unbatched_agree(datasets: Mapping[str, Dataset | None]) -> None:
+    """Inputs with no batch axis are one value per call: every data source must give the
+    same one (``datasets``: flag -> Dataset)."""
+    seen: dict[str, tuple[str, np.ndarray]] = {}
+    for flag, dataset in datasets.items():
+        if dataset is None:
+            continue
+        for name, value in dataset.unbatched().items():
+            if name not in seen:
+                seen[name] = (flag, value)
+            elif not (seen[name][1].shape == value.shape and np.array_equal(seen[name][1], value)):
+                raise GraphcError(f"input {name!r} has no batch axis (one value passed with every run), but "
+                                  f"{seen[name][0]} and {flag} give different values; give the same one, or "
+                                  f"--batch-axis {name}=AXIS if it has one")
 
 
 def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
@@ -238,7 +422,7 @@ def resolve_shape(spec: InputSignature, shapes: Mapping[str, tuple[int, ...]]) -
             resolved.append(dim)
         elif isinstance(dim, str) and dim in shapes and len(shapes[dim]) == 1:
             resolved.append(shapes[dim][0])
-        elif axis == 0:
+        elif axis == (0 if spec.batch_axis is None else spec.batch_axis):
             resolved.append(1)
         elif np.issubdtype(spec.dtype, np.integer):
             resolved.append(DEFAULT_SEQUENCE)
@@ -328,32 +512,70 @@ def signature_dtype(signature: Sequence[InputSignature], name: str) -> str:
     return str(next(s.dtype for s in signature if s.name == name))
 
 
+def accepted_scalars(model: onnx.ModelProto) -> dict[str, int]:
+    """For 0-d integer inputs the model compares with a constant (``Equal``, reached through
+    ``PASSTHROUGH_OPS``), that constant: a value the model accepts (silero-vad's sample rate
+    ``sr``: 16000)."""
+    wanted = {s.name for s in model_signature(model) if s.scalar and np.issubdtype(s.dtype, np.integer)}
+    if not wanted:
+        return {}
+    constants = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = node.attribute[0].t
+    origin = {name: name for name in wanted}  # tensor -> the input it carries
+    found: dict[str, int] = {}
+    for node in model.graph.node:
+        carried = [origin[i] for i in node.input if i in origin]
+        if node.op_type in PASSTHROUGH_OPS and node.input and node.input[0] in origin:
+            origin.update({out: origin[node.input[0]] for out in node.output})
+        elif node.op_type == "Equal" and len(carried) == 1:
+            other = next(i for i in node.input if i not in origin)
+            if other in constants:
+                value = numpy_helper.to_array(constants[other])
+                if value.size == 1:
+                    found.setdefault(carried[0], int(value.reshape(-1)[0]))
+    return found
+
+
 def synthetic_dataset(model: onnx.ModelProto, batches: int = 1,
-                      shapes: Mapping[str, tuple[int, ...]] | None = None, seed: int = 0) -> Dataset:
-    """``batches`` batches of inputs shaped from the signature and ``shapes`` overrides."""
-    signature = model_signature(model)
+                      shapes: Mapping[str, tuple[int, ...]] | None = None, seed: int = 0,
+                      batch_axes: BatchAxes | None = None) -> Dataset:
+    """``batches`` batches of inputs shaped from the signature and ``shapes`` overrides, each
+    input's batches joined along its batch axis (``batch_axes``: the ``--batch-axis`` items)."""
+    signature = model_signature(model, batch_axes)
     shapes = check_shape_overrides(signature, shapes)
     vocab = embedding_sizes(model)
+    scalars = accepted_scalars(model)
     rng = np.random.default_rng(seed)
     full_shapes = {}
+    batch = None
     for spec in signature:
         shape = resolve_shape(spec, shapes)
-        full_shapes[spec.name] = (shape[0] * batches, *shape[1:]) if shape else shape
+        axis = spec.batch_axis
+        full_shapes[spec.name] = shape
+        if shape and axis is not None and axis < len(shape):
+            full_shapes[spec.name] = (*shape[:axis], shape[axis] * batches, *shape[axis + 1:])
+            batch = shape[axis] if batch is None else batch
     _check_synthetic_bytes(signature, full_shapes)
-    arrays = {spec.name: _synthetic_array(spec, full_shapes[spec.name], vocab.get(spec.name), rng)
-              for spec in signature}
-    batch = next((len(a) for a in arrays.values() if a.ndim), 1)
+    arrays = {spec.name: np.array(scalars[spec.name], dtype=spec.dtype) if spec.name in scalars
+              else _synthetic_array(spec, full_shapes[spec.name], vocab.get(spec.name), rng) for spec in signature}
     dataset = validate(arrays, signature, "synthetic inputs")
-    dataset.fixed_batch = max(1, batch // batches)
+    dataset.fixed_batch = batch or 1
     return dataset
 
 
-def synthetic_feeds(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], batch: int) -> dict[str, np.ndarray]:
-    """One batch of synthetic inputs, a symbolic leading dimension (the batch) set to ``batch``
-    unless ``shapes`` sets it."""
+def synthetic_feeds(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], batch: int,
+                    batch_axes: BatchAxes | None = None) -> dict[str, np.ndarray]:
+    """One batch of synthetic inputs, a symbolic batch dim set to ``batch`` unless ``shapes``
+    sets it."""
     overrides = dict(shapes)
-    for spec in model_signature(model):
-        if spec.shape and not isinstance(spec.shape[0], int) and spec.shape[0] and spec.shape[0] not in overrides:
-            overrides[spec.shape[0]] = (batch,)
-    feeds, _ = next(synthetic_dataset(model, shapes=overrides).batches(batch))
+    signature = model_signature(model, batch_axes)
+    for spec in signature:
+        axis = spec.batch_axis
+        if axis is not None and axis < len(spec.shape):
+            dim = spec.shape[axis]
+            if isinstance(dim, str) and dim not in overrides and spec.name not in overrides:
+                overrides[dim] = (batch,)
+    feeds, _ = next(synthetic_dataset(model, shapes=overrides, batch_axes=batch_axes).batches(batch))
     return feeds

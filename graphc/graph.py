@@ -280,13 +280,13 @@ def skeleton(source: gs.Graph | onnx.ModelProto, inputs: Mapping[str, Sequence[i
         with constants_as_protos(protos):
             model = export_model(source, do_type_check=False)
     else:
-        from graphc.model_io import copy_fields
+        from graphc.model_io import copy_fields, tensor_nbytes
 
         model = onnx.ModelProto()
         copy_fields(source, model, skip="graph")
         copy_fields(source.graph, model.graph, skip="initializer")
         for tensor in source.graph.initializer:
-            if keeps_values(tensor.data_type, tensor.ByteSize()):
+            if keeps_values(tensor.data_type, tensor_nbytes(tensor)):
                 model.graph.initializer.append(tensor)
             else:
                 model.graph.initializer.append(onnx.TensorProto(name=tensor.name, dims=tensor.dims,

@@ -5,6 +5,9 @@
 - ``cosine``: mean per-sample cosine similarity of the first output with a reference: a
   float ``labels`` array of the output's shape, or the outputs of a reference model;
 - ``agreement``: share of samples whose argmax equals the reference model's argmax.
+
+Samples are taken along the first output's batch axis (``output_axis``: axis 0 by default,
+``graphc.data.output_batch_axes`` where the pipeline and ``graphc eval`` call it).
 """
 
 from __future__ import annotations
@@ -47,12 +50,19 @@ def check_metric(metric: str, dataset: Dataset, has_reference: bool) -> None:
 
 
 def evaluate(run: Runner, dataset: Dataset, metric: str, reference: Runner | None = None,
-             batch_size: int = 64) -> float:
-    """The metric of the model behind ``run`` over the whole dataset."""
+             batch_size: int = 64, output_axis: int | None = 0) -> float:
+    """The metric of the model behind ``run`` over the whole dataset; ``output_axis``: the
+    batch axis of the first output (``graphc.data.output_batch_axes``; None: one sample)."""
     check_metric(metric, dataset, reference is not None)
+
+    def rows(value: np.ndarray) -> np.ndarray:
+        if output_axis is None or value.ndim <= output_axis:
+            return value.reshape(1, *value.shape)
+        return np.moveaxis(value, output_axis, 0) if output_axis else value
+
     scores = []
     for feeds, labels in dataset.batches(batch_size):
-        output = run(feeds)[0]
+        output = rows(run(feeds)[0])
         if metric in NEEDS_INT_LABELS:
             k = 1 if metric == "top1" else 5
             if output.ndim != 2 or output.shape[1] < k:
@@ -61,12 +71,12 @@ def evaluate(run: Runner, dataset: Dataset, metric: str, reference: Runner | Non
             top = np.argsort(-output, axis=1)[:, :k]
             scores.append((top == labels.reshape(-1, 1)).any(1))
         elif metric == "cosine":
-            target = reference(feeds)[0] if reference is not None else labels
+            target = rows(reference(feeds)[0]) if reference is not None else labels
             if target.shape != output.shape:
                 raise GraphcError(f"metric cosine: output shape {list(output.shape)} differs from the reference "
                                   f"{list(target.shape)}")
             scores.append(cosine_per_sample(output, target))
         else:  # agreement
-            target = reference(feeds)[0]
+            target = rows(reference(feeds)[0])
             scores.append(output.reshape(len(output), -1).argmax(1) == target.reshape(len(target), -1).argmax(1))
     return float(np.concatenate(scores).mean())

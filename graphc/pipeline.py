@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from graphc.checks import BrokenModelError, check_input, check_model
 from graphc.context import Context
-from graphc.data import Dataset, check_shape_overrides, load_dataset, model_signature, output_names
+from graphc.data import (Dataset, check_shape_overrides, check_unbatched_agree, load_dataset, model_signature,
+                         output_batch_axes, output_names)
 from graphc.errors import GraphcError
 from graphc.graph import drop_intermediate_shapes, model_header, to_graph, to_model
 from graphc.metrics import check_metric, evaluate
@@ -52,6 +53,7 @@ class OptimizeRequest:
     verify: bool = False
     report: pathlib.Path | None = None
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    batch_axes: dict[str, int | None] = field(default_factory=dict)  # --batch-axis NAME=AXIS|none
     threads: int | None = None
     progress: bool = True
     bench: bool = False
@@ -62,12 +64,14 @@ def _load_data(path: pathlib.Path | None, signature) -> Dataset | None:
 
 
 def build_context(request: OptimizeRequest, model: onnx.ModelProto, report: Report) -> Context:
-    signature = model_signature(model)
+    signature = model_signature(model, request.batch_axes)
     ctx = Context(original=model, report=report,
                   data=_load_data(request.data, signature),
                   train_data=_load_data(request.train_data, signature),
                   eval_data=_load_data(request.eval_data, signature),
-                  metric=request.metric, shapes=request.shapes, threads=request.threads)
+                  metric=request.metric, shapes=request.shapes, batch_axes=dict(request.batch_axes),
+                  threads=request.threads)
+    check_unbatched_agree({"--data": ctx.data, "--train-data": ctx.train_data, "--eval-data": ctx.eval_data})
     if (ctx.eval_data is None) != (ctx.metric is None):
         raise GraphcError("--eval-data and --metric go together: give both or neither")
     if ctx.metric is not None:
@@ -85,7 +89,7 @@ def optimize(request: OptimizeRequest) -> Report:
                        {"MODEL": request.model, "--data": request.data, "--train-data": request.train_data,
                         "--eval-data": request.eval_data})
     original = load_model(request.model)
-    check_shape_overrides(model_signature(original), request.shapes)
+    check_shape_overrides(model_signature(original, request.batch_axes), request.shapes)
     check_input(original, str(request.model))
     before = model_stats(original, request.shapes, size_bytes=file_size(request.model))
     report = Report(model=str(request.model), before=before, output=str(request.output))
@@ -99,7 +103,8 @@ def optimize(request: OptimizeRequest) -> Report:
     names = output_names(original)
     sample = ctx.sample_data() if request.verify else None
     exact_sample = _exact_sample(ctx, report) if sample is None and any(p.exact for p in passes) else None
-    reference = _outputs(open_session(original, request.threads), sample) if sample else None
+    out_axes = output_batch_axes(original)
+    reference = _outputs(open_session(original, request.threads), sample, out_axes) if sample else None
     previous = reference  # a pass is held to its tolerance against its own input model
 
     current = original
@@ -119,12 +124,12 @@ def optimize(request: OptimizeRequest) -> Report:
         check_model(candidate, after=f"pass {spec_text}")
         if exact_reference is not None:
             _check_exact(spec_text, p.tolerance(), names, exact_reference,
-                         run_session(open_session(candidate, request.threads), _exact_feeds(exact_sample)))
+                         run_session(open_session(candidate, request.threads), _exact_feeds(exact_sample)), out_axes)
         verify = None
         if sample is not None:
-            outputs = _outputs(open_session(candidate, request.threads), sample)
-            enforce(spec_text, p.tolerance(), compare(names, previous, outputs))
-            verify, previous = compare(names, reference, outputs), outputs
+            outputs = _outputs(open_session(candidate, request.threads), sample, out_axes)
+            enforce(spec_text, p.tolerance(), compare(names, previous, outputs, out_axes))
+            verify, previous = compare(names, reference, outputs, out_axes), outputs
         report.passes.append(PassReport(p.name, spec_text, seconds, result.changed, result.stats,
                                         model_stats(candidate, request.shapes), verify, result.details))
         current = candidate
@@ -139,7 +144,7 @@ def optimize(request: OptimizeRequest) -> Report:
         from graphc.bench import bench
 
         before, after = bench([request.model, request.output], threads=request.threads, data=request.data,
-                              shapes=request.shapes, batch=1, runs=30)
+                              shapes=request.shapes, batch=1, runs=30, batch_axes=request.batch_axes)
         report.latency = {"before_p50_ms": before.p50_ms, "after_p50_ms": after.p50_ms,
                           "speedup": before.p50_ms / after.p50_ms, "threads": request.threads}
     if request.report is not None:
@@ -179,7 +184,7 @@ def _exact_feeds(sample: Dataset) -> dict:
     return next(sample.batches(EXACT_ROWS))[0]
 
 
-def _check_exact(spec_text: str, tolerance, names, before: list, after: list) -> None:
+def _check_exact(spec_text: str, tolerance, names, before: list, after: list, axes=None) -> None:
     """An exact pass left the outputs equal, or within its tolerance where they are numbers,
     else BrokenModelError (exit 1)."""
     try:
@@ -188,15 +193,26 @@ def _check_exact(spec_text: str, tolerance, names, before: list, after: list) ->
             return
         if any(b.dtype.kind not in "biufc" for b in before):
             raise GraphcError("--verify: a non-numeric output changed")
-        enforce(spec_text, tolerance, compare(names, before, after))
+        enforce(spec_text, tolerance, compare(names, before, after, axes))
     except GraphcError as exc:
         raise BrokenModelError(f"pass {spec_text} is exact but changed the outputs on {EXACT_ROWS} sample rows "
                                f"({str(exc).removeprefix('--verify: ')})") from None
 
 
-def _outputs(session, dataset: Dataset) -> list:
+def _outputs(session, dataset: Dataset, axes: dict[str, int | None]) -> list:
+    """Every output on ``dataset``, batches joined along the output's batch axis (one with
+    no batch axis, e.g. 0-d: the batches' values stacked)."""
     chunks = [run_session(session, feeds) for feeds, _ in dataset.batches(64)]
-    return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+    joined = []
+    for i, name in enumerate(o.name for o in session.get_outputs()):
+        axis = axes.get(name, 0)
+        parts = [c[i] for c in chunks]
+        ok = axis is not None and all(p.ndim > axis for p in parts)
+        if len(parts) == 1:
+            joined.append(parts[0])
+        else:
+            joined.append(np.concatenate(parts, axis=axis) if ok else np.stack(parts))
+    return joined
 
 
 def _metric_before_after(model: onnx.ModelProto, ctx: Context, threads: int | None) -> dict[str, float]:
@@ -210,5 +226,6 @@ def _metric_before_after(model: onnx.ModelProto, ctx: Context, threads: int | No
     def run_optimized(feeds):
         return run_session(optimized, feeds)
 
-    return {"before": evaluate(run_original, ctx.eval_data, ctx.metric, reference=run_original),
-            "after": evaluate(run_optimized, ctx.eval_data, ctx.metric, reference=run_original)}
+    axis = output_batch_axes(ctx.original).get(ctx.original.graph.output[0].name, 0)
+    return {"before": evaluate(run_original, ctx.eval_data, ctx.metric, reference=run_original, output_axis=axis),
+            "after": evaluate(run_optimized, ctx.eval_data, ctx.metric, reference=run_original, output_axis=axis)}

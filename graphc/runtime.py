@@ -10,7 +10,9 @@ shape measurement, distillation targets). Its rules:
    extra outputs is written beside it, never over it);
 2. each batch of ``batch_size`` rows runs in pieces of about ``run_bytes`` exposed bytes
    (the first piece is one row, the next ones sized from the bytes that row exposed; a model
-   with a fixed batch runs whole batches), so memory is bounded whatever the batch size;
+   with a fixed batch runs whole batches), so memory is bounded whatever the batch size; rows
+   are cut along each input's batch axis (``Dataset.axes``), an input without one goes whole
+   with every piece;
 3. every exposed tensor of a piece is handed to the reducer, one at a time, and dropped as
    soon as the reducer returns: what a caller keeps is what its reducer accumulates.
 """
@@ -29,7 +31,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from graphc.data import take_rows
+from graphc.data import count_rows, take_rows
 from graphc.errors import GraphcError, first_line
 from graphc.model_io import proto_bytes, write_graph_with_external_weights, write_with_external_weights
 
@@ -48,13 +50,18 @@ ort.set_default_logger_severity(4)  # only fatal: graphc reports failures itself
 
 
 def session_options(threads: int | None = None, spinning: bool = True,
-                    profile_prefix: str | None = None) -> ort.SessionOptions:
+                    profile_prefix: str | None = None, optimized: bool = True) -> ort.SessionOptions:
     """Options of every session graphc opens. ``spinning=False`` makes idle intra-op threads
     block instead of spin-waiting after a run; benchmarks that interleave several sessions
     need it, else the pools of the sessions that just ran keep the cores busy (measured on
-    2 cores with 7 interleaved CNN sessions: FP32 batch-32 p50 22 ms spinning, 3.5 ms not)."""
+    2 cores with 7 interleaved CNN sessions: FP32 batch-32 p50 22 ms spinning, 3.5 ms not).
+    ``optimized=False``: no onnxruntime graph optimizations, for probes that only look at
+    values or shapes (onnxruntime 1.32 aborts the process optimizing some QDQ models with
+    If subgraphs once their input shapes are fixed: silero-vad-op15 after fold,int8)."""
     options = ort.SessionOptions()
     options.log_severity_level = 4
+    if not optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -68,10 +75,11 @@ def session_options(threads: int | None = None, spinning: bool = True,
 
 def open_session(model: onnx.ModelProto | str | os.PathLike, threads: int | None = None,
                  what: str = "the model", spinning: bool = True,
-                 profile_prefix: str | None = None) -> ort.InferenceSession:
+                 profile_prefix: str | None = None, optimized: bool = True) -> ort.InferenceSession:
     """An onnxruntime CPU session for a model (proto or path); failure is a GraphcError.
-    ``profile_prefix``: profile every run into ``<prefix>_<time>.json``."""
-    options = session_options(threads, spinning, profile_prefix)
+    ``profile_prefix``: profile every run into ``<prefix>_<time>.json``; ``optimized``: see
+    ``session_options``."""
+    options = session_options(threads, spinning, profile_prefix, optimized)
     try:
         if isinstance(model, onnx.ModelProto):
             if proto_bytes(model) > FILE_SESSION_BYTES:
@@ -115,7 +123,7 @@ class TapRun:
 
 
 def exposing_session(model: onnx.ModelProto | os.PathLike, names: Sequence[str], threads: int | None = None,
-                     what: str = "the model") -> ort.InferenceSession:
+                     what: str = "the model", optimized: bool = True) -> ort.InferenceSession:
     """A session of ``model`` with ``names`` as extra outputs (rule 1)."""
     if not isinstance(model, onnx.ModelProto):
         skeleton = onnx.load(str(model), load_external_data=False)
@@ -124,36 +132,37 @@ def exposing_session(model: onnx.ModelProto | os.PathLike, names: Sequence[str],
         exposed = pathlib.Path(model).with_name(pathlib.Path(model).stem + ".exposed.onnx")
         onnx.save(skeleton, str(exposed))
         try:
-            return open_session(exposed, threads, what=what)
+            return open_session(exposed, threads, what=what, optimized=optimized)
         finally:
             exposed.unlink(missing_ok=True)
     existing = {o.name for o in model.graph.output}
     count = len(model.graph.output)
     model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in existing)
     try:
-        return open_session(model, threads, what=what)
+        return open_session(model, threads, what=what, optimized=optimized)
     finally:
         del model.graph.output[count:]
 
 
 def tap(model: onnx.ModelProto | os.PathLike, names: Sequence[str], data: Dataset,
         reduce: Callable[[str, np.ndarray, Piece], None], batch_size: int = 16, threads: int | None = None,
-        run_bytes: int = RUN_BYTES, what: str = "the model") -> TapRun:
+        run_bytes: int = RUN_BYTES, what: str = "the model", optimized: bool = True) -> TapRun:
     """Stream ``data`` through ``model`` and hand every tensor in ``names`` (graph outputs
-    included) of every piece to ``reduce(name, values, piece)`` (rules 1-3)."""
+    included) of every piece to ``reduce(name, values, piece)`` (rules 1-3; ``optimized``:
+    see ``session_options``)."""
     names = list(dict.fromkeys(names))
     if not names:
         return TapRun(0, 0, 0)
-    session = exposing_session(model, names, threads, what)
+    session = exposing_session(model, names, threads, what, optimized)
     position = {o.name: i for i, o in enumerate(session.get_outputs())}
     batches = runs = 0
     piece_rows = None if data.fixed_batch else 1  # rows of the next run; None: whole batches
     offset = 0
     for feeds, _ in data.batches(batch_size):
-        total, begin = next((len(v) for v in feeds.values() if v.ndim), 1), 0
+        total, begin = count_rows(feeds, data.axes), 0
         while begin < total:
             end = total if piece_rows is None else min(total, begin + piece_rows)
-            outputs = run_session(session, take_rows(feeds, begin, end))
+            outputs = run_session(session, take_rows(feeds, begin, end, data.axes))
             piece = Piece(batches, offset + begin, offset + end)
             exposed_bytes = 0
             for name in names:

@@ -148,7 +148,7 @@ def _measure_shapes(model: onnx.ModelProto, names: list[str], shapes) -> dict[st
         data = synthetic_dataset(model, shapes=shapes)  # one batch at the resolved shapes, run whole
         set_input_shapes(model, _resolved_inputs(model, shapes))
         tap(model, names, data, lambda name, values, piece: measured.setdefault(name, tuple(values.shape)),
-            batch_size=len(data), what="the shape probe")
+            batch_size=len(data), what="the shape probe", optimized=False)
     except Exception:  # shapes stay unknown; the MACs of those nodes are reported as uncounted
         return {}
     finally:

@@ -1,13 +1,14 @@
 """Output comparison of a rewritten model against the original (``--verify``).
 
 Per output: max absolute error, max error relative to the reference's largest magnitude,
-mean per-sample cosine similarity, and for [batch, classes] outputs the top-1 agreement.
+mean per-sample cosine similarity (samples along the output's batch axis, ``axes``; an
+output without one is one sample), and for [batch, classes] outputs the top-1 agreement.
 A pass fails verification when any output leaves the pass's declared tolerance.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -37,7 +38,9 @@ class OutputComparison:
         return asdict(self)
 
 
-def compare(names: Sequence[str], reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> list[OutputComparison]:
+def compare(names: Sequence[str], reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray],
+            axes: Mapping[str, int | None] | None = None) -> list[OutputComparison]:
+    """Per-output comparison; ``axes``: output name -> batch axis (default 0)."""
     results = []
     for name, ref, new in zip(names, reference, candidate):
         if ref.shape != new.shape:
@@ -46,9 +49,14 @@ def compare(names: Sequence[str], reference: Sequence[np.ndarray], candidate: Se
         abs_error = float(np.abs(ref64 - new64).max()) if ref.size else 0.0
         scale = float(np.abs(ref64).max()) if ref.size else 0.0
         rel_error = abs_error / scale if scale > 0 else abs_error
-        cosine = float(cosine_per_sample(ref64, new64).mean()) if ref.ndim and ref.size else 1.0
+        axis = (axes or {}).get(name, 0)
+        if axis is None or axis >= ref.ndim:
+            ref64, new64 = ref64.reshape(1, -1), new64.reshape(1, -1)
+        elif axis:
+            ref64, new64 = np.moveaxis(ref64, axis, 0), np.moveaxis(new64, axis, 0)
+        cosine = float(cosine_per_sample(ref64, new64).mean()) if ref64.ndim and ref.size else 1.0
         top1 = None
-        if ref.ndim == 2 and ref.shape[1] > 1:
+        if ref.ndim == 2 and ref.shape[1] > 1 and axis == 0:
             top1 = float((ref.argmax(1) == new.argmax(1)).mean())
         results.append(OutputComparison(name, abs_error, rel_error, cosine, top1))
     return results

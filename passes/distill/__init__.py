@@ -34,7 +34,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc import training_env
-from graphc.data import model_signature
+from graphc.data import model_signature, output_batch_axes
 from graphc.errors import GraphcError
 from graphc.graph import to_model
 from graphc.model_io import load_model
@@ -116,6 +116,10 @@ class DistillPass(Pass):
         check_trainable(ctx.original, "the input model", hard_labels=o.alpha < 1, loss=o.loss)
         if o.mask:
             check_mask(o.mask, student_names, ctx.train_data, ctx.eval_data)
+        first = teacher.graph.output[0].name
+        if output_batch_axes(teacher).get(first, 0) != 0:
+            raise GraphcError(f"distill: the teacher's first output {first!r} has its batch on axis "
+                              f"{output_batch_axes(teacher)[first]}; distillation targets need it on axis 0")
         layer_tensors(ctx.original, teacher, list(o.layers))  # globs matching nothing fail before any pass
 
     def _teacher(self, ctx):
@@ -132,7 +136,8 @@ class DistillPass(Pass):
                 "alpha": o.alpha, "beta": o.beta, "seed": o.seed, "warmup": o.warmup, "clip": o.clip,
                 "weight_decay": o.weight_decay, "patience": o.patience, "freeze": list(o.freeze),
                 "metric": ctx.metric if ctx.eval_data is not None else None, "threads": ctx.threads or 0,
-                "layers": layers, "gamma": o.gamma, "mask": o.mask or None}
+                "layers": layers, "gamma": o.gamma, "mask": o.mask or None,
+                "batch_axes": {k: a for k, a in ctx.train_data.axes.items() if a != 0}}
 
     def run(self, graph: gs.Graph, ctx) -> PassResult:
         python = training_env.require()

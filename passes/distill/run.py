@@ -4,7 +4,8 @@ Rules (the numbers of ``graphc.passes.distill``):
 
 - Rule 1, the teacher's targets: the teacher's first output on the training (and eval)
   inputs is computed here with the normal onnxruntime and handed to the worker as data
-  (``teacher`` in train.npz/eval.npz); so are the teacher's values of the intermediate
+  (``teacher`` in train.npz/eval.npz; the inputs beside it batch-first, those with no batch
+  axis whole, as ``config["batch_axes"]`` records); so are the teacher's values of the intermediate
   tensors in ``config["layers"]``, each written batch by batch into its own float16 ``.npy``
   file (``train_layer<i>.npy``), which the worker memory-maps: 12 hidden states of MiniLM on
   40k glosses of 24 tokens are 8.8 GB in float16, more than either process should hold.
@@ -118,7 +119,10 @@ def layer_file(data_path: pathlib.Path, index: int) -> pathlib.Path:
 
 
 def _write_data(path: pathlib.Path, dataset: Dataset, teacher: np.ndarray) -> None:
-    arrays = dict(dataset.inputs)
+    """The worker's data: every batched input with its batch axis moved to axis 0, inputs
+    without one whole (``config["batch_axes"]`` says which; the worker moves them back)."""
+    arrays = {name: value if dataset.axes.get(name) in (0, None) else np.moveaxis(value, dataset.axes[name], 0)
+              for name, value in dataset.inputs.items()}
     arrays["teacher"] = teacher
     if dataset.labels is not None:
         arrays["labels"] = dataset.labels
@@ -130,6 +134,7 @@ def _write_data(path: pathlib.Path, dataset: Dataset, teacher: np.ndarray) -> No
 def prepare(directory: pathlib.Path, student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset,
             evaluation: Dataset | None, config: dict, threads: int | None) -> bool:
     """Fill the run directory (unless a previous run did); True when it holds a checkpoint."""
+    config = {**config, "batch_axes": {k: a for k, a in train.axes.items() if a != 0}}  # how _write_data lays them out
     directory.mkdir(parents=True, exist_ok=True)
     resumable = (directory / "checkpoints" / "progress.json").exists()
     if not (directory / "student.onnx").exists():

@@ -42,7 +42,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphc.data import Dataset
+from graphc.data import Dataset, output_batch_axes
 from graphc.errors import GraphcError
 from graphc.graph import to_model
 from graphc.metrics import evaluate
@@ -87,6 +87,7 @@ class Evaluator:
     def __init__(self, data: Dataset, metric: str, reference: onnx.ModelProto, threads: int | None = None):
         self.data, self.metric, self.threads = data, metric, threads
         self.reference = open_session(reference, threads, what="the reference model")
+        self.output_axis = output_batch_axes(reference).get(reference.graph.output[0].name, 0)
         self.cache: dict[bytes, list[np.ndarray]] = {}
         self.calls = 0
 
@@ -104,7 +105,7 @@ class Evaluator:
         self.calls += 1
         session = open_session(model, self.threads, what="a budget candidate")
         return evaluate(lambda feeds: run_session(session, feeds), self.data, self.metric,
-                        reference=self._reference, batch_size=self.BATCH)
+                        reference=self._reference, batch_size=self.BATCH, output_axis=self.output_axis)
 
 
 @dataclass

@@ -306,7 +306,8 @@ def calibration_data(ctx: Context, opts: Int8Options):
     """(rows to calibrate on, how to name them): ``--data``, else synthetic inputs."""
     if ctx.data is not None:
         return ctx.data, "--data"
-    return (synthetic_dataset(ctx.original, batches=opts.samples, shapes=ctx.shapes, seed=0),
+    return (synthetic_dataset(ctx.original, batches=opts.samples, shapes=ctx.shapes, seed=0,
+                              batch_axes=ctx.batch_axes),
             "synthetic inputs (no --data)")
 
 

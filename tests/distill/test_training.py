@@ -168,3 +168,58 @@ def test_embedding_table_trained_on_cut_batches_follows_numpy_adamw(tmp_path, tr
         moved = np.abs(want - start[name]).max()
         assert moved > 0.5 * lr  # the step is visible
         np.testing.assert_allclose(got[name], want, rtol=0, atol=1e-3 * lr)
+
+
+def test_state_rows_on_axis_1_and_a_scalar_input_train_like_numpy_adamw(tmp_path, training_python):
+    """Inputs x [N, 4], s [2, N, 4] (batch on axis 1) and k (0-d), y = (x * (s[0] + s[1]) * k) @ W,
+    a second output (the next state): two AdamW steps of the worker equal numpy's on the same
+    rows. Rows of s taken on axis 0, or k cut into rows, give other gradients or no run."""
+    from onnx import TensorProto, helper
+
+    from graphc.data import model_signature, validate
+
+    rng = np.random.default_rng(7)
+
+    def model(weight):
+        nodes = [helper.make_node("ReduceSum", ["s", "axis0"], ["total"], keepdims=0),
+                 helper.make_node("Mul", ["x", "total"], ["h"]), helper.make_node("Mul", ["h", "k"], ["hk"]),
+                 helper.make_node("MatMul", ["hk", "W"], ["y"]), helper.make_node("Neg", ["s"], ["sN"])]
+        graph = helper.make_graph(
+            nodes, "state", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+                             helper.make_tensor_value_info("s", TensorProto.FLOAT, [2, "batch", 4]),
+                             helper.make_tensor_value_info("k", TensorProto.FLOAT, [])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3]),
+             helper.make_tensor_value_info("sN", TensorProto.FLOAT, [2, "batch", 4])],
+            [numpy_helper.from_array(np.array([0], np.int64), "axis0"), numpy_helper.from_array(weight, "W")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    teacher_w = rng.standard_normal((4, 3)).astype(np.float32)
+    student_w = (teacher_w + 0.5 * rng.standard_normal((4, 3))).astype(np.float32)
+    student, teacher = model(student_w), model(teacher_w)
+    x, s = rng.standard_normal((64, 4)).astype(np.float32), rng.standard_normal((2, 64, 4)).astype(np.float32)
+    data = validate({"x": x, "s": s, "k": np.float32(0.5)}, model_signature(student), "train")
+    assert data.axes == {"x": 0, "s": 1, "k": None}
+    lr, config = 0.01, {"inputs": ["x", "s", "k"], "threads": 1, "epochs": 1, "batch": 32, "loss": "mse",
+                        "lr": 0.01, "warmup": 0.0, "patience": 0}
+    directory = tmp_path / "run"
+    distill_run.prepare(directory, student, teacher, data, None, config, threads=1)
+    distill_run.run_worker(directory, training_python, None, say=lambda line: None, progress=False)
+
+    features = (x * (s[0] + s[1]) * 0.5).astype(np.float64)
+    weight = student_w.astype(np.float64)
+    m, v = np.zeros_like(weight), np.zeros_like(weight)
+    for step, rows in enumerate(worker_batches(64, 32)):
+        hk = features[rows]
+        grad = hk.T @ (2 * (hk @ weight - hk @ teacher_w) / (len(rows) * 3))
+        m, v = 0.9 * m + 0.1 * grad, 0.999 * v + 0.001 * grad ** 2
+        weight = weight - lr_at_step(step, lr) * np.sqrt(1 - 0.999 ** (step + 1)) / (1 - 0.9 ** (step + 1)) \
+            * m / (np.sqrt(v) + 1e-6)
+    got = trained(directory)["W"]
+    assert np.abs(weight - student_w).max() > 0.5 * lr  # the steps are visible
+    np.testing.assert_allclose(got, weight, rtol=0, atol=1e-3 * lr)
+
+
+def lr_at_step(step: int, lr: float) -> float:
+    from graphc.passes.distill.worker.loop import lr_at
+
+    return lr_at(step, 2, lr, 0.0)

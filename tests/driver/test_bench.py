@@ -30,3 +30,25 @@ def test_bench_opens_non_spinning_sessions_from_the_files(monkeypatch):
     results = bench_module.bench([CNN, CNN], threads=1, batch=2, warmup=1, runs=3)
     assert seen == [(CNN, False), (CNN, False)]
     assert [r.runs for r in results] == [3, 3]
+
+
+def test_bench_inputs_take_rows_on_each_batch_axis(tmp_path):
+    """--data in natural layout (state [2, N, 16], sr 0-d): the first --batch rows along each
+    input's batch axis, repeated along it when the data has fewer; synthetic ones likewise."""
+    import numpy as np
+
+    from graphc.model_io import load_model
+    from tests.corpus.stateful_rnn import build_gru
+
+    model = load_model(build_gru(tmp_path))
+    rng = np.random.default_rng(0)
+    x, h0 = rng.standard_normal((3, 5, 8)).astype(np.float32), rng.standard_normal((1, 3, 16)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, h0=h0, sr=np.array(16000))
+    feeds = bench_module._feeds_for([model], tmp_path / "d.npz", {}, batch=2)
+    np.testing.assert_array_equal(feeds["h0"], h0[:, :2])
+    feeds = bench_module._feeds_for([model], tmp_path / "d.npz", {}, batch=5)
+    np.testing.assert_array_equal(feeds["h0"], h0[:, [0, 1, 2, 0, 1]])
+    np.testing.assert_array_equal(feeds["x"], x[[0, 1, 2, 0, 1]])
+    assert feeds["sr"].shape == ()
+    feeds = bench_module._feeds_for([model], None, {"time": (5,)}, batch=4)
+    assert (feeds["x"].shape, feeds["h0"].shape, feeds["sr"]) == ((4, 5, 8), (1, 4, 16), 16000)

@@ -104,3 +104,23 @@ def test_tap_on_a_path_writes_its_probe_beside_the_model_and_removes_it(tmp_path
                 lambda name, values, piece: got.append(values))
     np.testing.assert_array_equal(np.concatenate(got), np.full((3, 4), 2.0, np.float32))
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_tap_cuts_each_input_on_its_batch_axis_and_passes_scalars_whole():
+    """State rows on axis 1, a 0-d input: every 1-row piece gives the rows' own values (cutting
+    the state on axis 0 would broadcast one half of it over the other inputs' rows)."""
+    from graphc.data import model_signature, validate
+    from tests.corpus.stateful_rnn import toy_state_model
+
+    model = toy_state_model()
+    rng = np.random.default_rng(0)
+    x, s = rng.standard_normal((7, 4)).astype(np.float32), rng.standard_normal((2, 7, 4)).astype(np.float32)
+    data = validate({"x": x, "s": s, "k": np.float32(3.0)}, model_signature(model), "test")
+    assert data.axes == {"x": 0, "s": 1, "k": None}
+    seen = []
+    run = runtime.tap(model, ["h", "y"], data, lambda name, values, piece: seen.append((name, piece, values.copy())),
+                      batch_size=4, run_bytes=1)
+    assert (run.rows, run.batches, run.runs) == (7, 2, 7)
+    assert [(p.start, p.stop) for name, p, _ in seen if name == "y"] == [(i, i + 1) for i in range(7)]
+    y = np.concatenate([v for name, _, v in seen if name == "y"])
+    np.testing.assert_allclose(y, x * (s[0] + s[1]) * 3.0, rtol=1e-6)

@@ -171,3 +171,20 @@ def test_collect_runs_batches_in_pieces_of_bounded_bytes_with_the_same_statistic
         assert (a.min, a.max, a.seen, a.zeros) == (b.min, b.max, b.seen, b.zeros)
         assert b.state_bytes() == a.state_bytes()
         assert tensor_range(b, "percentile", 99.0) == pytest.approx(tensor_range(a, "percentile", 99.0), rel=0.02)
+
+
+def test_collect_iterates_rows_on_each_inputs_batch_axis():
+    """Calibration ranges over state rows on axis 1 and a 0-d input equal numpy's over the
+    whole data, in batches and pieces (wrong slicing mixes state rows: other ranges)."""
+    from tests.corpus.stateful_rnn import toy_state_model
+
+    model = toy_state_model()
+    rng = np.random.default_rng(5)
+    x, s = rng.standard_normal((9, 4)).astype(np.float32), rng.standard_normal((2, 9, 4)).astype(np.float32)
+    data = validate({"x": x, "s": s, "k": np.float32(-2.0)}, model_signature(model), "test data")
+    result = collect(model, ["h", "y"], data, batch_size=4, run_bytes=40)
+    h = x * (s[0] + s[1])
+    assert result.samples == 9 and result.batches == 3
+    assert (result.states["h"].min, result.states["h"].max) == pytest.approx((h.min(), h.max()), rel=1e-6)
+    assert (result.states["y"].min, result.states["y"].max) == pytest.approx((-2 * h.max(), -2 * h.min()), rel=1e-6)
+    assert result.states["y"].seen == h.size

@@ -9,6 +9,9 @@ window is sorted by row length (1 + the last non-zero mask column) and cut into 
 the batch order is shuffled (same seed, same batches), and every batch is cut to its
 longest row: inputs whose axis 1 is the mask's length, and teacher targets of rank >= 3
 whose axis 1 is that length ([batch, sequence, hidden]), keep only the first columns.
+Inputs whose batch axis is not 0 (``batch_axes``: a state ``[layers, batch, hidden]``) are
+stored batch-first and put back on their axis per batch; inputs with none go whole with
+every batch; neither is cut.
 Exact for models whose valid positions never read padded ones (a BERT-style encoder with
 its attention mask); the training cost follows the real lengths, so data can be stored at
 the longest length without paying for its padding. Evaluation is not cut.
@@ -29,7 +32,8 @@ GROUP_WINDOW = 50  # batches per length-sorted window (rule 4, ``mask``)
 class Data:
     """Student inputs, teacher outputs and optional labels of one .npz."""
 
-    def __init__(self, path: pathlib.Path, input_names: list[str], layer_count: int = 0, mask: str | None = None):
+    def __init__(self, path: pathlib.Path, input_names: list[str], layer_count: int = 0, mask: str | None = None,
+                 batch_axes: dict[str, int | None] | None = None):
         if mask is not None and mask not in input_names:
             raise UserError(f"mask={mask!r} is not an input of the student ({', '.join(input_names)})")
         with np.load(path) as npz:
@@ -41,6 +45,9 @@ class Data:
                        for i in range(layer_count)]
         self._buffers: dict[tuple[str, int], np.ndarray] = {}
         self.mask = mask
+        self.batch_axes = dict(batch_axes or {})  # stored batch-first; None: whole, with every batch
+        if mask is not None and mask in self.batch_axes:
+            raise UserError(f"mask={mask!r}: the mask input must be [batch, sequence] with its batch on axis 0")
         self.lengths = valid_lengths(self.inputs[mask]) if mask is not None else None
 
     def __len__(self) -> int:
@@ -72,6 +79,9 @@ class Data:
         batch = []
         for name in order:
             source = values[name]
+            if name in self.batch_axes:
+                batch.append(self._moved(name, source, rows))
+                continue
             dtype = np.float32 if name in widened else source.dtype
             key = (name, len(rows))
             buffer = self._buffers.get(key)
@@ -87,6 +97,20 @@ class Data:
                 view[...] = source[rows]
             batch.append(view)
         return batch
+
+    def _moved(self, name: str, source: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """An input whose batch axis is not 0: whole (no batch axis), or its rows (stored
+        batch-first) put back on their axis, in a buffer kept like ``feeds``'s."""
+        axis = self.batch_axes[name]
+        if axis is None:
+            return source
+        picked = np.moveaxis(source[rows], 0, axis)
+        key = (name, len(rows))
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.shape != picked.shape:
+            buffer = self._buffers[key] = np.empty(picked.shape, source.dtype)
+        buffer[...] = picked
+        return buffer
 
     def _sequence_axis(self, name: str, source: np.ndarray) -> bool:
         """Whether axis 1 of ``source`` is the mask's sequence axis (rule 4)."""

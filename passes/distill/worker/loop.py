@@ -110,9 +110,10 @@ def train(workdir: pathlib.Path) -> dict:
     input_names = list(config["inputs"])
     layer_count = len(config["layers"]) if float(config["gamma"]) > 0 else 0
     mask = config["mask"] or None
-    train_data = Data(workdir / "train.npz", input_names, layer_count, mask)
-    eval_data = (Data(workdir / "eval.npz", input_names, layer_count, mask) if (workdir / "eval.npz").exists()
-                 else None)
+    axes = config["batch_axes"]
+    train_data = Data(workdir / "train.npz", input_names, layer_count, mask, axes)
+    eval_data = (Data(workdir / "eval.npz", input_names, layer_count, mask, axes)
+                 if (workdir / "eval.npz").exists() else None)
     with_labels = float(config["alpha"]) < 1
     if with_labels and (train_data.labels is None or (eval_data is not None and eval_data.labels is None)):
         raise UserError(f"alpha={config['alpha']} < 1 weighs hard labels; the data has no 'labels'")

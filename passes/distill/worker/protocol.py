@@ -28,6 +28,7 @@ DEFAULTS = {
     "epochs": 3, "lr": 1e-3, "batch": 64, "loss": "kl", "T": 4.0, "alpha": 1.0, "beta": 0.0, "seed": 0,
     "warmup": 0.05, "clip": 0.0, "weight_decay": 0.0, "patience": 2, "metric": None, "freeze": [],
     "threads": 0, "eval_batch": 256, "step_events": 50, "layers": [], "gamma": 1.0, "mask": None,
+    "batch_axes": {},
 }
 TEACHER_INPUT = "distill_teacher"
 LABELS_INPUT = "distill_labels"

@@ -19,8 +19,10 @@ LayerNormalization nodes get their optional Mean/InvStdDev outputs (onnxruntime 
 22465: without them gradient building fails); inference-mode BatchNormalization is
 rewritten to ``(x - mean) * (1 / sqrt(var + eps)) * scale + bias`` with the running
 statistics frozen, because onnxruntime-training would otherwise train it on batch
-statistics that the inference graph never uses; every generated model is written with
-IR version <= 10 (1.19.2 refuses newer ones).
+statistics that the inference graph never uses; only the first output is kept (the one
+distilled; a stateful model's next state is not a target, and onnxruntime-training's loss
+block takes one output); every generated model is written with IR version <= 10 (1.19.2
+refuses newer ones).
 """
 
 from __future__ import annotations
@@ -166,6 +168,7 @@ def build_artifacts(config: dict, workdir: pathlib.Path, with_labels: bool, trai
                         f"along a batch axis (rank >= 2)")
     model = onnx.ModelProto()
     model.CopyFrom(student)
+    del model.graph.output[1:]  # rule 4: the first output is the target; a next state is not trained on
     frozen_bn = freeze_batchnorm(model)
     layernorms = add_layernorm_outputs(model)
     model.ir_version = min(model.ir_version, MAX_IR_VERSION)
