@@ -123,6 +123,15 @@ def test_silero_inspect_counts_weights_inside_ifs_and_points_at_shape(tmp_path):
     assert info["params"] > 500_000  # was 0: every weight sits inside the If branches
     text = render(info)
     assert "MACs (one batch): 0" in text and "--shape input=" in text
+    shaped = describe(model, source, {"input": (1, 512)})  # the branch synthetic inputs take is measured
+    assert shaped["macs"] > 100_000 and shaped["macs_unknown"] is None
+
+
+def test_silero_fold_is_checked_exact_by_the_pipeline(tmp_path):
+    source = CORPUS["silero-vad"].build(tmp_path)
+    report = optimize(OptimizeRequest(model=source, passes="fold", output=tmp_path / "f.onnx",
+                                      shapes={"input": (1, 512)}, progress=False))
+    assert not any("not checked" in n for n in report.notes)  # it ran the exact check on sample inputs
 
 
 def test_int8_says_how_many_subgraph_compute_nodes_it_left(tmp_path):
