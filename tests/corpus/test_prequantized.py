@@ -19,6 +19,11 @@ MODELS = {  # name -> (--shape overrides, an input feed)
     "small-cnn-qdq": ({}, lambda rng: {"image": rng.standard_normal((2, 3, 12, 12)).astype(np.float32)}),
     "small-cnn-qoperator": ({}, lambda rng: {"image": rng.standard_normal((2, 3, 12, 12)).astype(np.float32)}),
     "voicefilter-embedder": ({}, lambda rng: {"mel_window": rng.standard_normal((2, 80, 40)).astype(np.float32)}),
+    "voicefilter-lite": ({"time": (8,)}, lambda rng: {  # stateful: h0/c0 [3, batch, 512]
+        "stacked_logmel": rng.standard_normal((2, 8, 512)).astype(np.float32),
+        "dvec": rng.standard_normal((2, 256)).astype(np.float32),
+        "h0": rng.standard_normal((3, 2, 512)).astype(np.float32),
+        "c0": rng.standard_normal((3, 2, 512)).astype(np.float32)}),
     "tashkeel-bilstm": ({"seq_len": (16,)}, lambda rng: {"input_ids": rng.integers(0, 40, (2, 16)).astype(np.int64)}),
 }
 
