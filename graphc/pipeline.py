@@ -3,7 +3,9 @@
 Order of work, so that bad input fails before anything expensive runs:
 parse ``--passes`` and build the pass objects -> refuse an output path that is the input ->
 load and check the model (onnxruntime must open it) -> load and validate every data source
-against the model's inputs -> each pass's ``check`` -> run the passes with a progress bar,
+against the model's inputs -> convert a model older than the passes' ``min_opset`` where that is
+exact, else refuse it (``graphc.opsets``; the converted model is the original from then on) ->
+each pass's ``check`` -> run the passes with a progress bar,
 checking (and with ``verify`` comparing outputs) after each -> drop the intermediate shapes the
 passes inferred (``graph.drop_intermediate_shapes``: they make onnxruntime pick slower fusions)
 -> save atomically -> write the report. Under ``verify`` each pass is held to its declared tolerance against the model it was
@@ -29,6 +31,7 @@ from graphc.errors import GraphcError
 from graphc.graph import drop_intermediate_shapes, model_header, to_graph, to_model
 from graphc.metrics import check_metric, evaluate
 from graphc.model_io import check_output_paths, file_size, load_model, same_file, save_model
+from graphc.opsets import meet_min_opset
 from graphc.pass_api import check_order, result_graph
 from graphc.passes import build_passes
 from graphc.report import PassReport, Report
@@ -91,6 +94,9 @@ def optimize(request: OptimizeRequest) -> Report:
     before = model_stats(original, request.shapes, size_bytes=file_size(request.model))
     report = Report(model=str(request.model), before=before, output=str(request.output))
     ctx = build_context(request, original, report)
+    ctx.original = original = meet_min_opset(
+        original, passes, str(request.model), sample=lambda: _exact_feeds(ctx.sample_data(EXACT_ROWS)),
+        run=lambda model, feeds: run_session(open_session(model, request.threads), feeds), note=report.note)
     for p in passes:
         p.check(ctx)
 
