@@ -3,12 +3,18 @@
 Order of work, so that bad input fails before anything expensive runs:
 parse ``--passes`` and build the pass objects -> refuse an output path that is the input ->
 load and check the model (onnxruntime must open it) -> load and validate every data source
-against the model's inputs -> each pass's ``check`` -> run the passes with a progress bar,
-checking (and with ``verify`` comparing outputs) after each -> drop the intermediate shapes the
-passes inferred (``graph.drop_intermediate_shapes``: they make onnxruntime pick slower fusions)
--> save atomically -> write the report. Under ``verify`` each pass is held to its declared tolerance against the model it was
-given (a lossy earlier pass does not fail a later one); the report shows every stage against
-the original. The input file is only read; a failure anywhere leaves no output file.
+against the model's inputs (dims ``--shape`` leaves open come from the first batch of
+``--data``) -> one run of the input model on the sample inputs (``graphc.checks``; a failure
+is bad input) -> each pass's ``check`` -> run the passes with a progress bar, checking each
+result (``graphc.checks``: valid, opens, runs once on the same sample inputs; a failure is a
+bug, exit 1), an exact pass compared with its input model on them, and with ``verify``
+comparing outputs -> drop the intermediate shapes the passes inferred
+(``graph.drop_intermediate_shapes``: they make onnxruntime pick slower fusions) -> save
+atomically -> write the report. One session per model serves its run check, the exact-pass
+comparison and ``--verify``. Under ``verify`` each pass is held to its declared tolerance
+against the model it was given (a lossy earlier pass does not fail a later one); the report
+shows every stage against the original. The input file is only read; a failure anywhere
+leaves no output file.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from graphc.checks import BrokenModelError, check_input, check_model
+from graphc.checks import BrokenModelError, check_input, check_model, run_checked
 from graphc.context import Context
 from graphc.data import Dataset, check_shape_overrides, load_dataset, model_signature, output_names
 from graphc.errors import GraphcError
@@ -69,7 +75,17 @@ def build_context(request: OptimizeRequest, model: onnx.ModelProto, report: Repo
         raise GraphcError("--eval-data and --metric go together: give both or neither")
     if ctx.metric is not None:
         check_metric(ctx.metric, ctx.eval_data, has_reference=True)
+    ctx.shapes = {**shapes_from_data(ctx.data), **request.shapes}
     return ctx
+
+
+def shapes_from_data(data: Dataset | None) -> dict[str, tuple[int, ...]]:
+    """The input shapes of one batch of ``data`` (a row, or the model's fixed batch): with
+    ``--data`` the dims the model leaves open are known without ``--shape``."""
+    if data is None:
+        return {}
+    feeds, _ = next(data.batches(1))
+    return {name: tuple(array.shape) for name, array in feeds.items() if array.ndim}
 
 
 def optimize(request: OptimizeRequest) -> Report:
@@ -83,18 +99,22 @@ def optimize(request: OptimizeRequest) -> Report:
                         "--eval-data": request.eval_data})
     original = load_model(request.model)
     check_shape_overrides(model_signature(original), request.shapes)
-    check_input(original, str(request.model))
-    before = model_stats(original, request.shapes, size_bytes=file_size(request.model))
-    report = Report(model=str(request.model), before=before, output=str(request.output))
+    session = check_input(original, str(request.model), request.threads)
+    report = Report(model=str(request.model), before=None, output=str(request.output))  # before: set below, at the
+    # shapes --data gives
     ctx = build_context(request, original, report)
+    report.before = model_stats(original, ctx.shapes, size_bytes=file_size(request.model))
     for p in passes:
         p.check(ctx)
 
     names = output_names(original)
+    check_feeds = _check_feeds(ctx, report)
+    checked = run_checked(session, check_feeds, after=None, what=str(request.model), source=_source(ctx)) \
+        if check_feeds is not None else None
     sample = ctx.sample_data() if request.verify else None
-    exact_sample = _exact_sample(ctx, report) if sample is None and any(p.exact for p in passes) else None
-    reference = _outputs(open_session(original, request.threads), sample) if sample else None
+    reference = _outputs(session, sample) if sample else None
     previous = reference  # a pass is held to its tolerance against its own input model
+    session = None
 
     current = original
     bar = tqdm(passes, desc="graphc", unit="pass", disable=not request.progress, leave=False)
@@ -103,24 +123,25 @@ def optimize(request: OptimizeRequest) -> Report:
         bar.set_postfix_str(spec_text)
         start = time.perf_counter()
         template = model_header(current)
-        exact_reference = _exact_reference(current, exact_sample, spec_text, report, request.threads) \
-            if p.exact and exact_sample is not None else None
         graph = to_graph(current)
         current = None  # the graph holds what it needs: no second copy of the weights during the pass
         result = p.run(graph, ctx)
         candidate = to_model(result_graph(p, graph, result), template)
         seconds = time.perf_counter() - start
-        check_model(candidate, after=f"pass {spec_text}")
-        if exact_reference is not None:
-            _check_exact(spec_text, p.tolerance(), names, exact_reference,
-                         run_session(open_session(candidate, request.threads), _exact_feeds(exact_sample)))
+        session = check_model(candidate, after=f"pass {spec_text}", threads=request.threads)
+        if check_feeds is not None:
+            outputs = run_checked(session, check_feeds, after=f"pass {spec_text}")
+            if p.exact:
+                _check_exact(spec_text, p.tolerance(), names, checked, outputs)
+            checked = outputs
         verify = None
         if sample is not None:
-            outputs = _outputs(open_session(candidate, request.threads), sample)
+            outputs = _outputs(session, sample)
             enforce(spec_text, p.tolerance(), compare(names, previous, outputs))
             verify, previous = compare(names, reference, outputs), outputs
+        session = None
         report.passes.append(PassReport(p.name, spec_text, seconds, result.changed, result.stats,
-                                        model_stats(candidate, request.shapes), verify, result.details))
+                                        model_stats(candidate, ctx.shapes), verify, result.details))
         current = candidate
 
     drop_intermediate_shapes(current)  # written as exported: see drop_intermediate_shapes
@@ -145,32 +166,21 @@ def optimize(request: OptimizeRequest) -> Report:
     return report
 
 
-EXACT_ROWS = 2
+CHECK_ROWS = 2  # rows of the run check after every pass (and of the exact-pass comparison)
 
 
-def _exact_sample(ctx: Context, report: Report) -> Dataset | None:
-    """The rows an exact pass is checked on without --verify (None, with a note, if none)."""
+def _source(ctx: Context) -> str:
+    return f"the first rows of {ctx.data.source}" if ctx.data is not None else "synthetic sample inputs"
+
+
+def _check_feeds(ctx: Context, report: Report) -> dict | None:
+    """One run's inputs for the run check: the first batch of ``CHECK_ROWS`` rows of
+    ``--data``, else synthetic ones (None, with a note, when none can be built)."""
     try:
-        return ctx.sample_data(EXACT_ROWS)
+        return next(ctx.sample_data(CHECK_ROWS).batches(CHECK_ROWS))[0]
     except GraphcError as exc:
-        report.note(f"exact passes not checked on sample inputs: {exc}")
+        report.note(f"models not run on sample inputs after each pass (no sample inputs: {exc})")
         return None
-
-
-def _exact_reference(model: onnx.ModelProto, sample: Dataset, spec_text: str, report: Report,
-                     threads: int | None) -> list | None:
-    """The outputs of an exact pass's input model on ``sample`` (None, with a note, if the
-    model cannot run on them)."""
-    try:
-        return run_session(open_session(model, threads), _exact_feeds(sample))
-    except GraphcError as exc:
-        report.note(f"pass {spec_text}: not checked on sample inputs, the input model does not run on them: {exc}")
-        return None
-
-
-def _exact_feeds(sample: Dataset) -> dict:
-    """One run's inputs: the first batch (an input's first axis need not be a batch)."""
-    return next(sample.batches(EXACT_ROWS))[0]
 
 
 def _check_exact(spec_text: str, tolerance, names, before: list, after: list) -> None:
@@ -184,7 +194,7 @@ def _check_exact(spec_text: str, tolerance, names, before: list, after: list) ->
             raise GraphcError("--verify: a non-numeric output changed")
         enforce(spec_text, tolerance, compare(names, before, after))
     except GraphcError as exc:
-        raise BrokenModelError(f"pass {spec_text} is exact but changed the outputs on {EXACT_ROWS} sample rows "
+        raise BrokenModelError(f"pass {spec_text} is exact but changed the outputs on {CHECK_ROWS} sample rows "
                                f"({str(exc).removeprefix('--verify: ')})") from None
 
 
