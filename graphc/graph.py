@@ -295,14 +295,20 @@ def fold_constants(graph: gs.Graph, size_threshold: int | None = None,
       bounds alike, so the split is exact), and pairs left unfolded are joined back;
     - ops that make a sequence or an optional value (``graphc.ops.NON_TENSOR_OPS``) are never
       folded: graphsurgeon evaluates them to Python lists, which no initializer can hold;
-    - nodes for which ``exclude`` is true are not folded either.
+    - nodes for which ``exclude`` is true are not folded either;
+    - ``flatten_subgraphs``: an If whose condition folds to a constant is replaced by its
+      branch with ``graphc.subgraphs.flatten_constant_ifs`` (graphsurgeon's own flattening
+      loses all but the first output of an If whose outputs one node produces).
     """
     from graphc.ops import NON_TENSOR_OPS
+    from graphc.subgraphs import flatten_constant_ifs
 
     pairs = split_bounded_shapes(graph)
     graph.fold_constants(fold_shapes=True, size_threshold=size_threshold, error_ok=True,
-                         flatten_subgraphs=flatten_subgraphs,
+                         flatten_subgraphs=False,
                          should_exclude_node=lambda node: node.op in NON_TENSOR_OPS or bool(exclude and exclude(node)))
+    if flatten_subgraphs:
+        flatten_constant_ifs(graph)
     graph.cleanup(remove_unused_graph_inputs=False)
     join_bounded_shapes(graph, pairs)
     return graph
