@@ -102,13 +102,29 @@ def check_input(model: onnx.ModelProto, what: str, threads: int | None = None) -
 
 
 def run_checked(session: ort.InferenceSession, feeds: dict[str, np.ndarray], after: str | None,
-                what: str = "the model", source: str = "sample inputs") -> list[np.ndarray]:
+                model: onnx.ModelProto | None = None, what: str = "the model",
+                source: str = "sample inputs") -> list[np.ndarray]:
     """The fourth condition: one run on ``feeds`` (its outputs are returned). A failure is
     ``<after> produced a model that fails at run time: ...`` (BrokenModelError, exit 1), or
-    with ``after=None`` (the input model) ``<what> does not run on <source>: ...`` (exit 2)."""
+    with ``after=None`` (the input model) ``<what> does not run on <source>: ...`` (exit 2).
+    With ``model`` given, a failure is run again without graph optimizations, so that the
+    message names the model's node, not one onnxruntime made by fusing or re-laying it out."""
     try:
         return session.run(None, feeds)
     except _ORT_ERRORS as exc:
+        problem = _unoptimized_failure(model, feeds) if model is not None else None
+        problem = problem or run_failure(exc)
         if after is not None:
-            raise BrokenModelError(f"{after} produced a model that fails at run time: {run_failure(exc)}") from None
-        raise GraphcError(f"{what} does not run on {source}: {run_failure(exc)}") from None
+            raise BrokenModelError(f"{after} produced a model that fails at run time: {problem}") from None
+        raise GraphcError(f"{what} does not run on {source}: {problem}") from None
+
+
+def _unoptimized_failure(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> str | None:
+    """The run failure of ``model`` in a session without graph optimizations (None if it runs)."""
+    try:
+        open_session(model, optimized=False).run(None, feeds)
+    except _ORT_ERRORS as exc:
+        return run_failure(exc)
+    except GraphcError:
+        return None
+    return None

@@ -109,7 +109,7 @@ def optimize(request: OptimizeRequest) -> Report:
 
     names = output_names(original)
     check_feeds = _check_feeds(ctx, report)
-    checked = run_checked(session, check_feeds, after=None, what=str(request.model), source=_source(ctx)) \
+    checked = run_checked(session, check_feeds, None, original, what=str(request.model), source=_source(ctx)) \
         if check_feeds is not None else None
     sample = ctx.sample_data() if request.verify else None
     reference = _outputs(session, sample) if sample else None
@@ -130,7 +130,7 @@ def optimize(request: OptimizeRequest) -> Report:
         seconds = time.perf_counter() - start
         session = check_model(candidate, after=f"pass {spec_text}", threads=request.threads)
         if check_feeds is not None:
-            outputs = run_checked(session, check_feeds, after=f"pass {spec_text}")
+            outputs = run_checked(session, check_feeds, f"pass {spec_text}", candidate)
             if p.exact:
                 _check_exact(spec_text, p.tolerance(), names, checked, outputs)
             checked = outputs

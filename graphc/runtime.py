@@ -48,12 +48,16 @@ ort.set_default_logger_severity(4)  # only fatal: graphc reports failures itself
 
 
 def session_options(threads: int | None = None, spinning: bool = True,
-                    profile_prefix: str | None = None) -> ort.SessionOptions:
+                    profile_prefix: str | None = None, optimized: bool = True) -> ort.SessionOptions:
     """Options of every session graphc opens. ``spinning=False`` makes idle intra-op threads
     block instead of spin-waiting after a run; benchmarks that interleave several sessions
     need it, else the pools of the sessions that just ran keep the cores busy (measured on
-    2 cores with 7 interleaved CNN sessions: FP32 batch-32 p50 22 ms spinning, 3.5 ms not)."""
+    2 cores with 7 interleaved CNN sessions: FP32 batch-32 p50 22 ms spinning, 3.5 ms not).
+    ``optimized=False``: no graph optimizations, so a run error names the model's own node
+    (onnxruntime's fused and re-laid-out nodes carry other names)."""
     options = ort.SessionOptions()
+    if not optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4
     if threads:
         options.intra_op_num_threads = threads
@@ -68,10 +72,10 @@ def session_options(threads: int | None = None, spinning: bool = True,
 
 def open_session(model: onnx.ModelProto | str | os.PathLike, threads: int | None = None,
                  what: str = "the model", spinning: bool = True,
-                 profile_prefix: str | None = None) -> ort.InferenceSession:
+                 profile_prefix: str | None = None, optimized: bool = True) -> ort.InferenceSession:
     """An onnxruntime CPU session for a model (proto or path); failure is a GraphcError.
     ``profile_prefix``: profile every run into ``<prefix>_<time>.json``."""
-    options = session_options(threads, spinning, profile_prefix)
+    options = session_options(threads, spinning, profile_prefix, optimized)
     try:
         if isinstance(model, onnx.ModelProto):
             if proto_bytes(model) > FILE_SESSION_BYTES:
