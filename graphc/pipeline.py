@@ -75,17 +75,20 @@ def build_context(request: OptimizeRequest, model: onnx.ModelProto, report: Repo
         raise GraphcError("--eval-data and --metric go together: give both or neither")
     if ctx.metric is not None:
         check_metric(ctx.metric, ctx.eval_data, has_reference=True)
-    ctx.shapes = {**shapes_from_data(ctx.data), **request.shapes}
+    ctx.shapes = {**shapes_from_data(ctx.data, signature), **request.shapes}
     return ctx
 
 
-def shapes_from_data(data: Dataset | None) -> dict[str, tuple[int, ...]]:
+def shapes_from_data(data: Dataset | None, signature) -> dict[str, tuple[int, ...]]:
     """The input shapes of one batch of ``data`` (a row, or the model's fixed batch): with
-    ``--data`` the dims the model leaves open are known without ``--shape``."""
+    ``--data`` the dims the model leaves open are known without ``--shape`` (inputs of
+    unknown rank, and 0-d ones, are left out)."""
     if data is None:
         return {}
     feeds, _ = next(data.batches(1))
-    return {name: tuple(array.shape) for name, array in feeds.items() if array.ndim}
+    ranks = {spec.name: len(spec.shape) for spec in signature}
+    return {name: tuple(array.shape) for name, array in feeds.items()
+            if array.ndim and ranks.get(name) == array.ndim}
 
 
 def optimize(request: OptimizeRequest) -> Report:
