@@ -5,7 +5,8 @@ without error, onnxruntime opens a session on it, and that session runs once on 
 inputs (the first rows of ``--data``, else synthetic ones; ``run_checked``). A model the
 passes wrote that breaks one is a bug in graphc (``BrokenModelError``, exit 1); the input
 model is held to the same four first (``check_input``, then ``run_checked`` with
-``after=None``): one that already breaks them is bad input (exit 2), not a broken pass.
+``after=None``): one that already breaks them is bad input (exit 2), not a broken pass
+(the pipeline runs the input on synthetic inputs only where it can: ``pipeline._input_run``).
 
 Messages are one line and name what failed: the checker's and onnxruntime's multi-line
 messages are joined, and a run failure names the node onnxruntime reports

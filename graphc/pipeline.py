@@ -4,8 +4,8 @@ Order of work, so that bad input fails before anything expensive runs:
 parse ``--passes`` and build the pass objects -> refuse an output path that is the input ->
 load and check the model (onnxruntime must open it) -> load and validate every data source
 against the model's inputs (dims ``--shape`` leaves open come from the first batch of
-``--data``) -> one run of the input model on the sample inputs (``graphc.checks``; a failure
-is bad input) -> each pass's ``check`` -> run the passes with a progress bar, checking each
+``--data``) -> one run of the input model on the sample inputs (``graphc.checks``; failing on
+``--data`` is bad input; on synthetic inputs it turns the run check off, with a note) -> each pass's ``check`` -> run the passes with a progress bar, checking each
 result (``graphc.checks``: valid, opens, runs once on the same sample inputs; a failure is a
 bug, exit 1), an exact pass compared with its input model on them, and with ``verify``
 comparing outputs -> drop the intermediate shapes the passes inferred
@@ -103,17 +103,14 @@ def optimize(request: OptimizeRequest) -> Report:
     original = load_model(request.model)
     check_shape_overrides(model_signature(original), request.shapes)
     session = check_input(original, str(request.model), request.threads)
-    report = Report(model=str(request.model), before=None, output=str(request.output))  # before: set below, at the
-    # shapes --data gives
+    report = Report(model=str(request.model), before=None, output=str(request.output))  # before: once shapes are known
     ctx = build_context(request, original, report)
     report.before = model_stats(original, ctx.shapes, size_bytes=file_size(request.model))
     for p in passes:
         p.check(ctx)
 
     names = output_names(original)
-    check_feeds = _check_feeds(ctx, report)
-    checked = run_checked(session, check_feeds, None, original, what=str(request.model), source=_source(ctx)) \
-        if check_feeds is not None else None
+    check_feeds, checked = _input_run(session, original, ctx, report, str(request.model))
     sample = ctx.sample_data() if request.verify else None
     reference = _outputs(session, sample) if sample else None
     previous = reference  # a pass is held to its tolerance against its own input model
@@ -172,18 +169,25 @@ def optimize(request: OptimizeRequest) -> Report:
 CHECK_ROWS = 2  # rows of the run check after every pass (and of the exact-pass comparison)
 
 
-def _source(ctx: Context) -> str:
-    return f"the first rows of {ctx.data.source}" if ctx.data is not None else "synthetic sample inputs"
-
-
-def _check_feeds(ctx: Context, report: Report) -> dict | None:
-    """One run's inputs for the run check: the first batch of ``CHECK_ROWS`` rows of
-    ``--data``, else synthetic ones (None, with a note, when none can be built)."""
+def _input_run(session, model: onnx.ModelProto, ctx: Context, report: Report, what: str):
+    """(the inputs of the run check, the input model's outputs on them), or (None, None) with
+    a note when there are none. The inputs are the first batch of ``CHECK_ROWS`` rows of
+    ``--data``: the input model failing on the user's data is bad input (exit 2). Without
+    data they are synthetic, and an input model that cannot run on them (an integer Div by
+    the zeros drawn, an Expand to a drawn shape) is not the user's fault: the note says so,
+    and ``--data`` turns the check on."""
     try:
-        return next(ctx.sample_data(CHECK_ROWS).batches(CHECK_ROWS))[0]
+        feeds = next(ctx.sample_data(CHECK_ROWS).batches(CHECK_ROWS))[0]
     except GraphcError as exc:
         report.note(f"models not run on sample inputs after each pass (no sample inputs: {exc})")
-        return None
+        return None, None
+    if ctx.data is not None:
+        return feeds, run_checked(session, feeds, None, model, what=what, source=f"the first rows of {ctx.data.source}")
+    try:
+        return feeds, run_checked(session, feeds, None, model, what=what, source="synthetic sample inputs")
+    except GraphcError as exc:
+        report.note(f"models not run on sample inputs after each pass ({exc}; give --data)")
+        return None, None
 
 
 def _check_exact(spec_text: str, tolerance, names, before: list, after: list) -> None:
