@@ -4,17 +4,17 @@ Order of work, so that bad input fails before anything expensive runs:
 parse ``--passes`` and build the pass objects -> refuse an output path that is the input ->
 load and check the model (onnxruntime must open it) -> load and validate every data source
 against the model's inputs (dims ``--shape`` leaves open come from the first batch of
-``--data``) -> one run of the input model on the sample inputs (``graphc.checks``; failing on
-``--data`` is bad input; on synthetic inputs it turns the run check off, with a note) -> each pass's ``check`` -> run the passes with a progress bar, checking each
-result (``graphc.checks``: valid, opens, runs once on the same sample inputs; a failure is a
-bug, exit 1), an exact pass compared with its input model on them, and with ``verify``
-comparing outputs -> drop the intermediate shapes the passes inferred
-(``graph.drop_intermediate_shapes``: they make onnxruntime pick slower fusions) -> save
-atomically -> write the report. One session per model serves its run check, the exact-pass
-comparison and ``--verify``. Under ``verify`` each pass is held to its declared tolerance
-against the model it was given (a lossy earlier pass does not fail a later one); the report
-shows every stage against the original. The input file is only read; a failure anywhere
-leaves no output file.
+``--data``) -> each pass's ``check`` -> one run of the input model on the sample inputs
+(``graphc.checks``; failing on ``--data`` is bad input; on synthetic inputs it turns the run
+check off, with a note) -> run the passes with a progress bar, checking each result
+(``graphc.checks``: valid, opens, runs once on the same sample inputs; a failure is a bug,
+exit 1), an exact pass compared with its input model on them, and with ``verify`` comparing
+outputs -> drop the intermediate shapes the passes inferred (``graph.drop_intermediate_shapes``:
+they make onnxruntime pick slower fusions) -> save atomically -> write the report. One
+session per model serves its run check, the exact-pass comparison and ``--verify``. Under
+``verify`` each pass is held to its declared tolerance against the model it was given (a
+lossy earlier pass does not fail a later one); the report shows every stage against the
+original. The input file is only read; a failure anywhere leaves no output file.
 """
 
 from __future__ import annotations
@@ -182,7 +182,8 @@ def _input_run(session, model: onnx.ModelProto, ctx: Context, report: Report, wh
         report.note(f"models not run on sample inputs after each pass (no sample inputs: {exc})")
         return None, None
     if ctx.data is not None:
-        return feeds, run_checked(session, feeds, None, model, what=what, source=f"the first rows of {ctx.data.source}")
+        return feeds, run_checked(session, feeds, None, model, what=what,
+                                  source=f"the first rows of {ctx.data.source}")
     try:
         return feeds, run_checked(session, feeds, None, model, what=what, source="synthetic sample inputs")
     except GraphcError as exc:

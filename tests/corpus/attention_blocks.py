@@ -44,8 +44,9 @@ def _fused_qkv_model() -> onnx.ModelProto:
     ]
     for i, part in enumerate("qkv"):
         nodes += [
-            oh.make_node("Slice", ["qkv_t", const(f"{part}.start", [i], np.int64), const(f"{part}.end", [i + 1], np.int64),
-                                   const(f"{part}.axes", [0], np.int64)], [f"{part}_s"], name=f"{part}.Slice"),
+            oh.make_node("Slice", ["qkv_t", const(f"{part}.start", [i], np.int64),
+                                   const(f"{part}.end", [i + 1], np.int64), const(f"{part}.axes", [0], np.int64)],
+                         [f"{part}_s"], name=f"{part}.Slice"),
             oh.make_node("Squeeze", [f"{part}_s"], [part], axes=[0], name=f"{part}.Squeeze"),  # opset 12: attribute
         ]
     nodes += [
