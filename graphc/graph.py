@@ -379,15 +379,19 @@ def fold_constants(graph: gs.Graph, size_threshold: int | None = None,
       would store a copy of an outer weight in that body, once per body that reads it (both
       branches of an If each got one); the weight stays one outer initializer;
     - nodes for which ``exclude`` is true are not folded either (in bodies too: graphsurgeon
-      does not pass its ``should_exclude_node`` down).
+      does not pass its ``should_exclude_node`` down);
+    - ``flatten_subgraphs``: an If whose condition folds to a constant is replaced by its
+      branch with ``graphc.subgraphs.flatten_constant_ifs`` (graphsurgeon's own flattening
+      loses all but the first output of an If whose outputs one node produces).
     """
     from graphc.ops import NON_TENSOR_OPS
+    from graphc.subgraphs import flatten_constant_ifs
 
     def fold_scope(scope: gs.Graph, blocked: frozenset[str]) -> None:
         pairs = split_bounded_shapes(scope)
         scope.fold_constants(
             fold_shapes=True, size_threshold=size_threshold, error_ok=True, recurse_subgraphs=False,
-            flatten_subgraphs=flatten_subgraphs,
+            flatten_subgraphs=False,
             should_exclude_node=lambda node: (node.op in NON_TENSOR_OPS or bool(exclude and exclude(node))
                                               or any(t.name in blocked for t in node.inputs)))
         scope.cleanup(remove_unused_graph_inputs=False)
@@ -397,6 +401,8 @@ def fold_constants(graph: gs.Graph, size_threshold: int | None = None,
                 fold_scope(sub, _outer_weights(graph, sub))
 
     fold_scope(graph, frozenset())
+    if flatten_subgraphs:
+        flatten_constant_ifs(graph)
     graph.cleanup(remove_unused_graph_inputs=False)
     return graph
 
