@@ -12,6 +12,7 @@ pass must then write a model that runs and matches those references, or refuse i
 
 from __future__ import annotations
 
+import collections
 import functools
 import pathlib
 import warnings
@@ -142,3 +143,34 @@ def sample(per_op: int = 1) -> list[str]:
         if len(names) < per_op and onnxruntime_conforms(c.name):
             names.append(c.name)
     return sorted(n for names in chosen.values() for n in names)
+
+
+def tally(passes: str, directory: pathlib.Path) -> tuple[collections.Counter, dict[str, list[str]]]:
+    """Outcome counts of ``passes`` on every conforming case, and the cases per refusal line
+    (first 120 characters, case-specific paths cut)."""
+    import re
+
+    counts: collections.Counter = collections.Counter()
+    reasons: dict[str, list[str]] = {}
+    for c in all_cases():
+        if not onnxruntime_conforms(c.name):
+            continue
+        result = outcome(c, passes, directory)
+        kind = result.split(":")[0]
+        counts[kind] += 1
+        if kind != "exact":
+            line = re.sub(r"\S*/\S*\.onnx\S*", "M", result)[:120]
+            reasons.setdefault(line, []).append(c.name)
+    return counts, reasons
+
+
+if __name__ == "__main__":  # python -m tests.conformance.suite fold prune:0.3 fold,int8
+    import sys
+    import tempfile
+
+    for spec in sys.argv[1:] or ["fold", "prune:0.3", "fold,int8"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            counts, reasons = tally(spec, pathlib.Path(tmp))
+        print(f"{spec}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), flush=True)
+        for line, names in sorted(reasons.items(), key=lambda kv: -len(kv[1])):
+            print(f"  {len(names):4d}  {line}  (e.g. {names[0]})", flush=True)

@@ -5,16 +5,15 @@ chunk by chunk and read back through memory maps, so the test process itself sta
 
 from __future__ import annotations
 
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import onnx
 import onnx.helper as oh
 import onnxruntime as ort
 import pytest
+
+from tests import run_graphc_measured
 
 pytestmark = pytest.mark.slow
 
@@ -70,12 +69,7 @@ def _weights(path: pathlib.Path) -> dict[str, np.ndarray]:
 
 def _graphc(*argv) -> tuple[int, str, int]:
     """(exit code, stderr, peak RSS in bytes) of one graphc run."""
-    proc = subprocess.Popen([sys.executable, "-m", "graphc", *map(str, argv)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    stderr = proc.stderr.read()
-    proc.stderr.close()
-    _, status, usage = os.wait4(proc.pid, 0)
-    return os.waitstatus_to_exitcode(status), stderr, usage.ru_maxrss * 1024
+    return run_graphc_measured(argv, timeout=3000)
 
 
 @pytest.fixture(scope="module")
