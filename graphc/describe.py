@@ -34,6 +34,17 @@ def describe(model: onnx.ModelProto, path: pathlib.Path, shapes: Mapping[str, tu
     }
 
 
+def _uncounted(info: dict) -> str:
+    """Why MACs are missing, pointing at ``--shape`` (empty when every compute node counted)."""
+    uncounted = info["uncounted_nodes"]
+    if not uncounted:
+        return ""
+    if info.get("macs_unknown"):
+        return f"; {len(uncounted)} compute nodes not counted: {info['macs_unknown']}"
+    return (f"; {len(uncounted)} compute nodes not counted (unknown shapes: concrete input shapes with "
+            f"--shape NAME=DxD... may resolve them)")
+
+
 def render(info: dict) -> str:
     lines = [f"model: {info['model']}",
              f"ir_version {info['ir_version']}, opsets: "
@@ -44,9 +55,8 @@ def render(info: dict) -> str:
         lines += [f"  {v['name']}: {v['dtype']} {v['shape']}" for v in info[kind]]
     lines.append(f"params: {info['params']:,} ({human(info['params'])})")
     lines.append(f"size: {human_bytes(info['size_bytes'])} ({info['size_bytes']:,} bytes)")
-    uncounted = info["uncounted_nodes"]
-    lines.append(f"MACs (one batch): {info['macs']:,} ({human(info['macs'])})"
-                 + (f"; {len(uncounted)} compute nodes not counted (unknown shapes)" if uncounted else ""))
+    lines.append(f"MACs (one batch): {info['macs']:,} ({human(info['macs'])}){_uncounted(info)}")
+    lines += [f"  {note}" for note in info["macs_notes"]]
     rows = [["op", "count", "MACs", "share"]]
     total = info["macs"] or 1
     for op, count in info["ops"].items():

@@ -33,7 +33,7 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
 
 def to_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     """Export ``graph`` as a model carrying ``template``'s model-level fields."""
-    model = gs.export_onnx(graph, do_type_check=True)
+    model = export_model(graph, do_type_check=True)
     model.ir_version = template.ir_version
     if template.ir_version < 4:  # IR 3: every initializer must also be a graph input
         listed = {i.name for i in model.graph.input}
@@ -45,6 +45,85 @@ def to_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     del model.metadata_props[:]
     model.metadata_props.extend(template.metadata_props)
     return model
+
+
+def export_model(graph: gs.Graph, do_type_check: bool = True) -> onnx.ModelProto:
+    """``gs.export_onnx`` with each constant stored once.
+
+    graphsurgeon writes a constant as an initializer of every graph whose nodes read it, so a
+    weight read inside both branches of an If (or in a body and outside it) would be written
+    twice or more. Here a constant read by nodes of several graphs is kept only in the lowest
+    graph that encloses all of them (its readers see it as an outer-scope value) and dropped
+    from the graphs below that one.
+    """
+    model = gs.export_onnx(graph, do_type_check=do_type_check)
+    scopes = list(graph_scopes(graph))
+    if len(scopes) == 1:
+        return model
+    protos = {id(graph): model.graph}
+    _pair_subgraph_protos(graph, model.graph, protos)
+    parents = {id(sub): parent for sub, parent in scopes}
+    readers: dict[int, tuple[gs.Constant, list[gs.Graph]]] = {}
+    for scope, _ in scopes:
+        for tensor in {id(t): t for node in scope.nodes for t in node.inputs if isinstance(t, gs.Constant)}.values():
+            readers.setdefault(id(tensor), (tensor, []))[1].append(scope)
+    for tensor, graphs in readers.values():
+        if len(graphs) > 1:
+            _move_initializer(tensor.name, [protos[id(g)] for g in graphs],
+                              protos[id(_enclosing_scope(graphs, parents))])
+    return model
+
+
+def _move_initializer(name: str, sources: Sequence[onnx.GraphProto], home: onnx.GraphProto) -> None:
+    """Drop initializer ``name`` from every graph in ``sources`` but ``home``; ``home`` holds
+    one copy."""
+    kept = next((t for t in home.initializer if t.name == name), None)
+    for proto in sources:
+        if proto is home:
+            continue
+        index = next((i for i, t in enumerate(proto.initializer) if t.name == name), None)
+        if index is None:
+            continue
+        if kept is None:
+            kept = home.initializer.add()
+            kept.CopyFrom(proto.initializer[index])
+        del proto.initializer[index]
+
+
+def graph_scopes(graph: gs.Graph, parent: gs.Graph | None = None) -> Iterator[tuple[gs.Graph, gs.Graph | None]]:
+    """``graph`` and every subgraph below it (If branches, Loop/Scan bodies), each with the
+    graph that holds its node (None for ``graph``), outer graphs first."""
+    yield graph, parent
+    for node in graph.nodes:
+        for sub in node.subgraphs():
+            yield from graph_scopes(sub, graph)
+
+
+def _pair_subgraph_protos(graph: gs.Graph, proto: onnx.GraphProto, protos: dict[int, onnx.GraphProto]) -> None:
+    """Map each subgraph of ``graph`` to its exported GraphProto (nodes are exported in order,
+    attributes by name)."""
+    for node, node_proto in zip(graph.nodes, proto.node):
+        attributes = {a.name: a for a in node_proto.attribute}
+        for key, value in node.attrs.items():
+            if isinstance(value, gs.Graph) and key in attributes:
+                protos[id(value)] = attributes[key].g
+                _pair_subgraph_protos(value, attributes[key].g, protos)
+
+
+def _enclosing_scope(graphs: Sequence[gs.Graph], parents: Mapping[int, gs.Graph | None]) -> gs.Graph:
+    """The lowest graph that is, or encloses, every graph in ``graphs``."""
+    def chain(scope):
+        out = []
+        while scope is not None:
+            out.append(scope)
+            scope = parents[id(scope)]
+        return out
+
+    common = chain(graphs[0])
+    for scope in graphs[1:]:
+        ids = {id(g) for g in chain(scope)}
+        common = [g for g in common if id(g) in ids]
+    return common[0]
 
 
 def model_header(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -199,7 +278,7 @@ def skeleton(source: gs.Graph | onnx.ModelProto, inputs: Mapping[str, Sequence[i
         protos = [(t, p) for t in source.tensors().values() if isinstance(t, gs.Constant)
                   for p in [_valueless(t)] if p is not None]
         with constants_as_protos(protos):
-            model = gs.export_onnx(source, do_type_check=False)
+            model = export_model(source, do_type_check=False)
     else:
         from graphc.model_io import copy_fields, tensor_nbytes
 
@@ -286,8 +365,8 @@ def join_bounded_shapes(graph: gs.Graph, pairs: list[tuple[gs.Node, gs.Node]]) -
 def fold_constants(graph: gs.Graph, size_threshold: int | None = None,
                    exclude: Callable[[gs.Node], bool] | None = None, flatten_subgraphs: bool = False) -> gs.Graph:
     """onnx-graphsurgeon's ``fold_constants`` (shapes included, errors tolerated) made exact
-    on what it gets wrong, then ``cleanup``; returns ``graph``. Top-level nodes only are
-    split (a bounded Shape inside an If/Loop body is not).
+    on what it gets wrong, in ``graph`` and then in every If/Loop/Scan body (outer graphs first,
+    as graphsurgeon does), then ``cleanup``; returns ``graph``.
 
     - graphsurgeon's shape folding (0.6.1) reads a ``Shape`` node as the whole shape and
       ignores its ``start``/``end`` (opset 15+): such a Shape is split into a whole ``Shape``
@@ -295,14 +374,69 @@ def fold_constants(graph: gs.Graph, size_threshold: int | None = None,
       bounds alike, so the split is exact), and pairs left unfolded are joined back;
     - ops that make a sequence or an optional value (``graphc.ops.NON_TENSOR_OPS``) are never
       folded: graphsurgeon evaluates them to Python lists, which no initializer can hold;
-    - nodes for which ``exclude`` is true are not folded either.
+    - a node inside a body is not folded when it reads an outer-scope tensor of more than
+      ``SMALL_TENSOR_BYTES`` (or of unknown size, unless an integer: shape data): folding
+      would store a copy of an outer weight in that body, once per body that reads it (both
+      branches of an If each got one); the weight stays one outer initializer;
+    - nodes for which ``exclude`` is true are not folded either (in bodies too: graphsurgeon
+      does not pass its ``should_exclude_node`` down);
+    - ``flatten_subgraphs``: an If whose condition folds to a constant is replaced by its
+      branch with ``graphc.subgraphs.flatten_constant_ifs`` (graphsurgeon's own flattening
+      loses all but the first output of an If whose outputs one node produces).
     """
     from graphc.ops import NON_TENSOR_OPS
+    from graphc.subgraphs import flatten_constant_ifs
 
-    pairs = split_bounded_shapes(graph)
-    graph.fold_constants(fold_shapes=True, size_threshold=size_threshold, error_ok=True,
-                         flatten_subgraphs=flatten_subgraphs,
-                         should_exclude_node=lambda node: node.op in NON_TENSOR_OPS or bool(exclude and exclude(node)))
+    def fold_scope(scope: gs.Graph, blocked: frozenset[str]) -> None:
+        pairs = split_bounded_shapes(scope)
+        scope.fold_constants(
+            fold_shapes=True, size_threshold=size_threshold, error_ok=True, recurse_subgraphs=False,
+            flatten_subgraphs=False,
+            should_exclude_node=lambda node: (node.op in NON_TENSOR_OPS or bool(exclude and exclude(node))
+                                              or any(t.name in blocked for t in node.inputs)))
+        scope.cleanup(remove_unused_graph_inputs=False)
+        join_bounded_shapes(scope, pairs)
+        for node in scope.nodes:
+            for sub in node.subgraphs():
+                fold_scope(sub, _outer_weights(graph, sub))
+
+    fold_scope(graph, frozenset())
+    if flatten_subgraphs:
+        flatten_constant_ifs(graph)
     graph.cleanup(remove_unused_graph_inputs=False)
-    join_bounded_shapes(graph, pairs)
     return graph
+
+
+def _outer_weights(root: gs.Graph, scope: gs.Graph) -> frozenset[str]:
+    """Names of the tensors ``scope``'s nodes read from an enclosing graph that are larger than
+    ``SMALL_TENSOR_BYTES`` or of unknown non-integer size (see ``fold_constants``). A constant
+    read by no graph but ``scope`` counts as ``scope``'s own (moving it inside copies nothing)."""
+    readers: dict[str, set[int]] = {}
+    for graph, _ in graph_scopes(root):
+        for node in graph.nodes:
+            for tensor in node.inputs:
+                if isinstance(tensor, gs.Constant):
+                    readers.setdefault(tensor.name, set()).add(id(graph))
+    local = {t.name for t in scope.inputs} | {t.name for node in scope.nodes for t in node.outputs}
+    blocked = set()
+    for node in scope.nodes:
+        for tensor in node.inputs:
+            if tensor.is_empty() or tensor.name in local or readers.get(tensor.name) == {id(scope)}:
+                continue
+            if _maybe_large(tensor):
+                blocked.add(tensor.name)
+    return frozenset(blocked)
+
+
+def _maybe_large(tensor: gs.Tensor) -> bool:
+    """More than ``SMALL_TENSOR_BYTES``, or of unknown size and not an integer tensor."""
+    if isinstance(tensor, gs.Constant):
+        shape, dtype = tensor.shape, tensor.dtype
+    else:
+        constant = tensor.inputs[0].attrs.get("value") if len(tensor.inputs) == 1 and \
+            tensor.inputs[0].op == "Constant" else None
+        shape, dtype = (constant.shape, constant.dtype) if isinstance(constant, gs.Constant) \
+            else (tensor.shape, tensor.dtype)
+    if dtype is None or shape is None or any(not isinstance(d, int) for d in shape):
+        return dtype is None or not np.issubdtype(np.dtype(dtype), np.integer)
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize > SMALL_TENSOR_BYTES

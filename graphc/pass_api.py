@@ -14,7 +14,9 @@ A pass declares, as class attributes:
   section, so the driver never names a pass;
 - ``exact``: True for a pass that must not change outputs (beyond float rounding): the
   pipeline then runs its input and output models on two sample rows after it, ``--verify``
-  or not, and a change beyond ``tolerance()`` is a bug in graphc (exit 1).
+  or not, and a change beyond ``tolerance()`` is a bug in graphc (exit 1);
+- ``min_opset``: the lowest default-domain opset the pass rewrites (0: any); the pipeline
+  converts an older model first where that is exact, else refuses it (``graphc.opsets``).
 
 It implements ``tolerance()`` (what ``--verify`` holds it to, ``graphc.verify.Tolerance``),
 ``check(ctx)`` (preconditions on the context, before any pass runs) and ``run(graph, ctx)``.
@@ -76,6 +78,7 @@ class Pass(abc.ABC):
     must_run_after: ClassVar[Mapping[str, str]] = {}
     inspect: ClassVar[InspectSection | None] = None
     exact: ClassVar[bool] = False
+    min_opset: ClassVar[int] = 0
 
     def __init__(self, options: Any = None):
         self.options = options if options is not None else self.Options()

@@ -3,12 +3,20 @@
 Order of work, so that bad input fails before anything expensive runs:
 parse ``--passes`` and build the pass objects -> refuse an output path that is the input ->
 load and check the model (onnxruntime must open it) -> load and validate every data source
-against the model's inputs -> each pass's ``check`` -> run the passes with a progress bar,
-checking (and with ``verify`` comparing outputs) after each -> drop the intermediate shapes the
-passes inferred (``graph.drop_intermediate_shapes``: they make onnxruntime pick slower fusions)
--> save atomically -> write the report. Under ``verify`` each pass is held to its declared tolerance against the model it was
-given (a lossy earlier pass does not fail a later one); the report shows every stage against
-the original. The input file is only read; a failure anywhere leaves no output file.
+against the model's inputs (dims ``--shape`` leaves open come from the first batch of
+``--data``) -> convert a model older than the passes' ``min_opset`` where that is exact, else
+refuse it (``graphc.opsets``; the converted model is the original from then on) -> each
+pass's ``check`` -> one run of the input model on the sample inputs (``graphc.checks``;
+failing on ``--data`` is bad input; on synthetic inputs it turns the run check off, with a
+note) -> run the passes with a progress bar, checking each result (``graphc.checks``: valid,
+opens, runs once on the same sample inputs; a failure is a bug, exit 1), an exact pass
+compared with its input model on them, and with ``verify`` comparing outputs -> drop the
+intermediate shapes the passes inferred (``graph.drop_intermediate_shapes``: they make
+onnxruntime pick slower fusions) -> save atomically -> write the report. One session per
+model serves its run check, the exact-pass comparison and ``--verify``. Under ``verify``
+each pass is held to its declared tolerance against the model it was given (a lossy earlier
+pass does not fail a later one); the report shows every stage against the original. The
+input file is only read; a failure anywhere leaves no output file.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from graphc.checks import BrokenModelError, check_input, check_model
+from graphc.checks import BrokenModelError, check_input, check_model, run_checked
 from graphc.context import Context
 from graphc.data import (Dataset, check_shape_overrides, check_unbatched_agree, load_dataset, model_signature,
                          output_batch_axes, output_names)
@@ -29,6 +37,7 @@ from graphc.errors import GraphcError
 from graphc.graph import drop_intermediate_shapes, model_header, to_graph, to_model
 from graphc.metrics import check_metric, evaluate
 from graphc.model_io import check_output_paths, file_size, load_model, same_file, save_model
+from graphc.opsets import meet_min_opset
 from graphc.pass_api import check_order, result_graph
 from graphc.passes import build_passes
 from graphc.report import PassReport, Report
@@ -73,7 +82,20 @@ def build_context(request: OptimizeRequest, model: onnx.ModelProto, report: Repo
         raise GraphcError("--eval-data and --metric go together: give both or neither")
     if ctx.metric is not None:
         check_metric(ctx.metric, ctx.eval_data, has_reference=True)
+    ctx.shapes = {**shapes_from_data(ctx.data, signature), **request.shapes}
     return ctx
+
+
+def shapes_from_data(data: Dataset | None, signature) -> dict[str, tuple[int, ...]]:
+    """The input shapes of one batch of ``data`` (a row, or the model's fixed batch): with
+    ``--data`` the dims the model leaves open are known without ``--shape`` (inputs of
+    unknown rank, and 0-d ones, are left out)."""
+    if data is None:
+        return {}
+    feeds, _ = next(data.batches(1))
+    ranks = {spec.name: len(spec.shape) for spec in signature}
+    return {name: tuple(array.shape) for name, array in feeds.items()
+            if array.ndim and ranks.get(name) == array.ndim}
 
 
 def optimize(request: OptimizeRequest) -> Report:
@@ -87,19 +109,24 @@ def optimize(request: OptimizeRequest) -> Report:
                         "--eval-data": request.eval_data})
     original = load_model(request.model)
     check_shape_overrides(model_signature(original, request.batch_axes), request.shapes)
-    check_input(original, str(request.model))
-    before = model_stats(original, request.shapes, size_bytes=file_size(request.model))
-    report = Report(model=str(request.model), before=before, output=str(request.output))
+    session = check_input(original, str(request.model), request.threads)
+    report = Report(model=str(request.model), before=None, output=str(request.output))  # before: once shapes are known
     ctx = build_context(request, original, report)
+    report.before = model_stats(original, ctx.shapes, size_bytes=file_size(request.model))
+    # converted only where outputs stay bit-equal, so the input session's outputs still stand for it
+    ctx.original = original = meet_min_opset(
+        original, passes, str(request.model), sample=lambda: next(ctx.sample_data(CHECK_ROWS).batches(CHECK_ROWS))[0],
+        run=lambda model, feeds: run_session(open_session(model, request.threads), feeds), note=report.note)
     for p in passes:
         p.check(ctx)
 
     names = output_names(original)
+    check_feeds, checked = _input_run(session, original, ctx, report, str(request.model))
     sample = ctx.sample_data() if request.verify else None
-    exact_sample = _exact_sample(ctx, report) if sample is None and any(p.exact for p in passes) else None
     out_axes = output_batch_axes(original)
-    reference = _outputs(open_session(original, request.threads), sample, out_axes) if sample else None
+    reference = _outputs(session, sample, out_axes) if sample else None
     previous = reference  # a pass is held to its tolerance against its own input model
+    session = None
 
     current = original
     bar = tqdm(passes, desc="graphc", unit="pass", disable=not request.progress, leave=False)
@@ -108,24 +135,25 @@ def optimize(request: OptimizeRequest) -> Report:
         bar.set_postfix_str(spec_text)
         start = time.perf_counter()
         template = model_header(current)
-        exact_reference = _exact_reference(current, exact_sample, spec_text, report, request.threads) \
-            if p.exact and exact_sample is not None else None
         graph = to_graph(current)
         current = None  # the graph holds what it needs: no second copy of the weights during the pass
         result = p.run(graph, ctx)
         candidate = to_model(result_graph(p, graph, result), template)
         seconds = time.perf_counter() - start
-        check_model(candidate, after=f"pass {spec_text}")
-        if exact_reference is not None:
-            _check_exact(spec_text, p.tolerance(), names, exact_reference,
-                         run_session(open_session(candidate, request.threads), _exact_feeds(exact_sample)), out_axes)
+        session = check_model(candidate, after=f"pass {spec_text}", threads=request.threads)
+        if check_feeds is not None:
+            outputs = run_checked(session, check_feeds, f"pass {spec_text}", candidate)
+            if p.exact:
+                _check_exact(spec_text, p.tolerance(), names, checked, outputs, out_axes)
+            checked = outputs
         verify = None
         if sample is not None:
-            outputs = _outputs(open_session(candidate, request.threads), sample, out_axes)
+            outputs = _outputs(session, sample, out_axes)
             enforce(spec_text, p.tolerance(), compare(names, previous, outputs, out_axes))
             verify, previous = compare(names, reference, outputs, out_axes), outputs
+        session = None
         report.passes.append(PassReport(p.name, spec_text, seconds, result.changed, result.stats,
-                                        model_stats(candidate, request.shapes), verify, result.details))
+                                        model_stats(candidate, ctx.shapes), verify, result.details))
         current = candidate
 
     drop_intermediate_shapes(current)  # written as exported: see drop_intermediate_shapes
@@ -150,32 +178,29 @@ def optimize(request: OptimizeRequest) -> Report:
     return report
 
 
-EXACT_ROWS = 2
+CHECK_ROWS = 2  # rows of the run check after every pass (and of the exact-pass comparison)
 
 
-def _exact_sample(ctx: Context, report: Report) -> Dataset | None:
-    """The rows an exact pass is checked on without --verify (None, with a note, if none)."""
+def _input_run(session, model: onnx.ModelProto, ctx: Context, report: Report, what: str):
+    """(the inputs of the run check, the input model's outputs on them), or (None, None) with
+    a note when there are none. The inputs are the first batch of ``CHECK_ROWS`` rows of
+    ``--data``: the input model failing on the user's data is bad input (exit 2). Without
+    data they are synthetic, and an input model that cannot run on them (an integer Div by
+    the zeros drawn, an Expand to a drawn shape) is not the user's fault: the note says so,
+    and ``--data`` turns the check on."""
     try:
-        return ctx.sample_data(EXACT_ROWS)
+        feeds = next(ctx.sample_data(CHECK_ROWS).batches(CHECK_ROWS))[0]
     except GraphcError as exc:
-        report.note(f"exact passes not checked on sample inputs: {exc}")
-        return None
-
-
-def _exact_reference(model: onnx.ModelProto, sample: Dataset, spec_text: str, report: Report,
-                     threads: int | None) -> list | None:
-    """The outputs of an exact pass's input model on ``sample`` (None, with a note, if the
-    model cannot run on them)."""
+        report.note(f"models not run on sample inputs after each pass (no sample inputs: {exc})")
+        return None, None
+    if ctx.data is not None:
+        return feeds, run_checked(session, feeds, None, model, what=what,
+                                  source=f"the first rows of {ctx.data.source}")
     try:
-        return run_session(open_session(model, threads), _exact_feeds(sample))
+        return feeds, run_checked(session, feeds, None, model, what=what, source="synthetic sample inputs")
     except GraphcError as exc:
-        report.note(f"pass {spec_text}: not checked on sample inputs, the input model does not run on them: {exc}")
-        return None
-
-
-def _exact_feeds(sample: Dataset) -> dict:
-    """One run's inputs: the first batch (an input's first axis need not be a batch)."""
-    return next(sample.batches(EXACT_ROWS))[0]
+        report.note(f"models not run on sample inputs after each pass ({exc}; give --data)")
+        return None, None
 
 
 def _check_exact(spec_text: str, tolerance, names, before: list, after: list, axes=None) -> None:
@@ -189,7 +214,7 @@ def _check_exact(spec_text: str, tolerance, names, before: list, after: list, ax
             raise GraphcError("--verify: a non-numeric output changed")
         enforce(spec_text, tolerance, compare(names, before, after, axes))
     except GraphcError as exc:
-        raise BrokenModelError(f"pass {spec_text} is exact but changed the outputs on {EXACT_ROWS} sample rows "
+        raise BrokenModelError(f"pass {spec_text} is exact but changed the outputs on {CHECK_ROWS} sample rows "
                                f"({str(exc).removeprefix('--verify: ')})") from None
 
 

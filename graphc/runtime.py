@@ -55,8 +55,9 @@ def session_options(threads: int | None = None, spinning: bool = True,
     block instead of spin-waiting after a run; benchmarks that interleave several sessions
     need it, else the pools of the sessions that just ran keep the cores busy (measured on
     2 cores with 7 interleaved CNN sessions: FP32 batch-32 p50 22 ms spinning, 3.5 ms not).
-    ``optimized=False``: no onnxruntime graph optimizations, for probes that only look at
-    values or shapes (onnxruntime 1.32 aborts the process optimizing some QDQ models with
+    ``optimized=False``: no onnxruntime graph optimizations: a run error names the model's own
+    node (onnxruntime's fused and re-laid-out nodes carry other names), and probes that only
+    look at values or shapes avoid an onnxruntime 1.32 abort (optimizing some QDQ models with
     If subgraphs once their input shapes are fixed: silero-vad-op15 after fold,int8)."""
     options = ort.SessionOptions()
     options.log_severity_level = 4

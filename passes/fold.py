@@ -12,7 +12,9 @@ Rewrite rules, in order:
 3. Constant subgraphs are evaluated with onnxruntime and replaced by initializers
    (``graphc.graph.fold_constants``: onnx-graphsurgeon's, shape subgraphs included, with
    its rules for bounded ``Shape`` nodes and sequences), unless a folded tensor would exceed
-   ``size_threshold`` bytes.
+   ``size_threshold`` bytes; inside If/Loop/Scan bodies too, except nodes that read an outer
+   weight (folding would copy it into every body that reads it: it stays one outer
+   initializer, written once, ``graphc.graph.export_model``).
 4. A BatchNormalization in inference mode whose input is produced only for it by a Conv,
    ConvTranspose or Gemm with constant weights is folded into that node's weights and bias;
    after a MatMul with a constant 2-D weight and a rank-2 output (the BN channel axis is then

@@ -17,3 +17,33 @@ def assert_one_line_error(run, pattern):
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
     assert re.search(pattern, lines[0]), lines[0]
+
+
+_MEASURED_LAUNCH = """
+import runpy, sys
+sys.argv = ["graphc", *sys.argv[2:]]
+try:
+    runpy.run_module("graphc", run_name="__main__", alter_sys=True)
+finally:
+    status = open("/proc/self/status").read()
+    open(REPORT, "w").write(status)
+"""
+
+
+def run_graphc_measured(argv, timeout=600):
+    """Run ``python -m graphc *argv``; (exit code, stderr, peak RSS in bytes of that process).
+
+    The peak is the process's own ``VmHWM``, read by itself as it exits: not ``ru_maxrss``
+    from ``wait4``, which on Linux keeps the RSS the process had before ``exec`` (the forked
+    copy of a test process that may hold gigabytes)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("r", suffix=".status") as report:
+        code = _MEASURED_LAUNCH.replace("REPORT", repr(report.name))
+        run = subprocess.run([sys.executable, "-c", code, "--", *map(str, argv)], capture_output=True, text=True,
+                             timeout=timeout)
+        status = open(report.name).read()
+    peak_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+    return run.returncode, run.stderr, peak_kb * 1024

@@ -41,7 +41,7 @@ from graphc.model_io import load_model
 from graphc.pass_api import Pass, PassResult
 from graphc.spec import Globs, normalise_globs
 from graphc.passes.distill import run as distill_run
-from graphc.passes.distill.checks import check_freeze, check_mask, check_shapes, check_trainable, layer_tensors
+from graphc.passes.distill.checks import OPSET_RANGE, check_freeze, check_mask, check_shapes, check_trainable, layer_tensors
 from graphc.verify import Tolerance
 
 
@@ -86,6 +86,7 @@ class DistillPass(Pass):
     Options = DistillOptions
     main_option = "epochs"
     in_place = True
+    min_opset = OPSET_RANGE[0]  # older models are converted first where exact (graphc.opsets)
     must_run_before = {"int8": "distill cannot train through the Q/DQ nodes int8 inserts (they have no gradient); "
                                "put int8 after distill, e.g. --passes prune,distill,int8"}
 

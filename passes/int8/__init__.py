@@ -24,11 +24,15 @@ that applies it:
     ``activation_chains``
 11. layers measured slower in INT8 stay FP32 (``speed_guard``, target=ort): ``speed_guard``
 
-``rewrite`` applies rules 2-6 and 9 to a plan; ``types`` gives the graph's variables their
+``rewrite`` applies rules 2-6, 9 and 10 to a plan; ``types`` gives the graph's variables their
 dtypes (shape inference on a weight-free skeleton); ``inspect`` is ``graphc inspect --quant``.
 
-Refuses to touch: nodes in subgraphs, weights that are not constants, integer or float16
-graphs. Opset 13 or newer is required (per-axis Q/DQ).
+Refuses to touch: nodes in subgraphs (If/Loop/Scan bodies: their activations cannot be
+calibrated, the tensor tap reads top-level tensors only; the report says how many compute
+nodes stay FP32 there), weights that are not constants, integer or float16 graphs. A model
+that is already quantized keeps its Q/DQ and QOperator nodes as they are: only float compute
+nodes left in it are quantized, and the report says how many quantized nodes it kept. Opset 13 or newer is required (per-axis Q/DQ): the pipeline converts an older model
+where that is exact (``graphc.opsets``); ``run`` refuses one that reaches it unconverted.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from graphc.passes.int8.activations import QParams, activation_params
 from graphc.passes.int8.budget import budget_result
 from graphc.passes.int8.calibration import calibrate
 from graphc.passes.int8.inspect import quantization_summary, quantization_text
-from graphc.passes.int8.plan import plan_nodes, plan_stats
+from graphc.passes.int8.plan import left_alone, plan_nodes, plan_stats
 from graphc.passes.int8.rewrite import rewrite
 from graphc.passes.int8 import speed_guard
 from graphc.passes.int8.smoothing import smooth_activations
@@ -106,6 +110,7 @@ class Int8Pass(Pass):
     Options = Int8Options
     main_option = "calib"
     in_place = False
+    min_opset = MIN_OPSET
     inspect = InspectSection(
         flag="quant", key="quant", collect=lambda model, shapes: quantization_summary(model),
         render=quantization_text,
@@ -132,6 +137,7 @@ class Int8Pass(Pass):
         graph = infer_shapes(graph)
         plan = plan_nodes(graph, opts)
         stats: dict = {"target": opts.target, "weight_bits": bits, "cpu": cpu_features().describe()}
+        _note_left_alone(graph, plan, stats, ctx)
         if not plan.static and not plan.dynamic:
             stats.update(plan_stats(plan))
             return PassResult(changed=False, stats=stats, graph=graph)
@@ -164,3 +170,17 @@ class Int8Pass(Pass):
         stats.update(plan_stats(plan))
         stats.update(rewrite_stats)
         return PassResult(changed=True, stats=stats, graph=graph, details=details)
+
+
+def _note_left_alone(graph: gs.Graph, plan, stats: dict, ctx) -> None:
+    """Report the quantized nodes kept and the subgraph compute nodes left FP32 (``left_alone``)."""
+    counts = left_alone(graph)
+    floats = len(plan.static) + len(plan.dynamic)
+    if counts["prequantized_nodes"]:
+        stats["prequantized_nodes_kept"] = counts["prequantized_nodes"]
+        ctx.report.note(f"int8: the model is already quantized: {counts['prequantized_nodes']} quantized nodes "
+                        f"(Q/DQ, QOperator) kept as they are; {floats} float compute nodes left to quantize")
+    if counts["subgraph_compute_nodes"]:
+        stats["subgraph_compute_nodes_fp32"] = counts["subgraph_compute_nodes"]
+        ctx.report.note(f"int8: {counts['subgraph_compute_nodes']} compute nodes inside If/Loop/Scan bodies left "
+                        f"FP32 (their activations cannot be calibrated: the tensor tap reads top-level tensors only)")

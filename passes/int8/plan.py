@@ -28,7 +28,9 @@ import onnx_graphsurgeon as gs
 
 from graphc.errors import GraphcError
 from graphc.graph import constant_values
-from graphc.ops import CONV_OPS, WEIGHTED_OPS
+from graphc.ops import CONV_OPS, QUANTIZED_OPS, WEIGHTED_OPS
+
+RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})  # compute nodes rule 1 does not quantize either
 
 if TYPE_CHECKING:
     from graphc.passes.int8 import Int8Options
@@ -52,7 +54,9 @@ def refusal(node: gs.Node) -> str | None:
         return "no weight input"
     weight = constant_values(node.inputs[1])
     if weight is None:
-        return "weight is not a constant"
+        source = node.inputs[1].inputs[0].op if len(node.inputs[1].inputs) == 1 else None
+        return "already quantized (its weight is a DequantizeLinear output)" if source == "DequantizeLinear" \
+            else "weight is not a constant"
     weight = np.asarray(weight)
     if weight.dtype != np.float32:
         return f"weight dtype {weight.dtype}"
@@ -102,6 +106,16 @@ def plan_nodes(graph: gs.Graph, opts: Int8Options, keep: frozenset[str] | Mappin
         raise GraphcError(f"int8:exclude pattern {unused[0]!r} matches no Conv/ConvTranspose/Gemm/MatMul "
                           f"node name or op type")
     return plan
+
+
+def left_alone(graph: gs.Graph) -> dict:
+    """What rule 1 never sees: quantized nodes already in the graph (QOperator ops such as
+    QLinearConv/MatMulInteger, Q/DQ pairs) and compute nodes inside If/Loop/Scan bodies (their
+    activations cannot be calibrated: the tensor tap reads top-level tensors only)."""
+    counts = {"prequantized_nodes": sum(1 for n in graph.nodes if n.op in QUANTIZED_OPS or n.op.startswith("QLinear"))}
+    counts["subgraph_compute_nodes"] = sum(1 for node in graph.nodes for sub in node.subgraphs(recursive=True)
+                                           for n in sub.nodes if n.op in WEIGHTED_OPS or n.op in RECURRENT_OPS)
+    return counts
 
 
 def plan_stats(plan: NodePlan) -> dict:

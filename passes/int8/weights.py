@@ -56,18 +56,44 @@ def weight_axis(node: gs.Node, weight: np.ndarray) -> int | None:
     return weight.ndim - 1  # MatMul [K, N]
 
 
+QUANTIZE_CHUNK_ELEMENTS = 2**22  # float64 work arrays of 32 MB: the peak is the weight and its int8 copy
+
+
+def _chunks(length: int, per_item: int):
+    step = max(1, QUANTIZE_CHUNK_ELEMENTS // max(per_item, 1))
+    return (slice(start, min(start + step, length)) for start in range(0, length, step))
+
+
 def quantize_weight(weight: np.ndarray, axis: int | None, qmax: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rule 2: symmetric s8 weight and its scale (per ``axis``, or one scale)."""
-    w = np.asarray(weight, dtype=np.float64)
+    """Rule 2: symmetric s8 weight and its scale (per ``axis``, or one scale). Computed in
+    float64, a block of the leading axis at a time, so a weight of several GB needs no
+    float64 copy of itself (the blocks give the same values as the whole)."""
+    w = np.asarray(weight)
+    if w.ndim == 0 or w.size == 0:
+        peak = np.abs(w.astype(np.float64)).max() if w.size else 0.0
+        scale = np.where(peak > 0, peak / qmax, 1.0)
+        q = np.clip(np.round(w.astype(np.float64) / scale), -qmax, qmax).astype(np.int8)
+        return q, np.asarray(scale, dtype=np.float32)
+    per_row = w[0].size
     if axis is None:
-        peak = np.array(np.abs(w).max() if w.size else 0.0)
+        peak = np.array(max(np.abs(w[rows].astype(np.float64)).max() for rows in _chunks(len(w), per_row)))
     else:
-        peak = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1)
+        peak = np.zeros(w.shape[axis], dtype=np.float64)
+        for rows in _chunks(len(w), per_row):
+            block = np.abs(w[rows].astype(np.float64))
+            if axis == 0:
+                peak[rows] = block.reshape(block.shape[0], -1).max(axis=1)
+            else:
+                np.maximum(peak, np.moveaxis(block, axis, 0).reshape(w.shape[axis], -1).max(axis=1), out=peak)
     scale = np.where(peak > 0, peak / qmax, 1.0)
     shape = [1] * w.ndim
     if axis is not None:
         shape[axis] = -1
-    q = np.clip(np.round(w / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
+    divisor = scale.reshape(shape)
+    q = np.empty(w.shape, dtype=np.int8)
+    for rows in _chunks(len(w), per_row):
+        part = divisor[rows] if axis == 0 else divisor
+        q[rows] = np.clip(np.round(w[rows].astype(np.float64) / part), -qmax, qmax)
     return q, scale.astype(np.float32)
 
 

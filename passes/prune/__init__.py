@@ -18,6 +18,10 @@ Rules (rule -> the module whose docstring states it, beside the functions that a
 5. ``recalibrate=true`` with ``--data``: BatchNormalization statistics re-estimated on the
    pruned model -> ``bn_recalibrate``.
 
+Quantized layers (a weight read through DequantizeLinear, or a QOperator op such as
+QLinearConv or MatMulInteger) are left as they are: their scales and zero points would have to
+shrink with their channels; the report says how many (``quantized_layers``).
+
 ``graphc inspect --prune-groups`` (the groups and what blocks each) -> ``inspect``.
 """
 
@@ -94,8 +98,14 @@ class PrunePass(Pass):
                               "of every group, so it would change nothing (use scope=global)")
 
     def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
+        quantized = quantized_layers(graph)
+        if quantized:
+            ctx.report.note(f"prune: {quantized} quantized layers (Q/DQ or QOperator weights) left as they are: "
+                            f"their scales and zero points would have to shrink with their channels")
         plan = plan_pruning(graph, self.options, shapes=ctx.shapes, data=ctx.data, threads=ctx.threads)
         stats = plan.stats()
+        if quantized:
+            stats["quantized_layers_kept"] = quantized
         if not plan.removed:  # the given graph is returned untouched
             ctx.report.note(plan.nothing_message())
             return PassResult(changed=False, stats=stats, graph=graph, details={"groups": plan.group_table()})
@@ -104,3 +114,24 @@ class PrunePass(Pass):
         if self.options.recalibrate:
             stats["bn_recalibrated"] = recalibrate_batchnorm(pruned, ctx.data, threads=ctx.threads)
         return PassResult(changed=True, stats=stats, graph=pruned, details={"groups": plan.group_table()})
+
+
+QOPERATOR_LAYERS = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm",
+                              "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"})
+
+
+def quantized_layers(graph: gs.Graph) -> int:
+    """Layers with quantized weights: QOperator layers, and Conv/ConvTranspose/Gemm/MatMul/Gather
+    whose weight (or table) is a DequantizeLinear output."""
+    def dequantized(tensor: gs.Tensor) -> bool:
+        return len(tensor.inputs) == 1 and tensor.inputs[0].op == "DequantizeLinear"
+
+    count = 0
+    for node in graph.nodes:
+        if node.op in QOPERATOR_LAYERS:
+            count += 1
+        elif node.op in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(node.inputs) > 1:
+            count += dequantized(node.inputs[1])
+        elif node.op == "Gather" and node.inputs:
+            count += dequantized(node.inputs[0])
+    return count

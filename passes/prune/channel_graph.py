@@ -22,6 +22,10 @@ Rules of the sweep itself ("block" makes a group unprunable, with a reason):
   ConvTranspose, Gemm, MatMul, Gather) always run, since they may start a group;
 - Shape and Size read sizes only and are safe;
 - an op without a rule blocks the groups of its annotated inputs ("unknown op");
+- a node with subgraphs (If, Loop, Scan) blocks the groups of the tensors its subgraphs read
+  from the outer graph by name (``graphc.subgraphs.outer_reads``): prune does not follow
+  channels into a subgraph, so they must keep their size (an If whose condition folds to a
+  constant was already replaced by its branch, ``plan.analyse``);
 - a channel that reaches a graph output blocks its group.
 """
 
@@ -31,6 +35,7 @@ from collections.abc import Callable
 
 import onnx_graphsurgeon as gs
 
+from graphc.subgraphs import outer_reads
 from graphc.passes.prune.channel_groups import GroupBook, Shape
 from graphc.passes.prune.rules_concat_split import concat, pad, slice_op, split
 from graphc.passes.prune.rules_elementwise import ELEMENTWISE, POOLING, UNARY, elementwise, passthrough
@@ -71,6 +76,11 @@ class ChannelGraph(GroupBook):
 
     def _sweep(self) -> None:
         for node in self.graph.nodes:
+            for tensor in outer_reads(node):
+                for pairs in self.annotations(tensor.name).values():
+                    for gid, _ in pairs:
+                        self.block(gid, f"read inside a subgraph of {node.op} {node.name} (prune does not "
+                                        f"follow channels into subgraphs)")
             annotated = any(self.annotations(t.name) for t in node.inputs)
             rule = RULES.get(node.op)
             if node.op in SIZE_ONLY:

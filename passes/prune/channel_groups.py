@@ -231,9 +231,13 @@ def _occurrences(positions: np.ndarray) -> dict[tuple[int, int], int]:
 
 
 def _overlay(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    if a.shape != b.shape:
-        return np.concatenate([a, b], axis=1)
-    return np.where(a >= 0, a, b)
+    """Two annotations of one group on one axis as one: every channel at the union of its
+    positions in both (-1 padded). A channel at two positions is a repeated copy (a Concat of
+    the same tensor twice, or of pooled copies of it), and each copy must go with it."""
+    both = np.concatenate([a, b], axis=1)
+    rows = [np.unique(row[row >= 0]) for row in both]
+    width = max(1, max(len(r) for r in rows))
+    return np.array([np.pad(r, (0, width - len(r)), constant_values=-1) for r in rows], dtype=np.int64)
 
 
 def _canonical(labels: np.ndarray) -> np.ndarray:

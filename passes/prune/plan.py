@@ -26,6 +26,7 @@ from graphc.passes.prune.layer_times import weighted_layer_times
 from graphc.passes.prune.scores import unit_importance
 from graphc.passes.prune.selection import CostModel, PruneConfig, select_units, speed_factors, timed_cost
 from graphc.stats import tensor_shapes
+from graphc.subgraphs import subgraphs_of
 
 if TYPE_CHECKING:
     from graphc.data import Dataset
@@ -69,8 +70,11 @@ class PrunePlan:
     def nothing_message(self) -> str:
         if not self.prunable():
             reasons = sorted({g.blocked for g in self.groups if g.blocked})[:3]
+            nested = [n for n in self.graph.nodes if subgraphs_of(n)]
+            inside = (f"; prune does not look inside the subgraphs of {len(nested)} node(s): "
+                      f"{', '.join(sorted({n.op for n in nested}))}" if nested else "")
             return ("prune: nothing prunable in this model; returned unchanged"
-                    + (f" (blocked: {'; '.join(reasons)})" if reasons else " (no channel groups)"))
+                    + (f" (blocked: {'; '.join(reasons)}{inside})" if reasons else f" (no channel groups{inside})"))
         return "prune: ratio selects no unit; model returned unchanged"
 
 

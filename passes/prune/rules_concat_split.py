@@ -7,9 +7,16 @@ Rules:
 - Split partitions an annotated axis: each output holds the channels that fall inside it,
   renumbered, and the group records (Split, output index) so removal lowers that output's
   size; split sizes must be constant; the other axes carry through to every output;
-- Slice along an annotated axis that changes its size blocks; otherwise annotations carry
-  through; non-constant slices block;
-- Pad along an annotated axis blocks; non-constant pads or axes block.
+- Concat of one group's channels several times (the same tensor twice, or pooled copies of
+  it as in an SPPF block) puts each channel at several positions of the output axis: a
+  removed channel is removed from every copy;
+- Slice along an annotated axis that changes its size blocks that group, and the axis is not
+  carried: the output's positions are no longer the group's channels (a fused Q/K/V tensor
+  sliced into Q, K and V along the axis that holds the three parts), so downstream it is an
+  untracked axis of fixed size (which blocks whatever group meets it); otherwise annotations
+  carry through; non-constant slices block;
+- Pad along an annotated axis blocks likewise and does not carry that axis; non-constant
+  pads or axes block.
 """
 
 from __future__ import annotations
@@ -86,11 +93,13 @@ def slice_op(cg: ChannelGraph, node: gs.Node) -> None:
         axes = range(len(np.ravel(starts)))
     sliced = {int(a) % len(shape) for a in np.ravel(axes)}
     out_shape = cg.shape(node.outputs[0])
+    cut = []
     for axis, pairs in cg.annotations(node.inputs[0].name).items():
         if axis in sliced and (out_shape is None or out_shape[axis] != shape[axis]):
+            cut.append(axis)
             for gid, _ in pairs:
                 cg.block(gid, f"sliced along its channel axis by {node.name}")
-    cg.carry(node.inputs[0].name, node.outputs[0].name)
+    cg.carry(node.inputs[0].name, node.outputs[0].name, skip=tuple(cut))
 
 
 def pad(cg: ChannelGraph, node: gs.Node) -> None:
@@ -102,8 +111,10 @@ def pad(cg: ChannelGraph, node: gs.Node) -> None:
         return cg.block_all(node, "non-constant pads or axes")
     pads = np.ravel(pads)
     rank = len(shape)
+    cut = []
     for axis, pairs in cg.annotations(node.inputs[0].name).items():
         if pads[axis] or pads[axis + rank]:
+            cut.append(axis)
             for gid, _ in pairs:
                 cg.block(gid, f"padded along its channel axis by {node.name}")
-    cg.carry(node.inputs[0].name, node.outputs[0].name)
+    cg.carry(node.inputs[0].name, node.outputs[0].name, skip=tuple(cut))

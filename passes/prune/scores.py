@@ -9,7 +9,10 @@
   approximated by the consumer weights' column norms (activation x consumer weight norm),
   since an ONNX graph has no gradient path.
 
-Scores are normalised per group (divided by the group mean).
+A weight or activation that holds only some of a group's units (the part of a split tensor
+one branch reads) scores only those: each unit's score averages the members that hold it,
+each member normalised by its mean over the units it holds (a unit absent from a member is
+not a unit of zero weight). Scores are normalised per group (divided by the group mean).
 """
 
 from __future__ import annotations
@@ -32,9 +35,23 @@ def _weight_members(group: ChannelGroup, kinds: Iterable[str] = ("producer", "co
                 yield member, np.asarray(values)
 
 
-def _normalised_mean(columns: list[np.ndarray], size: int) -> np.ndarray:
-    scaled = [c / c.mean() if c.mean() > 0 else c for c in columns]
-    return np.mean(scaled, axis=0) if scaled else np.ones(size)
+def _normalised_mean(columns: list[tuple[np.ndarray, np.ndarray]], size: int) -> np.ndarray:
+    """Per unit, the mean over the members that hold it of that member's score divided by its
+    mean over the units it holds; ``columns`` holds (scores, held) per member."""
+    if not columns:
+        return np.ones(size)
+    total, count = np.zeros(size), np.zeros(size)
+    for scores, held in columns:
+        mean = scores[held].mean() if held.any() else 0.0
+        total += np.where(held, scores / mean if mean > 0 else scores, 0.0)
+        count += held
+    return np.where(count > 0, total / np.maximum(count, 1), 0.0)
+
+
+def _held(member, group: ChannelGroup) -> tuple[list[np.ndarray], np.ndarray]:
+    """Positions of each unit on the member's axis, and which units the member holds."""
+    positions = unit_positions(member, group)
+    return positions, np.array([p.size > 0 for p in positions])
 
 
 def magnitude_scores(group: ChannelGroup, order: int) -> np.ndarray:
@@ -43,8 +60,9 @@ def magnitude_scores(group: ChannelGroup, order: int) -> np.ndarray:
     for member, values in _weight_members(group):
         moved = np.moveaxis(values, member.axis, 0).reshape(values.shape[member.axis], -1).astype(np.float64)
         per_position = np.abs(moved).sum(1) if order == 1 else (moved ** 2).sum(1)
-        unit = np.array([per_position[p].sum() for p in unit_positions(member, group)])
-        columns.append(unit if order == 1 else np.sqrt(unit))
+        positions, held = _held(member, group)
+        unit = np.array([per_position[p].sum() for p in positions])
+        columns.append((unit if order == 1 else np.sqrt(unit), held))
     return _normalised_mean(columns, group.units)
 
 
@@ -73,7 +91,8 @@ def activation_scores(graph: gs.Graph, groups: list[ChannelGroup], data, batch_s
         columns = []
         for member in (m for m in group.members if m.kind == "activation"):
             mean = sums[(member.tensor, member.axis)] / count[(member.tensor, member.axis)]
-            columns.append(np.array([mean[p].mean() if p.size else 0.0 for p in unit_positions(member, group)]))
+            positions, held = _held(member, group)
+            columns.append((np.array([mean[p].mean() if p.size else 0.0 for p in positions]), held))
         scores[group.id] = _normalised_mean(columns, group.units)
     return scores
 
@@ -87,7 +106,8 @@ def taylor_scores(group: ChannelGroup, activation: np.ndarray) -> np.ndarray:
     for member, values in consumer:
         moved = np.moveaxis(values, member.axis, 0).reshape(values.shape[member.axis], -1).astype(np.float64)
         per_position = (moved ** 2).sum(1)
-        columns.append(np.sqrt(np.array([per_position[p].sum() for p in unit_positions(member, group)])))
+        positions, held = _held(member, group)
+        columns.append((np.sqrt(np.array([per_position[p].sum() for p in positions])), held))
     return activation * _normalised_mean(columns, group.units)
 
 

@@ -6,7 +6,9 @@ of every tensor in a prunable group (``target=params``, default), their MACs
 onnxruntime profile as for ``latency=true`` below, each layer's time falling in proportion
 to its MACs; ``timed_cost``). ``scope=global`` removes the least important units across all
 groups until the share is reached; ``scope=uniform`` removes ``ratio`` of the units of every
-group. No group loses more than ``max_layer_ratio`` of its units or its last unit; with
+group. No group loses more than ``max_layer_ratio`` of its units or its last unit, and no
+output of a Split it passes through loses all its channels (a zero-width tensor: the C2f
+half that only feeds the final Concat would vanish, ``split_parts``); with
 ``round_to=k`` the kept channel count of a channel group is rounded up to a multiple of k
 (``select_units``).
 
@@ -154,6 +156,32 @@ def timed_cost(macs: CostModel, times: dict[str, float]) -> CostModel:
     return result
 
 
+def split_parts(group: ChannelGroup) -> list[set[int]]:
+    """The units of each Split output the group passes through (one of each must stay)."""
+    parts = []
+    for node, k in group.splits:
+        for member in group.members:
+            if member.kind == "activation" and member.tensor == node.outputs[k].name:
+                parts.append({u for u, p in enumerate(unit_positions(member, group)) if p.size})
+                break
+    return [p for p in parts if p]
+
+
+def _allowed(units, cap: int, parts: list[set[int]]) -> list[int]:
+    """``units`` in order, up to ``cap``, skipping any that would take a part's last unit."""
+    left = [set(p) for p in parts]
+    chosen = []
+    for u in units:
+        if len(chosen) == cap:
+            break
+        if any(u in p and len(p) == 1 for p in left):
+            continue
+        for p in left:
+            p.discard(u)
+        chosen.append(int(u))
+    return chosen
+
+
 def select_units(groups: list[ChannelGroup], importance: dict[int, np.ndarray], cost: CostModel,
                  config: PruneConfig) -> dict[int, list[int]]:
     """Units to remove per group (least important first), honouring caps and rounding.
@@ -163,6 +191,7 @@ def select_units(groups: list[ChannelGroup], importance: dict[int, np.ndarray], 
     """
     caps = {g.id: min(g.units - 1, math.floor(config.max_layer_ratio * g.units + 1e-9)) for g in groups}
     by_id = {g.id: g for g in groups}
+    parts = {g.id: split_parts(g) for g in groups}
 
     def rounded(chosen: dict[int, list[int]]) -> dict[int, list[int]]:
         result = {}
@@ -176,18 +205,22 @@ def select_units(groups: list[ChannelGroup], importance: dict[int, np.ndarray], 
         return result
 
     if config.scope == "uniform":
-        return rounded({g.id: list(np.argsort(importance[g.id], kind="stable")[:min(
-            caps[g.id], math.floor(config.ratio * g.units + 1e-9))]) for g in groups})
+        return rounded({g.id: _allowed(np.argsort(importance[g.id], kind="stable"), min(
+            caps[g.id], math.floor(config.ratio * g.units + 1e-9)), parts[g.id]) for g in groups})
 
     ranked = sorted((float(importance[g.id][u]), g.id, u) for g in groups for u in range(g.units))
 
     def prefix(k: int) -> dict[int, list[int]]:
         chosen: dict[int, list[int]] = {}
+        left = {gid: [set(p) for p in group_parts] for gid, group_parts in parts.items()}
         taken = 0
         for _, gid, unit in ranked:
             if taken == k:
                 break
-            if len(chosen.setdefault(gid, [])) < caps[gid]:
+            if len(chosen.setdefault(gid, [])) < caps[gid] and not any(unit in p and len(p) == 1
+                                                                       for p in left[gid]):
+                for p in left[gid]:
+                    p.discard(unit)
                 chosen[gid].append(unit)
                 taken += 1
         return rounded(chosen)

@@ -16,7 +16,8 @@ SHAPE_BOUNDS = ["test_shape_start_1", "test_shape_end_1", "test_shape_end_negati
 
 
 def acceptable(result: str) -> bool:
-    return result == "exact" or result.startswith("refused: ")
+    """Exact, refused in one line, or (a lossy pass: int8) within the pass's own tolerance."""
+    return result == "exact" or result.startswith(("refused: ", "within tolerance"))
 
 
 @pytest.mark.parametrize("name", SHAPE_BOUNDS)

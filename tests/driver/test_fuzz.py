@@ -219,8 +219,15 @@ def corpus(directory: pathlib.Path) -> list[Case]:
         Case("flags/bad-shape", ["optimize", cnn, "--passes", "fold", "--shape", "image=0x0", "-o", out / "o.onnx"],
              [cnn], out),
     ]
-    for case in cases:
-        case.argv = [str(a) for a in case.argv]
+    for i, case in enumerate(cases):  # each case its own output directory: cases run two at a time
+        own = out / f"case{i}"
+        own.mkdir()
+        if (out / "link.onnx") in case.argv:
+            (own / "link.onnx").symlink_to(cnn)
+        case.argv = [str(own / a.name) if isinstance(a, pathlib.Path) and a.parent == out else str(a)
+                     for a in case.argv]
+        if case.out_dir is not None:
+            case.out_dir = own
     return cases
 
 

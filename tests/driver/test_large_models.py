@@ -5,16 +5,15 @@ chunk by chunk and read back through memory maps, so the test process itself sta
 
 from __future__ import annotations
 
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import onnx
 import onnx.helper as oh
 import onnxruntime as ort
 import pytest
+
+from tests import run_graphc_measured
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +30,9 @@ def _write_ffn(directory: pathlib.Path) -> pathlib.Path:
                                    ("w2", [HIDDEN, WIDTH], HIDDEN ** -0.5), ("b2", [WIDTH], 0.1)):
             offset = f.tell()
             rows_per_chunk = max(1, (64 << 20) // (4 * int(np.prod(shape[1:]))))
-            for start in range(0, shape[0], rows_per_chunk):
+            if name == "b1":  # distinct values: a kept hidden neuron is found by its bias
+                f.write((rng.permutation(HIDDEN).astype(np.float32) * np.float32(0.2 / HIDDEN) - 0.1).tobytes())
+            for start in range(0, shape[0] if name != "b1" else 0, rows_per_chunk):
                 rows = min(rows_per_chunk, shape[0] - start)
                 f.write((rng.standard_normal((rows, *shape[1:]), dtype=np.float32) * scale).tobytes())
             tensor = onnx.TensorProto(name=name, dims=shape, data_type=onnx.TensorProto.FLOAT,
@@ -50,8 +51,10 @@ def _write_ffn(directory: pathlib.Path) -> pathlib.Path:
 
 
 def _weights(path: pathlib.Path) -> dict[str, np.ndarray]:
-    """Every initializer of a model with external data, memory-mapped."""
+    """The MLP's weights (w1, b1, w2, b2: the constant input of its four nodes in order, whatever
+    a pass renamed them to), memory-mapped from the external data."""
     model = onnx.load(str(path), load_external_data=False)
+    roles = dict(zip(["w1", "b1", "w2", "b2"], [n.input[1] for n in model.graph.node if n.op_type != "Relu"]))
     arrays = {}
     for tensor in model.graph.initializer:
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
@@ -61,17 +64,12 @@ def _weights(path: pathlib.Path) -> dict[str, np.ndarray]:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
         arrays[tensor.name] = np.memmap(path.parent / info["location"], dtype=dtype, mode="r",
                                         offset=int(info.get("offset", 0)), shape=tuple(tensor.dims))
-    return arrays
+    return {role: arrays[name] for role, name in roles.items()}
 
 
 def _graphc(*argv) -> tuple[int, str, int]:
     """(exit code, stderr, peak RSS in bytes) of one graphc run."""
-    proc = subprocess.Popen([sys.executable, "-m", "graphc", *map(str, argv)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    stderr = proc.stderr.read()
-    proc.stderr.close()
-    _, status, usage = os.wait4(proc.pid, 0)
-    return os.waitstatus_to_exitcode(status), stderr, usage.ru_maxrss * 1024
+    return run_graphc_measured(argv, timeout=3000)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +87,10 @@ X = np.random.default_rng(1).standard_normal((2, WIDTH), dtype=np.float32)
 
 
 def test_fold_int8_on_a_model_over_2_gb(ffn, tmp_path):
-    code, stderr, peak = _graphc("optimize", ffn, "--passes", "fold,int8", "--verify", "-o", tmp_path / "q.onnx")
+    data = tmp_path / "calib.npz"  # 32 rows: calibration runs them in 16-row pieces (synthetic rows run one by one)
+    np.savez(data, x=np.random.default_rng(2).standard_normal((32, WIDTH), dtype=np.float32))
+    code, stderr, peak = _graphc("optimize", ffn, "--passes", "fold,int8", "--data", data, "--verify",
+                                 "-o", tmp_path / "q.onnx")
     assert code == 0, stderr
     print(f"fold,int8 on a {ffn.with_suffix('.bin').stat().st_size:,}-byte model: peak RSS {peak / 2**30:.2f} GiB")
     quantized = onnx.load(str(tmp_path / "q.onnx"), load_external_data=False)
@@ -110,6 +111,7 @@ def test_prune_on_a_model_over_2_gb(ffn, tmp_path):
     assert 0.6 * HIDDEN <= kept <= 0.75 * HIDDEN
     # the kept hidden neurons, found by their bias, and the weights that go with them, unchanged
     index = {float(v): i for i, v in enumerate(np.asarray(original["b1"]))}
+    assert len(index) == HIDDEN
     keep = np.array([index[float(v)] for v in pruned["b1"]])
     assert np.array_equal(np.asarray(pruned["w1"]), np.asarray(original["w1"][:, keep]))
     assert np.array_equal(np.asarray(pruned["w2"]), np.asarray(original["w2"][keep]))

@@ -105,3 +105,64 @@ def test_an_output_name_over_255_bytes_is_one_line(files, tmp_path, capsys):
                      "--quiet"], "cannot write")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "m.onnx"]
     unchanged(digests)
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), PermissionError(13, "Permission denied")])
+def test_a_full_disk_or_a_read_only_directory_is_one_line_and_leaves_nothing(files, tmp_path, capsys, monkeypatch,
+                                                                            error):
+    """Writing the model fails mid-way (the tests run as root, so a read-only directory and a
+    full disk are simulated at the write): exit 2, one line, no file left in the directory."""
+    import graphc.model_io
+
+    model, _, digests = files
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    real_replace = os.replace
+
+    def failing_replace(source, target):
+        if str(target).endswith("o.onnx"):
+            raise error
+        return real_replace(source, target)
+
+    monkeypatch.setattr(graphc.model_io.os, "replace", failing_replace)
+    refused(capsys, ["optimize", str(model), "--passes", "fold", "-o", str(out_dir / "o.onnx"), "--quiet"],
+            f"cannot write the model: [Errno {error.errno}]")
+    assert list(out_dir.iterdir()) == []
+    unchanged(digests)
+
+
+def test_bench_json_into_a_missing_directory_is_one_line(files, tmp_path, capsys):
+    model, _, digests = files
+    refused(capsys, ["bench", str(model), "--runs", "1", "--json", str(tmp_path / "missing" / "b.json")],
+            "cannot write")
+    unchanged(digests)
+
+
+def test_onnxruntime_own_log_stays_below_graphcs_line(tmp_path):
+    """onnxruntime logs coloured warnings and errors of its own (here: an unused initializer
+    it removes, at warning level) unless its severity is set; graphc sets it to fatal, so
+    stderr holds graphc's lines only: nothing on success, one line on failure."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import onnx
+    import onnx.helper as oh
+
+    from tests import assert_one_line_error
+
+    x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    unused = onnx.numpy_helper.from_array(np.zeros(3, np.float32), "unused")
+    noisy = tmp_path / "noisy.onnx"
+    onnx.save(oh.make_model(oh.make_graph([oh.make_node("Relu", ["x"], ["y"])], "g", [x], [y], [unused]),
+                            opset_imports=[oh.make_opsetid("", 17)]), str(noisy))
+    run = subprocess.run([sys.executable, "-m", "graphc", "bench", str(noisy), "--runs", "1"], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    empty = tmp_path / "empty.onnx"
+    onnx.save(oh.make_model(oh.make_graph([], "g", [x], [y]), opset_imports=[oh.make_opsetid("", 17)]), str(empty))
+    for argv in (["bench", str(empty)], ["optimize", str(empty), "--passes", "fold", "-o", str(tmp_path / "o.onnx")]):
+        run = subprocess.run([sys.executable, "-m", "graphc", *argv], capture_output=True, text=True, timeout=120)
+        assert_one_line_error(run, r"error: ")
+        assert "\x1b[" not in run.stderr

@@ -1,12 +1,9 @@
 """Resource bounds (issue 14, build item 2): what a small hostile input makes graphc allocate is
 refused before it is allocated. Each case runs ``graphc`` in a subprocess and reads that
-process's own peak RSS (``os.wait4``), so the bound is measured, not assumed."""
+process's own peak RSS (its `VmHWM`, see `tests.run_graphc_measured`), so the bound is measured, not assumed."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
@@ -18,24 +15,14 @@ from graphc import data_files
 from graphc.data import load_dataset, model_signature
 from graphc.errors import GraphcError
 from graphc.model_io import load_model
-from tests import CNN, MODELS
+from tests import CNN, MODELS, run_graphc_measured
 
 PEAK_RSS_LIMIT = 1 * 2**30  # the acceptance bound of issue 14
 
 
 def graphc(*argv, timeout=300):
-    """Run graphc; (returncode, stderr, peak RSS in bytes) of that one process."""
-    proc = subprocess.Popen([sys.executable, "-m", "graphc", *map(str, argv)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        stderr = proc.stderr.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-    finally:
-        proc.stderr.close()
-        if proc.poll() is None:
-            proc.kill()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, stderr, usage.ru_maxrss * 1024
+    """Run graphc; (returncode, stderr, peak RSS in bytes of that one process)."""
+    return run_graphc_measured(argv, timeout)
 
 
 def assert_refused(result, pattern):

@@ -11,7 +11,10 @@ import pytest
 import torch
 
 from graphc.cpu_features import cpu_features
+from graphc.context import Context
 from graphc.errors import GraphcError
+from graphc.graph import to_graph
+from graphc.passes.int8 import Int8Pass
 from graphc.pipeline import OptimizeRequest, optimize
 from graphc.runtime import open_session
 from graphc.spec import parse_spec
@@ -269,13 +272,16 @@ def test_bad_calibration_data_is_a_clear_error(tmp_path):
     assert not (tmp_path / "q.onnx").exists()  # nothing written
 
 
-def test_old_opset_is_refused(tmp_path):
+def test_old_opset_is_converted_by_the_pipeline_and_refused_by_the_pass_alone(tmp_path):
     w = np.ones((4, 4), np.float32)
     model = _save(tmp_path, [oh.make_node("MatMul", ["x", "w"], ["y"])],
                   [oh.make_tensor_value_info("x", FLOAT, ["n", 4])], [oh.make_tensor_value_info("y", FLOAT, ["n", 4])],
                   {"w": w}, opset=11)
+    _, quantized, _, stats = _quantize(tmp_path, model, "int8", {"x": np.ones((2, 4), np.float32)})
+    assert quantized.opset_import[0].version == 13 and stats["static_nodes"] == 1  # graphc.opsets converted it
+    graph = to_graph(onnx.load(model))
     with pytest.raises(GraphcError, match="int8 needs opset 13 or newer .* opset 11"):
-        _quantize(tmp_path, model, "int8", {"x": np.ones((2, 4), np.float32)})
+        Int8Pass().run(graph, Context.for_model(onnx.load(model)))
 
 
 def test_without_data_calibration_uses_synthetic_inputs(tmp_path):

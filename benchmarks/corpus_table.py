@@ -1,0 +1,112 @@
+"""Every corpus model (``tests/corpus``: real exports shipped in packages and models written
+for the patterns real exporters produce) through every pass, side by side in one run.
+
+For each model and pass (``fold``, ``int8`` default, ``int8:target=tensorrt``, ``prune:0.3``)
+it runs ``graphc optimize M --passes fold,P --verify`` in a fresh process and reads the
+report: valid (exit 0; the written model passed graphc's after-pass checks: checker, strict
+shape inference, a session, one run) or refused (exit 2, with its one-line reason), the
+output cosine vs the FP32 original on the ``--verify`` sample inputs (16 rows of synthetic
+inputs at the shapes below), and the latency ratio FP32 / optimized at batch 1 from
+``graphc.bench.bench`` (both models interleaved, non-spinning sessions, one call per pair). Prints
+a Markdown table and the CPU it ran on.
+
+    python benchmarks/corpus_table.py [--runs 50] [--models a,b] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from graphc.bench import bench  # noqa: E402
+from graphc.cpu_features import cpu_features  # noqa: E402
+from graphc.data import parse_shapes  # noqa: E402
+from tests.corpus import CORPUS  # noqa: E402
+
+PASSES = ["fold", "fold,int8", "fold,int8:target=tensorrt", "fold,prune:0.3"]
+# shapes for the dims the models leave open (batch 1; realistic sizes for the CNNs)
+SHAPES = {
+    "ppocr-rec": ["--shape", "x=1x3x48x320"], "ppocr-cls": ["--shape", "x=1x3x48x192"],
+    "ppocr-det": ["--shape", "x=1x3x320x320"], "silero-vad": ["--shape", "input=1x512"],
+    "silero-vad-op15": ["--shape", "input=1x512"], "silero-vad-ifless": ["--shape", "input=1x512"],
+    "voicefilter-lite": ["--shape", "batch=1,time=10"], "tashkeel-bilstm": ["--shape", "batch=1,seq_len=64"],
+    "voicefilter-embedder": ["--shape", "batch=1"], "open-nsfw": ["--shape", "batch=1"],
+}
+
+
+def graphc(*argv) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "graphc", *map(str, argv)], capture_output=True, text=True)
+
+
+def one(model: pathlib.Path, name: str, passes: str, directory: pathlib.Path, runs: int) -> dict:
+    out, report = directory / f"{name}.{passes}.onnx", directory / f"{name}.{passes}.json"
+    args = [*SHAPES.get(name, []), *CORPUS[name].cli_args]
+    run = graphc("optimize", model, "--passes", passes, "--verify", "-o", out, "--report", report, "--quiet", *args)
+    if run.returncode != 0:
+        line = (run.stderr.strip().splitlines() or ["?"])[-1]
+        return {"status": "refused" if run.returncode == 2 else f"exit {run.returncode}", "reason": line[:160]}
+    data = json.loads(report.read_text())
+    verify = data["passes"][-1].get("verify") or []
+    cosines = [v["cosine"] for v in verify if v.get("cosine") is not None]
+    result = {"status": "valid", "changed": any(p.get("changed") for p in data["passes"]),
+              "cosine": min(cosines) if cosines else None,
+              "size": data["passes"][-1]["after"]["size_bytes"] / data["before"]["size_bytes"]}
+    try:
+        before, after = bench([model, out], data=None, shapes=parse_shapes(_shape_items(args)), batch=1, runs=runs)
+        result["speed"] = before.p50_ms / after.p50_ms
+    except Exception as exc:  # noqa: BLE001 - a model bench cannot run is reported, not fatal
+        result["speed_error"] = str(exc)[:120]
+    return result
+
+
+def _shape_items(args: list[str]) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args) if a == "--shape"]
+
+
+def cell(r: dict) -> str:
+    if r["status"] != "valid":
+        return f"{r['status']}: {r['reason'].split('error: ', 1)[-1][:90]}"
+    parts = ["valid" if r["changed"] else "valid (unchanged)"]
+    if r.get("cosine") is not None:
+        parts.append(f"cos {r['cosine']:.4f}")
+    parts.append(f"size {r['size']:.2f}x")
+    parts.append(f"{r['speed']:.2f}x b1" if "speed" in r else "speed n/a")
+    return ", ".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--models", default=None, help="comma-separated corpus names (default: all)")
+    parser.add_argument("--json", type=pathlib.Path, default=None)
+    args = parser.parse_args()
+    names = args.models.split(",") if args.models else sorted(CORPUS)
+    results: dict[str, dict[str, dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = pathlib.Path(tmp)
+        for name in names:
+            model = CORPUS[name].build(directory)
+            results[name] = {p: one(model, name, p, directory, args.runs) for p in PASSES}
+            print(f"{name}: " + " | ".join(cell(results[name][p]) for p in PASSES), file=sys.stderr, flush=True)
+    model_name = next((line.split(":", 1)[1].strip() for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+                       if line.startswith("model name")), "unknown CPU")
+    print(f"CPU: {model_name} ({cpu_features().describe()}); batch 1, graphc bench p50 ratios "
+          f"(FP32 / optimized, interleaved, non-spinning; >1 is faster)\n")
+    print("| model | origin | " + " | ".join(PASSES) + " |")
+    print("|---|---|" + "---|" * len(PASSES))
+    for name in names:
+        print(f"| {name} | {CORPUS[name].origin.split(' (')[0]} | "
+              + " | ".join(cell(results[name][p]) for p in PASSES) + " |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
