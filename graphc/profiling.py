@@ -15,7 +15,10 @@ re-laid-out and renamed the graph; this module records that executed graph (the 
    wall times; ``elements`` holds each executed node's first-input element count.
 2. Unnamed nodes of the given models are named after their first output before they open
    (``name_nodes``): onnxruntime keeps names, and a name is what maps back.
-3. ``attribute``: an executed node is credited to the loaded node whose name it bears once
+3. ``time_models``: the same round-robin (the first model rotated every round) without the
+   profiler, whose per-node bookkeeping weighs on graphs of many small nodes: each model's
+   median wall time per run, in microseconds.
+4. ``attribute``: an executed node is credited to the loaded node whose name it bears once
    onnxruntime's affixes are stripped (``fused `` prefix; ``_token_<n>``, ``_nchwc``,
    ``/duplicated`` suffixes), else to the producer of the loaded tensor it is named after or
    writes; a node made by onnxruntime (layout reorders, transposes) is credited to the node
@@ -144,6 +147,37 @@ def _first_input_elements(args: dict) -> int:
     return int(np.prod(dims)) if isinstance(dims, list) and dims else 0
 
 
+def time_models(models: Sequence[onnx.ModelProto], feeds: Mapping[str, np.ndarray], threads: int | None = None,
+                seconds: float = 0.25, rounds: tuple[int, int] = ROUNDS, warmup: int = 2) -> list[float]:
+    """Rule 3: median wall microseconds per run of each model, timed side by side."""
+    with tempfile.TemporaryDirectory(prefix="graphc-time-") as tmp:
+        sessions = []
+        for i, model in enumerate(models):
+            path = pathlib.Path(tmp) / f"model{i}.onnx"
+            onnx.save(model, str(path))
+            try:
+                sessions.append(ort.InferenceSession(str(path), session_options(threads, spinning=False),
+                                                     providers=["CPUExecutionProvider"]))
+            except Exception as exc:  # onnxruntime's own exception types
+                raise GraphcError(f"onnxruntime cannot run the model to time: {first_line(exc)}") from None
+        feeds = dict(feeds)
+        slowest = 0.0
+        for session in sessions:
+            for _ in range(max(warmup, 1)):
+                start = time.perf_counter()
+                session.run(None, feeds)
+            slowest = max(slowest, time.perf_counter() - start)
+        count = int(np.clip(seconds / max(slowest, 1e-6), *rounds))
+        walls: list[list[float]] = [[] for _ in sessions]
+        for round_index in range(count):
+            for k in range(len(sessions)):
+                i = (round_index + k) % len(sessions)
+                start = time.perf_counter()
+                sessions[i].run(None, feeds)
+                walls[i].append((time.perf_counter() - start) * 1e6)
+    return [float(np.median(w)) for w in walls]
+
+
 def _stripped(name: str) -> str:
     name = name[len(PREFIX):] if name.startswith(PREFIX) else name
     while True:
@@ -154,7 +188,7 @@ def _stripped(name: str) -> str:
 
 
 def attribute(profile: Profile, model: onnx.ModelProto) -> dict[str | None, float]:
-    """Rule 3: microseconds per loaded node of ``model`` (keyed by its first output)."""
+    """Rule 4: microseconds per loaded node of ``model`` (keyed by its first output)."""
     by_name = {n.name: n.output[0] for n in model.graph.node if n.name and n.output}
     by_tensor = {out: n.output[0] for n in model.graph.node if n.output for out in n.output if out}
     executed = profile.executed

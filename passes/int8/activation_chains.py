@@ -148,7 +148,8 @@ def decompose_hard_activations(graph: gs.Graph, chosen: dict[str, gs.Variable]) 
         if node.op == "HardSigmoid":
             new.append(gs.Node("Mul", unique_name(f"{base}/scale", taken), {}, [clipped, const("alpha", alpha)], [out]))
         else:
-            new.append(gs.Node("Mul", unique_name(f"{base}/scale", taken), {}, [clipped, const("alpha", alpha)], [gate]))
+            new.append(gs.Node("Mul", unique_name(f"{base}/scale", taken), {}, [clipped, const("alpha", alpha)],
+                               [gate]))
             new.append(gs.Node("Mul", unique_name(f"{base}/mul", taken), {}, [x, gate], [out]))
         node.inputs.clear()
         node.outputs.clear()

@@ -84,7 +84,8 @@ def _nets():
     class SqueezeExcite(nn.Module):
         def __init__(self, c, gate, act=nn.ReLU):
             super().__init__()
-            self.fc1, self.act, self.fc2, self.gate = nn.Conv2d(c, max(8, c // 4), 1), act(), nn.Conv2d(max(8, c // 4), c, 1), gate()
+            squeezed = max(8, c // 4)
+            self.fc1, self.act, self.fc2, self.gate = nn.Conv2d(c, squeezed, 1), act(), nn.Conv2d(squeezed, c, 1), gate()
 
         def forward(self, x):
             return x * self.gate(self.fc2(self.act(self.fc1(nn.functional.adaptive_avg_pool2d(x, 1)))))
@@ -116,7 +117,8 @@ def _nets():
                 InvertedResidual(80, 200, 80, 3, 1, hs),
                 InvertedResidual(80, 480, 112, 5, 1, hs, nn.Hardsigmoid),
                 conv_bn(112, 480, 1, act=hs))
-            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(480, 256), hs(), nn.Linear(256, 10))
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(480, 256), hs(),
+                                      nn.Linear(256, 10))
 
         def forward(self, x):
             return self.head(self.body(x))
@@ -158,7 +160,8 @@ def export(name: str, directory: pathlib.Path) -> pathlib.Path:
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.2, 0.2)
         torch.onnx.export(net, torch.randn(1, 3, SIZE, SIZE), str(path), input_names=["image"],
-                          output_names=["output"], dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch"}},
+                          output_names=["output"],
+                          dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch"}},
                           opset_version=17, dynamo=False)
     return path
 

@@ -36,7 +36,8 @@ SHAPES = {"ppocr-cls": "x=1x3x48x192", "ppocr-det": "x=1x3x160x160", "open-nsfw"
 FAST = ["silu-detector", "hardswish-mobilenet", "silu-efficientnet"]
 SLOW = ["ppocr-cls", "ppocr-det", "open-nsfw"]
 def _final_sigmoid_input(model: onnx.ModelProto) -> str:
-    return next(n.input[0] for n in model.graph.node if n.op_type == "Sigmoid" and n.output[0] == model.graph.output[0].name)
+    output = model.graph.output[0].name
+    return next(n.input[0] for n in model.graph.node if n.op_type == "Sigmoid" and n.output[0] == output)
 
 
 # ppocr-det: fold's exactness check refuses it (a Sigmoid output moves 2e-3 relative at 1e-7

@@ -50,7 +50,8 @@ def _block(kind: str):
     if kind == "split":  # C2f-style: Split, a SiLU on one half, Concat
         inits["sizes"] = np.array([C // 2, C // 2], np.int64)
         return [oh.make_node("Split", ["c", "sizes"], ["h0", "h1"], axis=1), oh.make_node("Sigmoid", ["h1"], ["s"]),
-                oh.make_node("Mul", ["h1", "s"], ["m"]), oh.make_node("Concat", ["h0", "h1", "m"], ["a"], axis=1)], inits
+                oh.make_node("Mul", ["h1", "s"], ["m"]),
+                oh.make_node("Concat", ["h0", "h1", "m"], ["a"], axis=1)], inits
     if kind == "resize":  # an FPN-style nearest upsampling
         inits["scales"] = np.array([1, 1, 2, 2], np.float32)
         return [oh.make_node("Resize", ["c", "", "scales"], ["a"], mode="nearest")], inits
@@ -67,7 +68,8 @@ def _model(tmp_path, kind: str):
     graph = oh.make_graph(
         [oh.make_node("Conv", ["x", "w0", "b0"], ["c"], pads=[1, 1, 1, 1]), *nodes,
          oh.make_node("Conv", ["a", "w3"], ["y"])],
-        kind, [oh.make_tensor_value_info("x", FLOAT, [1, 8, 16, 16])], [oh.make_tensor_value_info("y", FLOAT, [1, 8, "h", "w"])],
+        kind, [oh.make_tensor_value_info("x", FLOAT, [1, 8, 16, 16])],
+        [oh.make_tensor_value_info("y", FLOAT, [1, 8, "h", "w"])],
         [onnx.numpy_helper.from_array(v, k) for k, v in inits.items()])
     path = tmp_path / f"{kind}.onnx"
     onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), path)
@@ -140,7 +142,8 @@ def _qdq_div(scale_in: float, scale_out: float, zero_out: int = 128):
     def q(name, src, scale, zero):
         out = gs.Variable(f"{name}_q", np.uint8, [4])
         deq = gs.Variable(f"{name}_dq", np.float32, [4])
-        consts = [gs.Constant(f"{name}_s", np.array(scale, np.float32)), gs.Constant(f"{name}_z", np.array(zero, np.uint8))]
+        consts = [gs.Constant(f"{name}_s", np.array(scale, np.float32)),
+                  gs.Constant(f"{name}_z", np.array(zero, np.uint8))]
         tensors[name] = deq
         return [gs.Node("QuantizeLinear", f"{name}_Q", {}, [src, *consts], [out]),
                 gs.Node("DequantizeLinear", f"{name}_DQ", {}, [out, *consts], [deq])]
@@ -158,6 +161,7 @@ def test_drop_rescales_only_when_parameters_agree():
     graph = _qdq_div(0.06, 0.01)
     assert drop_rescales(graph) == 1 and "Div" not in {n.op for n in graph.nodes}
     feeds = {"x": np.array([-3.0, 0.0, 1.5, 6.0], np.float32)}
-    assert np.allclose(open_session(gs.export_onnx(graph)).run(None, feeds)[0], np.maximum(feeds["x"], 0) / 6, atol=0.02)
+    got = open_session(gs.export_onnx(graph)).run(None, feeds)[0]
+    assert np.allclose(got, np.maximum(feeds["x"], 0) / 6, atol=0.02)
     for mismatched in (_qdq_div(0.06, 0.02), _qdq_div(0.06, 0.01, zero_out=100)):
         assert drop_rescales(mismatched) == 0 and "Div" in {n.op for n in mismatched.nodes}

@@ -13,7 +13,7 @@ import pytest
 from graphc.metrics import cosine_per_sample
 from graphc.passes.int8 import speed_guard
 from graphc.pipeline import OptimizeRequest, optimize
-from graphc.profiling import ExecutedNode, Profile, attribute, profile_models
+from graphc.profiling import ExecutedNode, Profile, attribute, profile_models, time_models
 from graphc.runtime import open_session, session_options
 
 FLOAT = onnx.TensorProto.FLOAT
@@ -49,7 +49,8 @@ def _conv_chain(tmp_path, name="m.onnx", channels=8):
              "w1": rng.standard_normal((channels, channels, 3, 3)).astype(np.float32) * 0.3}
     nodes = [oh.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2], name="pre"),
              oh.make_node("Conv", ["t", "w0"], ["c0"], pads=[1, 1, 1, 1], name="conv0"),
-             oh.make_node("Sigmoid", ["c0"], ["s0"], name="sig0"), oh.make_node("Mul", ["c0", "s0"], ["a0"], name="mul0"),
+             oh.make_node("Sigmoid", ["c0"], ["s0"], name="sig0"),
+             oh.make_node("Mul", ["c0", "s0"], ["a0"], name="mul0"),
              oh.make_node("Conv", ["a0", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
              oh.make_node("Relu", ["c1"], ["y"], name="relu1")]
     graph = oh.make_graph(nodes, "chain", [oh.make_tensor_value_info("x", FLOAT, ["batch", 16, 16, 3])],
@@ -94,10 +95,14 @@ def test_attribute_maps_onnxruntime_names_back(tmp_path):
 
 # --------------------------------------------------------------------------- the pass, profiles injected
 def _fake_profiles(slow_layers: set[str], confirm: list[float] | None):
-    """A stand-in for graphc.profiling.profile_models: every executed node is a loaded node;
-    FP32 nodes take 10 us, INT8 candidate nodes 1 us, or 100 us in ``slow_layers`` (matched
-    by node name). The confirmation call (three models) gets totals ``confirm``."""
+    """Stand-ins for graphc.profiling.profile_models (every executed node is a loaded node;
+    FP32 nodes take 10 us, INT8 candidate nodes 1 us, or 100 us in ``slow_layers``, matched
+    by node name) and time_models (the confirmation: wall times ``confirm``)."""
     calls = []
+
+    def timed(models, feeds, threads=None, **_):
+        calls.append(len(models))
+        return list(confirm)
 
     def fake(models, feeds, threads=None, **_):
         calls.append(len(models))
@@ -106,21 +111,19 @@ def _fake_profiles(slow_layers: set[str], confirm: list[float] | None):
             names = [n.name or n.output[0] for n in model.graph.node]
             executed = {name: ExecutedNode(name, n.op_type, tuple(n.input), tuple(n.output))
                         for name, n in zip(names, model.graph.node)}
-            if len(models) == 3:
-                profiles.append(Profile(executed, {names[0]: confirm[i]}, 5))
-                continue
             quantized = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
             times = {name: (10.0 if not quantized else 100.0 if any(name.startswith(s) for s in slow_layers) else 1.0)
                      for name in names}
             profiles.append(Profile(executed, times, 5))
         return profiles
 
-    return fake, calls
+    return fake, timed, calls
 
 
 def _run(tmp_path, spec, monkeypatch, slow=(), confirm=None):
-    fake, calls = _fake_profiles(set(slow), confirm)
+    fake, timed, calls = _fake_profiles(set(slow), confirm)
     monkeypatch.setattr(speed_guard, "profile_models", fake)
+    monkeypatch.setattr(speed_guard, "time_models", timed)
     source = _conv_chain(tmp_path)
     rng = np.random.default_rng(1)
     np.savez(tmp_path / "calib.npz", x=rng.standard_normal((16, 16, 16, 3)).astype(np.float32))
@@ -143,7 +146,7 @@ def _executed_ops(path, tmp_path):
 
 def test_a_layer_measured_slower_stays_fp32_and_is_reported(tmp_path, monkeypatch):
     out, report, calls = _run(tmp_path, "int8", monkeypatch, slow={"conv1"}, confirm=[100.0, 90.0, 50.0])
-    assert calls == [2, 3]  # one profile of FP32 + candidate, one confirmation of FP32 / all INT8 / mix
+    assert calls == [2, 3]  # one profile of FP32 + candidate, one timing of FP32 / all INT8 / mix
     step = report.passes[-1]
     assert step.stats["static_nodes"] == 1 and step.stats["speed_guard_fp32_layers"] == 1
     # conv1's layer: FP32 conv1 + relu1 (10 us each); INT8 conv1 and its weight DQ (100 us each) + Q/DQ/Relu
@@ -171,10 +174,12 @@ def test_confirmation_picks_all_int8_when_the_mix_is_slower(tmp_path, monkeypatc
     assert calls == [2, 3] and step.stats["static_nodes"] == 2 and step.stats["speed_guard_fp32_layers"] == 0
 
 
-def test_nothing_slower_means_one_profile_and_no_fp32_layer(tmp_path, monkeypatch):
-    _, report, calls = _run(tmp_path, "int8", monkeypatch)
-    assert calls == [2] and report.passes[-1].stats["speed_guard_fp32_layers"] == 0
+def test_nothing_slower_is_still_timed_against_fp32(tmp_path, monkeypatch):
+    _, report, calls = _run(tmp_path, "int8", monkeypatch, confirm=[100.0, 60.0])
+    assert calls == [2, 2] and report.passes[-1].stats["speed_guard_fp32_layers"] == 0  # FP32 vs all INT8
     assert any(n.startswith("int8 speed_guard") and "0 of 2 layers kept FP32" in n for n in report.notes)
+    _, report, calls = _run(tmp_path, "int8", monkeypatch, confirm=[50.0, 60.0])  # every layer faster alone
+    assert calls == [2, 2] and report.passes[-1].stats["speed_guard_fp32_layers"] == 2
 
 
 @pytest.mark.parametrize("spec", ["int8:speed_guard=false", "int8:target=tensorrt"])
@@ -203,3 +208,10 @@ def test_guard_skips_models_above_the_weight_cap(tmp_path, monkeypatch):
     stats = report.passes[-1].stats
     assert calls == [] and stats["speed_guard"].startswith("skipped: 0 MiB of weights > 0 MiB")
     assert stats["static_nodes"] == 2 and any("speed_guard skipped" in n for n in report.notes)
+
+
+def test_time_models_times_each_model(tmp_path):
+    model = onnx.load(_conv_chain(tmp_path))
+    feeds = {"x": np.zeros((1, 16, 16, 3), np.float32)}
+    walls = time_models([model, model], feeds, seconds=0.0, rounds=(3, 3))
+    assert len(walls) == 2 and all(w > 0 for w in walls)
