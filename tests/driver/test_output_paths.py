@@ -184,6 +184,6 @@ def test_an_output_whose_external_data_would_replace_the_inputs_is_refused(tmp_p
     onnx.save(model, str(source), save_as_external_data=True, location="o.onnx.data", size_threshold=0)
     digests = {source: digest(source), tmp_path / "o.onnx.data": digest(tmp_path / "o.onnx.data")}
     refused(capsys, ["optimize", str(source), "--passes", "fold", "-o", str(tmp_path / "o.onnx")],
-            "it would overwrite MODEL's external data o.onnx.data")
+            "o.onnx.data: it would overwrite MODEL's external data ")
     unchanged(digests)
     assert not (tmp_path / "o.onnx").exists()
