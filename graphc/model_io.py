@@ -183,18 +183,36 @@ def check_output_paths(outputs: dict[str, str | os.PathLike | None], inputs: dic
                 raise GraphcError(f"{flag} {path}: it is also {other_flag}; give each output its own path")
 
 
+def external_data_files(path: str | os.PathLike) -> list[pathlib.Path]:
+    """The external data files a model file names that exist beside it (none when the file
+    cannot be read: loading it reports that)."""
+    path = pathlib.Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # unreadable: load_model says why
+        return []
+    locations = {e.value for t in iter_tensors(model.graph) if uses_external_data(t)
+                 for e in t.external_data if e.key == "location"}
+    files = []
+    for location in sorted(locations):
+        try:
+            if (path.parent / location).is_file():
+                files.append(path.parent / location)
+        except (OSError, ValueError):  # a NUL byte or an over-long name: load_model refuses it
+            continue
+    return files
+
+
 def file_size(path: str | os.PathLike) -> int:
     """Bytes on disk of a model, its external data files included."""
     path = pathlib.Path(path)
-    total = path.stat().st_size
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # size of an unreadable file is just its own size
-        return total
-    locations = {e.value for t in iter_tensors(model.graph) if uses_external_data(t)
-                 for e in t.external_data if e.key == "location"}
-    return total + sum((path.parent / loc).stat().st_size for loc in locations
-                       if (path.parent / loc).is_file())
+    return path.stat().st_size + sum(f.stat().st_size for f in external_data_files(path))
+
+
+def external_data_name(path: str | os.PathLike) -> pathlib.Path:
+    """Where ``save_model`` puts the external data of a model saved at ``path``."""
+    path = pathlib.Path(path)
+    return path.with_name(path.name + ".data")
 
 
 def tensor_nbytes(tensor: onnx.TensorProto) -> int:
@@ -246,7 +264,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> pathlib.Path:
     try:
         staged = staging / path.name
         if needs_external_data(model):
-            data_name = path.name + ".data"
+            data_name = external_data_name(path).name
             write_with_external_weights(model, staging, name=path.name, data_name=data_name, sync=True)
             os.replace(staging / data_name, directory / data_name)
             try:

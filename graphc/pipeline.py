@@ -36,7 +36,8 @@ from graphc.data import (Dataset, check_shape_overrides, check_unbatched_agree, 
 from graphc.errors import GraphcError
 from graphc.graph import drop_intermediate_shapes, model_header, to_graph, to_model
 from graphc.metrics import check_metric, evaluate
-from graphc.model_io import check_output_paths, file_size, load_model, same_file, save_model
+from graphc.model_io import (check_output_paths, external_data_files, external_data_name, file_size, load_model,
+                             same_file, save_model)
 from graphc.opsets import meet_min_opset
 from graphc.pass_api import check_order, result_graph
 from graphc.passes import build_passes
@@ -104,8 +105,11 @@ def optimize(request: OptimizeRequest) -> Report:
     check_order(passes)
     if same_file(request.model, request.output):
         raise GraphcError(f"-o {request.output}: the output must not overwrite the input model")
-    check_output_paths({"-o": request.output, "--report": request.report},
-                       {"MODEL": request.model, "--data": request.data, "--train-data": request.train_data,
+    weights = {"MODEL's external data" + (f" #{i + 1}" if i else ""): f
+               for i, f in enumerate(external_data_files(request.model))}
+    check_output_paths({"-o": request.output, "--report": request.report,
+                        "-o (its external data, over 2 GB)": external_data_name(request.output)},
+                       {"MODEL": request.model, **weights, "--data": request.data, "--train-data": request.train_data,
                         "--eval-data": request.eval_data})
     original = load_model(request.model)
     check_shape_overrides(model_signature(original, request.batch_axes), request.shapes)

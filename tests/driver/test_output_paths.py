@@ -166,3 +166,24 @@ def test_onnxruntime_own_log_stays_below_graphcs_line(tmp_path):
         run = subprocess.run([sys.executable, "-m", "graphc", *argv], capture_output=True, text=True, timeout=120)
         assert_one_line_error(run, r"error: ")
         assert "\x1b[" not in run.stderr
+
+
+def test_an_output_whose_external_data_would_replace_the_inputs_is_refused(tmp_path, capsys):
+    """A model over 2 GB is saved as OUT plus OUT.data: OUT.data must not be the input's own
+    external data file (the input's weights would be replaced)."""
+    import numpy as np
+    import onnx
+    import onnx.helper as oh
+
+    weight = onnx.numpy_helper.from_array(np.arange(4096, dtype=np.float32), "w")
+    x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4096])
+    model = oh.make_model(oh.make_graph([oh.make_node("Add", ["x", "w"], ["y"])], "g", [x],
+                                        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4096])], [weight]),
+                          opset_imports=[oh.make_opsetid("", 17)])
+    source = tmp_path / "m.onnx"
+    onnx.save(model, str(source), save_as_external_data=True, location="o.onnx.data", size_threshold=0)
+    digests = {source: digest(source), tmp_path / "o.onnx.data": digest(tmp_path / "o.onnx.data")}
+    refused(capsys, ["optimize", str(source), "--passes", "fold", "-o", str(tmp_path / "o.onnx")],
+            "o.onnx.data: it would overwrite MODEL's external data ")
+    unchanged(digests)
+    assert not (tmp_path / "o.onnx").exists()
