@@ -65,7 +65,10 @@ class FoldPass(Pass):
     exact = True
 
     def tolerance(self) -> Tolerance:
-        return Tolerance(max_rel_error=1e-4, min_cosine=0.99999)
+        # 1e-6 absolute: a folded BatchNorm or constant rounds differently in float32; on an
+        # output whose values are all tiny (ppocr-det's sigmoid map at 4e-5 on synthetic
+        # inputs: max abs 1.5e-7, relative 0.0036) that is no change
+        return Tolerance(max_rel_error=1e-4, min_cosine=0.99999, abs_floor=1e-6)
 
     def run(self, graph: gs.Graph, ctx) -> PassResult:
         nodes_before = len(graph.nodes)
