@@ -38,6 +38,8 @@ SHAPES = {
     "silero-vad-op15": ["--shape", "input=1x512"], "silero-vad-ifless": ["--shape", "input=1x512"],
     "voicefilter-lite": ["--shape", "batch=1,time=10"], "tashkeel-bilstm": ["--shape", "batch=1,seq_len=64"],
     "voicefilter-embedder": ["--shape", "batch=1"], "open-nsfw": ["--shape", "batch=1"],
+    "gru-state": ["--shape", "batch=1,time=16"],
+    "lstm-state-unnamed": ["--shape", "x=1x16x8", "--shape", "h0=2x1x16", "--shape", "c0=2x1x16"],
 }
 
 
