@@ -359,19 +359,11 @@ def check_unbatched_agree(datasets: Mapping[str, Dataset | None]) -> None:
                                   f"--batch-axis {name}=AXIS if it has one")
 
 
-def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
-    return read_npz(path)
-
-
 def _read_npy_dir(path: pathlib.Path) -> dict[str, np.ndarray]:
     files = sorted(path.glob("*.npy"))
     if not files:
         raise GraphcError(f"{path}: directory holds no .npy files (expected <input name>.npy per input)")
-    return {file.stem: _read_npy(file) for file in files}
-
-
-def _read_npy(file: pathlib.Path) -> np.ndarray:
-    return read_npy(file)
+    return {file.stem: read_npy(file) for file in files}
 
 
 def load_dataset(path: str | os.PathLike, signature: Sequence[InputSignature]) -> Dataset:
@@ -384,9 +376,9 @@ def load_dataset(path: str | os.PathLike, signature: Sequence[InputSignature]) -
             raise GraphcError(f"{path}: a single .npy feeds a one-input model; this one has {len(signature)} inputs "
                               f"({', '.join(s.name for s in signature)}): give an .npz keyed by input name or a "
                               f"directory of <input>.npy")
-        arrays = {signature[0].name: _read_npy(path)}
+        arrays = {signature[0].name: read_npy(path)}
     elif path.is_file():
-        arrays = _read_npz(path)
+        arrays = read_npz(path)
     else:
         raise GraphcError(f"{path}: no such file or directory")
     return validate(arrays, signature, str(path))

@@ -87,7 +87,7 @@ def read_npy(path: pathlib.Path) -> np.ndarray:
     return _mapped(path, offset, shape, fortran, dtype)
 
 
-def _member_data_offset(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: pathlib.Path) -> int:
+def _member_data_offset(info: zipfile.ZipInfo, path: pathlib.Path) -> int:
     """Where a stored member's bytes start in the archive file (after its local header)."""
     with open(path, "rb") as f:
         f.seek(info.header_offset)
@@ -146,7 +146,7 @@ def read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
                         shape, fortran, dtype = _read_header(stream, where)
                         header = stream.tell()
                     _check_declared(where, shape, dtype, info.file_size - header)
-                    offset = _member_data_offset(archive, info, path) + header
+                    offset = _member_data_offset(info, path) + header
                     arrays[key] = _mapped(path, offset, shape, fortran, dtype)
                 else:
                     arrays[key], _ = _inflate(archive, info, where)
