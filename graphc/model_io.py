@@ -24,6 +24,7 @@ Every file graphc writes is written here.
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import shutil
@@ -63,20 +64,22 @@ def _external_field(tensor: onnx.TensorProto, key: str) -> str | None:
     return next((e.value for e in tensor.external_data if e.key == key), None)
 
 
-def _external_bytes_needed(tensor: onnx.TensorProto) -> int | None:
-    """Bytes a tensor's raw data must hold (fixed-size types), or None."""
+def item_bytes(data_type: int) -> int | None:
+    """Bytes of one element of an ONNX tensor type (None: unknown type, or no fixed size)."""
     try:
-        item = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        return onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize or None
     except (KeyError, TypeError, ValueError):
         return None
-    if tensor.data_type == onnx.TensorProto.STRING or not item:
+
+
+def _external_bytes_needed(tensor: onnx.TensorProto) -> int | None:
+    """Bytes a tensor's raw data must hold (fixed-size types: 4-bit ones packed two a byte),
+    or None."""
+    if tensor.data_type == onnx.TensorProto.STRING or item_bytes(tensor.data_type) is None:
         return None
-    count = 1
-    for dim in tensor.dims:
-        count *= dim
     if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
-        return (count + 1) // 2
-    return count * item
+        return (math.prod(tensor.dims) + 1) // 2
+    return tensor_nbytes(tensor)
 
 
 def _check_external_locations(model: onnx.ModelProto, path: pathlib.Path) -> None:
@@ -218,13 +221,7 @@ def external_data_name(path: str | os.PathLike) -> pathlib.Path:
 def tensor_nbytes(tensor: onnx.TensorProto) -> int:
     """The bytes of a tensor's values, from its dims and type alone. Measuring the proto
     instead (``ByteSize``) encodes it in full under protobuf's upb backend: about 1 s per GB."""
-    count = 1
-    for dim in tensor.dims:
-        count *= dim
-    try:
-        return count * (onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize or 1)
-    except (KeyError, TypeError, ValueError):
-        return count
+    return math.prod(tensor.dims) * (item_bytes(tensor.data_type) or 1)
 
 
 MEASURED_PROTO_BYTES = 256 * 2**20  # below this a model's size is measured exactly (fast)

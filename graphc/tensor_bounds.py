@@ -24,15 +24,9 @@ import onnx
 
 from graphc.errors import GraphcError
 from graphc.graph import skeleton
+from graphc.model_io import item_bytes
 
 MAX_TENSOR_BYTES = 2 * 2**30  # the largest tensor graphc lets be computed ahead of time (rule 3)
-
-
-def _item_bytes(elem_type: int) -> int:
-    try:
-        return onnx.helper.tensor_dtype_to_np_dtype(elem_type).itemsize or 8
-    except (KeyError, TypeError, ValueError):
-        return 8  # strings and unknown types: a pointer each, at least
 
 
 def _static_bytes(value_info: onnx.ValueInfoProto) -> int | None:
@@ -42,7 +36,7 @@ def _static_bytes(value_info: onnx.ValueInfoProto) -> int | None:
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
     if any(d is None for d in dims):
         return None
-    return math.prod(dims) * _item_bytes(tensor_type.elem_type)
+    return math.prod(dims) * (item_bytes(tensor_type.elem_type) or 8)  # unknown types: a pointer each, at least
 
 
 def check_constant_tensor_sizes(model: onnx.ModelProto, what: str, limit: int = MAX_TENSOR_BYTES) -> None:
