@@ -41,10 +41,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from graphc.runtime import session_options
-from graphc.errors import GraphcError, first_line
-
 import onnxruntime as ort
+
+from graphc.errors import GraphcError, first_line
+from graphc.runtime import open_session, session_options
 
 SUFFIXES = re.compile(r"(_token_\d+|_nchwc|/duplicated)$")
 PREFIX = "fused "
@@ -108,13 +108,7 @@ def profile_models(models: Sequence[onnx.ModelProto], feeds: Mapping[str, np.nda
             name_nodes(model)
             opened.append(_open(model, directory, i, threads))
         feeds = dict(feeds)
-        slowest = 0.0
-        for session, _ in opened:
-            for _ in range(max(warmup, 1)):
-                start = time.perf_counter()
-                session.run(None, feeds)
-            slowest = max(slowest, time.perf_counter() - start)
-        count = int(np.clip(seconds / max(slowest, 1e-6), *rounds))
+        count = _warm_rounds([session for session, _ in opened], feeds, warmup, seconds, rounds)
         walls: list[list[float]] = [[] for _ in opened]
         for _ in range(count):
             for (session, _), wall in zip(opened, walls):
@@ -147,34 +141,32 @@ def _first_input_elements(args: dict) -> int:
     return int(np.prod(dims)) if isinstance(dims, list) and dims else 0
 
 
+def _warm_rounds(sessions: Sequence, feeds: dict[str, np.ndarray], warmup: int, seconds: float,
+                 rounds: tuple[int, int]) -> int:
+    """Run each session ``warmup`` times (at least once); the number of round-robin rounds that
+    fills ``seconds`` per model at the slowest one's last warm-up time, within ``rounds``."""
+    slowest = 0.0
+    for session in sessions:
+        for _ in range(max(warmup, 1)):
+            start = time.perf_counter()
+            session.run(None, feeds)
+        slowest = max(slowest, time.perf_counter() - start)
+    return int(np.clip(seconds / max(slowest, 1e-6), *rounds))
+
+
 def time_models(models: Sequence[onnx.ModelProto], feeds: Mapping[str, np.ndarray], threads: int | None = None,
                 seconds: float = 0.25, rounds: tuple[int, int] = ROUNDS, warmup: int = 2) -> list[float]:
     """Rule 3: median wall microseconds per run of each model, timed side by side."""
-    with tempfile.TemporaryDirectory(prefix="graphc-time-") as tmp:
-        sessions = []
-        for i, model in enumerate(models):
-            path = pathlib.Path(tmp) / f"model{i}.onnx"
-            onnx.save(model, str(path))
-            try:
-                sessions.append(ort.InferenceSession(str(path), session_options(threads, spinning=False),
-                                                     providers=["CPUExecutionProvider"]))
-            except Exception as exc:  # onnxruntime's own exception types
-                raise GraphcError(f"onnxruntime cannot run the model to time: {first_line(exc)}") from None
-        feeds = dict(feeds)
-        slowest = 0.0
-        for session in sessions:
-            for _ in range(max(warmup, 1)):
-                start = time.perf_counter()
-                session.run(None, feeds)
-            slowest = max(slowest, time.perf_counter() - start)
-        count = int(np.clip(seconds / max(slowest, 1e-6), *rounds))
-        walls: list[list[float]] = [[] for _ in sessions]
-        for round_index in range(count):
-            for k in range(len(sessions)):
-                i = (round_index + k) % len(sessions)
-                start = time.perf_counter()
-                sessions[i].run(None, feeds)
-                walls[i].append((time.perf_counter() - start) * 1e6)
+    sessions = [open_session(model, threads, what="the model to time", spinning=False) for model in models]
+    feeds = dict(feeds)
+    count = _warm_rounds(sessions, feeds, warmup, seconds, rounds)
+    walls: list[list[float]] = [[] for _ in sessions]
+    for round_index in range(count):
+        for k in range(len(sessions)):
+            i = (round_index + k) % len(sessions)
+            start = time.perf_counter()
+            sessions[i].run(None, feeds)
+            walls[i].append((time.perf_counter() - start) * 1e6)
     return [float(np.median(w)) for w in walls]
 
 
