@@ -10,7 +10,11 @@ of its inputs and of its first output:
 - Gemm: M x N x K, i.e. output elements x K (K from B and ``transB``, else from A and
   ``transA``);
 - MatMul / MatMulInteger / QLinearMatMul / MatMulIntegerToFloat / FusedMatMul: output
-  elements x K, the reduced dim (the last of A; B's second-to-last when A's shape is unknown).
+  elements x K, the reduced dim (the last of A; B's second-to-last when A's shape is unknown);
+- com.microsoft MultiHeadAttention / GroupQueryAttention (``fuse``): the two products they
+  replace, Q x K^T and P x V, 2 x B x S x S_kv x hidden from q ``[B, S, hidden]`` and k
+  ``[B, S_kv, hidden]``, counted dense as in the unfused graph (padding skipped at run time
+  is not subtracted).
 
 Other ops are cheap element-wise work and count 0.
 """
@@ -25,7 +29,8 @@ WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})  # layers 
 CONV_OPS = ("Conv", "ConvTranspose")
 CONV_WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}  # convolutions: where the weight is
 MATMUL_B_INPUT = {"MatMul": 1, "MatMulInteger": 1, "QLinearMatMul": 3, "MatMulIntegerToFloat": 1, "FusedMatMul": 1}
-MAC_OPS = frozenset({*CONV_WEIGHT_INPUT, *MATMUL_B_INPUT, "Gemm", "ConvTranspose"})
+ATTENTION_OPS = frozenset({"MultiHeadAttention", "GroupQueryAttention"})
+MAC_OPS = frozenset({*CONV_WEIGHT_INPUT, *MATMUL_B_INPUT, *ATTENTION_OPS, "Gemm", "ConvTranspose"})
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 INTEGER_OPS = frozenset({"QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QGemm",
                          "ConvInteger", "MatMulInteger"})  # compute ops that already run in integers
@@ -42,6 +47,11 @@ def node_macs(op: str, input_shape: Callable[[int], Shape | None], output_shape:
     ``input_shape(i)`` is the shape of input ``i`` (None: unknown or absent)."""
     if op not in MAC_OPS:
         return 0
+    if op in ATTENTION_OPS:
+        q, k = input_shape(0), input_shape(1)
+        if q is None or k is None or len(q) != 3 or len(k) != 3:
+            return None
+        return 2 * int(q[0]) * int(q[1]) * int(k[1]) * int(q[2])
     if op == "ConvTranspose":
         x, weight = input_shape(0), input_shape(1)
         return None if x is None or weight is None else int(np.prod(x)) * int(np.prod(weight[1:]))

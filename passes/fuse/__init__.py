@@ -81,7 +81,7 @@ class FusePass(Pass):
             return PassResult(changed=False, stats={**stats, "fused": 0}, graph=graph)
         original = to_model(graph, ctx.original)
         masks = mask_inputs(original)
-        probes = probe_inputs(ctx, original, masks)
+        probes = probe_inputs(ctx, original, masks, right_only=self.options.padding == "right")
         values = site_values(original, sites, probes, ctx.threads)
         kinds = {site.name: _kind(site, values, probes, masks) for site in sites}
         fused, ops = _fused_graph(original, set(kinds), kinds, self.options.padding == "any")

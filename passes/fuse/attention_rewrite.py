@@ -11,7 +11,11 @@ go. By mask kind (rule 2):
 - ``padding`` of input ``m``: ``com.microsoft.GroupQueryAttention`` with ``causal=0``,
   ``kv_num_heads = num_heads``, ``seqlens_k`` = tokens per row - 1 and
   ``total_sequence_length`` = the mask's length: the kernel reads only each row's first
-  ``seqlens_k + 1`` keys, so padding costs nothing. Keys may be padded anywhere: the keys
+  ``seqlens_k + 1`` keys, so padding costs nothing. A row with no token at all reads every
+  key (the kernel refuses an empty row; the original's output for such a row is the
+  softmax over all keys too with a finite mask value such as -1e4, a plain average of the
+  values with float32's lowest, which Hugging Face writes; either way the row has no
+  content). Keys may be padded anywhere: the keys
   and values are gathered so that each row's tokens come first, in order
   (``padding="any"``, the default; attention sums over keys, so their order does not
   change the result). ``padding="right"`` skips the gather for inputs known to be padded
@@ -82,12 +86,16 @@ def padding_plan(make: NodeMaker, mask: gs.Variable, any_padding: bool) -> Paddi
     valid32 = make.node("Cast", [valid], f"{base}/valid_i32", dtype=np.int32, to=6)[0]
     lengths = make.node("ReduceSum", [valid32, make.const(f"{base}/axes", np.array([1], np.int64))],
                         f"{base}/lengths", dtype=np.int32, keepdims=0)[0]
-    seqlens_k = make.node("Sub", [lengths, make.const(f"{base}/one", np.array(1, np.int32))], f"{base}/seqlens_k",
-                          dtype=np.int32)[0]
     shape = make.node("Shape", [mask], f"{base}/shape", dtype=np.int64)[0]
     length = make.node("Gather", [shape, make.const(f"{base}/axis1", np.array(1, np.int64))], f"{base}/length",
                        dtype=np.int64, axis=0)[0]
     total = make.node("Cast", [length], f"{base}/total", dtype=np.int32, to=6)[0]
+    # a row with no token reads every key (the kernel refuses a length of 0)
+    empty = make.node("Equal", [lengths, make.const(f"{base}/zero32", np.array(0, np.int32))], f"{base}/empty",
+                      dtype=np.bool_)[0]
+    lengths = make.node("Where", [empty, total, lengths], f"{base}/lengths_or_all", dtype=np.int32)[0]
+    seqlens_k = make.node("Sub", [lengths, make.const(f"{base}/one", np.array(1, np.int32))], f"{base}/seqlens_k",
+                          dtype=np.int32)[0]
     order = None
     if any_padding:
         # sort key: tokens before padding, each group in position order: valid * S + (S - 1 - position)

@@ -285,10 +285,13 @@ def data_inputs(tensor: gs.Tensor) -> set[str]:
 def find_sites(graph: gs.Graph) -> tuple[list[AttentionSite], dict[str, str]]:
     """Every attention site of ``graph`` (top level) and, per Softmax left alone, why."""
     sites, skipped = [], {}
+    outputs = {id(t) for t in graph.outputs}
     for node in graph.nodes:
         if node.op != "Softmax":
             continue
         site, reason = match_site(node)
+        if site is not None and any(id(t) in outputs for n in site.nodes for t in n.outputs if t is not site.out):
+            site, reason = None, "an attention tensor inside it is a graph output (attention weights output?)"
         if site is None:
             skipped[node.name or node.outputs[0].name] = reason
         else:

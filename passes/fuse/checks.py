@@ -2,7 +2,8 @@
 
 The probe inputs are ``PROBE_ROWS`` rows of the context's sample data (``--data``, else
 synthetic rows; fewer rows are repeated) with every mask input replaced by rule 2's padding
-patterns, so a fused padding mask is checked on right-padded, left-padded and holed rows.
+patterns, so a fused padding mask is checked on right-padded, left-padded and holed rows
+(full and right-padded rows only for ``padding=right``, which promises no other kind).
 The original model runs once with every site's output and mask exposed (``site_values``:
 what rule 2 classifies and what the fused sites are held to), the fused model once with the
 site outputs exposed (``site_errors``: per site, max |fused - original| / max |original|).
@@ -21,7 +22,7 @@ from graphc.passes.fuse.masks import PROBE_ROWS, probe_feeds
 from graphc.runtime import exposing_session, run_session
 
 
-def probe_inputs(ctx, model: onnx.ModelProto, masks: list[str]) -> dict[str, np.ndarray]:
+def probe_inputs(ctx, model: onnx.ModelProto, masks: list[str], right_only: bool = False) -> dict[str, np.ndarray]:
     """``PROBE_ROWS`` rows of sample inputs with the mask inputs set to padding patterns (the
     model's own batch size where it fixes one)."""
     data = ctx.sample_data(PROBE_ROWS)
@@ -33,7 +34,7 @@ def probe_inputs(ctx, model: onnx.ModelProto, masks: list[str]) -> dict[str, np.
         feeds = repeat_rows(feeds, PROBE_ROWS, axes)
     elif rows > PROBE_ROWS:
         feeds = take_rows(feeds, 0, PROBE_ROWS, axes)
-    return probe_feeds(feeds, masks)
+    return probe_feeds(feeds, masks, right_only)
 
 
 def _fixed_batch(model: onnx.ModelProto, axes) -> bool:

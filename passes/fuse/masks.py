@@ -48,12 +48,13 @@ def mask_inputs(model: onnx.ModelProto) -> list[str]:
             if "mask" in s.name.lower() and len(s.shape) == 2 and s.batch_axis == 0]
 
 
-def padding_patterns(rows: int, length: int, dtype: np.dtype) -> np.ndarray:
-    """0/1 rows: full, right-padded, left-padded, with holes (cycled for more rows)."""
+def padding_patterns(rows: int, length: int, dtype: np.dtype, right_only: bool = False) -> np.ndarray:
+    """0/1 rows: full, right-padded, left-padded, with holes (cycled for more rows); full and
+    right-padded only with ``right_only`` (``fuse:padding=right`` promises no other kind)."""
     patterns = np.ones((max(rows, 1), length), dtype=np.int64)
     half = max(1, (length + 1) // 2)
     for r in range(patterns.shape[0]):
-        kind = r % PROBE_ROWS
+        kind = r % 2 if right_only else r % PROBE_ROWS
         if kind == 1:
             patterns[r, half:] = 0
         elif kind == 2:
@@ -63,12 +64,12 @@ def padding_patterns(rows: int, length: int, dtype: np.dtype) -> np.ndarray:
     return patterns.astype(dtype)
 
 
-def probe_feeds(feeds: Mapping[str, np.ndarray], masks: list[str]) -> dict[str, np.ndarray]:
+def probe_feeds(feeds: Mapping[str, np.ndarray], masks: list[str], right_only: bool = False) -> dict[str, np.ndarray]:
     """``feeds`` with every mask input replaced by padding patterns of its own shape."""
     probed = dict(feeds)
     for name in masks:
         value = np.asarray(feeds[name])
-        probed[name] = padding_patterns(value.shape[0], value.shape[1], value.dtype)
+        probed[name] = padding_patterns(value.shape[0], value.shape[1], value.dtype, right_only)
     return probed
 
 
