@@ -72,7 +72,7 @@ class Int8Options:
     target: Literal["ort", "tensorrt"] = field(default="ort", metadata={
         "help": "ort: u8 activations/s8 weights for onnxruntime CPU; tensorrt: s8 symmetric, zero points 0"})
     mode: Literal["auto", "static", "dynamic"] = field(default="auto", metadata={
-        "help": "auto: Conv static, MatMul/Gemm dynamic in transformers (graphs with Softmax); "
+        "help": "auto: Conv static, MatMul/Gemm dynamic in transformers (graphs with Softmax or fused attention); "
                 "dynamic: MatMul/Gemm dynamic, Conv static"})
     percentile: float = field(default=99.99, metadata={"min": 50.0, "max": 100.0,
                                                         "help": "percentile of |x| kept by calib=percentile"})

@@ -9,7 +9,8 @@ calibrated once) or ``dynamic`` (range measured per run):
 - ``mode=static``: all static; ``mode=dynamic``: MatMul/Gemm dynamic, Conv-family static
   (onnxruntime's dynamic ConvInteger is ~4x slower than FP32, issue 3);
 - ``mode=auto`` (default): Conv-family static; MatMul/Gemm dynamic when the graph has a
-  Softmax (a transformer: measured fastest and most accurate on CPU, issue 3), else static.
+  Softmax or a fused attention op (``fuse``'s; a transformer: measured fastest and most
+  accurate on CPU, issue 3), else static.
 
 ``target=tensorrt`` has no dynamic form: all static (rule 6). Nodes whose labels the accuracy
 budget keeps FP32 (rule 8), or the speed guard (rule 11, a label -> reason mapping), are planned
@@ -28,7 +29,7 @@ import onnx_graphsurgeon as gs
 
 from graphc.errors import GraphcError
 from graphc.graph import constant_values
-from graphc.ops import CONV_OPS, QUANTIZED_OPS, WEIGHTED_OPS
+from graphc.ops import ATTENTION_OPS, CONV_OPS, QUANTIZED_OPS, WEIGHTED_OPS
 
 RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})  # compute nodes rule 1 does not quantize either
 
@@ -81,7 +82,7 @@ def plan_nodes(graph: gs.Graph, opts: Int8Options, keep: frozenset[str] | Mappin
     a mapping gives each kept label its reason, rule 11)."""
     patterns = list(opts.exclude)
     matched = {p: False for p in patterns}
-    transformer = any(n.op == "Softmax" for n in graph.nodes)
+    transformer = any(n.op == "Softmax" or n.op in ATTENTION_OPS for n in graph.nodes)
     plan = NodePlan([], [], {})
     for node in graph.nodes:
         if node.op not in WEIGHTED_OPS:
