@@ -15,6 +15,14 @@ from ``graphc.passes.int8.calibration`` (``calib``) over ``samples`` rows of ``-
 - ``target=ort``: u8, ``scale = (hi - lo) / 255``, ``zp = round(-lo / scale)`` with the
   range widened to include 0. onnxruntime then fuses QLinearConv, QGemm, QLinearMatMul /
   MatMulIntegerToFloat, QLinearAdd, QLinearConcat, QLinearGlobalAveragePool.
+- AveragePool with ``ceil_mode=1`` and ``count_include_pad=1`` (``ceil_pool``; e.g.
+  transformers' EfficientNet pooler): onnxruntime's QLinearAveragePool divides the windows the
+  ceil mode extends past the input by another count than its float AveragePool does (off by
+  up to 0.7 of the range, onnxruntime 1.32). Without padding the count of padded cells means
+  nothing, so such a pool reading a quantized tensor gets ``count_include_pad=0`` (the same
+  float result; ``uncount_ceil_pools``) and stays quantized; with padding it is never
+  quantized and reads its input's float tensor, not the DQ (else onnxruntime's QDQ
+  propagation would still fuse it into QLinearAveragePool).
 - ``target=tensorrt``: see rule 6 (``graphc.passes.int8.tensorrt``): which tensors differ,
   and the parameters are s8 symmetric (``activation_qparams``).
 """
@@ -46,6 +54,34 @@ class QParams:
     scale: np.ndarray
     zero_point: np.ndarray
     axis: int | None = None
+
+
+def ceil_pool(node: gs.Node) -> str | None:
+    """"unpadded" or "padded" for an AveragePool with ``ceil_mode=1`` and
+    ``count_include_pad=1`` (onnxruntime's QLinearAveragePool averages it differently), None
+    for any other node."""
+    attrs = node.attrs
+    if node.op != "AveragePool" or not attrs.get("ceil_mode", 0) or not attrs.get("count_include_pad", 0):
+        return None
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    return "unpadded" if auto_pad in ("NOTSET", "VALID") and not any(attrs.get("pads", ())) else "padded"
+
+
+def _propagates(node: gs.Node) -> bool:
+    """Whether ``node``'s output joins rule 3's fixed point when its data inputs are quantized."""
+    return node.op in PROPAGATE_OPS and ceil_pool(node) != "padded"
+
+
+def uncount_ceil_pools(graph: gs.Graph, params: dict[str, QParams]) -> int:
+    """Rule 3: ``count_include_pad=0`` on every unpadded ``ceil_pool`` whose input is quantized
+    (the same float result; onnxruntime's QLinearAveragePool then agrees). Returns how many."""
+    done = 0
+    for node in graph.nodes:
+        if ceil_pool(node) == "unpadded" and node.inputs and node.inputs[0].name in params:
+            node.attrs["count_include_pad"] = 0
+            done += 1
+    return done
 
 
 def _data_inputs(node: gs.Node) -> list[gs.Tensor]:
@@ -81,7 +117,7 @@ def activation_tensors(graph: gs.Graph, static: list[gs.Node], target: str = "or
         for node in graph.nodes:
             if not node.outputs:
                 continue
-            data = _data_inputs(node) if node.op in PROPAGATE_OPS else []
+            data = _data_inputs(node) if _propagates(node) else []
             if data and all(not isinstance(t, gs.Constant) and t.name in chosen for t in data):
                 changed |= add(node.outputs[0])
             elif extend is not None:
@@ -148,7 +184,8 @@ def activation_params(graph: gs.Graph, tensors: dict[str, gs.Variable],
 def absorb_activations(graph: gs.Graph, params: dict[str, QParams]) -> int:
     """Rule 3 (ort): drop a Relu/Clip between a Q/DQ pair and the same Q/DQ parameters when
     the quantized range lies inside the activation's range (it is then the identity on every
-    dequantized value); its readers read the pre-activation DQ. Returns how many."""
+    dequantized value); its readers read the pre-activation DQ. Not when a padded ``ceil_pool``
+    reads it (that reads the float output). Returns how many."""
     absorbed = 0
     for node in graph.nodes:
         if node.op not in ACTIVATION_OPS or not node.outputs:
@@ -156,6 +193,8 @@ def absorb_activations(graph: gs.Graph, params: dict[str, QParams]) -> int:
         source, result = node.inputs[0], node.outputs[0]
         qp = params.get(source.name)
         if qp is None or params.get(result.name) is not qp or len(source.outputs) != 1:
+            continue
+        if any(ceil_pool(reader) == "padded" for reader in result.outputs):  # it reads the float output
             continue
         low, high = 0.0, np.inf
         if node.op == "Clip":
@@ -218,5 +257,7 @@ def insert_qdq(graph: gs.Graph, params: dict[str, QParams], names: Callable[[str
         source = producer(tensor)
         everyone = source is not None and id(source) in quantized_nodes
         for consumer in consumers:
+            if ceil_pool(consumer) == "padded":
+                continue
             if everyone or id(consumer) in quantized_nodes:
                 swap_tensor(consumer.inputs, tensor, restored)

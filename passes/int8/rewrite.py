@@ -11,7 +11,7 @@ import onnx_graphsurgeon as gs
 
 from graphc.graph import unique_name
 from graphc.passes.int8.activation_chains import CHAIN_OPS, drop_rescales, quantize_constant_inputs
-from graphc.passes.int8.activations import QParams, absorb_activations, insert_qdq
+from graphc.passes.int8.activations import QParams, absorb_activations, insert_qdq, uncount_ceil_pools
 from graphc.passes.int8.dynamic import quantize_dynamic_node
 from graphc.passes.int8.embeddings import quantize_embeddings
 from graphc.passes.int8.plan import NodePlan
@@ -38,6 +38,7 @@ def rewrite(graph: gs.Graph, plan: NodePlan, params: dict[str, QParams], opts: I
     graph.nodes.extend(weights.nodes)
     if opts.target == "ort":
         stats["activations_absorbed"] = absorb_activations(graph, params)
+        stats["ceil_pools_uncounted"] = uncount_ceil_pools(graph, params)
     insert_qdq(graph, params, names, plan.static, CHAIN_OPS if opts.target == "ort" else ())
     if opts.target == "ort":
         stats["chain_constants_quantized"] = quantize_constant_inputs(graph, params, names)

@@ -23,6 +23,7 @@ import pytest
 from graphc import cli
 from graphc.data import model_signature, parse_shapes, resolve_shape
 from tests.corpus import CORPUS
+from tests.corpus.hf_families import FAMILIES
 
 SILERO_SHAPES = ("--shape", "input=1x512", "--shape", "state=2x1x128")
 PRUNE_ARGS = {
@@ -41,9 +42,11 @@ EXPECTED = {
     "silero-vad": "unchanged", "silero-vad-op15": "pruned", "silero-vad-ifless": "unchanged",
     "voicefilter-embedder": "unchanged", "voicefilter-lite": "unchanged", "tashkeel-bilstm": "unchanged",
     "yolo-c2f-sppf": "pruned", "fused-qkv-slice": "pruned",
+    # tests/corpus/hf_families.py: every family with both exporters
+    **{f"hf-{family}-{flavour}": "pruned" for family in FAMILIES for flavour in ("ts", "dynamo")},
 }
 FAST = {"ppocr-cls", "silero-vad", "silero-vad-op15", "silero-vad-ifless", "yolo-c2f-sppf", "fused-qkv-slice",
-        "tashkeel-bilstm"}
+        "tashkeel-bilstm", "hf-pplcnet-ts", "hf-pplcnet-dynamo"}
 
 
 def _args(name: str) -> list[str]:

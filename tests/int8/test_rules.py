@@ -194,6 +194,41 @@ def test_conv_bias_int32_and_fake_quant_reference(tmp_path, groups):
     assert np.mean(got != c_ref) < 0.01
 
 
+# ------------------------------------------------------------ ceil-mode AveragePool
+@pytest.mark.parametrize("pads", [0, 1])
+def test_ceil_mode_average_pool_counts_like_the_float_pool(tmp_path, pads):
+    """Conv -> AveragePool(3x3, stride 2, ceil_mode=1, count_include_pad=1) on 8x8 -> Conv:
+    the ceil windows overhang the input. onnxruntime's QLinearAveragePool divides them by
+    another count than AveragePool (transformers' EfficientNet pooler: int8 cosine 0.54), so
+    rule 3 sets count_include_pad=0 on an unpadded pool (the same float result) and keeps a
+    padded one float, reading its input's float tensor, not the DQ."""
+    rng = np.random.default_rng(11)
+    w1 = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    w2 = rng.standard_normal((4, 8, 1, 1)).astype(np.float32)
+    nodes = [oh.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]), oh.make_node("Relu", ["c"], ["r"]),
+             oh.make_node("AveragePool", ["r"], ["p"], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1,
+                          count_include_pad=1, pads=[pads] * 4, name="pool"),
+             oh.make_node("Conv", ["p", "w2"], ["y"])]
+    side = 5 if pads else 4  # ceil((8 + 2 * pads - 3) / 2) + 1
+    model = _save(tmp_path, nodes, [oh.make_tensor_value_info("x", FLOAT, ["n", 4, 8, 8])],
+                  [oh.make_tensor_value_info("y", FLOAT, ["n", 4, side, side])], {"w1": w1, "w2": w2})
+    x = rng.standard_normal((16, 4, 8, 8)).astype(np.float32)
+    out, q, _, stats = _quantize(tmp_path, model, "int8:mode=static", {"x": x})
+    want = open_session(model).run(None, {"x": x})[0]
+    got = open_session(out).run(None, {"x": x})[0]
+    assert got.shape == want.shape
+    # int8 noise is about 1% of the range here; the miscounted windows were off by 10-70%
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+    (pool,) = _nodes(q, "AveragePool")
+    attrs = {a.name: oh.get_attribute_value(a) for a in pool.attribute}
+    reads_dq = pool.input[0] in {n.output[0] for n in _nodes(q, "DequantizeLinear")}
+    if pads:  # float: onnxruntime finds no DQ -> AveragePool -> Q to fuse
+        assert attrs["count_include_pad"] == 1 and stats["ceil_pools_uncounted"] == 0 and not reads_dq
+    else:  # integer: DQ -> AveragePool -> Q, fused into QLinearAveragePool
+        assert attrs["count_include_pad"] == 0 and stats["ceil_pools_uncounted"] == 1 and reads_dq
+        assert any(n.input[0] == "p" for n in _nodes(q, "QuantizeLinear"))
+
+
 # ------------------------------------------------------------------------- Gemm bias
 def test_gemm_bias_beta_and_transb(tmp_path):
     rng = np.random.default_rng(5)
