@@ -18,6 +18,9 @@ Rules, each in the module that applies it:
    to full, right-padded, left-padded and holed rows); a site whose output moves by more
    than ``SITE_TOLERANCE`` relative to its largest magnitude is put back as it was, with a
    note: ``checks``
+5. ``unpad``: the layers between the embeddings and the head run on each row's tokens only,
+   kept where no model output moves on the probes (a head that reads padded positions keeps
+   the padding, with a note): ``unpad``
 
 Refuses to touch: nodes in subgraphs, sites rule 1 leaves alone (the report lists each
 Softmax left and why), models without attention (returned unchanged, with a note).
@@ -34,7 +37,8 @@ from graphc.graph import infer_shapes, to_graph, to_model
 from graphc.pass_api import Pass, PassResult
 from graphc.passes.fuse.attention_rewrite import NodeMaker, fuse_site, padding_plan
 from graphc.passes.fuse.attention_sites import AttentionSite, data_inputs, find_sites
-from graphc.passes.fuse.checks import probe_inputs, site_errors, site_values
+from graphc.passes.fuse.checks import output_errors, probe_inputs, site_errors, site_values
+from graphc.passes.fuse.unpad import projection_input, token_region, unpad
 from graphc.passes.fuse.masks import MaskKind, classify, mask_inputs
 from graphc.verify import Tolerance
 
@@ -48,6 +52,9 @@ class FuseOptions:
     padding: Literal["any", "right"] = field(default="any", metadata={
         "help": "padding masks: 'any' (exact for every 0/1 mask) or 'right' (skips a gather per layer; "
                 "wrong for left-padded rows)"})
+    unpad: bool = field(default=True, metadata={
+        "help": "run the layers between embeddings and head on the tokens only (rule 5; kept only where "
+                "the outputs do not move)"})
 
 
 class FusePass(Pass):
@@ -84,14 +91,18 @@ class FusePass(Pass):
         probes = probe_inputs(ctx, original, masks, right_only=self.options.padding == "right")
         values = site_values(original, sites, probes, ctx.threads)
         kinds = {site.name: _kind(site, values, probes, masks) for site in sites}
-        fused, ops = _fused_graph(original, set(kinds), kinds, self.options.padding == "any")
+        fused, ops, _ = _fused_graph(original, set(kinds), kinds, self.options.padding == "any")
         errors = site_errors(to_model(fused, ctx.original), sites, values, probes, ctx.threads)
         bad = {name for name, error in errors.items() if error > SITE_TOLERANCE}
         for name in sorted(bad):
             ctx.report.note(f"fuse: site {name} left unfused: its fused form moved its output by "
                             f"{errors[name]:.2g} relative (tolerance {SITE_TOLERANCE:g})")
         if bad:
-            fused, ops = _fused_graph(original, set(kinds) - bad, kinds, self.options.padding == "any")
+            fused, ops, _ = _fused_graph(original, set(kinds) - bad, kinds, self.options.padding == "any")
+        stats["unpadded"] = False
+        if self.options.unpad and ops:
+            fused, stats["unpadded"] = _try_unpad(ctx, original, fused, set(ops), kinds, self.options.padding == "any",
+                                                  values, probes)
         counts: dict[str, int] = {}
         for op in ops.values():
             counts[op] = counts.get(op, 0) + 1
@@ -115,8 +126,30 @@ def _kind(site: AttentionSite, values, probes, masks) -> MaskKind:
     return classify(bias, probes, masks, data_inputs(site.bias))
 
 
-def _fused_graph(original, names: set[str], kinds: dict[str, MaskKind], any_padding: bool):
-    """A fresh graph of ``original`` with the sites called ``names`` fused; op per site."""
+def _try_unpad(ctx, original, fused, names, kinds, any_padding, values, probes):
+    """Rule 5 on top of the fused sites, kept when no model output moves on the probes."""
+    inputs = {kinds[n].input for n in names}
+    if len(inputs) != 1 or any(kinds[n].kind != "padding" for n in names):
+        return fused, False
+    candidate, _, why = _fused_graph(original, names, kinds, any_padding, unpad_input=inputs.pop())
+    if candidate is None:
+        ctx.report.note(f"fuse: padding kept ({why})")
+        return fused, False
+    outputs = [t.name for t in candidate.outputs]
+    errors = output_errors(to_model(candidate, ctx.original), outputs, values, probes, ctx.threads)
+    moved = {name: e for name, e in errors.items() if e > SITE_TOLERANCE}
+    if moved:
+        name = max(moved, key=moved.get)
+        ctx.report.note(f"fuse: padding kept: output {name!r} reads padded positions (it moved by "
+                        f"{moved[name]:.2g} relative without them)")
+        return fused, False
+    return candidate, True
+
+
+def _fused_graph(original, names: set[str], kinds: dict[str, MaskKind], any_padding: bool,
+                 unpad_input: str | None = None):
+    """A fresh graph of ``original`` with the sites called ``names`` fused; op per site. With
+    ``unpad_input`` rule 5 is applied too: (graph, ops, None), or (None, None, why not)."""
     graph = infer_shapes(to_graph(original))
     sites = {s.name: s for s in find_sites(graph)[0]}
     make = NodeMaker(graph)
@@ -131,7 +164,18 @@ def _fused_graph(original, names: set[str], kinds: dict[str, MaskKind], any_padd
             plans[kind.input] = padding_plan(make, inputs[kind.input], any_padding)
         ops[name] = fuse_site(make, site, kind, plans)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    return graph, ops
+    if unpad_input is None:
+        return graph, ops, None
+    attention = [n for n in graph.nodes if n.op == "GroupQueryAttention"]
+    entry = projection_input(attention[0].inputs[0]) if attention else None
+    if entry is None or entry.shape is None or len(entry.shape) != 3:
+        return None, None, "the first attention's input is not a [batch, sequence, hidden] projection input"
+    region = token_region(graph, entry, plans[unpad_input])
+    if len(region.attention) != len(attention):
+        return None, None, f"{len(attention) - len(region.attention)} attention sites are outside the token region"
+    unpad(graph, make, region, plans[unpad_input], inputs[unpad_input])
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return graph, ops, None
 
 
 def _note_skipped(ctx, skipped: dict[str, str]) -> None:

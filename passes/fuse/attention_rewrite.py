@@ -70,13 +70,14 @@ class NodeMaker:
 
 @dataclass
 class PaddingPlan:
-    """What the fused nodes of one padding-mask input share, built once: ``seqlens_k``
-    (int32 [B], tokens - 1), ``total`` (int32 scalar, the mask's length) and, for
+    """What the fused nodes of one padding-mask input share, built once: ``lengths``,
+    ``seqlens_k`` (int32 [B], tokens - 1), ``total`` (int32 scalar, the mask's length) and, for
     ``padding="any"``, ``order`` (int64 [B, S, 1]: per row, its token positions first)."""
 
     seqlens_k: gs.Variable
     total: gs.Variable
     order: gs.Variable | None
+    lengths: gs.Variable  # int32 [B]: tokens per row (a row without any: the mask's length)
 
 
 def padding_plan(make: NodeMaker, mask: gs.Variable, any_padding: bool) -> PaddingPlan:
@@ -115,7 +116,7 @@ def padding_plan(make: NodeMaker, mask: gs.Variable, any_padding: bool) -> Paddi
         indices.dtype = np.int64
         order = make.node("Unsqueeze", [indices, make.const(f"{base}/axis2", np.array([2], np.int64))],
                           f"{base}/order", dtype=np.int64)[0]
-    return PaddingPlan(seqlens_k, total, order)
+    return PaddingPlan(seqlens_k, total, order, lengths)
 
 
 def _detach(site: AttentionSite) -> None:

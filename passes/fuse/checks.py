@@ -57,16 +57,24 @@ def site_values(model: onnx.ModelProto, sites: Sequence[AttentionSite], feeds, t
     return _run(model, sorted(names), feeds, threads)
 
 
+def _relative(ref, got) -> float:
+    ref, got = np.asarray(ref, dtype=np.float64), np.asarray(got, dtype=np.float64)
+    if ref.shape != got.shape or not np.all(np.isfinite(got)):
+        return float("inf")
+    if ref.size == 0:
+        return 0.0
+    return float(np.max(np.abs(got - ref)) / max(float(np.max(np.abs(ref))), 1e-30))
+
+
+def output_errors(candidate: onnx.ModelProto, names: Sequence[str], reference: Mapping[str, np.ndarray], feeds,
+                  threads) -> dict[str, float]:
+    """Per model output: the candidate's max error relative to the original's largest magnitude."""
+    values = _run(candidate, [], feeds, threads)
+    return {name: _relative(reference[name], values[name]) for name in names}
+
+
 def site_errors(fused: onnx.ModelProto, sites: Sequence[AttentionSite], reference: Mapping[str, np.ndarray],
                 feeds, threads) -> dict[str, float]:
     """Per site: the fused output's max error relative to the original's largest magnitude."""
     values = _run(fused, sorted({s.out.name for s in sites}), feeds, threads)
-    errors = {}
-    for site in sites:
-        ref = np.asarray(reference[site.out.name], dtype=np.float64)
-        got = np.asarray(values[site.out.name], dtype=np.float64)
-        if ref.shape != got.shape or not np.all(np.isfinite(got)):
-            errors[site.name] = float("inf")
-            continue
-        errors[site.name] = float(np.max(np.abs(got - ref)) / max(float(np.max(np.abs(ref))), 1e-30))
-    return errors
+    return {site.name: _relative(reference[site.out.name], values[site.out.name]) for site in sites}

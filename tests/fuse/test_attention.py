@@ -68,7 +68,7 @@ def test_rules_1_to_3_fuse_every_fixture_exactly_with_rows_padded_every_way(name
                                                                            tmp_path):
     source = exports(name, dynamo)
     out = tmp_path / "fused.onnx"
-    code, report = _optimize(source, out)
+    code, report = _optimize(source, out, "fold,fuse:unpad=false")
     assert code == 0
     op, kind = EXPECTED[name, dynamo]
     assert _fused_ops(out) == {op: 2}
@@ -82,7 +82,7 @@ def test_rules_1_to_3_fuse_every_fixture_exactly_with_rows_padded_every_way(name
 
 def test_rule_3_padding_masks_read_once_per_input(exports, tmp_path):
     out = tmp_path / "fused.onnx"
-    assert _optimize(exports("bert", False), out)[0] == 0
+    assert _optimize(exports("bert", False), out, "fold,fuse:unpad=false")[0] == 0
     model = onnx.load(str(out))
     ops = collections.Counter(n.op_type for n in model.graph.node)
     assert ops["TopK"] == 1 and ops["ReduceSum"] == 1  # one token order and one length per mask input
@@ -93,7 +93,7 @@ def test_rule_3_padding_masks_read_once_per_input(exports, tmp_path):
 def test_rule_3_padding_right_skips_the_gather_and_is_wrong_only_on_left_padding(exports, sample_inputs, tmp_path):
     source = exports("bert", False)
     out = tmp_path / "right.onnx"
-    assert _optimize(source, out, "fold,fuse:padding=right")[0] == 0
+    assert _optimize(source, out, "fold,fuse:padding=right:unpad=false")[0] == 0
     assert collections.Counter(n.op_type for n in onnx.load(str(out)).graph.node)["GatherND"] == 0
     feeds = _inputs("bert", sample_inputs, batch=4)  # rows: full, right-, left-padded, holes
     want = open_session(source).run(None, feeds)[0]
