@@ -1,6 +1,7 @@
 """``fuse``'s norm and activation rules: residual Add + LayerNormalization into
-``SkipLayerNormalization``, the erf GELU into ``BiasGelu`` / ``Gelu`` (``com.microsoft``), and
-the choice between rewritten and unrewritten models by measured time.
+``SkipLayerNormalization`` (here), the erf and tanh GELUs into ``BiasGelu`` / ``Gelu`` /
+``FastGelu`` (``com.microsoft``; passes/fuse/gelu.py), and the choice between rewritten and
+unrewritten models by measured time (here).
 
 What onnxruntime 1.32's own session optimizer (ORT_ENABLE_ALL, CPU EP) already fuses on our
 exports (the bert / gpt / vit fixtures of tests/topologies.py and MiniLM, op types counted in
@@ -14,11 +15,13 @@ the graph it saves to ``optimized_model_filepath``; as exported, after ``fold``,
 - MatMul + bias + erf GELU -> BiasGelu: TorchScript exports yes (after ``fold,int8`` Gelu, the
   bias going into MatMulIntegerToFloat); dynamo at opset 20 (MiniLM: an ONNX ``Gelu``) yes;
   dynamo at opset 18 (bert, vit fixtures: ``x * (0.5 * (1 + erf(x / sqrt 2)))``) no: rule 2.
-- tanh GELU (GPT-2's gelu_new) -> FastGelu: yes, both exporters, as exported, after ``fold``
-  and after ``fold,int8`` (gpt: 2 of 2). No rule here.
+- tanh GELU (GPT-2's gelu_new) -> FastGelu: after GPT-2's Conv1D (Gemm, Reshape) yes, both
+  exporters, as exported, after ``fold`` and after ``fold,int8`` (gpt: 2 of 2); after a 3-D
+  Linear (MatMul + bias Add: gelu_new or torch's ``gelu(approximate="tanh")``) no, with
+  either exporter: rule 3.
 
 ``onnxruntime_fusions`` counts what the installed onnxruntime fuses in a given model, so a
-pass can check these findings on the machine it runs on. Rules (each function rewrites
+pass can check these findings on the machine it runs on. Rules (each rewrite function edits
 ``graph`` in place, returns how many sites it rewrote, and leaves anything else alone):
 
 1. ``skip_layer_norm``: ``LayerNormalization(Add(a, b), gamma[, beta])`` with axis -1 (or the
@@ -30,17 +33,12 @@ pass can check these findings on the machine it runs on. Rules (each function re
    the residual Add and not a graph output, and v of the same shape, that Add goes into the
    ``bias`` input (a is tried before b). When nodes other than the LayerNormalization read the
    sum, it stays, as the op's fourth output ``input_skip_bias_sum``; else the op writes none.
-2. ``erf_gelu``: ``x * 0.5 * (1 + erf(x / sqrt 2))`` in any order of its two Muls (TorchScript:
-   ``(x * (1 + erf)) * 0.5``; dynamo: ``x * (0.5 * (1 + erf))``; also ``(x * 0.5) * (1 + erf)``),
-   ``x / sqrt 2`` as Div by sqrt 2 or Mul by 1/sqrt 2, float32 x, every constant a scalar within
-   ``RTOL`` of its value, every tensor inside read only by the next node of the pattern and no
-   graph output -> ``com.microsoft`` ``Gelu(x)``; when x is ``Add(v, bias)`` with a constant
-   1-D float32 bias whose length is v's last dim, and x is read only by the pattern and is no
-   graph output -> ``BiasGelu(v, bias)``.
-3. Each rule that adds a node imports ``com.microsoft`` at version 1 into ``graph``
+2. ``gelu.erf_gelu``: erf GELU -> ``Gelu`` / ``BiasGelu`` (gelu.py states the pattern).
+3. ``gelu.tanh_gelu``: tanh GELU -> ``FastGelu`` (gelu.py states the pattern).
+4. Each rule that adds a node imports ``com.microsoft`` at version 1 into ``graph``
    (``graph.import_domains``, which graphsurgeon exports as the model's opset list), then
    removes the nodes it replaced (``cleanup``) and sorts the graph.
-4. ``faster_variant``: the models are timed side by side with ``graphc.profiling.time_models``
+5. ``faster_variant``: the models are timed side by side with ``graphc.profiling.time_models``
    (non-spinning sessions, round-robin, median wall time per run); the first model is the
    reference, and another is chosen only when its median is more than ``margin`` (a fraction)
    below the reference's, the fastest of those; returns its name and every model's time. A
@@ -73,37 +71,37 @@ DEFAULT_DOMAINS = (None, "", "ai.onnx")  # graphsurgeon reads the default domain
 
 # ---------------------------------------------------------------------------- shared
 def import_microsoft_domain(graph: gs.Graph) -> None:
-    """Rule 3: ``com.microsoft`` version 1 in ``graph.import_domains`` (kept if there)."""
+    """Rule 4: ``com.microsoft`` version 1 in ``graph.import_domains`` (kept if there)."""
     if graph.import_domains is None:
         graph.import_domains = [onnx.helper.make_opsetid("", graph.opset)]
     if not any(d.domain == MS_DOMAIN for d in graph.import_domains):
         graph.import_domains.append(onnx.helper.make_opsetid(MS_DOMAIN, MS_VERSION))
 
 
-def _finish(graph: gs.Graph, count: int) -> int:
+def finish(graph: gs.Graph, count: int) -> int:
     if count:
         import_microsoft_domain(graph)
         graph.cleanup().toposort()
     return count
 
 
-def _only_reader(graph: gs.Graph, tensor: gs.Tensor, node: gs.Node) -> bool:
+def only_reader(graph: gs.Graph, tensor: gs.Tensor, node: gs.Node) -> bool:
     """``node`` is the one node that reads ``tensor``, and ``tensor`` is no graph output."""
     return len(tensor.outputs) == 1 and tensor.outputs[0] is node and not is_graph_output(graph, tensor)
 
 
-def _readers_within(graph: gs.Graph, tensor: gs.Tensor, nodes: list[gs.Node]) -> bool:
+def readers_within(graph: gs.Graph, tensor: gs.Tensor, nodes: list[gs.Node]) -> bool:
     """Only nodes of ``nodes`` read ``tensor`` (each as often as it lists it), and it is no graph output."""
     return not is_graph_output(graph, tensor) and all(any(r is n for n in nodes) for r in tensor.outputs)
 
 
-def _is_scalar(tensor: gs.Tensor, value: float) -> bool:
+def is_scalar(tensor: gs.Tensor, value: float) -> bool:
     values = constant_values(tensor)
     return (values is not None and values.size == 1 and values.dtype == np.float32
             and math.isclose(float(values.reshape(())), value, rel_tol=RTOL))
 
 
-def _vector(tensor: gs.Tensor, length: int | None = None) -> np.ndarray | None:
+def float_vector(tensor: gs.Tensor, length: int | None = None) -> np.ndarray | None:
     """The values of a constant 1-D float32 tensor (of ``length`` values, if given), else None."""
     values = constant_values(tensor)
     if values is None or values.dtype != np.float32 or values.ndim != 1 or (length is not None and values.size != length):
@@ -111,7 +109,7 @@ def _vector(tensor: gs.Tensor, length: int | None = None) -> np.ndarray | None:
     return values
 
 
-def _other(node: gs.Node, tensor: gs.Tensor) -> gs.Tensor | None:
+def other_input(node: gs.Node, tensor: gs.Tensor) -> gs.Tensor | None:
     """The other input of a two-input node that reads ``tensor`` once."""
     ins = node.inputs
     if len(ins) != 2 or (ins[0] is tensor) == (ins[1] is tensor):
@@ -119,11 +117,11 @@ def _other(node: gs.Node, tensor: gs.Tensor) -> gs.Tensor | None:
     return ins[1] if ins[0] is tensor else ins[0]
 
 
-def _taken_names(graph: gs.Graph) -> set[str]:
+def taken_names(graph: gs.Graph) -> set[str]:
     return {n.name for n in graph.nodes if n.name}
 
 
-def _detach(*nodes: gs.Node) -> None:
+def detach(*nodes: gs.Node) -> None:
     for node in nodes:
         node.outputs.clear()
 
@@ -147,7 +145,7 @@ def _layer_norm_site(graph: gs.Graph, ln: gs.Node, shapes) -> dict | None:
     channels = typed[1][2]
     gamma = ln.inputs[1]
     beta = ln.inputs[2] if len(ln.inputs) > 2 and ln.inputs[2].name else None
-    if _vector(gamma, channels) is None or (beta is not None and _vector(beta, channels) is None):
+    if float_vector(gamma, channels) is None or (beta is not None and float_vector(beta, channels) is None):
         return None
     a, b = add.inputs
     if any(constant_values(t) is not None or shapes.get(t.name) != typed for t in (a, b)):
@@ -158,17 +156,17 @@ def _layer_norm_site(graph: gs.Graph, ln: gs.Node, shapes) -> dict | None:
         bias_add = producer(summand)
         if bias_add is None or bias_add.op != "Add" or bias_add.domain not in DEFAULT_DOMAINS or len(bias_add.inputs) != 2:
             continue
-        if not _only_reader(graph, summand, add):
+        if not only_reader(graph, summand, add):
             continue
         for v, c in ((bias_add.inputs[0], bias_add.inputs[1]), (bias_add.inputs[1], bias_add.inputs[0])):
-            if _vector(c, channels) is not None and constant_values(v) is None and shapes.get(v.name) == typed:
+            if float_vector(c, channels) is not None and constant_values(v) is None and shapes.get(v.name) == typed:
                 site.update(input=v, skip=skip, bias=c, bias_add=bias_add)
                 return site
     return site
 
 
 def skip_layer_norm(graph: gs.Graph, shapes: Mapping | None = None) -> int:
-    """Rule 1 (and 3): residual Add + LayerNormalization -> SkipLayerNormalization; returns
+    """Rule 1 (and 4): residual Add + LayerNormalization -> SkipLayerNormalization; returns
     the number of sites. ``shapes``: ``passes.fuse.shapes.symbolic_shapes(graph)``, computed
     here when not given."""
     lns = [n for n in graph.nodes if n.op == "LayerNormalization"]
@@ -176,7 +174,7 @@ def skip_layer_norm(graph: gs.Graph, shapes: Mapping | None = None) -> int:
         return 0
     shapes = symbolic_shapes(graph) if shapes is None else shapes
     sites = [s for s in (_layer_norm_site(graph, ln, shapes) for ln in lns) if s is not None]
-    taken = _taken_names(graph)
+    taken = taken_names(graph)
     for site in sites:
         ln, add, bias_add = site["ln"], site["add"], site["bias_add"]
         out, total = ln.outputs[0], ln.inputs[0]
@@ -185,102 +183,11 @@ def skip_layer_norm(graph: gs.Graph, shapes: Mapping | None = None) -> int:
         while not inputs[-1].name:
             inputs.pop()
         outputs = [out, empty(), empty(), total] if site["keep_sum"] else [out]
-        _detach(ln, add, *([bias_add] if bias_add is not None else []))
+        detach(ln, add, *([bias_add] if bias_add is not None else []))
         graph.nodes.append(gs.Node("SkipLayerNormalization", unique_name(f"{ln.name or out.name}/skip", taken),
                                    {"epsilon": float(ln.attrs.get("epsilon", 1e-5))}, inputs, outputs,
                                    domain=MS_DOMAIN))
-    return _finish(graph, len(sites))
-
-
-# --------------------------------------------------------------------------- rule 2
-def _sole_reader(graph: gs.Graph, tensor: gs.Tensor, op: str) -> gs.Node | None:
-    """The one node reading ``tensor``, when it is an ``op`` of the default domain and
-    ``tensor`` is no graph output."""
-    if len(tensor.outputs) != 1 or is_graph_output(graph, tensor):
-        return None
-    node = tensor.outputs[0]
-    return node if node.op == op and node.domain in DEFAULT_DOMAINS else None
-
-
-def _product_of_half_x(graph: gs.Graph, one_plus: gs.Tensor, x: gs.Tensor) -> tuple[gs.Tensor, list[gs.Node]] | None:
-    """The output of ``x * 0.5 * one_plus`` (two Muls, any order) and the Muls, or None."""
-    first = _sole_reader(graph, one_plus, "Mul")
-    if first is None or len(first.outputs) != 1:
-        return None
-    other = _other(first, one_plus)
-    if other is None:
-        return None
-    if other is x or _is_scalar(other, 0.5):  # (one_plus * x) * 0.5, or (one_plus * 0.5) * x
-        second = _sole_reader(graph, first.outputs[0], "Mul")
-        want = (lambda t: _is_scalar(t, 0.5)) if other is x else (lambda t: t is x)
-        rest = _other(second, first.outputs[0]) if second is not None else None
-        if rest is None or not want(rest) or len(second.outputs) != 1:
-            return None
-        return second.outputs[0], [first, second]
-    half = producer(other)  # (x * 0.5) * one_plus
-    if (half is None or half.op != "Mul" or half.domain not in DEFAULT_DOMAINS or not _only_reader(graph, other, first)
-            or _other(half, x) is None or not _is_scalar(_other(half, x), 0.5)):
-        return None
-    return first.outputs[0], [half, first]
-
-
-def _erf_gelu_site(graph: gs.Graph, erf: gs.Node, shapes) -> dict | None:
-    """The rewrite of the GELU around one Erf (rule 2), or None."""
-    if erf.op != "Erf" or erf.domain not in DEFAULT_DOMAINS or len(erf.inputs) != 1 or len(erf.outputs) != 1:
-        return None
-    scaled = erf.inputs[0]
-    scale = producer(scaled)
-    if scale is None or scale.domain not in DEFAULT_DOMAINS or len(scale.inputs) != 2 or not _only_reader(graph, scaled, erf):
-        return None
-    x, c = scale.inputs
-    if scale.op == "Mul" and constant_values(c) is None:
-        x, c = c, x
-    if not ((scale.op == "Div" and _is_scalar(c, math.sqrt(2))) or (scale.op == "Mul" and _is_scalar(c, math.sqrt(0.5)))):
-        return None
-    if constant_values(x) is not None or shapes.get(x.name, (None,))[0] != FLOAT:
-        return None
-    plus = _sole_reader(graph, erf.outputs[0], "Add")
-    one = _other(plus, erf.outputs[0]) if plus is not None else None
-    if one is None or not _is_scalar(one, 1.0) or len(plus.outputs) != 1:
-        return None
-    found = _product_of_half_x(graph, plus.outputs[0], x)
-    if found is None:
-        return None
-    out, muls = found
-    pattern = [scale, erf, plus, *muls]
-    site = {"out": out, "x": x, "nodes": pattern, "bias": None, "bias_add": None}
-    bias_add = producer(x)
-    if (bias_add is not None and bias_add.op == "Add" and bias_add.domain in DEFAULT_DOMAINS and len(bias_add.inputs) == 2
-            and _readers_within(graph, x, pattern)):
-        for v, bias in ((bias_add.inputs[0], bias_add.inputs[1]), (bias_add.inputs[1], bias_add.inputs[0])):
-            dims = shapes.get(v.name, (None, ()))[1]
-            if (constant_values(v) is None and dims and isinstance(dims[-1], int) and shapes[v.name][0] == FLOAT
-                    and _vector(bias, dims[-1]) is not None):
-                site.update(x=v, bias=bias, bias_add=bias_add)
-                break
-    return site
-
-
-def erf_gelu(graph: gs.Graph, shapes: Mapping | None = None) -> int:
-    """Rule 2 (and 3): the erf GELU -> BiasGelu (bias folded) or Gelu; returns the number of
-    sites. ``shapes`` as for ``skip_layer_norm``."""
-    erfs = [n for n in graph.nodes if n.op == "Erf"]
-    if not erfs:
-        return 0
-    shapes = symbolic_shapes(graph) if shapes is None else shapes
-    sites = []
-    for erf in erfs:
-        site = _erf_gelu_site(graph, erf, shapes)
-        if site is not None and not any(n is m for s in sites for n in s["nodes"] for m in site["nodes"]):
-            sites.append(site)
-    taken = _taken_names(graph)
-    for site in sites:
-        out = site["out"]
-        bias_add = site["bias_add"]
-        _detach(*site["nodes"], *([bias_add] if bias_add is not None else []))
-        op, inputs = ("BiasGelu", [site["x"], site["bias"]]) if bias_add is not None else ("Gelu", [site["x"]])
-        graph.nodes.append(gs.Node(op, unique_name(f"{out.name}/{op}", taken), {}, inputs, [out], domain=MS_DOMAIN))
-    return _finish(graph, len(sites))
+    return finish(graph, len(sites))
 
 
 # ---------------------------------------------------------------------- measurement
@@ -306,7 +213,7 @@ def onnxruntime_fusions(model: onnx.ModelProto, threads: int | None = 1) -> coll
 
 def faster_variant(models: Mapping[str, onnx.ModelProto], feeds: Mapping[str, np.ndarray], threads: int | None = None,
                    margin: float = 0.0, **timing) -> tuple[str, dict[str, float]]:
-    """Rule 4: (the name of the model to keep, median wall microseconds per run of each).
+    """Rule 5: (the name of the model to keep, median wall microseconds per run of each).
     ``timing`` goes to ``graphc.profiling.time_models`` (``seconds``, ``rounds``, ``warmup``)."""
     if not models:
         raise ValueError("faster_variant needs at least one model")

@@ -1,4 +1,4 @@
-"""fuse's norm and activation rules (passes/fuse/norms.py): each rewrite against onnxruntime on
+"""fuse's norm and activation rules (passes/fuse/norms.py, gelu.py): each rewrite against onnxruntime on
 the unmodified model, on the bert / gpt fixtures (both exporters) and MiniLM, small graphs for
 what must stay untouched, and the choice by measured time with the timer replaced."""
 
@@ -12,11 +12,13 @@ from onnx import TensorProto, helper, numpy_helper
 from graphc import profiling
 from graphc.checks import check_model
 from graphc.graph import to_graph, to_model
-from graphc.passes.fuse import norms
+from graphc.passes.fuse import gelu, norms
 from graphc.runtime import open_session
 
 rng = np.random.default_rng(0)
 C = 8
+SQRT2 = math.sqrt(2)
+SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 DYNAMO = [False, pytest.param(True, marks=pytest.mark.slow)]  # as fold's tests: the dynamo exports take seconds each
 
 
@@ -61,8 +63,8 @@ def microsoft_imported(model):
     return any(o.domain == "com.microsoft" and o.version == 1 for o in model.opset_import)
 
 
-def both_rules(graph):
-    return norms.skip_layer_norm(graph) + norms.erf_gelu(graph)
+def all_rules(graph):
+    return norms.skip_layer_norm(graph) + gelu.erf_gelu(graph) + gelu.tanh_gelu(graph)
 
 
 # ------------------------------------------------------------------ rule 1: fixtures
@@ -90,9 +92,22 @@ def test_erf_gelu_on_transformers(name, dynamo, gelus, onnx_model, sample_inputs
     """bert's two FFN GELUs become BiasGelu with the intermediate dense bias; gpt's tanh GELU is
     not an erf GELU (onnxruntime makes it FastGelu itself) and stays."""
     original = onnx.load(str(onnx_model(name, dynamo=dynamo)))
-    fused, count = rewrite(original, norms.erf_gelu)
+    fused, count = rewrite(original, gelu.erf_gelu)
     assert count == len(ops(fused, "BiasGelu")) == gelus and len(ops(fused, "Erf")) == len(ops(original, "Erf")) - gelus
     assert len(ops(fused, "Tanh")) == len(ops(original, "Tanh"))
+    assert_same_outputs(original, fused, sample_inputs(name, batch=3))
+
+
+# ------------------------------------------------------------------ rule 3: fixtures
+@pytest.mark.parametrize("dynamo", DYNAMO, ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("name, gelus", [("gpt", 2), ("bert", 0)])
+def test_tanh_gelu_on_transformers(name, dynamo, gelus, onnx_model, sample_inputs):
+    """gpt's two gelu_new become FastGelu (no bias: GPT-2's Conv1D is a Gemm, then a Reshape);
+    bert's Tanh is its pooler's activation, not a GELU, and stays."""
+    original = onnx.load(str(onnx_model(name, dynamo=dynamo)))
+    fused, count = rewrite(original, gelu.tanh_gelu)
+    assert count == len(ops(fused, "FastGelu")) == gelus and len(ops(fused, "Tanh")) == len(ops(original, "Tanh")) - gelus
+    assert all(len(n.input) == 1 for n in ops(fused, "FastGelu"))
     assert_same_outputs(original, fused, sample_inputs(name, batch=3))
 
 
@@ -102,7 +117,7 @@ def test_onnxruntime_fusions_counts_what_onnxruntime_adds(onnx_model):
     original = onnx.load(str(onnx_model("bert")))
     before = norms.onnxruntime_fusions(original)
     assert before["com.microsoft:BiasGelu"] == 2 and before["com.microsoft:SkipLayerNormalization"] == 0
-    fused, _ = rewrite(original, both_rules)
+    fused, _ = rewrite(original, all_rules)
     after = norms.onnxruntime_fusions(fused)
     assert after["com.microsoft:SkipLayerNormalization"] == 4 and after["com.microsoft:BiasGelu"] == 2
 
@@ -117,16 +132,17 @@ def minilm_export(request, tmp_path_factory):
 
 
 @pytest.mark.slow  # a 22.7M-parameter export per exporter
-def test_both_rules_on_minilm(minilm_export):
+def test_each_rule_on_minilm(minilm_export):
     from graphc.models import minilm
 
     original, dynamo = minilm_export
     graph = to_graph(original)
-    skips, gelus = norms.skip_layer_norm(graph), norms.erf_gelu(graph)
+    skips, gelus, tanhs = norms.skip_layer_norm(graph), gelu.erf_gelu(graph), gelu.tanh_gelu(graph)
     fused = to_model(graph, original)
     check_model(fused, "fuse")
     assert skips == len(ops(fused, "SkipLayerNormalization")) == 12  # 6 layers x 2
     assert gelus == len(ops(fused, "BiasGelu")) == (0 if dynamo else 6)  # dynamo at opset 20 writes ONNX Gelu
+    assert tanhs == 0
     feeds = minilm.tokenize(["A man is playing a guitar.", "The cat sleeps on the warm windowsill, all afternoon long.",
                              "Revenue grew."], max_length=24)
     assert_same_outputs(original, fused, feeds)
@@ -185,8 +201,8 @@ def test_skip_layer_norm_leaves_a_bias_read_elsewhere_as_its_add():
 
 @pytest.mark.parametrize("case", ["axis_1", "broadcast_batch", "broadcast_rank", "sum_is_graph_output"])
 def test_skip_layer_norm_leaves_other_patterns_alone(case):
-    block = {"axis_1": dict(axis=1), "broadcast_batch": dict(skip_shape=(1, "S", C)),
-             "broadcast_rank": dict(skip_shape=("S", C)), "sum_is_graph_output": dict(sum_is_output=True)}[case]
+    block = {"axis_1": {"axis": 1}, "broadcast_batch": {"skip_shape": (1, "S", C)},
+             "broadcast_rank": {"skip_shape": ("S", C)}, "sum_is_graph_output": {"sum_is_output": True}}[case]
     model, _ = residual_block(**block)
     fused, count = rewrite(model, norms.skip_layer_norm)
     assert count == 0 and not ops(fused, "SkipLayerNormalization") and len(ops(fused, "LayerNormalization")) == 1
@@ -207,7 +223,7 @@ def test_skip_layer_norm_needs_shapes_shown_equal():
 
 
 # ----------------------------------------------------------------- rule 2: small graphs
-def gelu_block(arrangement, *, bias=True, half=0.5, root2=math.sqrt(2), one=1.0, erf_is_output=False,
+def gelu_block(arrangement, *, bias=True, half=0.5, root2=SQRT2, one=1.0, erf_is_output=False,
                x_read_again=False):
     """GELU of x (= MatMul(i, w) [+ bias]) written the way ``arrangement`` names."""
     nodes = [helper.make_node("MatMul", ["i", "w"], ["m"])]
@@ -243,7 +259,7 @@ def gelu_block(arrangement, *, bias=True, half=0.5, root2=math.sqrt(2), one=1.0,
 @pytest.mark.parametrize("arrangement", ["torchscript", "dynamo", "half_first", "mul_by_inverse"])
 def test_erf_gelu_rewrites_each_arrangement(arrangement, bias):
     model, feeds = gelu_block(arrangement, bias=bias)
-    fused, count = rewrite(model, norms.erf_gelu)
+    fused, count = rewrite(model, gelu.erf_gelu)
     assert count == 1 and [n.op_type for n in fused.graph.node] == ["MatMul", "BiasGelu" if bias else "Gelu"]
     assert all(n.domain == "com.microsoft" for n in fused.graph.node[1:]) and microsoft_imported(fused)
     assert_same_outputs(model, fused, feeds)
@@ -251,22 +267,99 @@ def test_erf_gelu_rewrites_each_arrangement(arrangement, bias):
 
 def test_erf_gelu_keeps_a_bias_add_read_elsewhere():
     model, feeds = gelu_block("torchscript", x_read_again=True)
-    fused, count = rewrite(model, norms.erf_gelu)
+    fused, count = rewrite(model, gelu.erf_gelu)
     assert count == 1 and sorted(n.op_type for n in fused.graph.node) == ["Add", "Gelu", "MatMul", "Relu"]
     assert_same_outputs(model, fused, feeds)
 
 
-@pytest.mark.parametrize("wrong", [dict(half=0.6), dict(root2=1.5), dict(one=0.9), dict(half=0.5 * (1 + 1e-4)),
-                                   dict(erf_is_output=True)],
+@pytest.mark.parametrize("wrong", [{"half": 0.6}, {"root2": 1.5}, {"one": 0.9}, {"half": 0.5 * (1 + 1e-4)},
+                                   {"erf_is_output": True}],
                          ids=["half", "sqrt2", "one", "half_off_by_1e-4", "erf_is_graph_output"])
 @pytest.mark.parametrize("arrangement", ["torchscript", "dynamo"])
 def test_erf_gelu_leaves_other_patterns_alone(arrangement, wrong):
     model, _ = gelu_block(arrangement, **wrong)
-    fused, count = rewrite(model, norms.erf_gelu)
+    fused, count = rewrite(model, gelu.erf_gelu)
     assert count == 0 and len(ops(fused, "Erf")) == 1 and not microsoft_imported(fused)
 
 
-# ---------------------------------------------------------------- rule 4: measurement
+# ----------------------------------------------------------------- rule 3: small graphs
+def tanh_gelu_block(arrangement, cube, *, bias=True, cubic=0.044715, root=SQRT_2_OVER_PI, x_read_again=False):
+    """GPT-2's gelu_new of x (= MatMul(i, w) [+ bias]); ``cube`` "pow" or "mul" (x * (x * x))."""
+    nodes = [helper.make_node("MatMul", ["i", "w"], ["m"])]
+    inits = [const("w", rng.normal(size=(C, 2 * C))), const("half", 0.5), const("one", 1.0), const("three", 3.0),
+             const("cubic", cubic), const("root", root)]
+    x = "m"
+    if bias:
+        nodes.append(helper.make_node("Add", ["bias", "m"], ["x"]))
+        inits.append(const("bias", rng.normal(size=2 * C)))
+        x = "x"
+    if cube == "pow":
+        nodes.append(helper.make_node("Pow", [x, "three"], ["x3"]))
+    else:
+        nodes += [helper.make_node("Mul", [x, x], ["x2"]), helper.make_node("Mul", [x, "x2"], ["x3"])]
+    nodes += [helper.make_node("Mul", ["cubic", "x3"], ["c3"]), helper.make_node("Add", [x, "c3"], ["inner"]),
+              helper.make_node("Mul", ["inner", "root"], ["arg"]), helper.make_node("Tanh", ["arg"], ["th"]),
+              helper.make_node("Add", ["th", "one"], ["p"])]
+    if arrangement == "torchscript":  # (x * 0.5) * p, as GPT-2's TorchScript export
+        nodes += [helper.make_node("Mul", [x, "half"], ["t"]), helper.make_node("Mul", ["t", "p"], ["y"])]
+    else:  # x * (0.5 * p), as the dynamo export
+        nodes += [helper.make_node("Mul", ["half", "p"], ["t"]), helper.make_node("Mul", [x, "t"], ["y"])]
+    outputs = [var("y", ["B", "S", 2 * C])]
+    if x_read_again:
+        nodes.append(helper.make_node("Relu", [x], ["z"]))
+        outputs.append(var("z", ["B", "S", 2 * C]))
+    model = make(nodes, [var("i", ["B", "S", C])], outputs, inits)
+    return model, {"i": rng.normal(size=(2, 5, C)).astype(np.float32) * 2}
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("cube", ["pow", "mul"])
+@pytest.mark.parametrize("arrangement", ["torchscript", "dynamo"])
+def test_tanh_gelu_rewrites_each_arrangement(arrangement, cube, bias):
+    model, feeds = tanh_gelu_block(arrangement, cube, bias=bias)
+    fused, count = rewrite(model, gelu.tanh_gelu)
+    (fast,) = ops(fused, "FastGelu")
+    assert count == 1 and [n.op_type for n in fused.graph.node] == ["MatMul", "FastGelu"]
+    assert list(fast.input) == (["m", "bias"] if bias else ["m"]) and fast.domain == "com.microsoft"
+    assert_same_outputs(model, fused, feeds)
+
+
+def test_tanh_gelu_after_a_linear_is_not_fused_by_onnxruntime():
+    """The module docstring's finding: MatMul + bias Add + gelu_new stays unfused in
+    onnxruntime's own optimizer; after the rule, its graph runs our FastGelu."""
+    model, _ = tanh_gelu_block("dynamo", "pow")
+    assert norms.onnxruntime_fusions(model)["Tanh"] == 1
+    fused, _ = rewrite(model, gelu.tanh_gelu)
+    assert norms.onnxruntime_fusions(fused)["com.microsoft:FastGelu"] == 1
+
+
+def test_tanh_gelu_keeps_a_bias_add_read_elsewhere():
+    model, feeds = tanh_gelu_block("torchscript", "mul", x_read_again=True)
+    fused, count = rewrite(model, gelu.tanh_gelu)
+    assert count == 1 and sorted(n.op_type for n in fused.graph.node) == ["Add", "FastGelu", "MatMul", "Relu"]
+    assert_same_outputs(model, fused, feeds)
+
+
+@pytest.mark.parametrize("wrong", [{"cubic": 0.045}, {"root": 0.8}, {"cubic": 0.044715 * (1 + 1e-4)}],
+                         ids=["cubic", "sqrt_2_over_pi", "cubic_off_by_1e-4"])
+@pytest.mark.parametrize("cube", ["pow", "mul"])
+def test_tanh_gelu_leaves_other_patterns_alone(cube, wrong):
+    model, _ = tanh_gelu_block("dynamo", cube, **wrong)
+    fused, count = rewrite(model, gelu.tanh_gelu)
+    assert count == 0 and len(ops(fused, "Tanh")) == 1 and not microsoft_imported(fused)
+
+
+def test_tanh_gelu_needs_the_same_x_in_the_cube():
+    """x + 0.044715 * w^3 with w another tensor: not a GELU."""
+    model, _ = tanh_gelu_block("dynamo", "pow", bias=False)
+    pow_node = next(n for n in model.graph.node if n.op_type == "Pow")
+    pow_node.input[0] = "i2"
+    model.graph.input.append(var("i2", ["B", "S", 2 * C]))
+    _, count = rewrite(model, gelu.tanh_gelu)
+    assert count == 0
+
+
+# ---------------------------------------------------------------- rule 5: measurement
 def fake_timer(monkeypatch, times):
     calls = []
 
