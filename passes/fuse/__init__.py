@@ -21,6 +21,11 @@ Rules, each in the module that applies it:
 5. ``unpad``: the layers between the embeddings and the head run on each row's tokens only,
    kept where no model output moves on the probes (a head that reads padded positions keeps
    the padding, with a note): ``unpad``
+6. ``norms``: residual Add + LayerNormalization into SkipLayerNormalization (``norms``), the
+   erf and tanh GELUs into BiasGelu / Gelu / FastGelu where onnxruntime does not fuse them
+   itself (``gelu``; shapes from ``shapes``); with ``norms=auto`` (the default) kept only
+   when the model with them is measured faster here, at batch 1, than without them
+   (``norms.faster_variant``; a timing-dependent choice, as int8's speed guard)
 
 Refuses to touch: nodes in subgraphs, sites rule 1 leaves alone (the report lists each
 Softmax left and why), models without attention (returned unchanged, with a note).
@@ -38,11 +43,16 @@ from graphc.pass_api import Pass, PassResult
 from graphc.passes.fuse.attention_rewrite import NodeMaker, fuse_site, padding_plan
 from graphc.passes.fuse.attention_sites import AttentionSite, data_inputs, find_sites
 from graphc.passes.fuse.checks import output_errors, probe_inputs, site_errors, site_values
+from graphc.passes.fuse.gelu import erf_gelu, tanh_gelu
+from graphc.passes.fuse.norms import faster_variant, skip_layer_norm
+from graphc.passes.fuse.shapes import symbolic_shapes
 from graphc.passes.fuse.unpad import projection_input, token_region, unpad
 from graphc.passes.fuse.masks import MaskKind, classify, mask_inputs
 from graphc.verify import Tolerance
 
 SITE_TOLERANCE = 1e-4
+NORMS_MARGIN = 0.03  # rule 6 keeps the rewrites when at least 3% faster (the timing's noise)
+NORMS_SECONDS = 0.5  # per model
 NOTE_REASONS = 5
 
 
@@ -52,6 +62,9 @@ class FuseOptions:
     padding: Literal["any", "right"] = field(default="any", metadata={
         "help": "padding masks: 'any' (exact for every 0/1 mask) or 'right' (skips a gather per layer; "
                 "wrong for left-padded rows)"})
+    norms: Literal["auto", "on", "off"] = field(default="auto", metadata={
+        "help": "SkipLayerNormalization / BiasGelu / FastGelu rules (6): 'auto' keeps them where measured faster "
+                "here at batch 1"})
     unpad: bool = field(default=True, metadata={
         "help": "run the layers between embeddings and head on the tokens only (rule 5; kept only where "
                 "the outputs do not move)"})
@@ -103,6 +116,8 @@ class FusePass(Pass):
         if self.options.unpad and ops:
             fused, stats["unpadded"] = _try_unpad(ctx, original, fused, set(ops), kinds, self.options.padding == "any",
                                                   values, probes)
+        if self.options.norms != "off":
+            fused = _norm_rules(ctx, fused, self.options.norms, stats)
         counts: dict[str, int] = {}
         for op in ops.values():
             counts[op] = counts.get(op, 0) + 1
@@ -124,6 +139,26 @@ def _kind(site: AttentionSite, values, probes, masks) -> MaskKind:
     if bias.ndim != 4:
         return MaskKind("unsupported")
     return classify(bias, probes, masks, data_inputs(site.bias))
+
+
+def _norm_rules(ctx, graph: gs.Graph, mode: str, stats: dict) -> gs.Graph:
+    """Rule 6: the norm and GELU rewrites, kept (``auto``) where measured faster here."""
+    candidate = to_graph(to_model(graph, ctx.original))
+    shapes = symbolic_shapes(candidate)
+    counts = {"skip_layer_norm": skip_layer_norm(candidate, shapes),
+              "erf_gelu": erf_gelu(candidate, shapes), "tanh_gelu": tanh_gelu(candidate, shapes)}
+    stats.update({f"norms_{k}": v for k, v in counts.items()})
+    if not any(counts.values()):
+        return graph
+    if mode == "on":
+        return infer_shapes(candidate)
+    feeds, _ = next(ctx.sample_data(1).batches(1))
+    models = {"unfused": to_model(graph, ctx.original), "fused": to_model(candidate, ctx.original)}
+    kept, times = faster_variant(models, feeds, ctx.threads, margin=NORMS_MARGIN, seconds=NORMS_SECONDS)
+    stats["norms_kept"] = kept == "fused"
+    ctx.report.note(f"fuse norms=auto (batch 1, us per run: without {times['unfused']:.0f}, with "
+                    f"{times['fused']:.0f}): {'kept' if kept == 'fused' else 'not kept'}")
+    return infer_shapes(candidate) if kept == "fused" else graph
 
 
 def _try_unpad(ctx, original, fused, names, kinds, any_padding, values, probes):

@@ -1,142 +1,77 @@
-"""Symbolic tensor shapes for the ``fuse`` rules: which tensors provably have one shape.
+"""Tensor shapes for ``fuse``'s norm and activation rules: which tensors have one shape.
 
-ONNX shape inference names every dim it cannot compute ``unk__N`` afresh, so the two inputs of
-a transformer's residual Add come out as ``[unk__4, unk__5, 64]`` and ``[unk__23, unk__24, 64]``:
-equal at run time, unequal on paper. onnxruntime's symbolic shape inference
-(``onnxruntime.tools.symbolic_shape_infer``, the one its transformer optimizer uses) follows
-batch and sequence through Shape/Gather/Concat/Reshape as sympy expressions, so both read
-``[batch, sequence, 64]``. Rules:
+ONNX shape inference names every dim it cannot compute ``unk__N`` afresh (and types nothing
+after an onnxruntime contrib op, such as fused attention), so the two inputs of a
+transformer's residual Add come out as ``[unk__4, unk__5, 64]`` and ``[unk__23, unk__24, 64]``
+or not at all: equal at run time, unequal on paper. Here the model runs twice on synthetic
+inputs (``graphc.data.synthetic_dataset``) with every top-level tensor exposed, every
+dynamic input dim set to a small number (the same number for every input dim of the same
+name) and to other numbers on the second run (``PROBES``). A tensor's shape is then its
+dims, each the number where both runs agree, else the text ``"a|b"`` of the two numbers: two
+tensors have one shape when their dims match on both runs (the residual Add's inputs:
+``[3|5, 4|6, 64]`` each), and a broadcast (a ``[1, S, C]`` position table beside
+``[B, S, C]``) does not. A model that does not run at those sizes (a CNN whose images shrink
+to nothing) gives no shapes, and the rules leave it alone. Every rewrite is also run against
+the original by the pipeline's exact check.
 
-1. It runs on the graph's weight-free skeleton (``graphc.graph.skeleton``); every weight whose
-   values the skeleton drops is declared a graph input of its dtype and dims instead (symbolic
-   inference reads the values of every initializer it meets), and Constant nodes holding
-   ``value_float(s)`` / ``value_int(s)`` become initializers (it reads only ``value``).
-2. ``auto_merge``: two dims that an op needs equal are taken as one, as onnxruntime's optimizer
-   takes them, but only where both are expressions of the graph inputs' dims with an input dim
-   in common (the embeddings' Add of ``sequence`` and ``Min(64, sequence)``, equal whenever
-   the model runs). Any other merge (two different input dims, a literal, a dim that
-   inference invented for a value it could not compute) is an assumption about the inputs,
-   not a deduction: then no shape is returned at all.
-3. Inference that stops part-way (an op it cannot type: opset 20's ReduceL2 at the end of the
-   MiniLM export) keeps what it inferred before; a tensor without an inferred shape is absent
-   from the result, and a rule that needs it leaves the site alone.
-4. It is driven step by step as ``SymbolicShapeInference.infer_shapes`` drives it, not through
-   that function, which writes ``sym_shape_infer_temp.onnx`` and its weights into the working
-   directory whenever inference is incomplete.
+Used instead of onnxruntime's symbolic shape inference, whose class this would have to drive
+through private methods (its public entry writes temporary files into the working directory).
 """
 
 from __future__ import annotations
-
-import contextlib
-import logging
-from collections.abc import Iterator
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphc.graph import skeleton
+from graphc.data import synthetic_dataset
+from graphc.errors import GraphcError
+from graphc.graph import export_model
+from graphc.runtime import exposing_session, run_session
 
+PROBES = (3, 5)  # the first named dynamic dim's value on the two runs; each further name adds 1
 Dims = tuple[int | str, ...]
-DATA_FIELDS = ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
 
 
-def _has_values(tensor: onnx.TensorProto) -> bool:
-    return tensor.data_location == onnx.TensorProto.EXTERNAL or any(len(getattr(tensor, f)) for f in DATA_FIELDS)
+def _input_dims(graph: gs.Graph, start: int) -> dict[str, tuple[int, ...]]:
+    names: dict[str, int] = {}
+    shapes = {}
+    for tensor in graph.inputs:
+        dims = []
+        for dim in tensor.shape or ():
+            if isinstance(dim, int) and dim > 0:
+                dims.append(dim)
+            else:
+                key = dim if isinstance(dim, str) and dim else f"?{len(names)}"
+                names.setdefault(key, start + len(names))
+                dims.append(names[key])
+        shapes[tensor.name] = tuple(dims)
+    return shapes
 
 
-def _weights_as_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Rule 1: the skeleton's valueless initializers become typed graph inputs."""
-    kept = []
-    for tensor in model.graph.initializer:
-        if _has_values(tensor) or 0 in tensor.dims:
-            kept.append(tensor)
-        else:
-            model.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    return model
-
-
-CONSTANT_ATTRS = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64, "value_ints": np.int64}
-
-
-def _constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Rule 1: top-level Constant nodes with a numeric list or scalar attribute become initializers."""
-    kept = []
-    for node in model.graph.node:
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        kind = next(iter(attrs), None)
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(attrs) == 1 and kind in CONSTANT_ATTRS:
-            values = np.asarray(attrs[kind], dtype=CONSTANT_ATTRS[kind])
-            model.graph.initializer.append(onnx.numpy_helper.from_array(values, node.output[0]))
-        else:
-            kept.append(node)
-    del model.graph.node[:]
-    model.graph.node.extend(kept)
-    return model
-
-
-@contextlib.contextmanager
-def _quiet(name: str) -> Iterator[None]:
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+def _measured(model: onnx.ModelProto, graph: gs.Graph, names: list[str], start: int) -> dict:
     try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _dims(value_info: onnx.ValueInfoProto) -> tuple[int, Dims] | None:
-    tensor_type = value_info.type.tensor_type
-    if not value_info.type.HasField("tensor_type") or not tensor_type.HasField("shape"):
-        return None
-    dims: list[int | str] = []
-    for dim in tensor_type.shape.dim:
-        if dim.HasField("dim_value"):
-            dims.append(int(dim.dim_value))
-        elif dim.HasField("dim_param") and dim.dim_param:
-            dims.append(dim.dim_param)
-        else:
-            return None  # a dim without a name: equal to nothing
-    return tensor_type.elem_type, tuple(dims)
-
-
-def _merges_deduced(inference) -> bool:
-    """Rule 2: every dim merge inference made joins two expressions of the input dims that
-    share an input dim."""
-    inputs = set(getattr(inference, "input_symbols_", ()))
-    dims = getattr(inference, "symbolic_dims_", {})
-    for merged, kept in getattr(inference, "suggested_merge_", {}).items():
-        if not isinstance(kept, str) or merged not in dims or kept not in dims:
-            return False
-        symbols = [{s.name for s in getattr(dims[d], "free_symbols", ())} for d in (merged, kept)]
-        if not all(names and names <= inputs for names in symbols) or not symbols[0] & symbols[1]:
-            return False
-    return True
+        feeds = synthetic_dataset(model, shapes=_input_dims(graph, start)).inputs
+        session = exposing_session(model, names, what="the model to read shapes from", optimized=False)
+        values = run_session(session, feeds)
+    except (GraphcError, Exception):  # onnxruntime raises its own types; any failure: no shapes
+        return {}
+    outputs = [o.name for o in session.get_outputs()]
+    measured = {**feeds, **dict(zip(outputs, values))}
+    return {name: (onnx.helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype), np.shape(v))
+            for name, v in measured.items() if isinstance(v, np.ndarray)}
 
 
 def symbolic_shapes(graph: gs.Graph) -> dict[str, tuple[int, Dims]]:
-    """Tensor name -> (ONNX element type, dims: ints and symbol names) of every tensor of
-    ``graph``'s top level that symbolic inference typed (rules 1-4); ``graph`` is unchanged."""
-    from onnxruntime.tools import symbolic_shape_infer as ssi
-
-    model = _weights_as_inputs(_constants_as_initializers(skeleton(graph)))
-    inference = ssi.SymbolicShapeInference(int_max=2**31 - 1, auto_merge=True, guess_output_rank=False, verbose=0)
-    with _quiet(ssi.__name__):
-        try:
-            inference._preprocess(model)
-            while inference.run_:
-                inference._infer_impl()
-        except Exception:  # rule 3: an op it cannot type; symbolic inference raises bare Exceptions too
-            pass
-    if not _merges_deduced(inference):
-        return {}
-    known = getattr(inference, "known_vi_", {}) or {}
+    """Tensor name -> (ONNX element type, dims) for every graph input and top-level tensor both
+    runs produced; ``graph`` is unchanged."""
+    model = export_model(graph, do_type_check=False)
+    names = sorted({t.name for n in graph.nodes for t in n.outputs if t.name})
+    first, second = (_measured(model, graph, names, start) for start in PROBES)
     shapes = {}
-    for name, value_info in known.items():
-        typed = _dims(value_info)
-        if typed is not None:
-            shapes[name] = typed
+    for name, (elem, dims) in first.items():
+        other = second.get(name)
+        if other is None or other[0] != elem or len(other[1]) != len(dims):
+            continue
+        shapes[name] = (elem, tuple(a if a == b else f"{a}|{b}" for a, b in zip(dims, other[1])))
     return shapes

@@ -46,7 +46,7 @@ def _inputs(name: str, sample_inputs, batch: int = 8, seq: int = 12) -> dict[str
     return padded_rows(feeds) if "attention_mask" in feeds else feeds
 
 
-def _optimize(path, out, passes="fold,fuse", *extra) -> tuple[int, dict]:
+def _optimize(path, out, passes="fold,fuse:norms=off", *extra) -> tuple[int, dict]:
     report = out.with_suffix(".json")
     code = cli.main(["optimize", str(path), "--passes", passes, "-o", str(out), "--report", str(report), "--quiet",
                      *extra])
@@ -68,7 +68,7 @@ def test_rules_1_to_3_fuse_every_fixture_exactly_with_rows_padded_every_way(name
                                                                            tmp_path):
     source = exports(name, dynamo)
     out = tmp_path / "fused.onnx"
-    code, report = _optimize(source, out, "fold,fuse:unpad=false")
+    code, report = _optimize(source, out, "fold,fuse:norms=off:unpad=false")
     assert code == 0
     op, kind = EXPECTED[name, dynamo]
     assert _fused_ops(out) == {op: 2}
@@ -82,7 +82,7 @@ def test_rules_1_to_3_fuse_every_fixture_exactly_with_rows_padded_every_way(name
 
 def test_rule_3_padding_masks_read_once_per_input(exports, tmp_path):
     out = tmp_path / "fused.onnx"
-    assert _optimize(exports("bert", False), out, "fold,fuse:unpad=false")[0] == 0
+    assert _optimize(exports("bert", False), out, "fold,fuse:norms=off:unpad=false")[0] == 0
     model = onnx.load(str(out))
     ops = collections.Counter(n.op_type for n in model.graph.node)
     assert ops["TopK"] == 1 and ops["ReduceSum"] == 1  # one token order and one length per mask input
@@ -93,7 +93,7 @@ def test_rule_3_padding_masks_read_once_per_input(exports, tmp_path):
 def test_rule_3_padding_right_skips_the_gather_and_is_wrong_only_on_left_padding(exports, sample_inputs, tmp_path):
     source = exports("bert", False)
     out = tmp_path / "right.onnx"
-    assert _optimize(source, out, "fold,fuse:padding=right:unpad=false")[0] == 0
+    assert _optimize(source, out, "fold,fuse:norms=off:padding=right:unpad=false")[0] == 0
     assert collections.Counter(n.op_type for n in onnx.load(str(out)).graph.node)["GatherND"] == 0
     feeds = _inputs("bert", sample_inputs, batch=4)  # rows: full, right-, left-padded, holes
     want = open_session(source).run(None, feeds)[0]
@@ -172,7 +172,7 @@ def test_no_attention_is_unchanged_with_a_note(onnx_model, tmp_path):
 
 def test_order_prune_before_fuse_before_int8(exports, tmp_path, capsys):
     source = exports("bert", False)
-    for passes, reason in (("fold,fuse,prune:0.3", "prune must run before fuse"),
+    for passes, reason in (("fold,fuse:norms=off,prune:0.3", "prune must run before fuse"),
                            ("fold,int8,fuse", "fuse must run before int8")):
         assert cli.main(["optimize", str(source), "--passes", passes, "-o", str(tmp_path / "x.onnx")]) == 2
         assert reason in capsys.readouterr().err
@@ -183,7 +183,7 @@ def test_prune_then_fuse_then_int8_runs_on_the_pruned_heads(exports, sample_inpu
     source = exports("bert", False)
     pruned, fused = tmp_path / "pruned.onnx", tmp_path / "fused.onnx"
     assert _optimize(source, pruned, "fold,prune:0.5")[0] == 0
-    code, report = _optimize(pruned, fused, "fuse,int8")
+    code, report = _optimize(pruned, fused, "fuse:norms=off,int8")
     assert code == 0
     heads = {onnx.helper.get_attribute_value(a) for n in onnx.load(str(fused)).graph.node
              if n.op_type == "GroupQueryAttention" for a in n.attribute if a.name == "num_heads"}

@@ -29,7 +29,7 @@ def embedder(tmp_path_factory):
     return get
 
 
-def _optimize(path, out, passes="fold,fuse"):
+def _optimize(path, out, passes="fold,fuse:norms=off"):
     report = out.with_suffix(".json")
     code = cli.main(["optimize", str(path), "--passes", passes, "-o", str(out), "--report", str(report), "--quiet"])
     return code, json.loads(report.read_text()) if report.exists() else {}
@@ -86,7 +86,7 @@ def test_rule_5_a_first_token_classifier_unpads_for_right_padding_only(onnx_mode
     code, report = _optimize(source, tmp_path / "any.onnx")
     assert code == 0 and _fuse_stats(report)["unpadded"] is False  # a left-padded row's first token is padding
     out = tmp_path / "right.onnx"
-    code, report = _optimize(source, out, "fold,fuse:padding=right")
+    code, report = _optimize(source, out, "fold,fuse:norms=off:padding=right")
     assert code == 0 and _fuse_stats(report)["unpadded"] is True
     feeds = _feeds(sample_inputs, 8)
     right = [r for r in range(8) if r % 4 in (0, 1)]  # full and right-padded rows
@@ -96,7 +96,7 @@ def test_rule_5_a_first_token_classifier_unpads_for_right_padding_only(onnx_mode
 
 
 def test_rule_5_off_keeps_every_position(embedder, tmp_path):
-    code, report = _optimize(embedder(), tmp_path / "fused.onnx", "fold,fuse:unpad=false")
+    code, report = _optimize(embedder(), tmp_path / "fused.onnx", "fold,fuse:norms=off:unpad=false")
     assert code == 0 and _fuse_stats(report)["unpadded"] is False
     ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "fused.onnx")).graph.node)
     assert ops["GatherND"] == 4  # each layer's keys and values
