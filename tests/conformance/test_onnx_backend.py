@@ -9,7 +9,7 @@ import pytest
 
 from tests.conformance import suite
 
-PASSES = ["fold", "fold,int8", "prune:0.3"]
+PASSES = ["fold", "fold,int8", "prune:0.3", "fold,fuse"]
 SHAPE_BOUNDS = ["test_shape_start_1", "test_shape_end_1", "test_shape_end_negative_1", "test_shape_start_negative_1",
                 "test_shape_start_1_end_2", "test_shape_start_1_end_negative_1", "test_shape_start_greater_than_end",
                 "test_shape_clip_start", "test_shape_clip_end"]
