@@ -39,11 +39,12 @@ from typing import Literal
 import onnx_graphsurgeon as gs
 
 from graphc.graph import infer_shapes, to_graph, to_model
-from graphc.pass_api import Pass, PassResult
+from graphc.pass_api import InspectSection, Pass, PassResult
 from graphc.passes.fuse.attention_rewrite import NodeMaker, fuse_site, padding_plan
 from graphc.passes.fuse.attention_sites import AttentionSite, data_inputs, find_sites
 from graphc.passes.fuse.checks import output_errors, probe_inputs, site_errors, site_values
 from graphc.passes.fuse.gelu import erf_gelu, tanh_gelu
+from graphc.passes.fuse.inspect import attention_summary, attention_text
 from graphc.passes.fuse.norms import faster_variant, skip_layer_norm
 from graphc.passes.fuse.shapes import symbolic_shapes
 from graphc.passes.fuse.unpad import projection_input, token_region, unpad
@@ -81,6 +82,9 @@ class FusePass(Pass):
         "prune": "prune must run before fuse: prune's head groups read the unfused attention layout",
         "distill": "distill must run before fuse: the training engines do not run onnxruntime's fused attention ops",
     }
+    inspect = InspectSection(
+        flag="attention", key="attention", collect=attention_summary, render=attention_text,
+        help="list every Softmax as fuse sees it: an attention site (heads, head size, scale, mask) or why not")
     must_run_before = {
         "int8": "fuse must run before int8: it matches the float attention subgraph; int8 then quantizes the "
                 "projections fuse keeps",

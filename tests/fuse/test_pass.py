@@ -57,3 +57,24 @@ def test_rule_6_off_measures_nothing(onnx_model, tmp_path, monkeypatch):
     out = tmp_path / "fused.onnx"
     assert _optimize(onnx_model("bert"), out, "fold,fuse:norms=off")[0] == 0
     assert _ops(out)["SkipLayerNormalization"] == 0
+
+
+def test_inspect_attention_lists_sites_and_why_softmaxes_are_left(onnx_model, tmp_path, capsys):
+    source = onnx_model("bert")
+    assert cli.main(["inspect", str(source), "--attention", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["attention"]
+    assert [(r["state"], r["heads"], r["head_size"], r["mask"]) for r in rows] == [("fusable", 4, 16, True)] * 2
+    out = tmp_path / "fused.onnx"
+    assert _optimize(source, out, "fold,fuse:norms=off")[0] == 0
+    assert cli.main(["inspect", str(out), "--attention"]) == 0
+    text = capsys.readouterr().out
+    assert "0 of 2 fusable" in text and text.count("fused (GroupQueryAttention)") == 2
+
+
+def test_inspect_attention_gives_the_reason_for_a_layout_it_does_not_read(tmp_path, capsys):
+    from tests.corpus import CORPUS
+
+    source = CORPUS["fused-qkv-slice"].build(tmp_path)
+    assert cli.main(["inspect", str(source), "--attention"]) == 0
+    text = capsys.readouterr().out
+    assert "0 of 1 fusable" in text and "Q is not a rank-3 tensor behind layout nodes" in text
