@@ -28,21 +28,20 @@ def probe_inputs(ctx, model: onnx.ModelProto, masks: list[str], right_only: bool
     data = ctx.sample_data(PROBE_ROWS)
     feeds, axes = data.inputs, data.axes
     rows = count_rows(feeds, axes)
-    if _fixed_batch(model, axes):
-        pass
-    elif rows < PROBE_ROWS:
-        feeds = repeat_rows(feeds, PROBE_ROWS, axes)
-    elif rows > PROBE_ROWS:
-        feeds = take_rows(feeds, 0, PROBE_ROWS, axes)
+    wanted = _fixed_batch(model, axes) or PROBE_ROWS
+    if rows < wanted:
+        feeds = repeat_rows(feeds, wanted, axes)
+    elif rows > wanted:
+        feeds = take_rows(feeds, 0, wanted, axes)
     return probe_feeds(feeds, masks, right_only)
 
 
-def _fixed_batch(model: onnx.ModelProto, axes) -> bool:
-    """Whether some input's batch axis has a static size (the rows cannot change)."""
+def _fixed_batch(model: onnx.ModelProto, axes) -> int | None:
+    """The static size of some input's batch axis (the rows the model runs on), else None."""
     for spec in model_signature(model, axes):
         if spec.batch_axis is not None and spec.batch_axis < len(spec.shape) and isinstance(spec.shape[spec.batch_axis], int):
-            return True
-    return False
+            return spec.shape[spec.batch_axis]
+    return None
 
 
 def _run(model: onnx.ModelProto, names: Sequence[str], feeds: Mapping[str, np.ndarray], threads) -> dict:

@@ -49,12 +49,16 @@ def mask_inputs(model: onnx.ModelProto) -> list[str]:
 
 
 def padding_patterns(rows: int, length: int, dtype: np.dtype, right_only: bool = False) -> np.ndarray:
-    """0/1 rows: full, right-padded, left-padded, with holes (cycled for more rows); full and
-    right-padded only with ``right_only`` (``fuse:padding=right`` promises no other kind)."""
+    """0/1 rows: left-padded, with holes, right-padded, full (cycled for more rows); right-padded
+    and full only with ``right_only`` (``fuse:padding=right`` promises no other kind). The most
+    telling kinds come first, for a model whose fixed batch holds fewer than ``PROBE_ROWS``
+    rows (a left-padded row has padding in front of its tokens and is not a prefix; full rows
+    are what the pipeline's exact check runs anyway)."""
     patterns = np.ones((max(rows, 1), length), dtype=np.int64)
     half = max(1, (length + 1) // 2)
+    order = (1, 0) if right_only else (2, 3, 1, 0)
     for r in range(patterns.shape[0]):
-        kind = r % 2 if right_only else r % PROBE_ROWS
+        kind = order[r % len(order)]
         if kind == 1:
             patterns[r, half:] = 0
         elif kind == 2:

@@ -100,3 +100,19 @@ def test_rule_5_off_keeps_every_position(embedder, tmp_path):
     assert code == 0 and _fuse_stats(report)["unpadded"] is False
     ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "fused.onnx")).graph.node)
     assert ops["GatherND"] == 4  # each layer's keys and values
+
+
+def test_rule_4_a_fixed_batch_of_one_is_probed_on_a_left_padded_row(onnx_model, sample_inputs, tmp_path):
+    model = onnx.load(str(onnx_model("bert")))
+    for value in model.graph.input:
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    source, data, out = tmp_path / "batch1.onnx", tmp_path / "data.npz", tmp_path / "fused.onnx"
+    onnx.save(model, str(source))
+    np.savez(data, **sample_inputs("bert", batch=4, seq=12))
+    report = out.with_suffix(".json")
+    assert cli.main(["optimize", str(source), "--passes", "fold,fuse:norms=off", "--data", str(data), "-o", str(out),
+                     "--report", str(report), "--quiet"]) == 0
+    stats = _fuse_stats(json.loads(report.read_text()))
+    assert stats["fused"] == 2 and stats["unpadded"] is False  # the first token of a left-padded row is padding
+    feeds = {k: v[2:3] for k, v in _feeds(sample_inputs, 4, 12).items()}  # row 2: left-padded
+    assert _max_rel(open_session(source).run(None, feeds)[0], open_session(out).run(None, feeds)[0]) < 1e-5
