@@ -147,7 +147,8 @@ def _kind(site: AttentionSite, values, probes, masks) -> MaskKind:
 
 def _norm_rules(ctx, graph: gs.Graph, mode: str, stats: dict) -> gs.Graph:
     """Rule 6: the norm and GELU rewrites, kept (``auto``) where measured faster here."""
-    candidate = to_graph(to_model(graph, ctx.original))
+    unfused = to_model(graph, ctx.original)
+    candidate = to_graph(unfused)
     shapes = symbolic_shapes(candidate)
     counts = {"skip_layer_norm": skip_layer_norm(candidate, shapes),
               "erf_gelu": erf_gelu(candidate, shapes), "tanh_gelu": tanh_gelu(candidate, shapes)}
@@ -157,7 +158,7 @@ def _norm_rules(ctx, graph: gs.Graph, mode: str, stats: dict) -> gs.Graph:
     if mode == "on":
         return infer_shapes(candidate)
     feeds, _ = next(ctx.sample_data(1).batches(1))
-    models = {"unfused": to_model(graph, ctx.original), "fused": to_model(candidate, ctx.original)}
+    models = {"unfused": unfused, "fused": to_model(candidate, ctx.original)}
     kept, times = faster_variant(models, feeds, ctx.threads, margin=NORMS_MARGIN, seconds=NORMS_SECONDS)
     stats["norms_kept"] = kept == "fused"
     ctx.report.note(f"fuse norms=auto (batch 1, us per run: without {times['unfused']:.0f}, with "

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from graphc.graph import unique_name
 from graphc.passes.fuse.attention_sites import AttentionSite
 from graphc.passes.fuse.masks import MaskKind
 
@@ -47,15 +48,9 @@ class NodeMaker:
     def __init__(self, graph: gs.Graph):
         self.graph = graph
         self.taken = set(graph.tensors())
-        self.count = 0
 
     def name(self, base: str) -> str:
-        candidate = base
-        while candidate in self.taken:
-            self.count += 1
-            candidate = f"{base}_{self.count}"
-        self.taken.add(candidate)
-        return candidate
+        return unique_name(base, self.taken)
 
     def const(self, base: str, values) -> gs.Constant:
         return gs.Constant(self.name(base), np.asarray(values))
@@ -113,7 +108,6 @@ def padding_plan(make: NodeMaker, mask: gs.Variable, any_padding: bool) -> Paddi
                       dtype=np.int64)[0]
         _, indices = make.node("TopK", [key, k], f"{base}/topk", outputs=2, dtype=np.int64, axis=-1, largest=1,
                                sorted=1)
-        indices.dtype = np.int64
         order = make.node("Unsqueeze", [indices, make.const(f"{base}/axis2", np.array([2], np.int64))],
                           f"{base}/order", dtype=np.int64)[0]
     return PaddingPlan(seqlens_k, total, order, lengths)
