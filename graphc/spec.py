@@ -9,7 +9,8 @@ Grammar (strict)::
 options may follow it: ``prune:0.5:by=taylor``). Options
 are the fields of the pass's options dataclass; values are typed by the field (int, float,
 bool as true/false/1/0/yes/no, str, or a ``Literal`` of choices) and range-checked with the
-field metadata ``min``/``max``. A ``Globs`` field takes ``fnmatch`` patterns joined by
+field metadata ``min``/``max``. A number after a ``KEY=VALUE`` continues that value
+(``sparsify:pattern=2:4`` sets ``pattern`` to ``2:4``). A ``Globs`` field takes ``fnmatch`` patterns joined by
 ``+`` (``int8:exclude=*attention*+Conv_3``; an empty pattern is an error). An empty item, a repeated key, an unknown key or a value
 that does not parse is an error naming the valid choices.
 """
@@ -89,7 +90,11 @@ def parse_spec(text: str) -> list[PassSpec]:
             if not positional:
                 raise GraphcError(f"--passes item {item!r}: empty value after ':'")
         if parts:
+            last = None
             for part in parts:
+                if last is not None and part.isdigit():  # pattern=2:4: a number after ':' continues the value
+                    options[last] += ":" + part
+                    continue
                 key, sep, value = part.partition("=")
                 if not sep or not key or not value:
                     raise GraphcError(f"--passes item {item!r}: {part!r} is not key=value "
@@ -97,6 +102,7 @@ def parse_spec(text: str) -> list[PassSpec]:
                 if key in options:
                     raise GraphcError(f"--passes item {item!r}: option {key!r} given twice")
                 options[key] = value
+                last = key
         specs.append(PassSpec(name, options, item, positional))
     return specs
 

@@ -16,9 +16,10 @@ from graphc.passes.prune import PrunePass
 from graphc.passes.int8 import Int8Pass
 from graphc.passes.distill import DistillPass
 from graphc.passes.fuse import FusePass
+from graphc.passes.sparsify import SparsifyPass
 from graphc.spec import PassSpec, build_options
 
-PASSES: dict[str, type[Pass]] = {cls.name: cls for cls in (FoldPass, PrunePass, Int8Pass, DistillPass, FusePass)}
+PASSES: dict[str, type[Pass]] = {cls.name: cls for cls in (FoldPass, PrunePass, Int8Pass, DistillPass, FusePass, SparsifyPass)}
 
 
 def build_passes(specs: Sequence[PassSpec]) -> list[Pass]:

@@ -21,19 +21,29 @@ Rules, each stated beside the code applying it:
 6. Checkpoints and resume (``resume``): the run directory ``run.py``, the per-epoch
    checkpoint ``worker/loop.py``.
 7. Write-back by initializer name: ``run.write_back``.
+8. Sparsity (``keep_zeros``, ``sparsity``, ``pattern``, ``block``, ``by``, ``scope``,
+   ``schedule``, ``ramp``, ``mask_every``, ``exclude``, ``min_size``): a MatMul/Gemm/Conv
+   weight (``graphc.weight_layers``) that holds exact zeros when distill starts keeps every
+   one of them exactly zero (``keep_zeros=true``, the default: its gradient is masked, so the
+   optimizer never moves it); ``sparsity=S`` raises the zero share of the chosen layers to S
+   while training, on Zhu & Gupta's cubic schedule, then fine-tunes with the mask fixed
+   (the layers, patterns and scores of the ``sparsify`` pass; wanda's channel norms measured
+   here on the first ``WANDA_ROWS`` training rows). Which weights and how: ``_sparsity``
+   here; the masks in training: ``worker/sparse_masks.py``.
 
 Refusals, before any pass runs and again on the graph the pass receives: ``checks.py``.
 """
 
 from __future__ import annotations
 
+import pathlib
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphc import training_env
+from graphc import sparsity, training_env
 from graphc.data import model_signature, output_batch_axes
 from graphc.errors import GraphcError
 from graphc.graph import to_model
@@ -43,6 +53,10 @@ from graphc.spec import Globs, normalise_globs
 from graphc.passes.distill import run as distill_run
 from graphc.passes.distill.checks import OPSET_RANGE, check_freeze, check_mask, check_shapes, check_trainable, layer_tensors
 from graphc.verify import Tolerance
+from graphc.weight_layers import channel_norms, selected_layers, weight_layers
+
+WANDA_ROWS = 512
+MAX_LAYER_RATIO = 0.98  # scope=global: the most one layer loses (as sparsify's default)
 
 
 @dataclass(frozen=True)
@@ -72,9 +86,35 @@ class DistillOptions:
                 "longest row (rule 4)"})
     patience: int = field(default=2, metadata={"min": 0, "help": "epochs without improvement before stopping (0: off)"})
     resume: bool = field(default=True, metadata={"help": "resume an interrupted identical run from its checkpoint"})
+    keep_zeros: bool = field(default=True, metadata={
+        "help": "MatMul/Gemm/Conv weights exactly zero at the start stay exactly zero (rule 8)"})
+    sparsity: float = field(default=0.0, metadata={
+        "min": 0.0, "max": 0.99, "help": "final zero share of the chosen layers, reached while training (rule 8)"})
+    pattern: str = field(default="unstructured", metadata={"help": "with sparsity=: unstructured, N:M or block"})
+    block: str = field(default="1x4", metadata={"help": "with pattern=block: RxC"})
+    by: Literal["magnitude", "wanda"] = field(default="magnitude", metadata={
+        "help": "with sparsity=: |w|, or |w| x input channel norm (wanda)"})
+    scope: Literal["uniform", "global"] = field(default="uniform", metadata={
+        "help": "with sparsity=: every layer the same share, or ranked across layers"})
+    schedule: Literal["cubic"] = field(default="cubic", metadata={"help": "with sparsity=: Zhu & Gupta 2017"})
+    ramp: float = field(default=0.5, metadata={"min": 0.0, "max": 0.9,
+                                               "help": "with sparsity=: share of the steps over which it rises"})
+    mask_every: int = field(default=50, metadata={"min": 1, "help": "with sparsity=: steps between mask updates"})
+    exclude: Globs = field(default=Globs(), metadata={"help": "with sparsity=: layer globs left dense"})
+    min_size: int = field(default=1024, metadata={"min": 0, "help": "with sparsity=: layers with fewer weights "
+                                                                    "stay dense"})
 
     def __post_init__(self):
         normalise_globs(self)
+        pattern = sparsity.Pattern.parse(self.pattern, self.block)
+        if self.sparsity == 0 and (self.pattern != "unstructured" or self.block != "1x4" or self.by != "magnitude"
+                                   or self.exclude):
+            raise ValueError("pattern=, block=, by= and exclude= are read only with sparsity=")
+        implied = pattern.implied_ratio()
+        if self.sparsity and implied is not None and abs(self.sparsity - implied) > 1e-9:
+            raise ValueError(f"pattern={self.pattern} means sparsity={implied:g}, not {self.sparsity:g}")
+        if self.block != "1x4" and pattern.kind != "block":
+            raise ValueError(f"block={self.block} is read only with pattern=block")
         if self.loss != "kl" and self.alpha < 1:
             raise ValueError(f"loss={self.loss} has no cross-entropy term; alpha={self.alpha:g} < 1 (labels) "
                              f"needs loss=kl")
@@ -149,17 +189,62 @@ class DistillPass(Pass):
         layers = layer_tensors(student, teacher, list(self.options.layers))
         check_shapes(student, teacher, layers, ctx.train_data, ctx.threads)
         config = self._config(ctx, [s.name for s in model_signature(student)], layers)
+        config["sparsity"], norms = self._sparsity(graph, ctx)
         directory = distill_run.run_dir(distill_run.run_key(student, teacher, [ctx.train_data, ctx.eval_data],
                                                             config))
         if not self.options.resume:
             distill_run.cleanup(directory)
         distill_run.prepare(directory, student, teacher, ctx.train_data, ctx.eval_data, config, ctx.threads)
+        if norms:
+            np.savez(directory / "norms.npz", **norms)
         result = distill_run.run_worker(directory, python, config["metric"])
         written = distill_run.write_back(graph, directory / "trained.npz")
         distill_run.cleanup(directory)
-        return self._result(result, written, {**config, "frozen_by_glob": frozen}, ctx)
+        return self._result(result, written, {**config, "frozen_by_glob": frozen}, ctx, graph)
 
-    def _result(self, result: dict, written: int, config: dict, ctx) -> PassResult:
+    def _sparsity(self, graph: gs.Graph, ctx) -> tuple[dict | None, dict]:
+        """Rule 8: the weights read through a mask (their zeros fixed, or under gradual
+        sparsity), the schedule, and wanda's channel norms."""
+        o = self.options
+        fixed = []
+        if o.keep_zeros:
+            for layer in weight_layers(graph):
+                values = np.asarray(layer.tensor.values)
+                if values.dtype == np.float32 and (values == 0).any():
+                    fixed.append(layer.name)
+        gradual, norms = None, {}
+        if o.sparsity > 0:
+            pattern = sparsity.Pattern.parse(o.pattern, o.block)
+            chosen, dense = selected_layers(graph, o.exclude, o.min_size)
+            fitting = []
+            for layer in chosen:
+                values = np.asarray(layer.tensor.values)
+                misfit = pattern.misfit(sparsity.to_view(values, layer.layout).shape)
+                if values.dtype != np.float32 or misfit:
+                    dense.append(layer)
+                    layer.skip = misfit or f"{values.dtype} weights"
+                else:
+                    fitting.append(layer)
+            if not fitting:
+                raise GraphcError(f"distill:sparsity={o.sparsity:g}: no layer to sparsify ("
+                                  + "; ".join(f"{d.name}: {d.skip}" for d in dense[:4]) + ")")
+            if dense:
+                ctx.report.note(f"distill:sparsity: {len(dense)} layers left dense ("
+                                + "; ".join(f"{d.name}: {d.skip}" for d in dense[:4])
+                                + (f"; {len(dense) - 4} more" if len(dense) > 4 else "") + ")")
+            size = sum(layer.size for layer in fitting)
+            initial = sum(int((np.asarray(layer.tensor.values) == 0).sum()) for layer in fitting) / size
+            if o.by == "wanda":
+                norms = channel_norms(graph, fitting, ctx.train_data.take(min(WANDA_ROWS, len(ctx.train_data))),
+                                      ctx.threads)
+            gradual = {"layers": {layer.name: [layer.layout.kind, layer.layout.groups] for layer in fitting},
+                       "final": o.sparsity, "initial": initial, "pattern": o.pattern, "block": o.block,
+                       "scope": o.scope, "max_layer_ratio": MAX_LAYER_RATIO, "by": o.by, "ramp": o.ramp,
+                       "every": o.mask_every, "module": str(pathlib.Path(sparsity.__file__).resolve())}
+        masked = sorted(set(fixed) | set(gradual["layers"] if gradual else ()))
+        return ({"masked": masked, "gradual": gradual} if masked else None), norms
+
+    def _result(self, result: dict, written: int, config: dict, ctx, graph: gs.Graph) -> PassResult:
         history, best = result["history"], result["best"]
         trained = [h for h in history if h["epoch"] > 0]
         stats = {"epochs_run": len(trained), "best_epoch": best["epoch"], "tensors_trained": written,
@@ -176,6 +261,16 @@ class DistillPass(Pass):
             stats["eval_loss"] = f"{history[0]['eval_loss']:.4f}->{best['eval_loss']:.4f}"
         if "metric" in history[0]:
             stats[config["metric"]] = f"{history[0]['metric']:.4f}->{best['metric']:.4f}"
+        if config.get("sparsity"):
+            tensors = graph.tensors()
+            if result.get("fixed_masks"):
+                stats["zeros_kept"] = int(sum((np.asarray(tensors[n].values) == 0).sum()
+                                              for n in result["fixed_masks"]))
+            gradual = config["sparsity"]["gradual"]
+            if gradual:
+                layers = [np.asarray(tensors[n].values) for n in gradual["layers"]]
+                stats["sparsity"] = round(sum(int((v == 0).sum()) for v in layers) / sum(v.size for v in layers), 4)
+                stats["sparse_layers"] = len(layers)
         if result["resumed_from"]:
             stats["resumed_after_epoch"] = result["resumed_from"]
         if result["stopped_early"]:

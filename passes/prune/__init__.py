@@ -16,7 +16,7 @@ Rules (rule -> the module whose docstring states it, beside the functions that a
 4. Removal of every slice of a removed unit (model inputs and outputs keep their shapes)
    -> ``removal``.
 5. ``recalibrate=true`` with ``--data``: BatchNormalization statistics re-estimated on the
-   pruned model -> ``bn_recalibrate``.
+   pruned model -> ``graphc.bn_recalibrate`` (shared with ``sparsify``).
 
 Quantized layers (a weight read through DequantizeLinear, or a QOperator op such as
 QLinearConv or MatMulInteger) are left as they are: their scales and zero points would have to
@@ -36,7 +36,7 @@ import onnx_graphsurgeon as gs
 from graphc.errors import GraphcError
 from graphc.graph import infer_shapes
 from graphc.pass_api import InspectSection, Pass, PassResult
-from graphc.passes.prune.bn_recalibrate import recalibrate_batchnorm
+from graphc.bn_recalibrate import recalibrate_batchnorm
 from graphc.passes.prune.inspect import prune_groups, prune_groups_text
 from graphc.passes.prune.layer_times import load_layer_times
 from graphc.passes.prune.plan import PrunePlan, analyse, plan_pruning

@@ -14,7 +14,7 @@ def _plan(onnx_model, name, **options):
 
 
 def test_recalibrated_batchnorm_statistics_match_the_data(onnx_model, tmp_path):
-    from graphc.passes.prune.bn_recalibrate import recalibrate_batchnorm
+    from graphc.bn_recalibrate import recalibrate_batchnorm
     from graphc.data import synthetic_dataset
 
     model = load_model(onnx_model("resnet"))

@@ -31,6 +31,11 @@ held-out loss, else the last epoch when there is no eval data) is kept in best.n
 what trained.npz holds. Training stops early after ``patience`` epochs without improvement
 (0: never).
 
+Rule 8, masks (``sparse_masks``): masked weights are written back as the forward pass sees
+them; with gradual sparsity the mask is updated before the steps the schedule names, and
+only epochs after its last update are candidates for the best epoch (earlier ones are less
+sparse); the fixed masks are checked at the end.
+
 Rule 6, resume: after every epoch a checkpoint with the optimizer state and progress.json
 are written atomically into WORKDIR/checkpoints; started again on the same WORKDIR, the
 worker continues after the last completed epoch.
@@ -48,6 +53,7 @@ import numpy as np
 
 from .batches import Data, epoch_batches
 from .protocol import DEFAULTS, UserError, atomic_json, atomic_npz, emit
+from .sparse_masks import Schedule, check_fixed, effective, read_norms
 from .training_graph import build_artifacts
 
 
@@ -148,16 +154,25 @@ def train(workdir: pathlib.Path) -> dict:
     emit("start", epochs=epochs, steps_per_epoch=steps_per_epoch, trainable=len(names),
          resumed_from=resumed_from, batchnorm_frozen=info["batchnorm_frozen"])
 
-    def params() -> dict:
-        return {name: state.parameters[name].data for name in names}
+    masked = set(info.get("masked", []))
+    gradual = (config.get("sparsity") or {}).get("gradual")
+    schedule = Schedule(gradual, state, total, read_norms(workdir / "norms.npz")) if gradual else None
+    fixed = sorted(masked - set(gradual["layers"] if gradual else ()))
+
+    def params() -> dict:  # rule 8: a masked weight as the forward pass sees it
+        return {name: effective(state, name, masked) for name in names}
+
+    def candidate(epoch: int) -> bool:  # rule 8: with gradual sparsity, only epochs after the last mask update
+        return schedule is None or (epoch > 0 and schedule.settled(epoch * steps_per_epoch - 1))
 
     if progress is None:
         history, best, bad = [], None, 0
         record = {"epoch": 0}
         if eval_data is not None:
             record.update(evaluate(module, eval_data, config))
-            best = record
-            atomic_npz(ckpt_dir / "best.npz", params())
+            if candidate(0):
+                best = record
+                atomic_npz(ckpt_dir / "best.npz", params())
         history.append(record)
         emit("epoch", **record)
         first_epoch = 1
@@ -180,6 +195,8 @@ def train(workdir: pathlib.Path) -> dict:
                 real += int(train_data.lengths[rows].sum())
                 fed += len(rows) * int(train_data.lengths[rows].max())
             step = (epoch - 1) * steps_per_epoch + i
+            if schedule is not None and schedule.due(step):
+                schedule.update(state, step)
             optimizer.set_learning_rate(lr_at(step, total, float(config["lr"]), float(config["warmup"])))
             loss = float(module(*train_data.feeds(order, rows, trim=True))[0])
             if not math.isfinite(loss):
@@ -198,7 +215,11 @@ def train(workdir: pathlib.Path) -> dict:
             record["token_fill"] = real / fed
         if eval_data is not None:
             record.update(evaluate(module, eval_data, config))
-        if _better(record, best):
+        if schedule is not None:
+            record["sparsity"] = schedule.achieved(state)
+        if not candidate(epoch):
+            pass  # rule 8: the masks are still changing
+        elif _better(record, best):
             best, bad = record, 0
             atomic_npz(ckpt_dir / "best.npz", params())
         else:
@@ -208,17 +229,18 @@ def train(workdir: pathlib.Path) -> dict:
         CheckpointState.save_checkpoint(state, str(tmp), include_optimizer_state=True)
         os.replace(tmp, ckpt_dir / "last.ckpt")
         atomic_json(progress_path, {"epoch": epoch, "history": history, "best": best, "bad_epochs": bad,
-                                     "first_step_loss": first_step_loss})
+                                     "first_step_loss": first_step_loss, "masked": sorted(masked), "fixed_masks": fixed})
         emit("epoch", **record)
-    if best is None:  # no eval data and no epoch (epochs=0)
+    if best is None:  # no eval data and no epoch (epochs=0), or no epoch after the last mask update
         best = history[-1]
         atomic_npz(ckpt_dir / "best.npz", params())
+    check_fixed(state, fixed)
     with np.load(ckpt_dir / "best.npz") as npz:
         atomic_npz(workdir / "trained.npz", {k: npz[k] for k in npz.files})
     result = {"history": history, "best": best, "resumed_from": resumed_from, "stopped_early": stopped_early,
               "trainable": names, "batchnorm_frozen": info["batchnorm_frozen"],
               "layernorm_outputs_added": info["layernorm_outputs_added"], "steps_per_epoch": steps_per_epoch,
-              "first_step_loss": first_step_loss}
+              "first_step_loss": first_step_loss, "masked": sorted(masked), "fixed_masks": fixed}
     atomic_json(workdir / "result.json", result)
     emit("done", best_epoch=best["epoch"])
     return result

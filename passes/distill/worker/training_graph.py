@@ -22,7 +22,8 @@ statistics frozen, because onnxruntime-training would otherwise train it on batc
 statistics that the inference graph never uses; only the first output is kept (the one
 distilled; a stateful model's next state is not a target, and onnxruntime-training's loss
 block takes one output); every generated model is written with IR version <= 10 (1.19.2
-refuses newer ones).
+refuses newer ones); weights with zeros to keep, or under gradual sparsity, are read through
+a frozen 0/1 mask (rule 8, ``sparse_masks``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .losses import loss_block
+from .sparse_masks import add_keep_masks
 from .protocol import UserError
 
 if TYPE_CHECKING:
@@ -171,6 +173,14 @@ def build_artifacts(config: dict, workdir: pathlib.Path, with_labels: bool, trai
     del model.graph.output[1:]  # rule 4: the first output is the target; a next state is not trained on
     frozen_bn = freeze_batchnorm(model)
     layernorms = add_layernorm_outputs(model)
+    sparse = config.get("sparsity") or {}
+    gradual = (sparse.get("gradual") or {}).get("layers", {})
+    frozen_gradual = sorted(set(gradual) - set(names))
+    if frozen_gradual:
+        raise UserError(f"sparsity={sparse['gradual']['final']}: layer {frozen_gradual[0]!r} is not trained "
+                        f"(freeze=? exclude= it to keep it dense)")
+    masked = [n for n in sparse.get("masked", []) if n in names]  # a frozen weight keeps its zeros anyway
+    keeps = add_keep_masks(model, masked)
     model.ir_version = min(model.ir_version, MAX_IR_VERSION)
     directory = workdir / "artifacts"
     directory.mkdir(exist_ok=True)
@@ -182,7 +192,7 @@ def build_artifacts(config: dict, workdir: pathlib.Path, with_labels: bool, trai
         ranks = [layer.ndim for layer in train_data.layers]
         artifacts.generate_artifacts(model, requires_grad=names, loss=loss_block(config, output.name,
                                      dims[-1].dim_value if dims else 1, with_labels, scales, ranks),
-                                     optimizer=optimizer, artifact_directory=str(directory),
+                                     optimizer=optimizer, artifact_directory=str(directory), frozen_params=keeps,
                                      additional_output_names=[output.name])
     except UserError:
         raise
@@ -195,4 +205,5 @@ def build_artifacts(config: dict, workdir: pathlib.Path, with_labels: bool, trai
         if generated.ir_version > MAX_IR_VERSION:
             generated.ir_version = MAX_IR_VERSION
             onnx.save(generated, str(path))
-    return {"trainable": names, "batchnorm_frozen": frozen_bn, "layernorm_outputs_added": layernorms}
+    return {"trainable": names, "batchnorm_frozen": frozen_bn, "layernorm_outputs_added": layernorms,
+            "masked": masked}

@@ -1,8 +1,8 @@
-"""Rule 5 of ``prune`` (``recalibrate=true`` with ``--data``): re-estimate BatchNormalization
-running statistics on data, after pruning.
+"""``recalibrate=true`` of ``prune`` (its rule 5) and ``sparsify`` (with ``--data``):
+re-estimate BatchNormalization running statistics on data, after the pass.
 
-Pruning removes input channels of the layers before a BatchNorm, so the statistics it was
-trained with no longer describe its input. One streamed pass of the tensor tap over the data
+Pruning removes input channels of the layers before a BatchNorm, and sparsifying zeroes most
+of their weights, so the statistics it was trained with no longer describe its input. One streamed pass of the tensor tap over the data
 exposes every BatchNorm input and accumulates per-channel sums and sums of squares
 (float64); mean and population variance replace the node's ``input_mean`` / ``input_var``.
 Memory stays at two vectors per BatchNorm whatever the number of samples.
