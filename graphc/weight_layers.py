@@ -133,3 +133,16 @@ def channel_norms(graph: gs.Graph, layers: list[WeightLayer], data, threads: int
 
     tap_graph(graph, sorted(wanted), data, reduce, batch_size, threads, what="the wanda activation probe")
     return {layer.name: np.sqrt(sum(squares[(t.name, a)] for t, a in layer.inputs)) for layer in layers}
+
+
+def computed_weights(graph: gs.Graph) -> int:
+    """MatMul/Gemm/Conv weights computed from constants by a node (an export without constant
+    folding: ``Transpose(initializer)``): ``fold`` turns them into initializers."""
+    count = 0
+    for node in graph.nodes:
+        if node.op in ("MatMul", "Gemm", "Conv") and len(node.inputs) > 1:
+            weight = node.inputs[1]
+            source = weight.inputs[0] if isinstance(weight, gs.Variable) and len(weight.inputs) == 1 else None
+            if source is not None and source.inputs and all(isinstance(t, gs.Constant) for t in source.inputs):
+                count += 1
+    return count

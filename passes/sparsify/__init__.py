@@ -12,7 +12,7 @@ Rules, each in the module that applies it:
    reduction positions), the scores (``by=magnitude|wanda``) and the choice
    (``ratio``, ``scope=uniform|global``, ``max_layer_ratio``; ties broken by position, so the
    same model gives the same bytes): ``graphc.sparsity``. With ``N:M`` the pattern fixes
-   the ratio at ``1 - N/M`` (a different explicit ``ratio`` is refused). A layer whose view
+   the ratio at ``1 - N/M`` (a ``ratio`` other than that and the default 0.5 is refused). A layer whose view
    does not divide into the pattern's groups or blocks stays dense, with the reason.
 3. Wanda's activation norms: one streamed run over ``--data`` (``graphc.weight_layers.
    channel_norms``, the tensor tap).
@@ -42,7 +42,7 @@ from graphc.pass_api import InspectSection, Pass, PassResult
 from graphc.passes.sparsify.inspect import sparsity_summary, sparsity_text
 from graphc.spec import Globs, normalise_globs
 from graphc.verify import Tolerance
-from graphc.weight_layers import channel_norms, selected_layers
+from graphc.weight_layers import channel_norms, computed_weights, selected_layers
 
 if TYPE_CHECKING:
     from graphc.context import Context
@@ -115,6 +115,10 @@ class SparsifyPass(Pass):
         o = self.options
         pattern = o.parsed
         chosen, dense = selected_layers(graph, o.exclude, o.min_size)
+        computed = computed_weights(graph)
+        if computed:
+            ctx.report.note(f"sparsify: {computed} MatMul/Gemm/Conv weights are computed from constants (e.g. a "
+                            f"Transpose of an initializer) and stay dense; run fold first (--passes fold,sparsify)")
         fitting = []
         for layer in chosen:
             misfit = pattern.misfit(sparsity.to_view(np.asarray(layer.tensor.values), layer.layout).shape)

@@ -91,3 +91,16 @@ def test_globs_options_parse_match_and_refuse_empty_patterns():
     assert list(Int8Options(exclude="a+ b").exclude) == ["a", "b"]  # direct construction parses too
     with pytest.raises(GraphcError, match=r"^pass 'int8': exclude='a\+\+b' has an empty pattern"):
         build_options(Int8Options, parse_spec("int8:exclude=a++b")[0], "calib")
+
+
+def test_a_number_after_key_value_continues_the_value():
+    """``sparsify:pattern=2:4``: the N:M form reads as one value; elsewhere the joined value
+    is still checked by its type."""
+    (spec,) = parse_spec("sparsify:0.5:pattern=2:4:by=wanda")
+    assert spec.options == {"pattern": "2:4", "by": "wanda"} and spec.positional == "0.5"
+    (built,) = build_passes(parse_spec("sparsify:pattern=2:4"))
+    assert built.options.pattern == "2:4" and built.options.target_ratio == 0.5
+    with pytest.raises(GraphcError, match="'0.5:3' is not a valid float"):
+        options("demo:ratio=0.5:3")
+    with pytest.raises(GraphcError, match="'3' is not key=value"):
+        options("demo:0.5:3")  # no key=value before it: nothing to continue
