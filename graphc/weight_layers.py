@@ -25,6 +25,7 @@ import onnx_graphsurgeon as gs
 from graphc.sparsity import Layout
 
 FLOAT_KINDS = (np.float32, np.float16, np.float64)
+LAYERS_IN_NOTE = 4
 
 
 @dataclass
@@ -146,3 +147,9 @@ def computed_weights(graph: gs.Graph) -> int:
             if source is not None and source.inputs and all(isinstance(t, gs.Constant) for t in source.inputs):
                 count += 1
     return count
+
+
+def dense_summary(dense: list[WeightLayer]) -> str:
+    """The first few layers left dense and why, for a one-line note."""
+    shown = "; ".join(f"{d.name}: {d.skip}" for d in dense[:LAYERS_IN_NOTE])
+    return shown + (f"; {len(dense) - LAYERS_IN_NOTE} more in the report" if len(dense) > LAYERS_IN_NOTE else "")

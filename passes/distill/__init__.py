@@ -53,7 +53,7 @@ from graphc.spec import Globs, normalise_globs
 from graphc.passes.distill import run as distill_run
 from graphc.passes.distill.checks import OPSET_RANGE, check_freeze, check_mask, check_shapes, check_trainable, layer_tensors
 from graphc.verify import Tolerance
-from graphc.weight_layers import channel_norms, selected_layers, weight_layers
+from graphc.weight_layers import channel_norms, dense_summary, selected_layers, weight_layers
 
 WANDA_ROWS = 512
 MAX_LAYER_RATIO = 0.98  # scope=global: the most one layer loses (as sparsify's default)
@@ -226,12 +226,10 @@ class DistillPass(Pass):
                 else:
                     fitting.append(layer)
             if not fitting:
-                raise GraphcError(f"distill:sparsity={o.sparsity:g}: no layer to sparsify ("
-                                  + "; ".join(f"{d.name}: {d.skip}" for d in dense[:4]) + ")")
+                raise GraphcError(f"distill:sparsity={o.sparsity:g}: no layer to sparsify "
+                                  f"({dense_summary(dense) or 'no MatMul/Gemm/Conv weight'})")
             if dense:
-                ctx.report.note(f"distill:sparsity: {len(dense)} layers left dense ("
-                                + "; ".join(f"{d.name}: {d.skip}" for d in dense[:4])
-                                + (f"; {len(dense) - 4} more" if len(dense) > 4 else "") + ")")
+                ctx.report.note(f"distill:sparsity: {len(dense)} layers left dense ({dense_summary(dense)})")
             size = sum(layer.size for layer in fitting)
             initial = sum(int((np.asarray(layer.tensor.values) == 0).sum()) for layer in fitting) / size
             if o.by == "wanda":

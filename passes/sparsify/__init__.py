@@ -42,13 +42,12 @@ from graphc.pass_api import InspectSection, Pass, PassResult
 from graphc.passes.sparsify.inspect import sparsity_summary, sparsity_text
 from graphc.spec import Globs, normalise_globs
 from graphc.verify import Tolerance
-from graphc.weight_layers import channel_norms, computed_weights, selected_layers
+from graphc.weight_layers import channel_norms, computed_weights, dense_summary, selected_layers
 
 if TYPE_CHECKING:
     from graphc.context import Context
 
 DEFAULT_RATIO = 0.5
-LAYERS_IN_NOTE = 4
 
 
 @dataclass(frozen=True)
@@ -119,19 +118,20 @@ class SparsifyPass(Pass):
         if computed:
             ctx.report.note(f"sparsify: {computed} MatMul/Gemm/Conv weights are computed from constants (e.g. a "
                             f"Transpose of an initializer) and stay dense; run fold first (--passes fold,sparsify)")
-        fitting = []
+        fitting, views = [], []
         for layer in chosen:
-            misfit = pattern.misfit(sparsity.to_view(np.asarray(layer.tensor.values), layer.layout).shape)
+            view = sparsity.to_view(np.asarray(layer.tensor.values), layer.layout)
+            misfit = pattern.misfit(view.shape)
             if misfit is None:
                 fitting.append(layer)
+                views.append(view)
             else:
                 layer.skip = f"{pattern}: {misfit}"
                 dense.append(layer)
         if not fitting:
-            ctx.report.note(f"sparsify: no layer to sparsify ({_dense_summary(dense) or 'no MatMul/Gemm/Conv weight'})")
+            ctx.report.note(f"sparsify: no layer to sparsify ({dense_summary(dense) or 'no MatMul/Gemm/Conv weight'})")
             return PassResult(changed=False, stats={"layers_sparsified": 0, "layers_dense": len(dense)})
         norms = channel_norms(graph, fitting, ctx.data, ctx.threads) if o.by == "wanda" else {}
-        views = [sparsity.to_view(np.asarray(layer.tensor.values), layer.layout) for layer in fitting]
         score_views = [sparsity.scores(view, layer.layout, norms.get(layer.name))
                        for view, layer in zip(views, fitting)]
         masks = sparsity.choose(score_views, pattern, o.target_ratio, o.scope, o.max_layer_ratio,
@@ -154,11 +154,7 @@ class SparsifyPass(Pass):
         if o.recalibrate:
             stats["bn_recalibrated"] = recalibrate_batchnorm(graph, ctx.data, threads=ctx.threads)
         if dense:
-            ctx.report.note(f"sparsify: {len(dense)} layers left dense ({_dense_summary(dense)})")
+            ctx.report.note(f"sparsify: {len(dense)} layers left dense ({dense_summary(dense)})")
         return PassResult(changed=zeros_after > zeros_before, stats=stats,
                           details={"layers": rows, "dense": [{"layer": d.name, "reason": d.skip} for d in dense]})
 
-
-def _dense_summary(dense) -> str:
-    shown = "; ".join(f"{d.name}: {d.skip}" for d in dense[:LAYERS_IN_NOTE])
-    return shown + (f"; {len(dense) - LAYERS_IN_NOTE} more in the report" if len(dense) > LAYERS_IN_NOTE else "")

@@ -117,3 +117,19 @@ def test_schedule_follows_the_cubic_formula(tmp_path):
     assert schedule.settled(50) and not schedule.settled(49)
     odd = Schedule({**spec, "every": 15}, State(), total_steps=100, norms={})
     assert odd.last_update == 60 and [s for s in range(100) if odd.due(s)] == [0, 15, 30, 45, 60]
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("distill:pattern=2:4", "read only with sparsity="),
+    ("distill:sparsity=0.6:pattern=2:4", "pattern=2:4 means sparsity=0.5, not 0.6"),
+    ("distill:sparsity=0.5:block=4x4", "block=4x4 is read only with pattern=block"),
+    ("distill:sparsity=0.5:pattern=block:block=1x1", "single weight"),
+    ("distill:sparsity=0.5:pattern=5:3", "not unstructured, block, or N:M"),
+])
+def test_sparsity_options_are_checked_when_parsed(spec, message):
+    from graphc.errors import GraphcError
+    from graphc.passes import build_passes
+    from graphc.spec import parse_spec
+
+    with pytest.raises(GraphcError, match=message):
+        build_passes(parse_spec(spec))
