@@ -20,7 +20,18 @@ from onnx import numpy_helper
 
 from graphc import cli
 from tests.corpus import CORPUS
-from tests.corpus.test_prune_corpus import FAST, _args, _feeds, _run
+from tests.corpus.test_prune_corpus import FAST, _feeds, _run
+from tests.corpus.test_prune_corpus import _args as _prune_args
+
+# the dims these recurrent models leave open, for the inputs the outputs are compared on
+STATE_SHAPES = {
+    "gru-state": ("--shape", "batch=1,time=16"),
+    "lstm-state-unnamed": ("--shape", "x=1x16x8", "--shape", "h0=2x1x16", "--shape", "c0=2x1x16"),
+}
+
+
+def _args(name: str) -> list[str]:
+    return [*_prune_args(name), *STATE_SHAPES.get(name, ())]
 
 
 def _models():
