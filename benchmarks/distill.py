@@ -86,6 +86,18 @@ def top1(model: pathlib.Path) -> float:
                     batch_size=500)
 
 
+def embedding_scores(path: pathlib.Path, threads: int, test_feeds: dict, reference: np.ndarray, probe) -> tuple[float, float]:
+    """A MiniLM row's mean embedding cosine against ``reference`` on ``test_feeds`` and its
+    supersense probe accuracy."""
+    from graphc.metrics import cosine_per_sample
+    from graphc.models import supersense
+    from graphc.runtime import open_session
+
+    session = open_session(path, threads)
+    cosine = float(cosine_per_sample(supersense.embed(session, test_feeds), reference).mean())
+    return cosine, probe.accuracy(session)
+
+
 def optimize(model: pathlib.Path, passes: str, out: pathlib.Path, **kwargs) -> tuple[pathlib.Path, float, dict]:
     from graphc.pipeline import OptimizeRequest, optimize as run
 
@@ -128,7 +140,6 @@ def prune_spec(args) -> str:
 
 def run_minilm(args) -> int:
     from graphc.models import minilm, supersense, wordnet
-    from graphc.metrics import cosine_per_sample
     from graphc.model_io import file_size, load_model
     from graphc.runtime import open_session
     from graphc.stats import model_stats
@@ -158,9 +169,7 @@ def run_minilm(args) -> int:
     base_size = file_size(source)
     table, records, base_probe = [], [], None
     for name, path, seconds, note in rows:
-        session = open_session(path, args.threads)
-        cosine = float(cosine_per_sample(supersense.embed(session, test_feeds), reference).mean())
-        accuracy = probe.accuracy(session)
+        cosine, accuracy = embedding_scores(path, args.threads, test_feeds, reference, probe)
         base_probe = accuracy if base_probe is None else base_probe
         size, params = file_size(path), model_stats(load_model(path)).params
         records.append({"model": name, "path": str(path), "cosine": cosine, "probe_accuracy": accuracy,

@@ -36,25 +36,19 @@ import argparse
 import json
 import pathlib
 import sys
-import time
 
 import numpy as np
 
+# the data splits, the in-process pipeline run and the row measurements of benchmarks/distill.py
+# (this script's folder is on sys.path when it runs)
+from distill import embedding_scores, optimize, top1, write_splits
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CNN = ROOT / "models" / "fashion_cnn.onnx"
-TEST = ROOT / "models" / "fashion_mnist_test.npz"
 CNN_DISTILL = "epochs=5:T=4:alpha=0.7:lr=0.001:batch=64"
 MINILM_DISTILL = ("epochs=6:loss=cosine:lr=0.0005:batch=32:patience=0:freeze=*word_embeddings*:"
                   "layers=*/output/LayerNorm/*:mask=attention_mask")
 MINILM_HOLDOUT = 512
-
-
-def optimize(model: pathlib.Path, passes: str, out: pathlib.Path, **kwargs) -> tuple[pathlib.Path, float, dict]:
-    from graphc.pipeline import OptimizeRequest, optimize as run
-
-    start = time.perf_counter()
-    report = run(OptimizeRequest(model=model, passes=passes, output=out, progress=False, **kwargs))
-    return out, time.perf_counter() - start, report.as_dict()
 
 
 def measured_sparsity(path: pathlib.Path) -> tuple[float, str]:
@@ -70,26 +64,8 @@ def measured_sparsity(path: pathlib.Path) -> tuple[float, str]:
     return share, ",".join(patterns)
 
 
-def top1(model: pathlib.Path) -> float:
-    from graphc.data import load_dataset, model_signature
-    from graphc.metrics import evaluate
-    from graphc.model_io import load_model
-    from graphc.runtime import open_session, run_session
-
-    loaded = load_model(model)
-    session = open_session(loaded)
-    return evaluate(lambda feeds: run_session(session, feeds), load_dataset(TEST, model_signature(loaded)), "top1",
-                    batch_size=500)
-
-
 def run_cnn(args) -> int:
-    from graphc.models import fashion_cnn
-
-    images, labels = fashion_cnn.load_split("train")
-    train, holdout, calib = args.out / "train.npz", args.out / "holdout.npz", args.out / "calib.npz"
-    np.savez(train, image=images[:-args.holdout], labels=labels[:-args.holdout])
-    np.savez(holdout, image=images[-args.holdout:], labels=labels[-args.holdout:])
-    np.savez(calib, image=images[:1024], labels=labels[:1024])
+    train, holdout, calib = write_splits(args.out, args.holdout)
     r, distill = args.ratio, f"distill:{args.distill}"
     plans = [
         ("dense", None, {}),
@@ -129,13 +105,13 @@ def run_cnn(args) -> int:
     print("| model | top-1 (10k test) | drop (points) | sparsity of the sparse layers | conforms | time | notes |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(table))
-    print(f"train {len(images) - args.holdout} images, holdout {args.holdout}; distill options {args.distill}")
+    with np.load(train) as npz:
+        print(f"train {len(npz['labels'])} images, holdout {args.holdout}; distill options {args.distill}")
     (args.out / "sparsify_cnn.json").write_text(json.dumps(records, indent=1) + "\n")
     return 0
 
 
 def run_minilm(args) -> int:
-    from graphc.metrics import cosine_per_sample
     from graphc.models import minilm, supersense, wordnet
     from graphc.runtime import open_session
 
@@ -170,9 +146,7 @@ def run_minilm(args) -> int:
     reference = supersense.embed(open_session(source, args.threads), test_feeds)
     table, records, base_probe = [], [], None
     for name, path, seconds, note in rows:
-        session = open_session(path, args.threads)
-        cosine = float(cosine_per_sample(supersense.embed(session, test_feeds), reference).mean())
-        accuracy = probe.accuracy(session)
+        cosine, accuracy = embedding_scores(path, args.threads, test_feeds, reference, probe)
         base_probe = accuracy if base_probe is None else base_probe
         share, _ = measured_sparsity(path)
         records.append({"model": name, "cosine": cosine, "probe_accuracy": accuracy, "sparsity": share,

@@ -203,10 +203,10 @@ def _lowest(values: np.ndarray, count: int) -> np.ndarray:
 def choose(score_views: list[np.ndarray], pattern: Pattern, ratio: float, scope: str = "uniform",
            max_layer_ratio: float = 1.0, per_row: bool = False) -> list[np.ndarray]:
     """Keep masks (bool, the views' shapes, True = kept) for ``ratio`` zeros (rule 5)."""
-    layer_units = [units(view, pattern) for view in score_views]
-    chosen: list[np.ndarray]
     if pattern.kind == "unstructured" and per_row and scope == "uniform":
         return [_per_row_mask(view, ratio) for view in score_views]
+    layer_units = [units(view, pattern) for view in score_views]
+    chosen: list[np.ndarray]
     if scope == "uniform" or pattern.kind == "nm" and ratio >= 1 - pattern.n / pattern.m:
         chosen = []
         for view, u in zip(score_views, layer_units):

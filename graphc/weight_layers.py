@@ -12,7 +12,8 @@ Rules:
    a MatMul), or a graph output; a MatMul weight of rank other than 2; a weight read through
    DequantizeLinear (already quantized) is not a float initializer and is not listed.
 3. ``exclude`` globs match the initializer name or the name of any node reading it;
-   ``min_size``: weights with fewer elements stay dense.
+   ``min_size``: weights with fewer elements stay dense; a weight whose view does not divide
+   into the pattern's groups or blocks stays dense (``pattern_layers``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphc.sparsity import Layout
+from graphc.sparsity import Layout, to_view
 
 FLOAT_KINDS = (np.float32, np.float16, np.float64)
 LAYERS_IN_NOTE = 4
@@ -110,6 +111,29 @@ def selected_layers(graph: gs.Graph, exclude, min_size: int) -> tuple[list[Weigh
             layer.skip = f"{layer.size} weights < min_size {min_size}"
         (dense if layer.skip else chosen).append(layer)
     return chosen, dense
+
+
+def pattern_layers(graph: gs.Graph, pattern, exclude, min_size: int,
+                   dtypes: tuple = FLOAT_KINDS) -> tuple[list[WeightLayer], list[np.ndarray], list[WeightLayer]]:
+    """(layers, their ``[P, N, K]`` views, left dense) for sparsifying with ``pattern``
+    (a ``graphc.sparsity.Pattern``): ``selected_layers``, less those whose view does not divide
+    into the pattern's groups or blocks, or whose dtype is not in ``dtypes``, each with why."""
+    chosen, dense = selected_layers(graph, exclude, min_size)
+    fitting, views = [], []
+    for layer in chosen:
+        values = np.asarray(layer.tensor.values)
+        view = to_view(values, layer.layout)
+        misfit = pattern.misfit(view.shape)
+        if values.dtype.type not in dtypes:
+            layer.skip = f"{values.dtype} weights"
+        elif misfit is not None:
+            layer.skip = f"{pattern}: {misfit}"
+        else:
+            fitting.append(layer)
+            views.append(view)
+            continue
+        dense.append(layer)
+    return fitting, views, dense
 
 
 def channel_norms(graph: gs.Graph, layers: list[WeightLayer], data, threads: int | None = None,

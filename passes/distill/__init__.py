@@ -53,7 +53,7 @@ from graphc.spec import Globs, normalise_globs
 from graphc.passes.distill import run as distill_run
 from graphc.passes.distill.checks import OPSET_RANGE, check_freeze, check_mask, check_shapes, check_trainable, layer_tensors
 from graphc.verify import Tolerance
-from graphc.weight_layers import channel_norms, dense_summary, selected_layers, weight_layers
+from graphc.weight_layers import channel_norms, dense_summary, pattern_layers, weight_layers
 
 WANDA_ROWS = 512
 MAX_LAYER_RATIO = 0.98  # scope=global: the most one layer loses (as sparsify's default)
@@ -215,23 +215,14 @@ class DistillPass(Pass):
         gradual, norms = None, {}
         if o.sparsity > 0:
             pattern = sparsity.Pattern.parse(o.pattern, o.block)
-            chosen, dense = selected_layers(graph, o.exclude, o.min_size)
-            fitting = []
-            for layer in chosen:
-                values = np.asarray(layer.tensor.values)
-                misfit = pattern.misfit(sparsity.to_view(values, layer.layout).shape)
-                if values.dtype != np.float32 or misfit:
-                    dense.append(layer)
-                    layer.skip = misfit or f"{values.dtype} weights"
-                else:
-                    fitting.append(layer)
+            # onnxruntime-training trains float32 weights only
+            fitting, views, dense = pattern_layers(graph, pattern, o.exclude, o.min_size, dtypes=(np.float32,))
             if not fitting:
                 raise GraphcError(f"distill:sparsity={o.sparsity:g}: no layer to sparsify "
                                   f"({dense_summary(dense) or 'no MatMul/Gemm/Conv weight'})")
             if dense:
                 ctx.report.note(f"distill:sparsity: {len(dense)} layers left dense ({dense_summary(dense)})")
-            size = sum(layer.size for layer in fitting)
-            initial = sum(int((np.asarray(layer.tensor.values) == 0).sum()) for layer in fitting) / size
+            initial = sum(int((view == 0).sum()) for view in views) / sum(view.size for view in views)
             if o.by == "wanda":
                 norms = channel_norms(graph, fitting, ctx.train_data.take(min(WANDA_ROWS, len(ctx.train_data))),
                                       ctx.threads)

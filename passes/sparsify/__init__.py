@@ -42,7 +42,7 @@ from graphc.pass_api import InspectSection, Pass, PassResult
 from graphc.passes.sparsify.inspect import sparsity_summary, sparsity_text
 from graphc.spec import Globs, normalise_globs
 from graphc.verify import Tolerance
-from graphc.weight_layers import channel_norms, computed_weights, dense_summary, selected_layers
+from graphc.weight_layers import channel_norms, computed_weights, dense_summary, pattern_layers
 
 if TYPE_CHECKING:
     from graphc.context import Context
@@ -113,21 +113,11 @@ class SparsifyPass(Pass):
     def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
         o = self.options
         pattern = o.parsed
-        chosen, dense = selected_layers(graph, o.exclude, o.min_size)
+        fitting, views, dense = pattern_layers(graph, pattern, o.exclude, o.min_size)
         computed = computed_weights(graph)
         if computed:
             ctx.report.note(f"sparsify: {computed} MatMul/Gemm/Conv weights are computed from constants (e.g. a "
                             f"Transpose of an initializer) and stay dense; run fold first (--passes fold,sparsify)")
-        fitting, views = [], []
-        for layer in chosen:
-            view = sparsity.to_view(np.asarray(layer.tensor.values), layer.layout)
-            misfit = pattern.misfit(view.shape)
-            if misfit is None:
-                fitting.append(layer)
-                views.append(view)
-            else:
-                layer.skip = f"{pattern}: {misfit}"
-                dense.append(layer)
         if not fitting:
             ctx.report.note(f"sparsify: no layer to sparsify ({dense_summary(dense) or 'no MatMul/Gemm/Conv weight'})")
             return PassResult(changed=False, stats={"layers_sparsified": 0, "layers_dense": len(dense)})

@@ -217,19 +217,18 @@ def train(workdir: pathlib.Path) -> dict:
             record.update(evaluate(module, eval_data, config))
         if schedule is not None:
             record["sparsity"] = schedule.achieved(state)
-        if not candidate(epoch):
-            pass  # rule 8: the masks are still changing
-        elif _better(record, best):
-            best, bad = record, 0
-            atomic_npz(ckpt_dir / "best.npz", params())
-        else:
-            bad += 1
+        if candidate(epoch):  # rule 8: not while the masks are still changing
+            if _better(record, best):
+                best, bad = record, 0
+                atomic_npz(ckpt_dir / "best.npz", params())
+            else:
+                bad += 1
         history.append(record)
         tmp = ckpt_dir / "last.ckpt.tmp"
         CheckpointState.save_checkpoint(state, str(tmp), include_optimizer_state=True)
         os.replace(tmp, ckpt_dir / "last.ckpt")
         atomic_json(progress_path, {"epoch": epoch, "history": history, "best": best, "bad_epochs": bad,
-                                     "first_step_loss": first_step_loss, "masked": sorted(masked), "fixed_masks": fixed})
+                                     "first_step_loss": first_step_loss})
         emit("epoch", **record)
     if best is None:  # no eval data and no epoch (epochs=0), or no epoch after the last mask update
         best = history[-1]

@@ -71,7 +71,7 @@ def load_selection(path: str):
     return module
 
 
-def effective(state, name: str, masked: set[str]) -> np.ndarray:
+def effective(state, name: str, masked) -> np.ndarray:
     """The weight as the forward pass sees it: ``W * keep`` for a masked weight (exact zeros)."""
     data = state.parameters[name].data
     if name not in masked:
@@ -111,25 +111,21 @@ class Schedule:
             return self.final
         return max(self.initial, self.selection.cubic_ratio(step, 0, self.ramp_steps, self.initial, self.final))
 
-    def update(self, state, step: int) -> float:
-        """New masks for ``step``'s ratio; newly masked weights set to 0. Returns the zero share."""
+    def update(self, state, step: int) -> None:
+        """New masks for ``step``'s ratio; newly masked weights set to 0."""
         sel = self.selection
         names = list(self.layers)
-        weights = [effective(state, n, set(names)) for n in names]
+        weights = [effective(state, n, self.layers) for n in names]
         views = [sel.to_view(w, self.layers[n]) for n, w in zip(names, weights)]
         score_views = [sel.scores(v, self.layers[n], self.norms.get(n) if self.by == "wanda" else None)
                        for n, v in zip(names, views)]
         masks = sel.choose(score_views, self.pattern, self.ratio(step), self.scope, self.max_layer_ratio,
                            per_row=self.by == "wanda")
-        zeros = size = 0
         for name, weight, mask in zip(names, weights, masks):
             old = state.parameters[keep_name(name)].data != 0
             keep = sel.from_view(mask, self.layers[name], weight.shape) & old
             state.parameters[keep_name(name)] = keep.astype(np.float32)
             state.parameters[name] = np.where(keep, weight, np.zeros((), dtype=weight.dtype))
-            zeros += int((~keep).sum())
-            size += keep.size
-        return zeros / max(size, 1)
 
     def achieved(self, state) -> float:
         """The zero share of the chosen layers' masks now."""
