@@ -10,7 +10,8 @@ Rules (the numbers of ``graphc.passes.distill``):
   file (``train_layer<i>.npy``), which the worker memory-maps: 12 hidden states of MiniLM on
   40k glosses of 24 tokens are 8.8 GB in float16, more than either process should hold.
 - Rule 6, the run directory: ``$GRAPHC_HOME/distill-runs/<key>``, where the key hashes the
-  student graph, the teacher graph, the data and the training options. An interrupted run
+  student graph, the teacher graph, the data, the training options and the version of the
+  worker's training artifacts (``ARTIFACTS_VERSION``). An interrupted run
   (Ctrl-C, a killed process) leaves its per-epoch checkpoints there; the same command run
   again resumes after the last completed epoch (``resume=false`` starts over). The
   directory is deleted after a successful write-back.
@@ -91,9 +92,14 @@ def teacher_targets(model: onnx.ModelProto, dataset: Dataset, threads: int | Non
     return np.concatenate(first)
 
 
+# bumped when the worker builds different training artifacts from the same inputs, so that a run
+# directory left by an older graphc is not resumed: 2 = broadcast unit axes (worker/unit_dims.py)
+ARTIFACTS_VERSION = "2"
+
+
 def run_key(student: onnx.ModelProto, teacher: onnx.ModelProto, datasets: list[Dataset | None],
             config: dict) -> str:
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(ARTIFACTS_VERSION.encode())
     for model in (student, teacher):
         digest.update(model.SerializeToString(deterministic=True))
     for dataset in datasets:

@@ -115,3 +115,50 @@ def embedding_models():
         mask[row, :length] = 1
     inputs = {"ids": rng.integers(0, 12, (64, 8)), "mask": mask}
     return student, teacher, inputs
+
+
+def position_models():
+    """ids, mask [N, L] -> Gather(E, ids) + Gather(P, positions[:, :L]) -> masked sum over L ->
+    MatMul(W) -> y [N, 3]. The position rows are a [1, 8] buffer sliced to the computed length,
+    as Hugging Face BERT exports read them: shape inference cannot tell that the [1, L, 4]
+    position embeddings broadcast over the batch (worker/unit_dims.py)."""
+    rng = np.random.default_rng(8)
+
+    def model(table, positions, weight):
+        nodes = [helper.make_node("Shape", ["ids"], ["ids_shape"]),
+                 helper.make_node("Gather", ["ids_shape", "one"], ["length"], axis=0),
+                 helper.make_node("Unsqueeze", ["length", "axis0"], ["end"]),
+                 helper.make_node("Slice", ["position_ids", "zero", "end", "axis1"], ["pos"]),
+                 helper.make_node("Gather", ["P", "pos"], ["p"]),
+                 helper.make_node("Gather", ["E", "ids"], ["e"]),
+                 helper.make_node("Add", ["e", "p"], ["h"]),
+                 helper.make_node("Cast", ["mask"], ["mf"], to=TensorProto.FLOAT),
+                 helper.make_node("Unsqueeze", ["mf", "axis2"], ["mu"]),
+                 helper.make_node("Mul", ["h", "mu"], ["hm"]),
+                 helper.make_node("ReduceSum", ["hm", "axis1"], ["s"], keepdims=0),
+                 helper.make_node("MatMul", ["s", "W"], ["y"])]
+        graph = helper.make_graph(
+            nodes, "positions",
+            [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "L"]),
+             helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", "L"])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+            [numpy_helper.from_array(table, "E"), numpy_helper.from_array(positions, "P"),
+             numpy_helper.from_array(weight, "W"),
+             numpy_helper.from_array(np.arange(8, dtype=np.int64)[None], "position_ids"),
+             numpy_helper.from_array(np.array(1, np.int64), "one"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+             numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+             numpy_helper.from_array(np.array([2], np.int64), "axis2")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    def weights():
+        return (rng.standard_normal((12, 4)).astype(np.float32), rng.standard_normal((8, 4)).astype(np.float32),
+                rng.standard_normal((4, 3)).astype(np.float32))
+
+    student, teacher = model(*weights()), model(*weights())
+    mask = np.zeros((64, 8), np.int64)
+    for row, length in enumerate(rng.integers(1, 9, 64)):
+        mask[row, :length] = 1
+    inputs = {"ids": rng.integers(0, 12, (64, 8)), "mask": mask}
+    return student, teacher, inputs

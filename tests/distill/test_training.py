@@ -19,7 +19,8 @@ from graphc.data import Dataset
 from graphc.graph import to_graph, to_model
 from graphc.passes.distill import DistillOptions, DistillPass
 from graphc.passes.distill import run as distill_run
-from tests.distill.helpers import embedding_models, feature_models, outputs, run_in, trained, worker_batches
+from tests.distill.helpers import (embedding_models, feature_models, outputs, position_models, run_in, trained,
+                                  worker_batches)
 
 
 def test_frozen_initializers_keep_their_values(tmp_path, training_python, make_context):
@@ -168,6 +169,53 @@ def test_embedding_table_trained_on_cut_batches_follows_numpy_adamw(tmp_path, tr
         moved = np.abs(want - start[name]).max()
         assert moved > 0.5 * lr  # the step is visible
         np.testing.assert_allclose(got[name], want, rtol=0, atol=1e-3 * lr)
+
+
+def test_position_embeddings_broadcast_over_the_batch_follow_numpy_adamw(tmp_path, training_python):
+    """Position embeddings [1, L, 4] (a buffer sliced to the computed length) added to token
+    embeddings [N, L, 4]: two AdamW steps of the worker give numpy's position table, whose
+    gradient sums over the batch. Without the measured unit axis (worker/unit_dims.py) the
+    gradient builder skipped that sum, and GatherGrad read a [N, L, 4] gradient for [1, L]
+    indices: a wrong table, and on MiniLM a corrupted heap (SIGSEGV)."""
+    from graphc.passes.distill.worker.batches import valid_lengths
+
+    student, teacher, inputs = position_models()
+    lr, config = 0.01, {"inputs": ["ids", "mask"], "threads": 1, "epochs": 1, "batch": 32, "loss": "mse",
+                        "lr": 0.01, "warmup": 0.0, "patience": 0, "mask": "mask"}
+    directory = tmp_path / "run"
+    distill_run.prepare(directory, student, teacher, Dataset(inputs, None, "train"), None, config, threads=1)
+    distill_run.run_worker(directory, training_python, None, say=lambda line: None, progress=False)
+    info = json.loads((directory / "artifacts" / "info.json").read_text())
+    assert info["unit_dims_pinned"] >= 2  # the sliced positions and their embeddings
+
+    start = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in student.graph.initializer}
+    target = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in teacher.graph.initializer}
+    values = {name: start[name].copy() for name in ("E", "P", "W")}
+    moments = {name: [np.zeros_like(v), np.zeros_like(v)] for name, v in values.items()}
+    lengths = valid_lengths(inputs["mask"])
+    batches = worker_batches(64, 32, lengths)
+    for step, rows in enumerate(batches):
+        width = int(lengths[rows].max())  # the worker cuts each batch to its longest row
+        ids, mask = inputs["ids"][rows, :width], inputs["mask"][rows, :width].astype(np.float64)
+
+        def pooled(w):
+            return ((w["E"][ids] + w["P"][None, :width]) * mask[..., None]).sum(1)
+
+        dy = 2 * (pooled(values) @ values["W"] - pooled(target) @ target["W"]) / (len(rows) * 3)
+        dh = (dy @ values["W"].T)[:, None, :] * mask[..., None]
+        grads = {"W": pooled(values).T @ dy, "E": np.zeros_like(values["E"]), "P": np.zeros_like(values["P"])}
+        np.add.at(grads["E"], ids, dh)
+        grads["P"][:width] = dh.sum(0)  # the broadcast over the batch, summed back
+        rate = lr_at_step(step, lr)
+        for name, value in values.items():
+            m, v = moments[name]
+            m[...] = 0.9 * m + 0.1 * grads[name]
+            v[...] = 0.999 * v + 0.001 * grads[name] ** 2
+            value -= rate * np.sqrt(1 - 0.999 ** (step + 1)) / (1 - 0.9 ** (step + 1)) * m / (np.sqrt(v) + 1e-6)
+    got = trained(directory)
+    for name, want in values.items():
+        assert np.abs(want - start[name]).max() > 0.5 * lr  # the steps are visible
+        np.testing.assert_allclose(got[name], want, rtol=0, atol=1e-3 * lr, err_msg=name)
 
 
 def test_state_rows_on_axis_1_and_a_scalar_input_train_like_numpy_adamw(tmp_path, training_python):

@@ -23,7 +23,9 @@ statistics that the inference graph never uses; only the first output is kept (t
 distilled; a stateful model's next state is not a target, and onnxruntime-training's loss
 block takes one output); every generated model is written with IR version <= 10 (1.19.2
 refuses newer ones); weights with zeros to keep, or under gradual sparsity, are read through
-a frozen 0/1 mask (rule 8, ``sparse_masks``).
+a frozen 0/1 mask (rule 8, ``sparse_masks``); axes that are 1 at run time are written into
+the shapes the gradient builder reads (``unit_dims``: without them it mis-builds the gradient
+of a broadcast Add, as for MiniLM's position embeddings, and corrupts the heap).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import numpy as np
 
 from .losses import loss_block
 from .sparse_masks import add_keep_masks
+from .unit_dims import pin_unit_dims
 from .protocol import UserError
 
 if TYPE_CHECKING:
@@ -182,6 +185,7 @@ def build_artifacts(config: dict, workdir: pathlib.Path, with_labels: bool, trai
     masked = [n for n in sparse.get("masked", []) if n in names]  # a frozen weight keeps its zeros anyway
     keeps = add_keep_masks(model, masked)
     model.ir_version = min(model.ir_version, MAX_IR_VERSION)
+    pinned = pin_unit_dims(model, train_data, config["inputs"])
     directory = workdir / "artifacts"
     directory.mkdir(exist_ok=True)
     clip = float(config["clip"])
@@ -206,4 +210,4 @@ def build_artifacts(config: dict, workdir: pathlib.Path, with_labels: bool, trai
             generated.ir_version = MAX_IR_VERSION
             onnx.save(generated, str(path))
     return {"trainable": names, "batchnorm_frozen": frozen_bn, "layernorm_outputs_added": layernorms,
-            "masked": masked}
+            "masked": masked, "unit_dims_pinned": pinned}
