@@ -14,7 +14,8 @@ Rules (the numbers of ``graphc.passes.distill``):
   worker's training artifacts (``ARTIFACTS_VERSION``). An interrupted run
   (Ctrl-C, a killed process) leaves its per-epoch checkpoints there; the same command run
   again resumes after the last completed epoch (``resume=false`` starts over). The
-  directory is deleted after a successful write-back.
+  directory is deleted after a successful write-back, and after the worker refuses the run
+  (exit 3: nothing there is worth resuming).
 - Rule 4, the worker: it runs as ``<training venv>/bin/python <graphc.passes.distill>/worker
   RUNDIR`` (``graphc.training_env.WORKER``); its JSON progress lines drive a progress bar
   (on a terminal) and one line per epoch on stderr. Exit 3 with error.json is a user error
@@ -177,8 +178,10 @@ def run_worker(directory: pathlib.Path, python: pathlib.Path, metric: str | None
     progress = sys.stderr.isatty() if progress is None else progress
     for restart in range(CRASH_RESTARTS + 1):
         code = _run_worker_once(directory, python, metric, say, progress)
-        if code == 3 and (directory / "error.json").exists():
-            raise GraphcError(json.loads((directory / "error.json").read_text())["message"])
+        if code == 3 and (directory / "error.json").exists():  # a refusal: nothing there to resume
+            message = json.loads((directory / "error.json").read_text())["message"]
+            shutil.rmtree(directory, ignore_errors=True)
+            raise GraphcError(message)
         if code == 0:
             return json.loads((directory / "result.json").read_text())
         tail = [ln for ln in (directory / "worker.log").read_text().splitlines() if ln.strip()]

@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from graphc import training_env
 from graphc.errors import GraphcError
 from graphc.pipeline import OptimizeRequest, optimize
 
@@ -61,11 +62,14 @@ def test_worker_refusal_is_a_one_line_graphc_error(tmp_path, training_python):
     onnx.save(model, path)
     data = tmp_path / "x.npz"
     np.savez(data, x=rng.standard_normal((64, 8)).astype(np.float32))
+    runs = training_env.graphc_home() / "distill-runs"
+    before = set(runs.iterdir()) if runs.exists() else set()
     with pytest.raises(GraphcError, match=r"^the student has no trainable float initializers \(weights in Constant "
                                           r"nodes\? run fold first\)$"):
         optimize(OptimizeRequest(model=path, passes="distill:batch=16", output=tmp_path / "o.onnx",
                                  train_data=data, progress=False))
     assert not (tmp_path / "o.onnx").exists()
+    assert set(runs.iterdir()) <= before  # no run directory left: nothing to resume
 
 
 @pytest.mark.slow
