@@ -23,7 +23,9 @@ embedding tables are Gather inputs and stay dense). One-shot rows: magnitude and
 of ``--ratios`` (default 0.5, 0.7, 0.8; wanda's norms on 512 training glosses), then with
 ``--distill-ratio`` (off by default: about 40 minutes per run on 2 cores) the distilled rows
 (``distill:...:sparsity=R`` gradual, ``--by`` wanda, with the MiniLM recipe of
-``benchmarks/distill.py``), each followed by ``int8`` (graphc's defaults) on it.
+``benchmarks/distill.py``), each followed by ``int8`` (graphc's defaults) on it. ``--distill-rows``
+picks the kinds at each ratio: ``plain`` (that row), ``prune`` (``prune:0.3:by=taylor`` first, in
+the same pipeline, so the teacher is the dense model) and ``block`` (``pattern=block:block=1x4``).
 Columns: embedding cosine vs the dense model on ``--test-glosses`` glosses and the WordNet
 supersense probe accuracy (``models/supersense.py``).
 
@@ -132,30 +134,39 @@ def run_minilm(args) -> int:
         holdout = wordnet.gloss_npz(args.out / "holdout.npz", MINILM_HOLDOUT, args.test_glosses, args.seq)
         train = wordnet.gloss_npz(args.out / "train.npz", args.train_glosses, train_start, args.seq)
         for ratio in args.distill_ratio:
-            name = f"distill:{args.distill}:sparsity={ratio}:by={args.by}"
-            path, seconds, report = optimize(source, name, args.out / f"distilled{ratio}.onnx", train_data=train,
-                                             eval_data=holdout, metric="cosine", threads=args.threads)
-            stats = report["passes"][-1]["stats"]
-            rows.append((name, path, seconds, f"best epoch {stats['best_epoch']}/{stats['epochs_run']}, "
-                                              f"holdout cosine {stats['cosine']}"))
-            print(f"# {name}: {seconds:.0f} s", flush=True)
-            quantized, seconds, _ = optimize(path, "int8", args.out / f"distilled{ratio}.int8.onnx", data=data,
-                                             threads=args.threads)
-            rows.append((f"{name},int8", quantized, seconds, "int8 (graphc defaults) on the row above"))
+            for kind in args.distill_rows:
+                name = f"distill:{args.distill}:sparsity={ratio}:by={args.by}"
+                if kind == "prune":  # structure first (heads and FFN neurons), then sparsity while distilling
+                    name = f"prune:{args.prune_ratio}:by=taylor,{name}"
+                elif kind == "block":
+                    name = f"{name}:pattern=block:block={args.block}"
+                stem = f"distilled{'' if kind == 'plain' else kind}{ratio}"
+                path, seconds, report = optimize(source, name, args.out / f"{stem}.onnx", data=data,
+                                                 train_data=train, eval_data=holdout, metric="cosine",
+                                                 threads=args.threads)
+                stats = report["passes"][-1]["stats"]
+                rows.append((name, path, seconds, f"best epoch {stats['best_epoch']}/{stats['epochs_run']}, "
+                                                  f"holdout cosine {stats['cosine']}"))
+                print(f"# {name}: {seconds:.0f} s, best epoch {stats['best_epoch']}, holdout cosine "
+                      f"{stats['cosine']}", flush=True)
+                quantized, seconds, _ = optimize(path, "int8", args.out / f"{stem}.int8.onnx", data=data,
+                                                 threads=args.threads)
+                rows.append((f"{name},int8", quantized, seconds, "int8 (graphc defaults) on the row above"))
     probe = supersense.Probe()
     reference = supersense.embed(open_session(source, args.threads), test_feeds)
     table, records, base_probe = [], [], None
     for name, path, seconds, note in rows:
         cosine, accuracy = embedding_scores(path, args.threads, test_feeds, reference, probe)
         base_probe = accuracy if base_probe is None else base_probe
-        share, _ = measured_sparsity(path)
+        share, patterns = measured_sparsity(path)
         records.append({"model": name, "cosine": cosine, "probe_accuracy": accuracy, "sparsity": share,
-                        "probe_drop_points": 100 * (base_probe - accuracy), "seconds": round(seconds, 1)})
-        table.append(f"| {name} | {100 * share:.1f}% | {cosine:.4f} | {100 * accuracy:.2f}% | "
+                        "conforms": patterns, "probe_drop_points": 100 * (base_probe - accuracy),
+                        "seconds": round(seconds, 1)})
+        table.append(f"| {name} | {100 * share:.1f}% | {patterns} | {cosine:.4f} | {100 * accuracy:.2f}% | "
                      f"{100 * (base_probe - accuracy):+.2f} | {seconds:.0f} s | {note} |")
-    print(f"| model | sparsity of the sparse layers | cosine vs dense ({args.test_glosses} test glosses) | "
+    print(f"| model | sparsity of the sparse layers | conforms | cosine vs dense ({args.test_glosses} test glosses) | "
           f"supersense probe | drop (points) | time | notes |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     print("\n".join(table))
     (args.out / "sparsify_minilm.json").write_text(json.dumps(records, indent=1) + "\n")
     return 0
@@ -170,6 +181,11 @@ def main(argv=None) -> int:
     parser.add_argument("--ratios", type=float, nargs="*", default=[0.5, 0.7, 0.8], help="minilm: one-shot ratios")
     parser.add_argument("--distill-ratio", type=float, nargs="*", default=[], help="minilm: distilled sparsities")
     parser.add_argument("--by", default="wanda", help="minilm: the distilled rows' score")
+    parser.add_argument("--distill-rows", nargs="*", choices=("plain", "prune", "block"), default=["plain"],
+                        help="minilm: at each --distill-ratio, gradual sparsity alone (plain), after "
+                             "prune:PRUNE_RATIO:by=taylor (prune), or in --block blocks (block)")
+    parser.add_argument("--prune-ratio", type=float, default=0.3, help="minilm: the prune row's structured ratio")
+    parser.add_argument("--block", default="1x4", help="minilm: the block row's block shape")
     parser.add_argument("--train-glosses", type=int, default=40000)
     parser.add_argument("--test-glosses", type=int, default=1000)
     parser.add_argument("--seq", type=int, default=48)
