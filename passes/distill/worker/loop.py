@@ -22,7 +22,12 @@ length (``mask``) crashed at the first step in 5 of 5 starts (a wild index in Ga
 after its bounds check had passed), and at a fixed length the losses drifted from a run
 without it from the second step on (1.7e-6 at step 1, 2e-4 at step 2) while with the
 embedding tables frozen both runs agree to the bit. Without it, every start trained (4 of
-4) at the same step time.
+4) at the same step time. The cause underneath was found later (``unit_dims``): the gradient
+of MiniLM's broadcast position embeddings was built without its sum over the batch, so
+GatherGrad read past the gradient it was given; the planner only decided where that landed
+(without the planner, a later step of some epochs still crashed). With that fixed, 63 steps
+ran with the planner on and with the CPU memory arena off (which made the old fault crash at
+the first step); the planner stays off, as measured safe.
 
 Rule 5: after each epoch (and once before training, "epoch 0" = the starting weights) the
 model is evaluated on eval.npz: held-out loss and, with ``metric``, top1/top5 (labels) or
