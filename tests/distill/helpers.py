@@ -86,35 +86,44 @@ def reference_feature_loss(s, t, loss, alpha, beta):
         main = ((s - t) ** 2).mean()
     return alpha * main + beta * ((s - t) ** 2).mean()
 
+
+def pooled_model(name: str, nodes: list, initializers: dict[str, np.ndarray]):
+    """``nodes`` computing h [N, L, 4] from ids, then the shared head: h masked by ``mask``,
+    summed over L, MatMul(W) -> y [N, 3] (``initializers`` holds W and the nodes' tensors)."""
+    head = [helper.make_node("Cast", ["mask"], ["mf"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["mf", "axis2"], ["mu"]),
+            helper.make_node("Mul", ["h", "mu"], ["hm"]),
+            helper.make_node("ReduceSum", ["hm", "axis1"], ["s"], keepdims=0),
+            helper.make_node("MatMul", ["s", "W"], ["y"])]
+    constants = {"axis2": np.array([2], np.int64), "axis1": np.array([1], np.int64), **initializers}
+    graph = helper.make_graph(
+        nodes + head, name,
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "L"]),
+         helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", "L"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(value, key) for key, value in constants.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def token_inputs(rng) -> dict[str, np.ndarray]:
+    """64 rows of ids < 12 and a mask of 1 to 8 leading ones."""
+    mask = np.zeros((64, 8), np.int64)
+    for row, length in enumerate(rng.integers(1, 9, 64)):
+        mask[row, :length] = 1
+    return {"ids": rng.integers(0, 12, (64, 8)), "mask": mask}
+
+
 def embedding_models():
     """ids, mask [N, L] -> Gather(E) -> masked sum over L -> MatMul(W) -> y [N, 3]: a trained
     embedding table read by Gather (GatherGrad in training); the teacher has other weights."""
     rng = np.random.default_rng(6)
 
     def model(table, weight):
-        nodes = [helper.make_node("Gather", ["E", "ids"], ["h"]),
-                 helper.make_node("Cast", ["mask"], ["mf"], to=TensorProto.FLOAT),
-                 helper.make_node("Unsqueeze", ["mf", "axis2"], ["mu"]),
-                 helper.make_node("Mul", ["h", "mu"], ["hm"]),
-                 helper.make_node("ReduceSum", ["hm", "axis1"], ["s"], keepdims=0),
-                 helper.make_node("MatMul", ["s", "W"], ["y"])]
-        graph = helper.make_graph(
-            nodes, "embedding",
-            [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "L"]),
-             helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", "L"])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
-            [numpy_helper.from_array(table, "E"), numpy_helper.from_array(weight, "W"),
-             numpy_helper.from_array(np.array([2], np.int64), "axis2"),
-             numpy_helper.from_array(np.array([1], np.int64), "axis1")])
-        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        return pooled_model("embedding", [helper.make_node("Gather", ["E", "ids"], ["h"])], {"E": table, "W": weight})
 
     student = model(rng.standard_normal((12, 4)).astype(np.float32), rng.standard_normal((4, 3)).astype(np.float32))
     teacher = model(rng.standard_normal((12, 4)).astype(np.float32), rng.standard_normal((4, 3)).astype(np.float32))
-    mask = np.zeros((64, 8), np.int64)
-    for row, length in enumerate(rng.integers(1, 9, 64)):
-        mask[row, :length] = 1
-    inputs = {"ids": rng.integers(0, 12, (64, 8)), "mask": mask}
-    return student, teacher, inputs
+    return student, teacher, token_inputs(rng)
 
 
 def position_models():
@@ -131,34 +140,24 @@ def position_models():
                  helper.make_node("Slice", ["position_ids", "zero", "end", "axis1"], ["pos"]),
                  helper.make_node("Gather", ["P", "pos"], ["p"]),
                  helper.make_node("Gather", ["E", "ids"], ["e"]),
-                 helper.make_node("Add", ["e", "p"], ["h"]),
-                 helper.make_node("Cast", ["mask"], ["mf"], to=TensorProto.FLOAT),
-                 helper.make_node("Unsqueeze", ["mf", "axis2"], ["mu"]),
-                 helper.make_node("Mul", ["h", "mu"], ["hm"]),
-                 helper.make_node("ReduceSum", ["hm", "axis1"], ["s"], keepdims=0),
-                 helper.make_node("MatMul", ["s", "W"], ["y"])]
-        graph = helper.make_graph(
-            nodes, "positions",
-            [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "L"]),
-             helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", "L"])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
-            [numpy_helper.from_array(table, "E"), numpy_helper.from_array(positions, "P"),
-             numpy_helper.from_array(weight, "W"),
-             numpy_helper.from_array(np.arange(8, dtype=np.int64)[None], "position_ids"),
-             numpy_helper.from_array(np.array(1, np.int64), "one"),
-             numpy_helper.from_array(np.array([0], np.int64), "zero"),
-             numpy_helper.from_array(np.array([0], np.int64), "axis0"),
-             numpy_helper.from_array(np.array([1], np.int64), "axis1"),
-             numpy_helper.from_array(np.array([2], np.int64), "axis2")])
-        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+                 helper.make_node("Add", ["e", "p"], ["h"])]
+        return pooled_model("positions", nodes, {
+            "E": table, "P": positions, "W": weight, "position_ids": np.arange(8, dtype=np.int64)[None],
+            "one": np.array(1, np.int64), "zero": np.array([0], np.int64), "axis0": np.array([0], np.int64)})
 
     def weights():
         return (rng.standard_normal((12, 4)).astype(np.float32), rng.standard_normal((8, 4)).astype(np.float32),
                 rng.standard_normal((4, 3)).astype(np.float32))
 
     student, teacher = model(*weights()), model(*weights())
-    mask = np.zeros((64, 8), np.int64)
-    for row, length in enumerate(rng.integers(1, 9, 64)):
-        mask[row, :length] = 1
-    inputs = {"ids": rng.integers(0, 12, (64, 8)), "mask": mask}
-    return student, teacher, inputs
+    return student, teacher, token_inputs(rng)
+
+
+def adamw_step(values: dict, moments: dict, grads: dict, rate: float, step: int) -> None:
+    """One step of onnxblock's AdamW (adam_mode=1, Hugging Face: eps added to sqrt(v) before the
+    bias correction; no weight decay) on ``values`` in place, float64."""
+    for name, value in values.items():
+        m, v = moments.setdefault(name, [np.zeros_like(value), np.zeros_like(value)])
+        m[...] = 0.9 * m + 0.1 * grads[name]
+        v[...] = 0.999 * v + 0.001 * grads[name] ** 2
+        value -= rate * np.sqrt(1 - 0.999 ** (step + 1)) / (1 - 0.9 ** (step + 1)) * m / (np.sqrt(v) + 1e-6)

@@ -19,8 +19,8 @@ from graphc.data import Dataset
 from graphc.graph import to_graph, to_model
 from graphc.passes.distill import DistillOptions, DistillPass
 from graphc.passes.distill import run as distill_run
-from tests.distill.helpers import (embedding_models, feature_models, outputs, position_models, run_in, trained,
-                                  worker_batches)
+from tests.distill.helpers import (adamw_step, embedding_models, feature_models, outputs, position_models, run_in,
+                                  trained, worker_batches)
 
 
 def test_frozen_initializers_keep_their_values(tmp_path, training_python, make_context):
@@ -127,25 +127,30 @@ def test_a_crashed_worker_is_restarted_and_other_failures_are_not(tmp_path, trai
     assert (tmp_path / "fails").read_text().count("started") == 1
 
 
+def train_on_cut_batches(tmp_path, student, teacher, inputs, python):
+    """One epoch of two batches of 32 (ids, mask), cut to their longest row; MSE, lr 0.01, no
+    warm-up. Returns the run directory."""
+    config = {"inputs": ["ids", "mask"], "threads": 1, "epochs": 1, "batch": 32, "loss": "mse", "lr": 0.01,
+              "warmup": 0.0, "patience": 0, "mask": "mask"}
+    directory = tmp_path / "run"
+    distill_run.prepare(directory, student, teacher, Dataset(inputs, None, "train"), None, config, threads=1)
+    distill_run.run_worker(directory, python, None, say=lambda line: None, progress=False)
+    return directory
+
+
 def test_embedding_table_trained_on_cut_batches_follows_numpy_adamw(tmp_path, training_python):
     """Two AdamW steps on batches cut to their longest row: the trained embedding table and
-    projection equal numpy's (gradients through Gather written out by hand). This is the
-    gradient onnxruntime's memory-pattern planner corrupted on MiniLM (rule 4, worker/loop.py);
-    a model this small does not trigger that fault, so this checks the arithmetic only."""
+    projection equal numpy's (gradients through Gather written out by hand)."""
     from graphc.passes.distill.worker.batches import valid_lengths
     from graphc.passes.distill.worker.loop import lr_at
 
     student, teacher, inputs = embedding_models()
-    lr, config = 0.01, {"inputs": ["ids", "mask"], "threads": 1, "epochs": 1, "batch": 32, "loss": "mse",
-                        "lr": 0.01, "warmup": 0.0, "patience": 0, "mask": "mask"}
-    directory = tmp_path / "run"
-    distill_run.prepare(directory, student, teacher, Dataset(inputs, None, "train"), None, config, threads=1)
-    distill_run.run_worker(directory, training_python, None, say=lambda line: None, progress=False)
+    lr, directory = 0.01, train_on_cut_batches(tmp_path, student, teacher, inputs, training_python)
 
     weights = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in student.graph.initializer}
     target = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in teacher.graph.initializer}
     table, weight = weights["E"], weights["W"]
-    moments = {name: [np.zeros_like(value), np.zeros_like(value)] for name, value in (("E", table), ("W", weight))}
+    moments = {}
     lengths = valid_lengths(inputs["mask"])
     batches = worker_batches(64, 32, lengths)
     assert len(batches) == 2 and min(int(lengths[b].max()) for b in batches) < 8  # a batch is cut
@@ -156,13 +161,7 @@ def test_embedding_table_trained_on_cut_batches_follows_numpy_adamw(tmp_path, tr
         dy = 2 * (pooled @ weight - teacher_y) / (len(rows) * 3)  # MSE: mean over batch and outputs
         grads = {"W": pooled.T @ dy, "E": np.zeros_like(table)}
         np.add.at(grads["E"], ids, (dy @ weight.T)[:, None, :] * mask[..., None])
-        rate = lr_at(step, 2, lr, 0.0)
-        for name, value in (("E", table), ("W", weight)):
-            m, v = moments[name]
-            m[...] = 0.9 * m + 0.1 * grads[name]
-            v[...] = 0.999 * v + 0.001 * grads[name] ** 2
-            # onnxblock's AdamW is adam_mode=1 (Hugging Face): eps added to sqrt(v) before bias correction
-            value -= rate * np.sqrt(1 - 0.999 ** (step + 1)) / (1 - 0.9 ** (step + 1)) * m / (np.sqrt(v) + 1e-6)
+        adamw_step({"E": table, "W": weight}, moments, grads, lr_at(step, 2, lr, 0.0), step)
     got = trained(directory)
     start = {t.name: numpy_helper.to_array(t) for t in student.graph.initializer}
     for name, want in (("E", table), ("W", weight)):
@@ -180,18 +179,13 @@ def test_position_embeddings_broadcast_over_the_batch_follow_numpy_adamw(tmp_pat
     from graphc.passes.distill.worker.batches import valid_lengths
 
     student, teacher, inputs = position_models()
-    lr, config = 0.01, {"inputs": ["ids", "mask"], "threads": 1, "epochs": 1, "batch": 32, "loss": "mse",
-                        "lr": 0.01, "warmup": 0.0, "patience": 0, "mask": "mask"}
-    directory = tmp_path / "run"
-    distill_run.prepare(directory, student, teacher, Dataset(inputs, None, "train"), None, config, threads=1)
-    distill_run.run_worker(directory, training_python, None, say=lambda line: None, progress=False)
+    lr, directory = 0.01, train_on_cut_batches(tmp_path, student, teacher, inputs, training_python)
     info = json.loads((directory / "artifacts" / "info.json").read_text())
     assert info["unit_dims_pinned"] >= 2  # the sliced positions and their embeddings
 
     start = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in student.graph.initializer}
     target = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in teacher.graph.initializer}
-    values = {name: start[name].copy() for name in ("E", "P", "W")}
-    moments = {name: [np.zeros_like(v), np.zeros_like(v)] for name, v in values.items()}
+    values, moments = {name: start[name].copy() for name in ("E", "P", "W")}, {}
     lengths = valid_lengths(inputs["mask"])
     batches = worker_batches(64, 32, lengths)
     for step, rows in enumerate(batches):
@@ -206,12 +200,7 @@ def test_position_embeddings_broadcast_over_the_batch_follow_numpy_adamw(tmp_pat
         grads = {"W": pooled(values).T @ dy, "E": np.zeros_like(values["E"]), "P": np.zeros_like(values["P"])}
         np.add.at(grads["E"], ids, dh)
         grads["P"][:width] = dh.sum(0)  # the broadcast over the batch, summed back
-        rate = lr_at_step(step, lr)
-        for name, value in values.items():
-            m, v = moments[name]
-            m[...] = 0.9 * m + 0.1 * grads[name]
-            v[...] = 0.999 * v + 0.001 * grads[name] ** 2
-            value -= rate * np.sqrt(1 - 0.999 ** (step + 1)) / (1 - 0.9 ** (step + 1)) * m / (np.sqrt(v) + 1e-6)
+        adamw_step(values, moments, grads, lr_at_step(step, lr), step)
     got = trained(directory)
     for name, want in values.items():
         assert np.abs(want - start[name]).max() > 0.5 * lr  # the steps are visible
@@ -255,13 +244,11 @@ def test_state_rows_on_axis_1_and_a_scalar_input_train_like_numpy_adamw(tmp_path
 
     features = (x * (s[0] + s[1]) * 0.5).astype(np.float64)
     weight = student_w.astype(np.float64)
-    m, v = np.zeros_like(weight), np.zeros_like(weight)
+    moments = {}
     for step, rows in enumerate(worker_batches(64, 32)):
         hk = features[rows]
         grad = hk.T @ (2 * (hk @ weight - hk @ teacher_w) / (len(rows) * 3))
-        m, v = 0.9 * m + 0.1 * grad, 0.999 * v + 0.001 * grad ** 2
-        weight = weight - lr_at_step(step, lr) * np.sqrt(1 - 0.999 ** (step + 1)) / (1 - 0.9 ** (step + 1)) \
-            * m / (np.sqrt(v) + 1e-6)
+        adamw_step({"W": weight}, moments, {"W": grad}, lr_at_step(step, lr), step)
     got = trained(directory)["W"]
     assert np.abs(weight - student_w).max() > 0.5 * lr  # the steps are visible
     np.testing.assert_allclose(got, weight, rtol=0, atol=1e-3 * lr)
