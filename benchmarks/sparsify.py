@@ -21,7 +21,7 @@ sparsity unchanged (the sparsity column is measured on the written model, throug
 ``--model minilm``: all-MiniLM-L6-v2 (``models/minilm.py``), the encoder's MatMuls (the
 embedding tables are Gather inputs and stay dense). One-shot rows: magnitude and wanda at each
 of ``--ratios`` (default 0.5, 0.7, 0.8; wanda's norms on 512 training glosses), then with
-``--distill-ratio`` (off by default: about 40 minutes per run on 2 cores) the distilled rows
+``--distill-ratio`` (off by default: 96 minutes for the 80% row on 2 cores, 2026-12-01) the distilled rows
 (``distill:...:sparsity=R`` gradual, ``--by`` wanda, with the MiniLM recipe of
 ``benchmarks/distill.py``), each followed by ``int8`` (graphc's defaults) on it. ``--distill-rows``
 picks the kinds at each ratio: ``plain`` (that row), ``prune`` (``prune:0.3:by=taylor`` first, in

@@ -26,7 +26,9 @@ that are in fact equal are what its "relaxing case" assumes.
 
 This is measured rather than derived because the 1 comes from data (a buffer sliced to a
 computed length), which no shape inference in the libraries at hand propagates. It needs
-at least 2 rows of training data, which a distill run always has (one batch).
+at least 2 rows of training data (with fewer than 5, the batches are 1 and 2 rows). The
+outputs are fetched here rather than through graphc's tensor tap because graphc is not
+installed in the training venv.
 """
 
 from __future__ import annotations
@@ -84,11 +86,9 @@ def pin_unit_dims(model, data: "Data", input_names: list[str]) -> int:
     inference does not already give them as 1. Returns how many tensors changed."""
     import onnx
 
-    rows = [np.asarray(r) for r in SAMPLE_ROWS if len(data) > max(r)]
-    if len(rows) < 2:
-        rows = [np.array([0]), np.array([0, 1])] if len(data) >= 2 else []
-    if not rows:
+    if len(data) < 2:
         return 0
+    rows = [np.asarray(r) for r in (SAMPLE_ROWS if len(data) >= 5 else ((0,), (0, 1)))]
     graph_inputs = {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}
     order = [n for n in input_names if n in graph_inputs]
     feeds = [dict(zip(order, (np.array(v) for v in data.feeds(order, r, trim=True)))) for r in rows]
