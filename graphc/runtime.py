@@ -81,6 +81,7 @@ def open_session(model: onnx.ModelProto | str | os.PathLike, threads: int | None
     ``profile_prefix``: profile every run into ``<prefix>_<time>.json``; ``optimized``: see
     ``session_options``."""
     options = session_options(threads, spinning, profile_prefix, optimized)
+    register_graphc_ops(model, options)
     try:
         if isinstance(model, onnx.ModelProto):
             if proto_bytes(model) > FILE_SESSION_BYTES:
@@ -92,8 +93,24 @@ def open_session(model: onnx.ModelProto | str | os.PathLike, threads: int | None
         return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
             ort.capi.onnxruntime_pybind11_state.NotImplemented, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
-            RuntimeError) as exc:
+            ort.capi.onnxruntime_pybind11_state.RuntimeException, RuntimeError) as exc:
         raise GraphcError(f"onnxruntime cannot run {what}: {first_line(exc)}") from None
+
+
+def register_graphc_ops(model: onnx.ModelProto | str | os.PathLike, options: ort.SessionOptions) -> None:
+    """Register graphc's kernel library with ``options`` when the model imports ``ai.graphc``
+    (a path is read without its external weights); a missing library is a GraphcError."""
+    from graphc import kernels
+
+    try:
+        proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    except Exception:  # not a model: onnxruntime's own error says so
+        return
+    if kernels.uses_graphc_ops(proto):
+        try:
+            kernels.register(options)
+        except kernels.KernelLibraryError as exc:
+            raise GraphcError(str(exc)) from None
 
 
 def run_session(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -1,5 +1,68 @@
-"""graphc's native kernels: ``cpu/`` (C++ onnxruntime custom-op library) and ``triton/``.
+"""graphc's native kernels: ``cpu/`` (a C++17 onnxruntime custom-op library, ops in the
+``ai.graphc`` domain) and, later, ``triton/``.
 
-No kernel has landed yet; the package exists so the install layout (``graphc.kernels``) is
-fixed from the start.
+- ``library_path()``: the built library (``GRAPHC_KERNELS_LIBRARY`` names one; else
+  ``kernels.build`` builds it once per source into graphc's cache).
+- ``register(options)``: adds the ops to an ``onnxruntime.SessionOptions``.
+- ``uses_graphc_ops(model)``: whether a model needs them (an ``ai.graphc`` opset import).
+- ``supported_isas()``: the code paths this machine runs (``GRAPHC_ISA`` forces one of them).
+- ``layout``: the compressed weight form the ops read.
 """
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import pathlib
+
+DOMAIN = "ai.graphc"
+ISAS = ("scalar", "avx2", "avx512vnni", "amx")
+
+
+class KernelLibraryError(RuntimeError):
+    """graphc's kernel library is missing or cannot be built (one line says why)."""
+
+
+def library_path() -> pathlib.Path:
+    given = os.environ.get("GRAPHC_KERNELS_LIBRARY")
+    if given:
+        path = pathlib.Path(given)
+        if not path.is_file():
+            raise KernelLibraryError(f"GRAPHC_KERNELS_LIBRARY={given} is not a file")
+        return path
+    from . import build
+
+    try:
+        return build.build()
+    except build.KernelBuildError as exc:
+        raise KernelLibraryError(f"graphc's kernel library is missing and {exc}") from None
+
+
+def register(options) -> pathlib.Path:
+    """Register the ops with ``options`` (an ``onnxruntime.SessionOptions``); the library used."""
+    path = library_path()
+    options.register_custom_ops_library(str(path))
+    return path
+
+
+def uses_graphc_ops(model) -> bool:
+    """``model``: an ``onnx.ModelProto``; true when it imports the ``ai.graphc`` domain."""
+    return any(opset.domain == DOMAIN for opset in model.opset_import)
+
+
+@functools.lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL:
+    library = ctypes.CDLL(str(library_path()))
+    library.graphc_best_isa.restype = ctypes.c_char_p
+    library.graphc_isa_supported.argtypes = [ctypes.c_char_p]
+    return library
+
+
+def supported_isas() -> list[str]:
+    """The paths this CPU, its OS and this build run, scalar first, the default last."""
+    return [isa for isa in ISAS if _library().graphc_isa_supported(isa.encode())]
+
+
+def default_isa() -> str:
+    return _library().graphc_best_isa().decode()

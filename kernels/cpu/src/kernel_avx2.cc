@@ -1,0 +1,69 @@
+// AVX2 kernel (compiled with -mavx2): 8 rows of A per panel (packed [K4][8][4]). u8 x s8 is
+// widened to 16 bits and multiplied with vpmaddwd, which cannot saturate (vpmaddubsw adds two
+// u8 x s8 products into a saturating int16: 255 * 127 * 2 > 32767, so it is not used here).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "sparse_gemm.h"
+
+namespace graphc {
+
+namespace {
+
+inline int32_t load4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+template <int P>
+inline void column(const uint8_t* packed, int64_t panel_bytes, const SparseWeights& w, int64_t n, int32_t* out) {
+  __m256i lo[P], hi[P];
+  for (int t = 0; t < P; ++t) lo[t] = hi[t] = _mm256_setzero_si256();
+  const int32_t end = w.col_ptr[n + 1];
+  for (int32_t b = w.col_ptr[n]; b < end; ++b) {
+    // [w0 w1 w2 w3] as int16, four times
+    const __m256i wb = _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(_mm_cvtsi32_si128(load4(w.values + int64_t(b) * 4))));
+    const uint8_t* a = packed + int64_t(w.block_k[b]) * 32;
+    for (int t = 0; t < P; ++t) {
+      const uint8_t* p = a + t * panel_bytes;
+      const __m256i a_lo = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));       // rows 0-3
+      const __m256i a_hi = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));  // rows 4-7
+      lo[t] = _mm256_add_epi32(lo[t], _mm256_madd_epi16(a_lo, wb));
+      hi[t] = _mm256_add_epi32(hi[t], _mm256_madd_epi16(a_hi, wb));
+    }
+  }
+  // lo lanes: r0 r0 r1 r1 | r2 r2 r3 r3 (two partial sums per row); hadd -> r0 r1 r4 r5 | r2 r3 r6 r7
+  const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+  for (int t = 0; t < P; ++t)
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out + t * 8),
+                       _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(lo[t], hi[t]), order));
+}
+
+}  // namespace
+
+void kernel_avx2(const uint8_t* packed, int64_t panels, const SparseWeights& w, const int32_t* colsum,
+                 uint8_t zp, int64_t row0, int64_t m, int64_t n0, int64_t n1, int32_t* c, int64_t ldc) {
+  const int64_t panel_bytes = (w.k + 3) / 4 * 32;
+  alignas(32) int32_t buf[16][32];
+  for (int64_t nb = n0; nb < n1; nb += 16) {
+    const int64_t nc = std::min<int64_t>(16, n1 - nb);
+    for (int64_t j = 0; j < nc; ++j) {
+      switch (panels) {
+        case 1: column<1>(packed, panel_bytes, w, nb + j, buf[j]); break;
+        case 2: column<2>(packed, panel_bytes, w, nb + j, buf[j]); break;
+        case 3: column<3>(packed, panel_bytes, w, nb + j, buf[j]); break;
+        default: column<4>(packed, panel_bytes, w, nb + j, buf[j]); break;
+      }
+    }
+    const int64_t rows = std::min<int64_t>(panels * 8, m - row0);
+    for (int64_t i = 0; i < rows; ++i) {
+      int32_t* out = c + (row0 + i) * ldc + nb;
+      for (int64_t j = 0; j < nc; ++j) out[j] = buf[j][i] - int32_t(zp) * colsum[nb + j];
+    }
+  }
+}
+
+}  // namespace graphc

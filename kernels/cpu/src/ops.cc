@@ -1,0 +1,292 @@
+// The onnxruntime custom-op library: registers graphc's ops in the ai.graphc domain.
+//
+//   SparseMatMulInteger(A uint8 [..., K], a_zero_point uint8 scalar, col_ptr int32 [N+1],
+//                       block_k int32 [B], values int8 [4B]) -> Y int32 [..., N]
+//       Y = (A - a_zero_point) x W, W in the 1x4 block CSC form of sparse_gemm.h; attribute K.
+//   SparseDynamicQuantizeMatMul(A float [..., K], col_ptr, block_k, values, b_scale float [1] or [N],
+//                               bias float [N] optional) -> Y float [..., N]
+//       A quantized per tensor to uint8 as DynamicQuantizeLinear does (range widened to hold 0,
+//       scale (max - min) / 255, zero point round(-min / scale), values round(x / scale) + zp,
+//       ties to even, saturated), then Y = float(integer product) * (a_scale * b_scale) + bias:
+//       the semantics of onnxruntime's DynamicQuantizeMatMul with a symmetric int8 weight.
+//
+// Written against the C API only and asking it for version 17 (onnxruntime 1.17, the first with
+// KernelContext_ParallelFor), so one build loads in every release since. The kernel path is
+// chosen when a session creates the kernel: GRAPHC_ISA=scalar|avx2|avx512vnni|amx forces one
+// (refused when this CPU or OS lacks it), else the best this CPU has.
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "onnxruntime_c_api.h"
+#include "sparse_gemm.h"
+
+namespace {
+
+constexpr uint32_t kApiVersion = 17;
+const OrtApi* g_api = nullptr;
+
+#define RETURN_IF_ERROR(expr)          \
+  do {                                 \
+    OrtStatus* status_ = (expr);       \
+    if (status_ != nullptr) return status_; \
+  } while (0)
+
+OrtStatus* fail(const std::string& message) { return g_api->CreateStatus(ORT_INVALID_ARGUMENT, message.c_str()); }
+
+struct Tensor {
+  const OrtValue* value = nullptr;
+  std::vector<int64_t> dims;
+  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  void* data = nullptr;
+  int64_t size() const {
+    int64_t n = 1;
+    for (int64_t d : dims) n *= d;
+    return n;
+  }
+};
+
+OrtStatus* read_input(OrtKernelContext* context, size_t index, Tensor* out) {
+  RETURN_IF_ERROR(g_api->KernelContext_GetInput(context, index, &out->value));
+  if (out->value == nullptr) return nullptr;  // an omitted optional input
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  RETURN_IF_ERROR(g_api->GetTensorTypeAndShape(out->value, &info));
+  size_t rank = 0;
+  OrtStatus* status = g_api->GetDimensionsCount(info, &rank);
+  if (status == nullptr) {
+    out->dims.resize(rank);
+    status = g_api->GetDimensions(info, out->dims.data(), rank);
+  }
+  if (status == nullptr) status = g_api->GetTensorElementType(info, &out->type);
+  g_api->ReleaseTensorTypeAndShapeInfo(info);
+  RETURN_IF_ERROR(status);
+  return g_api->GetTensorMutableData(const_cast<OrtValue*>(out->value), &out->data);
+}
+
+struct Kernel {
+  graphc::Isa isa;
+  int64_t k;
+};
+
+struct OpDef : OrtCustomOp {
+  const char* name;
+  bool dynamic;  // float in / float out (SparseDynamicQuantizeMatMul)
+};
+
+const OpDef& def(const OrtCustomOp* op) { return *static_cast<const OpDef*>(op); }
+
+// weights: col_ptr, block_k, values at inputs first .. first + 2
+OrtStatus* read_weights(OrtKernelContext* context, size_t first, int64_t k, graphc::SparseWeights* w) {
+  Tensor col_ptr, block_k, values;
+  RETURN_IF_ERROR(read_input(context, first, &col_ptr));
+  RETURN_IF_ERROR(read_input(context, first + 1, &block_k));
+  RETURN_IF_ERROR(read_input(context, first + 2, &values));
+  if (col_ptr.dims.size() != 1 || col_ptr.size() < 1) return fail("col_ptr must be a 1-D tensor of N + 1 offsets");
+  const int64_t n = col_ptr.size() - 1, blocks = block_k.size();
+  const auto* ptr = static_cast<const int32_t*>(col_ptr.data);
+  const auto* bk = static_cast<const int32_t*>(block_k.data);
+  if (values.size() != 4 * blocks) return fail("values must hold 4 weights per entry of block_k");
+  if (ptr[0] != 0 || ptr[n] != blocks) return fail("col_ptr must start at 0 and end at the length of block_k");
+  const int64_t groups = (k + 3) / 4;
+  for (int64_t j = 0; j < n; ++j) {
+    if (ptr[j + 1] < ptr[j]) return fail("col_ptr must not decrease");
+    for (int32_t b = ptr[j]; b < ptr[j + 1]; ++b)
+      if (bk[b] < 0 || bk[b] >= groups || (b > ptr[j] && bk[b] <= bk[b - 1]))
+        return fail("block_k must increase within a column and stay below ceil(K / 4)");
+  }
+  *w = graphc::SparseWeights{k, n, ptr, bk, static_cast<const int8_t*>(values.data)};
+  return nullptr;
+}
+
+void parallel_run(void* self, void (*fn)(void*, size_t), size_t count, void* arg) {
+  if (count == 1) {
+    fn(arg, 0);
+    return;
+  }
+  OrtStatus* status = g_api->KernelContext_ParallelFor(static_cast<OrtKernelContext*>(self), fn, count, 0, arg);
+  if (status != nullptr) {  // no pool: run inline
+    g_api->ReleaseStatus(status);
+    for (size_t i = 0; i < count; ++i) fn(arg, i);
+  }
+}
+
+OrtStatus* output_for(OrtKernelContext* context, const Tensor& a, int64_t n, OrtValue** out, void** data) {
+  std::vector<int64_t> dims(a.dims.begin(), a.dims.end() - 1);
+  dims.push_back(n);
+  RETURN_IF_ERROR(g_api->KernelContext_GetOutput(context, 0, dims.data(), dims.size(), out));
+  return g_api->GetTensorMutableData(*out, data);
+}
+
+struct Quantized {
+  std::vector<uint8_t> values;
+  float scale;
+  uint8_t zero_point;
+};
+
+// DynamicQuantizeLinear's rules (see the header comment)
+void quantize(const float* x, int64_t count, Quantized* q) {
+  float lo = 0.0f, hi = 0.0f;
+  for (int64_t i = 0; i < count; ++i) {
+    lo = std::min(lo, x[i]);
+    hi = std::max(hi, x[i]);
+  }
+  q->scale = hi == lo ? 1.0f : (hi - lo) / 255.0f;
+  q->zero_point = uint8_t(std::clamp(std::nearbyint(-lo / q->scale), 0.0f, 255.0f));
+  q->values.resize(size_t(count));
+  for (int64_t i = 0; i < count; ++i)
+    q->values[size_t(i)] = uint8_t(std::clamp(std::nearbyint(x[i] / q->scale) + float(q->zero_point), 0.0f, 255.0f));
+}
+
+OrtStatus* ORT_API_CALL compute(void* op_kernel, OrtKernelContext* context) {
+  const Kernel& kernel = *static_cast<Kernel*>(op_kernel);
+  size_t inputs = 0;
+  RETURN_IF_ERROR(g_api->KernelContext_GetInputCount(context, &inputs));
+  Tensor a;
+  RETURN_IF_ERROR(read_input(context, 0, &a));
+  if (a.dims.empty() || a.dims.back() != kernel.k)
+    return fail("A's last dimension must equal the attribute K = " + std::to_string(kernel.k));
+  const int64_t m = a.size() / std::max<int64_t>(kernel.k, 1);
+  const bool dynamic = a.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  const size_t first = dynamic ? 1 : 2;
+  graphc::SparseWeights w;
+  RETURN_IF_ERROR(read_weights(context, first, kernel.k, &w));
+  const graphc::ParallelFor parallel{parallel_run, context};
+  OrtValue* out = nullptr;
+  void* out_data = nullptr;
+  RETURN_IF_ERROR(output_for(context, a, w.n, &out, &out_data));
+  if (!dynamic) {
+    Tensor zp;
+    RETURN_IF_ERROR(read_input(context, 1, &zp));
+    if (zp.size() != 1) return fail("a_zero_point must be a scalar");
+    graphc::sparse_gemm_u8s8(kernel.isa, m, static_cast<const uint8_t*>(a.data), kernel.k,
+                             *static_cast<const uint8_t*>(zp.data), w, static_cast<int32_t*>(out_data), w.n, parallel);
+    return nullptr;
+  }
+  Tensor b_scale, bias;
+  RETURN_IF_ERROR(read_input(context, 4, &b_scale));
+  if (inputs > 5) RETURN_IF_ERROR(read_input(context, 5, &bias));
+  if (b_scale.size() != 1 && b_scale.size() != w.n) return fail("b_scale must hold 1 or N scales");
+  if (bias.value != nullptr && bias.size() != w.n) return fail("bias must hold N values");
+  Quantized q;
+  quantize(static_cast<const float*>(a.data), a.size(), &q);
+  std::vector<int32_t> product(size_t(m * w.n));
+  graphc::sparse_gemm_u8s8(kernel.isa, m, q.values.data(), kernel.k, q.zero_point, w, product.data(), w.n, parallel);
+  const auto* scales = static_cast<const float*>(b_scale.data);
+  const auto* offsets = static_cast<const float*>(bias.data);
+  auto* y = static_cast<float*>(out_data);
+  std::vector<float> column_scale(size_t(w.n));
+  for (int64_t j = 0; j < w.n; ++j) column_scale[size_t(j)] = q.scale * scales[b_scale.size() == 1 ? 0 : j];
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < w.n; ++j) {
+      float v = float(product[size_t(i * w.n + j)]) * column_scale[size_t(j)];
+      y[i * w.n + j] = offsets ? v + offsets[j] : v;
+    }
+  return nullptr;
+}
+
+OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info,
+                                      void** out) {
+  (void)api;
+  int64_t k = 0;
+  RETURN_IF_ERROR(g_api->KernelInfoGetAttribute_int64(info, "K", &k));
+  if (k <= 0 || k >= 65793) return fail(std::string(def(op).name) + ": attribute K must be in 1..65792");
+  graphc::Isa isa = graphc::best_isa();
+  if (const char* forced = std::getenv("GRAPHC_ISA"); forced != nullptr && *forced != '\0') {
+    if (!graphc::parse_isa(forced, &isa))
+      return fail(std::string("GRAPHC_ISA=") + forced + " is not one of scalar, avx2, avx512vnni, amx");
+    if (!graphc::isa_supported(isa))
+      return fail(std::string("GRAPHC_ISA=") + forced + ": this CPU, OS or build has no such path");
+  }
+  *out = new Kernel{isa, k};
+  return nullptr;
+}
+
+void ORT_API_CALL destroy_kernel(void* kernel) { delete static_cast<Kernel*>(kernel); }
+
+const char* ORT_API_CALL op_name(const OrtCustomOp* op) { return def(op).name; }
+const char* ORT_API_CALL op_provider(const OrtCustomOp*) { return nullptr; }
+
+ONNXTensorElementDataType ORT_API_CALL input_type(const OrtCustomOp* op, size_t index) {
+  static const ONNXTensorElementDataType integer[] = {
+      ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32,
+      ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8};
+  static const ONNXTensorElementDataType dynamic[] = {
+      ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32,
+      ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8,  ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
+  return def(op).dynamic ? dynamic[index] : integer[index];
+}
+size_t ORT_API_CALL input_count(const OrtCustomOp* op) { return def(op).dynamic ? 6 : 5; }
+ONNXTensorElementDataType ORT_API_CALL output_type(const OrtCustomOp* op, size_t) {
+  return def(op).dynamic ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+}
+size_t ORT_API_CALL output_count(const OrtCustomOp*) { return 1; }
+OrtCustomOpInputOutputCharacteristic ORT_API_CALL input_characteristic(const OrtCustomOp* op, size_t index) {
+  return def(op).dynamic && index == 5 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+}
+OrtCustomOpInputOutputCharacteristic ORT_API_CALL output_characteristic(const OrtCustomOp*, size_t) {
+  return INPUT_OUTPUT_REQUIRED;
+}
+OrtMemType ORT_API_CALL input_memory(const OrtCustomOp*, size_t) { return OrtMemTypeDefault; }
+int ORT_API_CALL one(const OrtCustomOp*) { return 1; }
+int ORT_API_CALL zero(const OrtCustomOp*) { return 0; }
+int ORT_API_CALL end_version(const OrtCustomOp*) { return INT_MAX; }
+
+OpDef make_op(const char* name, bool dynamic) {
+  OpDef op;
+  std::memset(static_cast<OrtCustomOp*>(&op), 0, sizeof(OrtCustomOp));
+  op.version = kApiVersion;
+  op.name = name;
+  op.dynamic = dynamic;
+  op.GetName = op_name;
+  op.GetExecutionProviderType = op_provider;
+  op.GetInputType = input_type;
+  op.GetInputTypeCount = input_count;
+  op.GetOutputType = output_type;
+  op.GetOutputTypeCount = output_count;
+  op.KernelDestroy = destroy_kernel;
+  op.GetInputCharacteristic = input_characteristic;
+  op.GetOutputCharacteristic = output_characteristic;
+  op.GetInputMemoryType = input_memory;
+  op.GetVariadicInputMinArity = one;
+  op.GetVariadicInputHomogeneity = zero;
+  op.GetVariadicOutputMinArity = one;
+  op.GetVariadicOutputHomogeneity = zero;
+  op.CreateKernelV2 = create_kernel;
+  op.KernelComputeV2 = compute;
+  op.GetStartVersion = one;
+  op.GetEndVersion = end_version;
+  return op;
+}
+
+OpDef g_integer_op = make_op("SparseMatMulInteger", false);
+OpDef g_dynamic_op = make_op("SparseDynamicQuantizeMatMul", true);
+
+}  // namespace
+
+extern "C" {
+
+__attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
+                                                                                  const OrtApiBase* api_base) {
+  g_api = api_base->GetApi(kApiVersion);
+  if (g_api == nullptr) {
+    const OrtApi* oldest = api_base->GetApi(1);
+    return oldest->CreateStatus(ORT_FAIL, "graphc kernels need onnxruntime 1.17 or newer");
+  }
+  OrtCustomOpDomain* domain = nullptr;  // kept for the life of the process, as sessions may outlive the call
+  RETURN_IF_ERROR(g_api->CreateCustomOpDomain("ai.graphc", &domain));
+  RETURN_IF_ERROR(g_api->CustomOpDomain_Add(domain, &g_integer_op));
+  RETURN_IF_ERROR(g_api->CustomOpDomain_Add(domain, &g_dynamic_op));
+  return g_api->AddCustomOpDomain(options, domain);
+}
+
+// for graphc.kernels (ctypes): the paths this machine runs
+__attribute__((visibility("default"))) const char* graphc_best_isa() { return graphc::isa_name(graphc::best_isa()); }
+__attribute__((visibility("default"))) int graphc_isa_supported(const char* name) {
+  graphc::Isa isa;
+  return graphc::parse_isa(name, &isa) && graphc::isa_supported(isa);
+}
+}

@@ -1,0 +1,194 @@
+// Dispatch of the sparse u8 x s8 GEMM: CPU detection, packing of A, the split into parallel
+// work items, and the scalar reference kernel.
+#include "sparse_gemm.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#define GRAPHC_X86 1
+#endif
+
+namespace graphc {
+
+namespace {
+
+#ifdef GRAPHC_X86
+uint64_t xgetbv0() {
+  uint32_t eax, edx;
+  __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+  return (uint64_t(edx) << 32) | eax;
+}
+
+struct CpuBits {
+  bool avx2 = false, avx512 = false, vnni = false;
+};
+
+CpuBits detect() {
+  CpuBits bits;
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return bits;  // OSXSAVE
+  const uint64_t xcr0 = xgetbv0();
+  const bool os_avx = (xcr0 & 0x6) == 0x6;            // XMM and YMM state
+  const bool os_avx512 = os_avx && (xcr0 & 0xe0) == 0xe0;  // opmask, ZMM_Hi256, Hi16_ZMM
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return bits;
+  bits.avx2 = os_avx && (b & (1u << 5));
+  // AVX512F (b16), AVX512BW (b30), AVX512VL (b31), AVX512_VNNI (c11)
+  bits.avx512 = os_avx512 && (b & (1u << 16)) && (b & (1u << 30)) && (b & (1u << 31));
+  bits.vnni = bits.avx512 && (c & (1u << 11));
+  return bits;
+}
+
+const CpuBits& cpu() {
+  static const CpuBits bits = detect();
+  return bits;
+}
+#endif
+
+struct Job {
+  Isa isa;
+  int64_t m, lda;
+  const uint8_t* a;
+  uint8_t zp;
+  const SparseWeights* w;
+  int32_t* c;
+  int64_t ldc;
+  const int32_t* colsum;
+  uint8_t* packed;
+  int64_t rows_per_panel, panels, panels_per_item, row_items, col_items, k4;
+};
+
+constexpr int64_t kColumnsPerItem = 64;
+constexpr int64_t kScalarRows = 16;
+
+void pack_panel(void* arg, size_t panel) {
+  // [K4][R][4] bytes: row r of this panel holds A[row, 4 kb .. 4 kb + 3], zero past M and K
+  auto& job = *static_cast<Job*>(arg);
+  const int64_t r_count = job.rows_per_panel, k = job.w->k;
+  uint8_t* out = job.packed + int64_t(panel) * job.k4 * r_count * 4;
+  std::memset(out, 0, size_t(job.k4 * r_count * 4));
+  for (int64_t r = 0; r < r_count; ++r) {
+    const int64_t row = int64_t(panel) * r_count + r;
+    if (row >= job.m) break;
+    const uint8_t* src = job.a + row * job.lda;
+    for (int64_t kk = 0; kk < k; ++kk) out[((kk >> 2) * r_count + r) * 4 + (kk & 3)] = src[kk];
+  }
+}
+
+void run_item(void* arg, size_t item) {
+  auto& job = *static_cast<Job*>(arg);
+  const int64_t row_item = int64_t(item) % job.row_items, col_item = int64_t(item) / job.row_items;
+  const int64_t n0 = col_item * kColumnsPerItem, n1 = std::min(job.w->n, n0 + kColumnsPerItem);
+  if (job.isa == Isa::scalar) {
+    const int64_t row0 = row_item * kScalarRows;
+    kernel_scalar(job.m, job.a, job.lda, *job.w, job.colsum, job.zp, row0, std::min(kScalarRows, job.m - row0),
+                  n0, n1, job.c, job.ldc);
+    return;
+  }
+  const int64_t first_panel = row_item * job.panels_per_item;
+  const int64_t panels = std::min(job.panels_per_item, job.panels - first_panel);
+  const uint8_t* packed = job.packed + first_panel * job.k4 * job.rows_per_panel * 4;
+  const int64_t row0 = first_panel * job.rows_per_panel;
+  if (job.isa == Isa::avx2)
+    kernel_avx2(packed, panels, *job.w, job.colsum, job.zp, row0, job.m, n0, n1, job.c, job.ldc);
+  else
+    kernel_avx512vnni(packed, panels, *job.w, job.colsum, job.zp, row0, job.m, n0, n1, job.c, job.ldc);
+}
+
+void colsums(const SparseWeights& w, std::vector<int32_t>& out) {
+  // only weights at k < K count: a partial last group's padding multiplies A's zero padding
+  out.assign(size_t(w.n), 0);
+  for (int64_t n = 0; n < w.n; ++n) {
+    int32_t sum = 0;
+    for (int32_t b = w.col_ptr[n]; b < w.col_ptr[n + 1]; ++b)
+      for (int j = 0; j < 4; ++j)
+        if (int64_t(w.block_k[b]) * 4 + j < w.k) sum += w.values[int64_t(b) * 4 + j];
+    out[size_t(n)] = sum;
+  }
+}
+
+}  // namespace
+
+void kernel_scalar(int64_t m, const uint8_t* a, int64_t lda, const SparseWeights& w, const int32_t* colsum,
+                   uint8_t zp, int64_t row0, int64_t rows, int64_t n0, int64_t n1, int32_t* c, int64_t ldc) {
+  (void)m;
+  for (int64_t r = row0; r < row0 + rows; ++r) {
+    const uint8_t* row = a + r * lda;
+    for (int64_t n = n0; n < n1; ++n) {
+      int32_t acc = 0;
+      for (int32_t b = w.col_ptr[n]; b < w.col_ptr[n + 1]; ++b) {
+        const int64_t k0 = int64_t(w.block_k[b]) * 4;
+        const int8_t* v = w.values + int64_t(b) * 4;
+        for (int j = 0; j < 4 && k0 + j < w.k; ++j) acc += int32_t(row[k0 + j]) * int32_t(v[j]);
+      }
+      c[r * ldc + n] = acc - int32_t(zp) * colsum[n];
+    }
+  }
+}
+
+bool isa_supported(Isa isa) {
+#ifdef GRAPHC_X86
+  switch (isa) {
+    case Isa::scalar: return true;
+    case Isa::avx2: return cpu().avx2;
+    case Isa::avx512vnni: return cpu().vnni;
+    case Isa::amx: return false;  // no AMX kernel yet (issue 17)
+  }
+  return false;
+#else
+  return isa == Isa::scalar;
+#endif
+}
+
+Isa best_isa() {
+  for (Isa isa : {Isa::amx, Isa::avx512vnni, Isa::avx2})
+    if (isa_supported(isa)) return isa;
+  return Isa::scalar;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::scalar: return "scalar";
+    case Isa::avx2: return "avx2";
+    case Isa::avx512vnni: return "avx512vnni";
+    case Isa::amx: return "amx";
+  }
+  return "?";
+}
+
+bool parse_isa(const char* name, Isa* out) {
+  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512vnni, Isa::amx})
+    if (std::strcmp(name, isa_name(isa)) == 0) {
+      *out = isa;
+      return true;
+    }
+  return false;
+}
+
+int64_t panel_rows(Isa isa) { return isa == Isa::avx2 ? 8 : 16; }
+
+void sparse_gemm_u8s8(Isa isa, int64_t m, const uint8_t* a, int64_t lda, uint8_t a_zero_point,
+                      const SparseWeights& w, int32_t* c, int64_t ldc, const ParallelFor& parallel) {
+  if (m <= 0 || w.n <= 0) return;
+  std::vector<int32_t> sums;
+  colsums(w, sums);
+  Job job{isa, m, lda, a, a_zero_point, &w, c, ldc, sums.data(), nullptr, 0, 0, 0, 0, 0, (w.k + 3) / 4};
+  job.col_items = (w.n + kColumnsPerItem - 1) / kColumnsPerItem;
+  std::vector<uint8_t> packed;
+  if (isa == Isa::scalar) {
+    job.row_items = (m + kScalarRows - 1) / kScalarRows;
+  } else {
+    job.rows_per_panel = panel_rows(isa);
+    job.panels = (m + job.rows_per_panel - 1) / job.rows_per_panel;
+    job.panels_per_item = 4;
+    job.row_items = (job.panels + job.panels_per_item - 1) / job.panels_per_item;
+    packed.resize(size_t(job.panels * job.k4 * job.rows_per_panel * 4 + 64));
+    job.packed = packed.data();
+    parallel.run(parallel.self, pack_panel, size_t(job.panels), &job);
+  }
+  parallel.run(parallel.self, run_item, size_t(job.row_items * job.col_items), &job);
+}
+
+}  // namespace graphc

@@ -1,0 +1,56 @@
+// graphc sparse INT8 GEMM: the weight format and the per-ISA entry points.
+//
+// Weight format ("1x4 block CSC"): W is K x N int8 (K the reduction axis). K is padded to
+// K4 = ceil(K / 4) groups of 4 consecutive reduction indices. For each output column n, the
+// groups that hold a non-zero weight are listed in col_ptr[n] .. col_ptr[n + 1] - 1:
+// block_k[b] is the group (k = 4 * block_k[b] + j) and values[4 * b + j] its 4 weights
+// (zero where the group is partly zero). Any sparsity pattern fits; a 1x4 block pattern
+// along K skips every zero, unstructured sparsity only its all-zero groups.
+//
+// The integer product is C[m, n] = sum_k (A[m, k] - a_zero_point) * W[k, n], A uint8,
+// computed as sum_k A*W - a_zero_point * colsum(W[:, n]) in int32. With K * 255 * 128 below
+// 2^31 (K below 65793) no step of any path can overflow, so every path equals an int64 reference.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace graphc {
+
+enum class Isa { scalar = 0, avx2 = 1, avx512vnni = 2, amx = 3 };
+
+struct SparseWeights {
+  int64_t k;             // reduction length (A's last dim)
+  int64_t n;             // output columns
+  const int32_t* col_ptr;  // n + 1 entries, col_ptr[0] == 0, non-decreasing
+  const int32_t* block_k;  // col_ptr[n] entries, each < ceil(k / 4), increasing within a column
+  const int8_t* values;    // 4 * col_ptr[n] entries
+};
+
+// Runs fn(i) for i in [0, count), possibly in parallel (onnxruntime's intra-op pool).
+struct ParallelFor {
+  void (*run)(void* self, void (*fn)(void*, size_t), size_t count, void* arg);
+  void* self;
+};
+
+// C (m x n, row stride ldc) = A (m x k, row stride lda) times W, less a_zero_point * colsum.
+void sparse_gemm_u8s8(Isa isa, int64_t m, const uint8_t* a, int64_t lda, uint8_t a_zero_point,
+                      const SparseWeights& w, int32_t* c, int64_t ldc, const ParallelFor& parallel);
+
+// The ISAs this CPU and OS can run, best last (scalar always).
+bool isa_supported(Isa isa);
+Isa best_isa();
+const char* isa_name(Isa isa);
+bool parse_isa(const char* name, Isa* out);
+
+// per-ISA kernels (each compiled with its own target flags): one panel of rows
+// [row0, row0 + rows) and the columns [n0, n1), writing C directly.
+void kernel_scalar(int64_t m, const uint8_t* a, int64_t lda, const SparseWeights& w, const int32_t* colsum,
+                   uint8_t zp, int64_t row0, int64_t rows, int64_t n0, int64_t n1, int32_t* c, int64_t ldc);
+// packed kernels read A packed by pack_panel: [K4][R][4] bytes per panel of R rows.
+void kernel_avx2(const uint8_t* packed, int64_t panels, const SparseWeights& w, const int32_t* colsum,
+                 uint8_t zp, int64_t row0, int64_t m, int64_t n0, int64_t n1, int32_t* c, int64_t ldc);
+void kernel_avx512vnni(const uint8_t* packed, int64_t panels, const SparseWeights& w, const int32_t* colsum,
+                       uint8_t zp, int64_t row0, int64_t m, int64_t n0, int64_t n1, int32_t* c, int64_t ldc);
+int64_t panel_rows(Isa isa);  // R: 8 (avx2), 16 (avx512vnni)
+
+}  // namespace graphc

@@ -1,0 +1,136 @@
+"""graphc's sparse INT8 GEMM (kernels/cpu) through onnxruntime, every code path this machine
+has, bit-exact against an int64 numpy reference; the paths it lacks are skipped by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from graphc import kernels
+from graphc.errors import GraphcError
+from graphc.kernels.layout import pack
+from graphc.runtime import open_session
+from tests.kernels.helpers import (dynamic_model, dynamic_quantize, integer_model, integer_product,
+                                   run_integer)
+
+
+@pytest.fixture(params=kernels.ISAS)
+def isa(request, monkeypatch):
+    """Each path in turn, forced through GRAPHC_ISA (read when a session creates the kernel)."""
+    if request.param not in kernels.supported_isas():
+        pytest.skip(f"this CPU/OS/build has no {request.param} path (has {', '.join(kernels.supported_isas())})")
+    monkeypatch.setenv("GRAPHC_ISA", request.param)
+    return request.param
+
+
+def sparse_weight(rng, k: int, n: int, pattern: str, ratio: float) -> np.ndarray:
+    weight = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    if pattern == "unstructured":
+        weight[rng.random((k, n)) < ratio] = 0
+    elif pattern == "block1x4":  # whole groups of 4 along K, as sparsify:pattern=block:block=1x4 writes
+        groups = -(-k // 4)
+        zero = np.repeat(rng.random((groups, n)) < ratio, 4, axis=0)[:k]
+        weight[zero] = 0
+    elif pattern == "2:4":
+        for start in range(0, k - k % 4, 4):
+            order = np.argsort(rng.random((4, n)), axis=0)[:2]
+            weight[start + order, np.arange(n)] = 0
+    return weight
+
+
+SHAPES = [(1, 1, 1), (1, 3, 5), (1, 768, 64), (7, 33, 17), (16, 64, 16), (17, 129, 47), (65, 300, 70),
+          (128, 96, 130), (3, 4096, 9)]
+
+
+@pytest.mark.parametrize("pattern,ratio", [("unstructured", 0.0), ("unstructured", 0.5), ("unstructured", 0.9),
+                                           ("block1x4", 0.8), ("2:4", 0.5), ("unstructured", 1.0)])
+def test_every_path_equals_the_int64_product(isa, pattern, ratio):
+    rng = np.random.default_rng(abs(hash((pattern, ratio))) % 2**32)
+    for m, k, n in SHAPES:  # M, K, N not multiples of any tile (16 rows, 4-groups, 16 or 64 columns)
+        weight = sparse_weight(rng, k, n, pattern, ratio)
+        a = rng.integers(0, 256, (1, m, k)).astype(np.uint8)
+        zero_point = int(rng.integers(0, 256))
+        got = run_integer(weight, a, zero_point)
+        assert got.dtype == np.int32 and got.shape == (1, m, n)
+        np.testing.assert_array_equal(got, integer_product(a, zero_point, weight), err_msg=f"{isa} {m}x{k}x{n}")
+
+
+def test_extreme_values_empty_columns_and_rows(isa):
+    rng = np.random.default_rng(7)
+    k, n, m = 4097, 40, 19  # the longest sums of the most extreme products, a ragged last group
+    weight = np.where(rng.random((k, n)) < 0.5, -128, 127).astype(np.int8)
+    weight[:, 3] = 0  # an empty column
+    weight[:, 20:36] = 0  # a whole 16-column tile empty
+    weight[:1000] = 0  # leading groups empty in every column
+    for a_value, zero_point in ((255, 0), (0, 255), (255, 255), (0, 0)):
+        a = np.full((2, m, k), a_value, np.uint8)
+        a[1, ::3] = 255 - a_value  # rows of both extremes
+        np.testing.assert_array_equal(run_integer(weight, a, zero_point), integer_product(a, zero_point, weight))
+
+
+def test_one_and_two_threads_agree_exactly(isa):
+    rng = np.random.default_rng(3)
+    weight = sparse_weight(rng, 256, 300, "unstructured", 0.8)
+    a = rng.integers(0, 256, (1, 70, 256)).astype(np.uint8)
+    one, two = run_integer(weight, a, 9, threads=1), run_integer(weight, a, 9, threads=2)
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(one, integer_product(a, 9, weight))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_dynamic_op_quantizes_like_dynamic_quantize_linear(isa, bias):
+    rng = np.random.default_rng(11)
+    k, n, m = 200, 90, 33
+    weight = sparse_weight(rng, k, n, "block1x4", 0.7)
+    scale = rng.uniform(0.001, 0.02, n).astype(np.float32)
+    offsets = rng.normal(size=n).astype(np.float32) if bias else None
+    x = rng.normal(size=(m, k)).astype(np.float32) * 3 + 0.5
+    got = open_session(dynamic_model(pack(weight), scale, offsets)).run(None, {"A": x})[0]
+    values, a_scale, zero_point = dynamic_quantize(x)
+    product = integer_product(values, zero_point, weight)  # exact: the same integers, by the test above
+    expected = product.astype(np.float32) * (a_scale * scale)
+    if bias:
+        expected = expected + offsets
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
+    # and onnxruntime's own DynamicQuantizeMatMul, on the dense weight, within one float rounding
+    reference = dense_dynamic_quantize_matmul(x, weight, scale, offsets)
+    np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5 * np.abs(reference).max())
+
+
+def dense_dynamic_quantize_matmul(x, weight, scale, bias):
+    from onnx import TensorProto, helper, numpy_helper
+
+    inputs = ["A", "B", "b_scale"] + (["", "bias"] if bias is not None else [])  # no b_zero_point: symmetric
+    node = helper.make_node("DynamicQuantizeMatMul", inputs, ["Y"], domain="com.microsoft")
+    initializers = [numpy_helper.from_array(weight, "B"), numpy_helper.from_array(scale, "b_scale")]
+    if bias is not None:
+        initializers.append(numpy_helper.from_array(bias, "bias"))
+    graph = helper.make_graph([node], "dense", [helper.make_tensor_value_info("A", TensorProto.FLOAT, list(x.shape))],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    return open_session(model).run(None, {"A": x})[0]
+
+
+def test_forced_path_the_machine_lacks_or_does_not_know_is_one_clear_error(monkeypatch):
+    model = integer_model(pack(np.ones((8, 8), np.int8)))
+    monkeypatch.setenv("GRAPHC_ISA", "avx9000")
+    with pytest.raises(GraphcError, match="GRAPHC_ISA=avx9000 is not one of scalar, avx2, avx512vnni, amx"):
+        open_session(model).run(None, {"A": np.zeros((1, 1, 8), np.uint8), "zp": np.array(0, np.uint8)})
+    missing = [isa for isa in kernels.ISAS if isa not in kernels.supported_isas()]
+    if missing:
+        monkeypatch.setenv("GRAPHC_ISA", missing[0])
+        with pytest.raises(GraphcError, match=f"GRAPHC_ISA={missing[0]}: this CPU, OS or build has no such path"):
+            open_session(model).run(None, {"A": np.zeros((1, 1, 8), np.uint8), "zp": np.array(0, np.uint8)})
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda c: c.col_ptr.__setitem__(slice(None), c.col_ptr[::-1]), "col_ptr must start at 0"),
+    (lambda c: c.block_k.__setitem__(0, 10_000), "block_k must increase within a column and stay below"),
+    (lambda c: c.block_k.__setitem__(slice(0, 2), [1, 0]), "block_k must increase within a column"),
+])
+def test_malformed_weights_are_refused_not_read_out_of_bounds(damage, message):
+    columns = pack(np.ones((64, 8), np.int8))
+    damage(columns)
+    session = open_session(integer_model(columns))
+    with pytest.raises(Exception, match=message):
+        session.run(None, {"A": np.zeros((1, 2, 64), np.uint8), "zp": np.array(0, np.uint8)})
