@@ -4,6 +4,8 @@ has, bit-exact against an int64 numpy reference; the paths it lacks are skipped 
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 import pytest
 
 from graphc import kernels
@@ -131,6 +133,17 @@ def test_forced_path_the_machine_lacks_or_does_not_know_is_one_clear_error(monke
 def test_malformed_weights_are_refused_not_read_out_of_bounds(damage, message):
     columns = pack(np.ones((64, 8), np.int8))
     damage(columns)
-    session = open_session(integer_model(columns))
+    feeds = {"A": np.zeros((1, 2, 64), np.uint8), "zp": np.array(0, np.uint8)}
+    with pytest.raises(GraphcError, match=message):  # initializers: checked once, when the session opens
+        open_session(integer_model(columns))
+    fed = integer_model(columns)  # the same weights fed as inputs: checked on every run
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in fed.graph.initializer}
+    fed.graph.input.extend(onnx.helper.make_tensor_value_info(name, t.data_type, t.dims) for name, t in
+                           ((t.name, t) for t in fed.graph.initializer))
+    del fed.graph.initializer[:]
+    session = open_session(fed)
     with pytest.raises(Exception, match=message):
-        session.run(None, {"A": np.zeros((1, 2, 64), np.uint8), "zp": np.array(0, np.uint8)})
+        session.run(None, {**feeds, **weights})
+    good = {name: value for name, value in weights.items()}
+    good.update({"col_ptr": pack(np.ones((64, 8), np.int8)).col_ptr, "block_k": pack(np.ones((64, 8), np.int8)).block_k})
+    np.testing.assert_array_equal(session.run(None, {**feeds, **good})[0], np.zeros((1, 2, 8), np.int32))

@@ -50,26 +50,22 @@ struct Tensor {
   }
 };
 
+OrtStatus* describe(const OrtValue* value, Tensor* out);
+
 OrtStatus* read_input(OrtKernelContext* context, size_t index, Tensor* out) {
-  RETURN_IF_ERROR(g_api->KernelContext_GetInput(context, index, &out->value));
-  if (out->value == nullptr) return nullptr;  // an omitted optional input
-  OrtTensorTypeAndShapeInfo* info = nullptr;
-  RETURN_IF_ERROR(g_api->GetTensorTypeAndShape(out->value, &info));
-  size_t rank = 0;
-  OrtStatus* status = g_api->GetDimensionsCount(info, &rank);
-  if (status == nullptr) {
-    out->dims.resize(rank);
-    status = g_api->GetDimensions(info, out->dims.data(), rank);
-  }
-  if (status == nullptr) status = g_api->GetTensorElementType(info, &out->type);
-  g_api->ReleaseTensorTypeAndShapeInfo(info);
-  RETURN_IF_ERROR(status);
-  return g_api->GetTensorMutableData(const_cast<OrtValue*>(out->value), &out->data);
+  const OrtValue* value = nullptr;
+  RETURN_IF_ERROR(g_api->KernelContext_GetInput(context, index, &value));
+  if (value == nullptr) return nullptr;  // an omitted optional input
+  return describe(value, out);
 }
+
+struct Weights;
 
 struct Kernel {
   graphc::Isa isa;
   int64_t k;
+  Weights* constant;  // the weights when they are initializers, read once; else nullptr
+  ~Kernel();
 };
 
 struct OpDef : OrtCustomOp {
@@ -79,27 +75,47 @@ struct OpDef : OrtCustomOp {
 
 const OpDef& def(const OrtCustomOp* op) { return *static_cast<const OpDef*>(op); }
 
-// weights: col_ptr, block_k, values at inputs first .. first + 2
-OrtStatus* read_weights(OrtKernelContext* context, size_t first, int64_t k, graphc::SparseWeights* w) {
+// The weights with their column sums, checked. Constant initializers are read once, when the
+// kernel is created (KernelInfoGetConstantInput_tensor); others on every run.
+struct Weights {
+  graphc::SparseWeights w{};
+  std::vector<int32_t> sums;
+};
+
+OrtStatus* describe(const OrtValue* value, Tensor* out) {
+  out->value = value;
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  RETURN_IF_ERROR(g_api->GetTensorTypeAndShape(value, &info));
+  size_t rank = 0;
+  OrtStatus* status = g_api->GetDimensionsCount(info, &rank);
+  if (status == nullptr) {
+    out->dims.resize(rank);
+    status = g_api->GetDimensions(info, out->dims.data(), rank);
+  }
+  if (status == nullptr) status = g_api->GetTensorElementType(info, &out->type);
+  g_api->ReleaseTensorTypeAndShapeInfo(info);
+  RETURN_IF_ERROR(status);
+  return g_api->GetTensorMutableData(const_cast<OrtValue*>(value), &out->data);
+}
+
+OrtStatus* prepare(const Tensor& col_ptr, const Tensor& block_k, const Tensor& values, int64_t k, Weights* out) {
+  if (col_ptr.dims.size() != 1 || col_ptr.size() < 1) return fail("col_ptr must be a 1-D tensor of N + 1 offsets");
+  const int64_t blocks = block_k.size();
+  if (values.size() != 4 * blocks) return fail("values must hold 4 weights per entry of block_k");
+  out->w = graphc::SparseWeights{k, col_ptr.size() - 1, static_cast<const int32_t*>(col_ptr.data),
+                                 static_cast<const int32_t*>(block_k.data), static_cast<const int8_t*>(values.data)};
+  if (const char* problem = graphc::validate(out->w, blocks)) return fail(problem);
+  out->sums.resize(size_t(out->w.n));
+  graphc::column_sums(out->w, out->sums.data());
+  return nullptr;
+}
+
+OrtStatus* read_weights(OrtKernelContext* context, size_t first, int64_t k, Weights* out) {
   Tensor col_ptr, block_k, values;
   RETURN_IF_ERROR(read_input(context, first, &col_ptr));
   RETURN_IF_ERROR(read_input(context, first + 1, &block_k));
   RETURN_IF_ERROR(read_input(context, first + 2, &values));
-  if (col_ptr.dims.size() != 1 || col_ptr.size() < 1) return fail("col_ptr must be a 1-D tensor of N + 1 offsets");
-  const int64_t n = col_ptr.size() - 1, blocks = block_k.size();
-  const auto* ptr = static_cast<const int32_t*>(col_ptr.data);
-  const auto* bk = static_cast<const int32_t*>(block_k.data);
-  if (values.size() != 4 * blocks) return fail("values must hold 4 weights per entry of block_k");
-  if (ptr[0] != 0 || ptr[n] != blocks) return fail("col_ptr must start at 0 and end at the length of block_k");
-  const int64_t groups = (k + 3) / 4;
-  for (int64_t j = 0; j < n; ++j) {
-    if (ptr[j + 1] < ptr[j]) return fail("col_ptr must not decrease");
-    for (int32_t b = ptr[j]; b < ptr[j + 1]; ++b)
-      if (bk[b] < 0 || bk[b] >= groups || (b > ptr[j] && bk[b] <= bk[b - 1]))
-        return fail("block_k must increase within a column and stay below ceil(K / 4)");
-  }
-  *w = graphc::SparseWeights{k, n, ptr, bk, static_cast<const int8_t*>(values.data)};
-  return nullptr;
+  return prepare(col_ptr, block_k, values, k, out);
 }
 
 void parallel_run(void* self, void (*fn)(void*, size_t), size_t count, void* arg) {
@@ -152,8 +168,10 @@ OrtStatus* ORT_API_CALL compute(void* op_kernel, OrtKernelContext* context) {
   const int64_t m = a.size() / std::max<int64_t>(kernel.k, 1);
   const bool dynamic = a.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
   const size_t first = dynamic ? 1 : 2;
-  graphc::SparseWeights w;
-  RETURN_IF_ERROR(read_weights(context, first, kernel.k, &w));
+  Weights per_run;
+  if (kernel.constant == nullptr) RETURN_IF_ERROR(read_weights(context, first, kernel.k, &per_run));
+  const Weights& weights = kernel.constant ? *kernel.constant : per_run;
+  const graphc::SparseWeights& w = weights.w;
   const graphc::ParallelFor parallel{parallel_run, context};
   OrtValue* out = nullptr;
   void* out_data = nullptr;
@@ -163,7 +181,8 @@ OrtStatus* ORT_API_CALL compute(void* op_kernel, OrtKernelContext* context) {
     RETURN_IF_ERROR(read_input(context, 1, &zp));
     if (zp.size() != 1) return fail("a_zero_point must be a scalar");
     graphc::sparse_gemm_u8s8(kernel.isa, m, static_cast<const uint8_t*>(a.data), kernel.k,
-                             *static_cast<const uint8_t*>(zp.data), w, static_cast<int32_t*>(out_data), w.n, parallel);
+                             *static_cast<const uint8_t*>(zp.data), w, weights.sums.data(), static_cast<int32_t*>(out_data), w.n,
+                             parallel);
     return nullptr;
   }
   Tensor b_scale, bias;
@@ -174,7 +193,8 @@ OrtStatus* ORT_API_CALL compute(void* op_kernel, OrtKernelContext* context) {
   Quantized q;
   quantize(static_cast<const float*>(a.data), a.size(), &q);
   std::vector<int32_t> product(size_t(m * w.n));
-  graphc::sparse_gemm_u8s8(kernel.isa, m, q.values.data(), kernel.k, q.zero_point, w, product.data(), w.n, parallel);
+  graphc::sparse_gemm_u8s8(kernel.isa, m, q.values.data(), kernel.k, q.zero_point, w, weights.sums.data(),
+                           product.data(), w.n, parallel);
   const auto* scales = static_cast<const float*>(b_scale.data);
   const auto* offsets = static_cast<const float*>(bias.data);
   auto* y = static_cast<float*>(out_data);
@@ -201,9 +221,27 @@ OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp* op, const OrtApi* api, 
     if (!graphc::isa_supported(isa))
       return fail(std::string("GRAPHC_ISA=") + forced + ": this CPU, OS or build has no such path");
   }
-  *out = new Kernel{isa, k};
+  Tensor parts[3];
+  int constant = 1;
+  const size_t first = def(op).dynamic ? 1 : 2;
+  for (size_t i = 0; i < 3 && constant; ++i) {
+    const OrtValue* value = nullptr;
+    RETURN_IF_ERROR(g_api->KernelInfoGetConstantInput_tensor(info, first + i, &constant, &value));
+    if (constant) RETURN_IF_ERROR(describe(value, &parts[i]));
+  }
+  Weights* weights = nullptr;
+  if (constant) {
+    weights = new Weights;
+    if (OrtStatus* status = prepare(parts[0], parts[1], parts[2], k, weights)) {
+      delete weights;
+      return status;
+    }
+  }
+  *out = new Kernel{isa, k, weights};
   return nullptr;
 }
+
+Kernel::~Kernel() { delete constant; }
 
 void ORT_API_CALL destroy_kernel(void* kernel) { delete static_cast<Kernel*>(kernel); }
 

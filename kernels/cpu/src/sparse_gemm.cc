@@ -97,18 +97,6 @@ void run_item(void* arg, size_t item) {
     kernel_avx512vnni(packed, panels, *job.w, job.colsum, job.zp, row0, job.m, n0, n1, job.c, job.ldc);
 }
 
-void colsums(const SparseWeights& w, std::vector<int32_t>& out) {
-  // only weights at k < K count: a partial last group's padding multiplies A's zero padding
-  out.assign(size_t(w.n), 0);
-  for (int64_t n = 0; n < w.n; ++n) {
-    int32_t sum = 0;
-    for (int32_t b = w.col_ptr[n]; b < w.col_ptr[n + 1]; ++b)
-      for (int j = 0; j < 4; ++j)
-        if (int64_t(w.block_k[b]) * 4 + j < w.k) sum += w.values[int64_t(b) * 4 + j];
-    out[size_t(n)] = sum;
-  }
-}
-
 }  // namespace
 
 void kernel_scalar(int64_t m, const uint8_t* a, int64_t lda, const SparseWeights& w, const int32_t* colsum,
@@ -125,6 +113,30 @@ void kernel_scalar(int64_t m, const uint8_t* a, int64_t lda, const SparseWeights
       }
       c[r * ldc + n] = acc - int32_t(zp) * colsum[n];
     }
+  }
+}
+
+const char* validate(const SparseWeights& w, int64_t blocks) {
+  if (w.n < 0 || w.col_ptr[0] != 0 || w.col_ptr[w.n] != blocks)
+    return "col_ptr must start at 0 and end at the length of block_k";
+  const int64_t groups = (w.k + 3) / 4;
+  for (int64_t j = 0; j < w.n; ++j) {
+    if (w.col_ptr[j + 1] < w.col_ptr[j]) return "col_ptr must not decrease";
+    for (int32_t b = w.col_ptr[j]; b < w.col_ptr[j + 1]; ++b)
+      if (w.block_k[b] < 0 || w.block_k[b] >= groups || (b > w.col_ptr[j] && w.block_k[b] <= w.block_k[b - 1]))
+        return "block_k must increase within a column and stay below ceil(K / 4)";
+  }
+  return nullptr;
+}
+
+void column_sums(const SparseWeights& w, int32_t* sums) {
+  // only weights at k < K count: a partial last group's padding multiplies A's zero padding
+  for (int64_t n = 0; n < w.n; ++n) {
+    int32_t sum = 0;
+    for (int32_t b = w.col_ptr[n]; b < w.col_ptr[n + 1]; ++b)
+      for (int j = 0; j < 4; ++j)
+        if (int64_t(w.block_k[b]) * 4 + j < w.k) sum += w.values[int64_t(b) * 4 + j];
+    sums[n] = sum;
   }
 }
 
@@ -170,11 +182,10 @@ bool parse_isa(const char* name, Isa* out) {
 int64_t panel_rows(Isa isa) { return isa == Isa::avx2 ? 8 : 16; }
 
 void sparse_gemm_u8s8(Isa isa, int64_t m, const uint8_t* a, int64_t lda, uint8_t a_zero_point,
-                      const SparseWeights& w, int32_t* c, int64_t ldc, const ParallelFor& parallel) {
+                      const SparseWeights& w, const int32_t* sums, int32_t* c, int64_t ldc,
+                      const ParallelFor& parallel) {
   if (m <= 0 || w.n <= 0) return;
-  std::vector<int32_t> sums;
-  colsums(w, sums);
-  Job job{isa, m, lda, a, a_zero_point, &w, c, ldc, sums.data(), nullptr, 0, 0, 0, 0, 0, (w.k + 3) / 4};
+  Job job{isa, m, lda, a, a_zero_point, &w, c, ldc, sums, nullptr, 0, 0, 0, 0, 0, (w.k + 3) / 4};
   job.col_items = (w.n + kColumnsPerItem - 1) / kColumnsPerItem;
   std::vector<uint8_t> packed;
   if (isa == Isa::scalar) {

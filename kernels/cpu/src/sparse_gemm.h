@@ -32,9 +32,17 @@ struct ParallelFor {
   void* self;
 };
 
-// C (m x n, row stride ldc) = A (m x k, row stride lda) times W, less a_zero_point * colsum.
+// nullptr when w follows the format above, else what is wrong (no entry is read out of bounds
+// by the kernels of a w that passes); blocks is the length of block_k, values holds 4 per block.
+const char* validate(const SparseWeights& w, int64_t blocks);
+
+// sums[n] = sum over k < K of W[k, n] (what a_zero_point multiplies)
+void column_sums(const SparseWeights& w, int32_t* sums);
+
+// C (m x n, row stride ldc) = A (m x k, row stride lda) times W, less a_zero_point * sums.
 void sparse_gemm_u8s8(Isa isa, int64_t m, const uint8_t* a, int64_t lda, uint8_t a_zero_point,
-                      const SparseWeights& w, int32_t* c, int64_t ldc, const ParallelFor& parallel);
+                      const SparseWeights& w, const int32_t* sums, int32_t* c, int64_t ldc,
+                      const ParallelFor& parallel);
 
 // The ISAs this CPU and OS can run, best last (scalar always).
 bool isa_supported(Isa isa);
