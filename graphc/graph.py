@@ -17,6 +17,7 @@ if a graphsurgeon release changes it).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -149,6 +150,12 @@ def drop_intermediate_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     del model.graph.value_info[:]
     return model
+
+
+def unique_namer(graph: gs.Graph) -> Callable[[str], str]:
+    """``unique_name`` bound to every tensor and node name of ``graph``."""
+    taken = set(graph.tensors().keys()) | {n.name for n in graph.nodes if n.name}
+    return functools.partial(unique_name, taken=taken)
 
 
 def unique_name(base: str, taken: set[str]) -> str:

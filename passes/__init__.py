@@ -17,9 +17,11 @@ from graphc.passes.int8 import Int8Pass
 from graphc.passes.distill import DistillPass
 from graphc.passes.fuse import FusePass
 from graphc.passes.sparsify import SparsifyPass
+from graphc.passes.sparse_int8 import SparseInt8Pass
 from graphc.spec import PassSpec, build_options
 
-PASSES: dict[str, type[Pass]] = {cls.name: cls for cls in (FoldPass, PrunePass, Int8Pass, DistillPass, FusePass, SparsifyPass)}
+PASSES: dict[str, type[Pass]] = {cls.name: cls for cls in (FoldPass, PrunePass, Int8Pass, DistillPass, FusePass, SparsifyPass,
+                                                    SparseInt8Pass)}
 
 
 def build_passes(specs: Sequence[PassSpec]) -> list[Pass]:

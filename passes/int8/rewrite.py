@@ -3,13 +3,12 @@ accuracy-budget candidate (rule 8) go through."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import onnx_graphsurgeon as gs
 
-from graphc.graph import unique_name
+from graphc.graph import unique_namer
 from graphc.passes.int8.activation_chains import CHAIN_OPS, drop_rescales, quantize_constant_inputs
 from graphc.passes.int8.activations import QParams, absorb_activations, insert_qdq, uncount_ceil_pools
 from graphc.passes.int8.dynamic import quantize_dynamic_node
@@ -23,9 +22,8 @@ if TYPE_CHECKING:
 
 def name_maker(graph: gs.Graph) -> Callable[[str], str]:
     """``names(base)``: a tensor/node name for an inserted node, unique in ``graph``
-    (``graphc.graph.unique_name`` over the names the graph has when it is made)."""
-    taken = set(graph.tensors().keys()) | {n.name for n in graph.nodes if n.name}
-    return functools.partial(unique_name, taken=taken)
+    (``graphc.graph.unique_namer``: over the names the graph has when it is made)."""
+    return unique_namer(graph)
 
 
 def rewrite(graph: gs.Graph, plan: NodePlan, params: dict[str, QParams], opts: Int8Options, qmax: int) -> dict:

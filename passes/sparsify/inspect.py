@@ -1,7 +1,8 @@
 """``graphc inspect --sparsity``: every MatMul/Gemm/Conv weight of the main graph (float, or
 int8 behind DequantizeLinear or in a QOperator/dynamic integer op), its sparsity and whether
 its zeros conform to each pattern the kernels read (``CHECKED``; ``graphc.sparsity`` rules 1-2).
-An int8 weight's zero is its zero point."""
+An int8 weight's zero is its zero point; graphc's ``SparseMatMulInteger`` (``sparse-int8``) is read
+back from its compressed form (``graphc.kernels.layout``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import onnx
 from onnx import numpy_helper
 
 from graphc import sparsity
+from graphc.kernels.layout import BlockColumns
 from graphc.report import markdown_table
 
 CHECKED = ("2:4", "1x4", "4x1", "16x4")
@@ -61,6 +63,10 @@ def sparsity_summary(model: onnx.ModelProto, shapes=None) -> list[dict]:
                 weight = None if q is None else _centred(q, zp, layout)
             if weight is not None and weight.dtype.kind not in "fi":
                 weight = None
+        elif node.op_type == "SparseMatMulInteger" and all(name in inits for name in node.input[2:5]):
+            k = next(a.i for a in node.attribute if a.name == "K")
+            col_ptr, block_k, values = (array(name) for name in node.input[2:5])
+            weight = BlockColumns(k, col_ptr.size - 1, col_ptr, block_k, values).dense()
         elif node.op_type in INTEGER_WEIGHTS:
             w_index, zp_index = INTEGER_WEIGHTS[node.op_type]
             q = array(node.input[w_index]) if len(node.input) > w_index else None
@@ -70,7 +76,8 @@ def sparsity_summary(model: onnx.ModelProto, shapes=None) -> list[dict]:
             continue
         view = sparsity.to_view(weight, layout)
         zeros = int((view == 0).sum())
-        row = {"node": node.name or node.output[0], "op": node.op_type, "weight": node.input[1],
+        weight_name = node.input[4] if node.op_type == "SparseMatMulInteger" else node.input[1]
+        row = {"node": node.name or node.output[0], "op": node.op_type, "weight": weight_name,
                "shape": list(weight.shape), "weights": int(view.size), "sparsity": round(zeros / view.size, 4),
                "conforms": {}}
         if zeros:
