@@ -27,7 +27,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from graphc.bench import bench  # noqa: E402
-from graphc.cpu_features import cpu_features  # noqa: E402
+from graphc.cpu_features import cpu_features, cpu_name  # noqa: E402
 from graphc.data import parse_shapes  # noqa: E402
 from tests.corpus import CORPUS  # noqa: E402
 
@@ -98,9 +98,7 @@ def main() -> None:
             model = CORPUS[name].build(directory)
             results[name] = {p: one(model, name, p, directory, args.runs) for p in PASSES}
             print(f"{name}: " + " | ".join(cell(results[name][p]) for p in PASSES), file=sys.stderr, flush=True)
-    model_name = next((line.split(":", 1)[1].strip() for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
-                       if line.startswith("model name")), "unknown CPU")
-    print(f"CPU: {model_name} ({cpu_features().describe()}); batch 1, graphc bench p50 ratios "
+    print(f"CPU: {cpu_name()} ({cpu_features().describe()}); batch 1, graphc bench p50 ratios "
           f"(FP32 / optimized, interleaved, non-spinning; >1 is faster)\n")
     print("| model | origin | " + " | ".join(PASSES) + " |")
     print("|---|---|" + "---|" * len(PASSES))

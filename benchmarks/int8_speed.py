@@ -58,7 +58,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the corpus registry lives in tests/corpus
 
 from graphc.bench import bench  # noqa: E402
-from graphc.cpu_features import cpu_features  # noqa: E402
+from graphc.cpu_features import cpu_features, cpu_name  # noqa: E402
 from graphc.pipeline import OptimizeRequest, optimize  # noqa: E402
 from tests.corpus import CORPUS  # noqa: E402
 from tests.corpus.images import sample_images  # noqa: E402
@@ -77,16 +77,6 @@ VARIANTS = ["FP32 (fold)", "graphc int8", "graphc int8 speed_guard=false", "ort 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def cpu_name() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def source_model(name: str, workdir: pathlib.Path) -> pathlib.Path:

@@ -37,7 +37,7 @@ import time
 import numpy as np
 import onnx
 
-from graphc.cpu_features import cpu_features
+from graphc.cpu_features import cpu_features, cpu_name
 from graphc.models import hf_configs
 from graphc.profiling import profile_models, time_models
 from graphc.runtime import open_session
@@ -53,11 +53,6 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def cpu_name() -> str:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def rows(model: str, count: int, start: int) -> dict[str, np.ndarray]:

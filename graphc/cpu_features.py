@@ -68,6 +68,16 @@ def cpu_features() -> CpuFeatures:
     return features_from_flags(parse_flags(text))
 
 
+def cpu_name() -> str:
+    """The first processor's model name (benchmarks print it beside their figures)."""
+    try:
+        text = CPUINFO.read_text()
+    except OSError:
+        return "unknown CPU"
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+                "unknown CPU")
+
+
 def default_weight_bits() -> int:
     """7 where u8 x s8 products saturate (AVX2 without VNNI), else 8."""
     return 7 if cpu_features().u8s8_saturates else 8

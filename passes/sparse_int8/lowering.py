@@ -32,7 +32,7 @@ import onnx_graphsurgeon as gs
 
 from graphc.graph import constant_values, producer
 from graphc.kernels import DOMAIN
-from graphc.kernels.layout import BlockColumns, pack
+from graphc.kernels.layout import BlockColumns
 
 
 @dataclass

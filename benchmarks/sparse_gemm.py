@@ -1,0 +1,170 @@
+"""Benchmark: graphc's sparse INT8 GEMM paths against onnxruntime's dense GEMMs (issue 17).
+
+For each shape (M rows of activations; K x N weight, BERT-base's 768 x 3072, 3072 x 768 and
+768 x 768), sparsity, pattern and thread count, one interleaved run (non-spinning sessions,
+each variant once per round, ``--rounds`` rounds, the median per variant) of:
+
+- ``ort-fp32``: onnxruntime ``MatMul`` on the float weight;
+- ``ort-int8``: ``MatMulInteger`` (uint8 activations x int8 weight -> int32);
+- ``ort-dqmm``: ``DynamicQuantizeMatMul`` (float in, float out, the activation quantized inside);
+- ``graphc-<path>``: ``ai.graphc.SparseMatMulInteger`` (same contract as ``MatMulInteger``) with
+  each kernel path this machine has (``GRAPHC_ISA``);
+- ``graphc-dqmm``: ``ai.graphc.SparseDynamicQuantizeMatMul`` (same contract as
+  ``DynamicQuantizeMatMul``), default path.
+
+Patterns: ``unstructured`` (random zeros), ``1x4`` (whole groups of 4 along K, what the
+kernels skip best) and ``2:4``. GOP/s are dense-equivalent (2 M K N per run). The ``vs int8``
+column is ``ort-int8``'s time over the best graphc path's (above 1: graphc faster); ``vs dqmm``
+compares the float-in/float-out forms. The weights are the same in every variant of a row
+(onnxruntime's time can depend on them: zeros cost less power on some CPUs).
+
+Usage: ``python benchmarks/sparse_gemm.py [--m 1 32 128] [--sparsity 0 0.5 0.7 0.8 0.9]
+[--patterns unstructured 1x4 2:4] [--threads 1 2] [--rounds 20] [--json FILE]``.
+Prints the CPU model, its ISA paths and one Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from graphc import kernels  # noqa: E402
+from graphc.cpu_features import cpu_name  # noqa: E402
+from graphc.kernels.layout import pack  # noqa: E402
+from graphc.runtime import open_session  # noqa: E402
+
+SHAPES = [(768, 3072), (3072, 768), (768, 768)]
+OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1), helper.make_opsetid(kernels.DOMAIN, 1)]
+
+
+def sparse_weight(rng: np.random.Generator, k: int, n: int, sparsity: float, pattern: str) -> np.ndarray:
+    weight = rng.integers(-127, 128, (k, n)).astype(np.int8)
+    if pattern == "unstructured":
+        weight[rng.random((k, n)) < sparsity] = 0
+    elif pattern == "1x4":
+        weight[np.repeat(rng.random((k // 4, n)) < sparsity, 4, axis=0)] = 0
+    elif pattern == "2:4":  # 50% whatever --sparsity says
+        order = np.argsort(rng.random((k // 4, 4, n)), axis=1)[:, :2]
+        grouped = weight.reshape(k // 4, 4, n)
+        np.put_along_axis(grouped, order, 0, axis=1)
+    return weight
+
+
+def model(node, inputs, initializers):
+    out = TensorProto.INT32 if node.op_type in ("MatMulInteger", "SparseMatMulInteger") else TensorProto.FLOAT
+    graph = helper.make_graph([node], "bench", inputs, [helper.make_tensor_value_info("Y", out, None)], initializers)
+    return helper.make_model(graph, opset_imports=OPSETS)
+
+
+def variants(weight: np.ndarray, scale: np.ndarray) -> dict:
+    k, n = weight.shape
+    x_float = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["M", k])
+    x_int = [helper.make_tensor_value_info("A", TensorProto.UINT8, ["M", k]),
+             helper.make_tensor_value_info("zp", TensorProto.UINT8, [])]
+    columns = pack(weight)
+    compressed = [numpy_helper.from_array(columns.col_ptr, "col_ptr"), numpy_helper.from_array(columns.block_k, "block_k"),
+                  numpy_helper.from_array(columns.values, "values")]
+    w_scale = numpy_helper.from_array(scale, "b_scale")
+    return {
+        "ort-fp32": model(helper.make_node("MatMul", ["X", "W"], ["Y"]), [x_float],
+                          [numpy_helper.from_array(weight.astype(np.float32) * scale, "W")]),
+        "ort-int8": model(helper.make_node("MatMulInteger", ["A", "W", "zp"], ["Y"]), x_int,
+                          [numpy_helper.from_array(weight, "W")]),
+        "ort-dqmm": model(helper.make_node("DynamicQuantizeMatMul", ["X", "W", "b_scale"], ["Y"], domain="com.microsoft"),
+                          [x_float], [numpy_helper.from_array(weight, "W"), w_scale]),
+        "graphc": model(helper.make_node("SparseMatMulInteger", ["A", "zp", "col_ptr", "block_k", "values"], ["Y"],
+                                         domain=kernels.DOMAIN, K=k), x_int, compressed),
+        "graphc-dqmm": model(helper.make_node("SparseDynamicQuantizeMatMul", ["X", "col_ptr", "block_k", "values",
+                                              "b_scale"], ["Y"], domain=kernels.DOMAIN, K=k),
+                             [x_float], compressed + [w_scale]),
+    }
+
+
+def sessions(weight, scale, threads: int, isas: list[str]) -> dict:
+    found = {}
+    for name, proto in variants(weight, scale).items():
+        for isa in (isas if name == "graphc" else [None]):
+            if isa:
+                os.environ["GRAPHC_ISA"] = isa  # read when the session creates the kernel
+            found[f"graphc-{isa}" if isa else name] = open_session(proto, threads=threads, spinning=False)
+            os.environ.pop("GRAPHC_ISA", None)
+    return found
+
+
+def time_interleaved(runs: dict, feeds: dict, rounds: int) -> dict[str, float]:
+    times = {name: [] for name in runs}
+    for name, session in runs.items():  # warm-up
+        session.run(None, feeds[name])
+    for r in range(rounds):
+        names = list(runs)
+        names = names[r % len(names):] + names[:r % len(names)]  # the first rotates every round
+        for name in names:
+            start = time.perf_counter()
+            runs[name].run(None, feeds[name])
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--m", type=int, nargs="+", default=[1, 32, 128])
+    parser.add_argument("--sparsity", type=float, nargs="+", default=[0.0, 0.5, 0.7, 0.8, 0.9])
+    parser.add_argument("--patterns", nargs="+", default=["unstructured", "1x4", "2:4"])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--json", type=pathlib.Path)
+    args = parser.parse_args(argv)
+    isas = kernels.supported_isas()
+    print(f"CPU: {cpu_name()}; graphc kernel paths: {', '.join(isas)} (default {kernels.default_isa()}); "
+          f"{args.rounds} interleaved rounds, median, non-spinning sessions\n")
+    graphc_names = [f"graphc-{isa}" for isa in isas]
+    header = ["threads", "M", "K x N", "pattern", "sparsity", "ort-fp32", "ort-int8", "ort-dqmm", *graphc_names,
+              "graphc-dqmm", "vs int8", "vs dqmm"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    rng = np.random.default_rng(0)
+    records = []
+    for threads in args.threads:
+        for k, n in SHAPES:
+            for pattern in args.patterns:
+                for sparsity in ([0.5] if pattern == "2:4" else args.sparsity):
+                    weight = sparse_weight(rng, k, n, sparsity, pattern)
+                    scale = rng.uniform(0.001, 0.01, n).astype(np.float32)
+                    runs = sessions(weight, scale, threads, isas)
+                    for m in args.m:
+                        x = rng.normal(size=(m, k)).astype(np.float32)
+                        a = {"A": rng.integers(0, 256, (m, k)).astype(np.uint8), "zp": np.array(128, np.uint8)}
+                        feeds = {name: ({"X": x} if name in ("ort-fp32", "ort-dqmm", "graphc-dqmm") else a)
+                                 for name in runs}
+                        seconds = time_interleaved(runs, feeds, args.rounds)
+                        gops = {name: 2 * m * k * n / t / 1e9 for name, t in seconds.items()}
+                        best = min(seconds[name] for name in graphc_names)
+                        record = {"threads": threads, "m": m, "k": k, "n": n, "pattern": pattern,
+                                  "sparsity": round(float((weight == 0).mean()), 3), "seconds": seconds,
+                                  "vs_int8": seconds["ort-int8"] / best,
+                                  "vs_dqmm": seconds["ort-dqmm"] / seconds["graphc-dqmm"]}
+                        records.append(record)
+                        cells = [str(threads), str(m), f"{k} x {n}", pattern, f"{record['sparsity']:.2f}"]
+                        cells += [f"{gops[name]:.0f}" for name in ["ort-fp32", "ort-int8", "ort-dqmm", *graphc_names,
+                                                                    "graphc-dqmm"]]
+                        cells += [f"{record['vs_int8']:.2f}x", f"{record['vs_dqmm']:.2f}x"]
+                        print("| " + " | ".join(cells) + " |", flush=True)
+    print("\nGOP/s dense-equivalent (2 M K N / median time); vs: onnxruntime's time / graphc's (above 1: graphc faster)")
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
