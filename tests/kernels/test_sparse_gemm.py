@@ -147,3 +147,18 @@ def test_malformed_weights_are_refused_not_read_out_of_bounds(damage, message):
     good = {name: value for name, value in weights.items()}
     good.update({"col_ptr": pack(np.ones((64, 8), np.int8)).col_ptr, "block_k": pack(np.ones((64, 8), np.int8)).block_k})
     np.testing.assert_array_equal(session.run(None, {**feeds, **good})[0], np.zeros((1, 2, 8), np.int32))
+
+
+def test_weights_fed_at_run_time_give_the_same_integers(isa):
+    """Fed weights take the per-run route (checked and, on AMX, decompressed on every run)."""
+    rng = np.random.default_rng(13)
+    weight = sparse_weight(rng, 200, 50, "unstructured", 0.7)
+    fed = integer_model(pack(weight))
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in fed.graph.initializer}
+    fed.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in fed.graph.initializer)
+    del fed.graph.initializer[:]
+    session = open_session(fed)
+    for m in (1, 16, 40):
+        a = rng.integers(0, 256, (2, m, 200)).astype(np.uint8)
+        got = session.run(None, {"A": a, "zp": np.array(200, np.uint8), **values})[0]
+        np.testing.assert_array_equal(got, integer_product(a, 200, weight))

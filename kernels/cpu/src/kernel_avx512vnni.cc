@@ -18,18 +18,33 @@ inline int32_t load4(const int8_t* p) {
   return v;
 }
 
-template <int P>
+// P panels (16 rows each) of one column; U blocks at a time into separate accumulators, so
+// U * P vpdpbusd chains are in flight (its latency is about 5 cycles)
+template <int P, int U>
 inline void column(const uint8_t* packed, int64_t panel_bytes, const SparseWeights& w, int64_t n, int32_t* out) {
-  __m512i acc[P];
-  for (int t = 0; t < P; ++t) acc[t] = _mm512_setzero_si512();
+  __m512i acc[U][P];
+  for (int u = 0; u < U; ++u)
+    for (int t = 0; t < P; ++t) acc[u][t] = _mm512_setzero_si512();
+  int32_t b = w.col_ptr[n];
   const int32_t end = w.col_ptr[n + 1];
-  for (int32_t b = w.col_ptr[n]; b < end; ++b) {
+  for (; b + U <= end; b += U)
+    for (int u = 0; u < U; ++u) {
+      const __m512i wb = _mm512_set1_epi32(load4(w.values + int64_t(b + u) * 4));
+      const uint8_t* a = packed + int64_t(w.block_k[b + u]) * 64;
+      for (int t = 0; t < P; ++t)
+        acc[u][t] = _mm512_dpbusd_epi32(acc[u][t], _mm512_loadu_si512(a + t * panel_bytes), wb);
+    }
+  for (; b < end; ++b) {
     const __m512i wb = _mm512_set1_epi32(load4(w.values + int64_t(b) * 4));
     const uint8_t* a = packed + int64_t(w.block_k[b]) * 64;
     for (int t = 0; t < P; ++t)
-      acc[t] = _mm512_dpbusd_epi32(acc[t], _mm512_loadu_si512(a + t * panel_bytes), wb);
+      acc[0][t] = _mm512_dpbusd_epi32(acc[0][t], _mm512_loadu_si512(a + t * panel_bytes), wb);
   }
-  for (int t = 0; t < P; ++t) _mm512_store_si512(out + t * 16, acc[t]);
+  for (int t = 0; t < P; ++t) {
+    __m512i sum = acc[0][t];
+    for (int u = 1; u < U; ++u) sum = _mm512_add_epi32(sum, acc[u][t]);
+    _mm512_store_si512(out + t * 16, sum);
+  }
 }
 
 // rows[j] (16 int32 each) -> cols[i][j] = rows[j][i]
@@ -69,10 +84,10 @@ void kernel_avx512vnni(const uint8_t* packed, int64_t panels, const SparseWeight
     const int64_t nc = std::min<int64_t>(16, n1 - nb);
     for (int64_t j = 0; j < nc; ++j) {
       switch (panels) {
-        case 1: column<1>(packed, panel_bytes, w, nb + j, buf[j]); break;
-        case 2: column<2>(packed, panel_bytes, w, nb + j, buf[j]); break;
-        case 3: column<3>(packed, panel_bytes, w, nb + j, buf[j]); break;
-        default: column<4>(packed, panel_bytes, w, nb + j, buf[j]); break;
+        case 1: column<1, 8>(packed, panel_bytes, w, nb + j, buf[j]); break;
+        case 2: column<2, 4>(packed, panel_bytes, w, nb + j, buf[j]); break;
+        case 3: column<3, 3>(packed, panel_bytes, w, nb + j, buf[j]); break;
+        default: column<4, 2>(packed, panel_bytes, w, nb + j, buf[j]); break;
       }
     }
     const __mmask16 cols = __mmask16((1u << nc) - 1);

@@ -62,7 +62,8 @@ OrtStatus* read_input(OrtKernelContext* context, size_t index, Tensor* out) {
 struct Weights;
 
 struct Kernel {
-  graphc::Isa isa;
+  graphc::Isa isa;  // GRAPHC_ISA's path, or the default for at least kAmxRows rows
+  bool forced;
   int64_t k;
   Weights* constant;  // the weights when they are initializers, read once; else nullptr
   ~Kernel();
@@ -80,6 +81,17 @@ const OpDef& def(const OrtCustomOp* op) { return *static_cast<const OpDef*>(op);
 struct Weights {
   graphc::SparseWeights w{};
   std::vector<int32_t> sums;
+  std::vector<int8_t> amx_panels;  // constant weights on the AMX path: decompressed once
+  std::vector<uint8_t> amx_nonzero;
+
+  void prepack_amx() {
+    const int64_t panels = (w.n + 15) / 16, k_tiles = (w.k + 63) / 64;
+    amx_panels.resize(size_t(panels * k_tiles * 1024));
+    amx_nonzero.resize(size_t(panels * k_tiles));
+    graphc::amx_prepack(w, amx_panels.data(), amx_nonzero.data());
+    w.amx_panels = amx_panels.data();
+    w.amx_nonzero = amx_nonzero.data();
+  }
 };
 
 OrtStatus* describe(const OrtValue* value, Tensor* out) {
@@ -157,6 +169,15 @@ void quantize(const float* x, int64_t count, Quantized* q) {
     q->values[size_t(i)] = uint8_t(std::clamp(std::nearbyint(x[i] / q->scale) + float(q->zero_point), 0.0f, 255.0f));
 }
 
+// Without GRAPHC_ISA: AMX from kAmxRows rows (below that its 16-row tiles are mostly padding;
+// measured here at M = 1, 16 and 128 on BERT shapes), else the best vector path.
+constexpr int64_t kAmxRows = 16;
+
+graphc::Isa path_for(const Kernel& kernel, int64_t m) {
+  if (kernel.forced || kernel.isa != graphc::Isa::amx || m >= kAmxRows) return kernel.isa;
+  return graphc::isa_supported(graphc::Isa::avx512vnni) ? graphc::Isa::avx512vnni : graphc::Isa::avx2;
+}
+
 OrtStatus* ORT_API_CALL compute(void* op_kernel, OrtKernelContext* context) {
   const Kernel& kernel = *static_cast<Kernel*>(op_kernel);
   size_t inputs = 0;
@@ -173,6 +194,7 @@ OrtStatus* ORT_API_CALL compute(void* op_kernel, OrtKernelContext* context) {
   const Weights& weights = kernel.constant ? *kernel.constant : per_run;
   const graphc::SparseWeights& w = weights.w;
   const graphc::ParallelFor parallel{parallel_run, context};
+  const graphc::Isa isa = path_for(kernel, m);
   OrtValue* out = nullptr;
   void* out_data = nullptr;
   RETURN_IF_ERROR(output_for(context, a, w.n, &out, &out_data));
@@ -180,7 +202,7 @@ OrtStatus* ORT_API_CALL compute(void* op_kernel, OrtKernelContext* context) {
     Tensor zp;
     RETURN_IF_ERROR(read_input(context, 1, &zp));
     if (zp.size() != 1) return fail("a_zero_point must be a scalar");
-    graphc::sparse_gemm_u8s8(kernel.isa, m, static_cast<const uint8_t*>(a.data), kernel.k,
+    graphc::sparse_gemm_u8s8(isa, m, static_cast<const uint8_t*>(a.data), kernel.k,
                              *static_cast<const uint8_t*>(zp.data), w, weights.sums.data(), static_cast<int32_t*>(out_data), w.n,
                              parallel);
     return nullptr;
@@ -193,7 +215,7 @@ OrtStatus* ORT_API_CALL compute(void* op_kernel, OrtKernelContext* context) {
   Quantized q;
   quantize(static_cast<const float*>(a.data), a.size(), &q);
   std::vector<int32_t> product(size_t(m * w.n));
-  graphc::sparse_gemm_u8s8(kernel.isa, m, q.values.data(), kernel.k, q.zero_point, w, weights.sums.data(),
+  graphc::sparse_gemm_u8s8(isa, m, q.values.data(), kernel.k, q.zero_point, w, weights.sums.data(),
                            product.data(), w.n, parallel);
   const auto* scales = static_cast<const float*>(b_scale.data);
   const auto* offsets = static_cast<const float*>(bias.data);
@@ -215,7 +237,9 @@ OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp* op, const OrtApi* api, 
   RETURN_IF_ERROR(g_api->KernelInfoGetAttribute_int64(info, "K", &k));
   if (k <= 0 || k >= 65793) return fail(std::string(def(op).name) + ": attribute K must be in 1..65792");
   graphc::Isa isa = graphc::best_isa();
-  if (const char* forced = std::getenv("GRAPHC_ISA"); forced != nullptr && *forced != '\0') {
+  const char* forced = std::getenv("GRAPHC_ISA");
+  const bool forced_isa = forced != nullptr && *forced != '\0';
+  if (forced_isa) {
     if (!graphc::parse_isa(forced, &isa))
       return fail(std::string("GRAPHC_ISA=") + forced + " is not one of scalar, avx2, avx512vnni, amx");
     if (!graphc::isa_supported(isa))
@@ -236,8 +260,9 @@ OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp* op, const OrtApi* api, 
       delete weights;
       return status;
     }
+    if (isa == graphc::Isa::amx) weights->prepack_amx();
   }
-  *out = new Kernel{isa, k, weights};
+  *out = new Kernel{isa, forced_isa, k, weights};
   return nullptr;
 }
 

@@ -8,6 +8,8 @@
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #define GRAPHC_X86 1
 #endif
 
@@ -23,8 +25,19 @@ uint64_t xgetbv0() {
 }
 
 struct CpuBits {
-  bool avx2 = false, avx512 = false, vnni = false;
+  bool avx2 = false, avx512 = false, vnni = false, amx = false;
 };
+
+// Linux hands a process the AMX tile state only on request (arch_prctl ARCH_REQ_XCOMP_PERM for
+// XFEATURE_XTILEDATA); the request is process-wide and made once
+bool request_amx() {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+  constexpr int kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
 
 CpuBits detect() {
   CpuBits bits;
@@ -38,6 +51,8 @@ CpuBits detect() {
   // AVX512F (b16), AVX512BW (b30), AVX512VL (b31), AVX512_VNNI (c11)
   bits.avx512 = os_avx512 && (b & (1u << 16)) && (b & (1u << 30)) && (b & (1u << 31));
   bits.vnni = bits.avx512 && (c & (1u << 11));
+  // AMX-TILE (d24), AMX-INT8 (d25); XTILECFG and XTILEDATA state enabled by the OS (XCR0 bits 17, 18)
+  bits.amx = bits.vnni && (d & (1u << 24)) && (d & (1u << 25)) && (xcr0 & 0x60000) == 0x60000 && request_amx();
   return bits;
 }
 
@@ -58,7 +73,15 @@ struct Job {
   const int32_t* colsum;
   uint8_t* packed;
   int64_t rows_per_panel, panels, panels_per_item, row_items, col_items, k4;
+  int64_t k_bytes;  // AMX: A's padded row length
 };
+
+constexpr int64_t kAmxColumns = 32;
+
+void amx_item(void* arg, size_t item) {
+  auto& job = *static_cast<Job*>(arg);
+  amx_columns(job.packed, job.m, job.k_bytes, *job.w, job.colsum, job.zp, int64_t(item) * kAmxColumns, job.c, job.ldc);
+}
 
 constexpr int64_t kColumnsPerItem = 64;
 constexpr int64_t kScalarRows = 16;
@@ -146,7 +169,7 @@ bool isa_supported(Isa isa) {
     case Isa::scalar: return true;
     case Isa::avx2: return cpu().avx2;
     case Isa::avx512vnni: return cpu().vnni;
-    case Isa::amx: return false;  // no AMX kernel yet (issue 17)
+    case Isa::amx: return cpu().amx;
   }
   return false;
 #else
@@ -185,9 +208,18 @@ void sparse_gemm_u8s8(Isa isa, int64_t m, const uint8_t* a, int64_t lda, uint8_t
                       const SparseWeights& w, const int32_t* sums, int32_t* c, int64_t ldc,
                       const ParallelFor& parallel) {
   if (m <= 0 || w.n <= 0) return;
-  Job job{isa, m, lda, a, a_zero_point, &w, c, ldc, sums, nullptr, 0, 0, 0, 0, 0, (w.k + 3) / 4};
+  Job job{isa, m, lda, a, a_zero_point, &w, c, ldc, sums, nullptr, 0, 0, 0, 0, 0, (w.k + 3) / 4, 0};
   job.col_items = (w.n + kColumnsPerItem - 1) / kColumnsPerItem;
   std::vector<uint8_t> packed;
+  if (isa == Isa::amx) {  // A zero-padded to whole tiles: 16 rows, 64 reduction bytes
+    job.k_bytes = (w.k + 63) / 64 * 64;
+    const int64_t rows = (m + 15) / 16 * 16;
+    packed.assign(size_t(rows * job.k_bytes), 0);
+    for (int64_t r = 0; r < m; ++r) std::memcpy(packed.data() + r * job.k_bytes, a + r * lda, size_t(w.k));
+    job.packed = packed.data();
+    parallel.run(parallel.self, amx_item, size_t((w.n + kAmxColumns - 1) / kAmxColumns), &job);
+    return;
+  }
   if (isa == Isa::scalar) {
     job.row_items = (m + kScalarRows - 1) / kScalarRows;
   } else {

@@ -24,6 +24,11 @@ struct SparseWeights {
   const int32_t* col_ptr;  // n + 1 entries, col_ptr[0] == 0, non-decreasing
   const int32_t* block_k;  // col_ptr[n] entries, each < ceil(k / 4), increasing within a column
   const int8_t* values;    // 4 * col_ptr[n] entries
+  // optional, for the AMX path: the weights decompressed into 16-column panels of 16 x 64 tiles
+  // ([ceil(n / 16)][k_tiles][16 groups][16 columns][4]) and which tiles hold a non-zero
+  // ([ceil(n / 16)][k_tiles]); made once by amx_prepack for constant weights
+  const int8_t* amx_panels = nullptr;
+  const uint8_t* amx_nonzero = nullptr;
 };
 
 // Runs fn(i) for i in [0, count), possibly in parallel (onnxruntime's intra-op pool).
@@ -59,6 +64,12 @@ void kernel_avx2(const uint8_t* packed, int64_t panels, const SparseWeights& w, 
                  uint8_t zp, int64_t row0, int64_t m, int64_t n0, int64_t n1, int32_t* c, int64_t ldc);
 void kernel_avx512vnni(const uint8_t* packed, int64_t panels, const SparseWeights& w, const int32_t* colsum,
                        uint8_t zp, int64_t row0, int64_t m, int64_t n0, int64_t n1, int32_t* c, int64_t ldc);
+// AMX: columns n0 .. n0 + 31 of every row, from A copied to [rows rounded up to 16][k_bytes]
+// (k_bytes: K rounded up to 64, zero padded)
+void amx_columns(const uint8_t* a_tiles, int64_t m, int64_t k_bytes, const SparseWeights& w, const int32_t* colsum,
+                 uint8_t zp, int64_t n0, int32_t* c, int64_t ldc);
+// the AMX panels of w (k_tiles = ceil(K / 64)); sizes: panels ceil(n / 16) * k_tiles * 1024 bytes
+void amx_prepack(const SparseWeights& w, int8_t* panels, uint8_t* nonzero);
 int64_t panel_rows(Isa isa);  // R: 8 (avx2), 16 (avx512vnni)
 
 }  // namespace graphc

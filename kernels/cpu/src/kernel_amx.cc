@@ -1,0 +1,129 @@
+// AMX-INT8 kernel (compiled with -mamx-tile -mamx-int8): dense tiles over a weight panel
+// decompressed once per 32 columns, skipping every 16 x 64 weight tile that is all zero (the
+// way a coarse block pattern pays off here; 1x4 blocks scattered over a tile leave none to skip).
+//
+// Tiles (palette 1, all 16 rows x 64 bytes): tmm0-3 the int32 products of 2 row tiles x 2
+// column panels, tmm4-5 A (16 rows x 64 reduction bytes), tmm6-7 B (16 groups of 4 along K x 16
+// columns, the VNNI layout TDPBUSD reads). A is copied zero-padded to 16-row, 64-byte tiles.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "sparse_gemm.h"
+
+namespace graphc {
+
+namespace {
+
+struct alignas(64) TileConfig {
+  uint8_t palette_id;
+  uint8_t start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+void configure() {
+  TileConfig config;
+  std::memset(&config, 0, sizeof(config));
+  config.palette_id = 1;
+  for (int t = 0; t < 8; ++t) {
+    config.colsb[t] = 64;
+    config.rows[t] = 16;
+  }
+  _tile_loadconfig(&config);
+}
+
+// B panel of 16 columns: [k_tiles][16 groups][16 columns][4] int8, and which tiles hold a non-zero
+void decompress(const SparseWeights& w, int64_t n0, int64_t k_tiles, int8_t* panel, uint8_t* nonzero) {
+  std::memset(panel, 0, size_t(k_tiles * 1024));
+  std::memset(nonzero, 0, size_t(k_tiles));
+  for (int64_t j = 0; j < 16 && n0 + j < w.n; ++j)
+    for (int32_t b = w.col_ptr[n0 + j]; b < w.col_ptr[n0 + j + 1]; ++b) {
+      const int64_t group = w.block_k[b];
+      std::memcpy(panel + group * 64 + j * 4, w.values + int64_t(b) * 4, 4);
+      nonzero[group / 16] = 1;
+    }
+}
+
+}  // namespace
+
+void amx_prepack(const SparseWeights& w, int8_t* panels, uint8_t* nonzero) {
+  const int64_t k_tiles = (w.k + 63) / 64;
+  for (int64_t p = 0; p * 16 < w.n; ++p) decompress(w, p * 16, k_tiles, panels + p * k_tiles * 1024, nonzero + p * k_tiles);
+}
+
+void amx_columns(const uint8_t* a_tiles, int64_t m, int64_t k_bytes, const SparseWeights& w, const int32_t* colsum,
+                 uint8_t zp, int64_t n0, int32_t* c, int64_t ldc) {
+  // columns n0 .. n0 + 31, every row; a_tiles: [rows rounded up to 16][k_bytes], k_bytes = 64 * k_tiles
+  const int64_t k_tiles = k_bytes / 64;
+  std::vector<int8_t> panels;
+  std::vector<uint8_t> nonzero;
+  const int8_t* panel[2];
+  const uint8_t* nz[2];
+  const int64_t first = n0 / 16, second = std::min(first + 1, (w.n + 15) / 16 - 1);  // a lone last panel twice
+  if (w.amx_panels != nullptr) {
+    for (int p = 0; p < 2; ++p) {
+      const int64_t index = p ? second : first;
+      panel[p] = w.amx_panels + index * k_tiles * 1024;
+      nz[p] = w.amx_nonzero + index * k_tiles;
+    }
+  } else {
+    panels.resize(size_t(2 * k_tiles * 1024));
+    nonzero.resize(size_t(2 * k_tiles));
+    decompress(w, first * 16, k_tiles, panels.data(), nonzero.data());
+    decompress(w, second * 16, k_tiles, panels.data() + k_tiles * 1024, nonzero.data() + k_tiles);
+    for (int p = 0; p < 2; ++p) {
+      panel[p] = panels.data() + p * k_tiles * 1024;
+      nz[p] = nonzero.data() + p * k_tiles;
+    }
+  }
+  configure();
+  alignas(64) int32_t out[4][16][16];
+  __mmask16 mask[2];
+  __m512i offset[2];
+  for (int p = 0; p < 2; ++p) {
+    const int64_t columns = std::clamp<int64_t>(w.n - n0 - p * 16, 0, 16);
+    mask[p] = __mmask16((1u << columns) - 1);
+    offset[p] = _mm512_mullo_epi32(_mm512_set1_epi32(zp), _mm512_maskz_loadu_epi32(mask[p], colsum + n0 + p * 16));
+  }
+  for (int64_t m0 = 0; m0 < m; m0 += 32) {
+    const bool two_rows = m0 + 16 < m;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t t = 0; t < k_tiles; ++t) {
+      if (!nz[0][t] && !nz[1][t]) continue;
+      const uint8_t* a = a_tiles + m0 * k_bytes + t * 64;
+      _tile_loadd(4, a, k_bytes);
+      if (two_rows) _tile_loadd(5, a + 16 * k_bytes, k_bytes);
+      if (nz[0][t]) {
+        _tile_loadd(6, panel[0] + t * 1024, 64);
+        _tile_dpbusd(0, 4, 6);
+        if (two_rows) _tile_dpbusd(2, 5, 6);
+      }
+      if (nz[1][t]) {
+        _tile_loadd(7, panel[1] + t * 1024, 64);
+        _tile_dpbusd(1, 4, 7);
+        if (two_rows) _tile_dpbusd(3, 5, 7);
+      }
+    }
+    _tile_stored(0, out[0], 64);
+    _tile_stored(1, out[1], 64);
+    _tile_stored(2, out[2], 64);
+    _tile_stored(3, out[3], 64);
+    for (int half = 0; half < (two_rows ? 2 : 1); ++half)
+      for (int64_t i = 0; i < 16 && m0 + half * 16 + i < m; ++i) {
+        int32_t* row = c + (m0 + half * 16 + i) * ldc;
+        for (int p = 0; p < 2; ++p)
+          _mm512_mask_storeu_epi32(row + n0 + p * 16, mask[p],
+                                   _mm512_sub_epi32(_mm512_load_si512(out[half * 2 + p][i]), offset[p]));
+      }
+  }
+  _tile_release();
+}
+
+}  // namespace graphc
