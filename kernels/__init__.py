@@ -18,6 +18,8 @@ import pathlib
 
 DOMAIN = "ai.graphc"
 ISAS = ("scalar", "avx2", "avx512vnni", "amx")
+# graphc's ops -> the input where their compressed weight (col_ptr, block_k, values) starts
+WEIGHT_INPUTS = {"SparseMatMulInteger": 2, "SparseMatMulIntegerToFloat": 3, "SparseDynamicQuantizeMatMul": 1}
 
 
 class KernelLibraryError(RuntimeError):

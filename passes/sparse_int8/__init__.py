@@ -1,12 +1,14 @@
 """``sparse-int8``: quantized MatMul/Gemm layers whose int8 weights are sparse become graphc's
-``ai.graphc.SparseMatMulInteger``, which skips the zeros (``kernels/cpu``).
+``ai.graphc.SparseMatMulIntegerToFloat`` (or ``SparseMatMulInteger``), which skip the zeros
+(``kernels/cpu``).
 
 Run it after ``int8`` (``--passes sparsify:0.8,int8,sparse-int8``). The rules, each in the
 module that applies it:
 
-1. the dynamic form (``MatMulInteger``) lowered to the sparse op, bit-identical: ``lowering``
-2. the static QDQ form (``DequantizeLinear -> MatMul/Gemm``) lowered to the sparse op, a Cast
-   and one scale Mul (and the Gemm bias): ``lowering``
+1. the dynamic form (``MatMulInteger``, with the Cast and scale Mul after it) lowered to the
+   sparse op, bit-identical: ``lowering``
+2. the static QDQ form (``DequantizeLinear -> MatMul/Gemm``) lowered to the sparse op with the
+   scales and the Gemm bias inside: ``lowering``
 3. which layers pay off (``max_density``: the share of 4-groups along K that hold a non-zero)
    and every reason a layer stays dense: ``lowering``
 4. the compressed weight form: ``graphc.kernels.layout``
@@ -86,7 +88,7 @@ class SparseInt8Pass(Pass):
                 row["bytes"] = [dense_bytes, compressed]
                 stored_before += dense_bytes
                 stored_after += compressed
-                (lower_dynamic if c.form == "dynamic" else lower_static)(graph, c, names)
+                row["lowered_to"] = (lower_dynamic if c.form == "dynamic" else lower_static)(graph, c, names)
                 lowered += 1
             rows.append(row)
         dense = [r for r in rows if "dense" in r]

@@ -3,16 +3,19 @@ the rewrite.
 
 1. The dynamic form (graphc ``int8``'s and ``onnxruntime.quantization.quantize_dynamic``'s):
    ``MatMulInteger(A uint8, B, a_zero_point, b_zero_point)`` with ``B`` a constant int8
-   ``[K, N]`` and ``b_zero_point`` absent or all zero becomes ``SparseMatMulInteger(A,
-   a_zero_point, col_ptr, block_k, values)``: the same int32 product, so the nodes around it
-   (Cast, the scale Mul) are untouched and the model's outputs are bit-identical.
+   ``[K, N]`` and ``b_zero_point`` absent or all zero. Where it is followed by ``Cast(float)
+   -> Mul(Mul(a_scale, constant))`` (``-> Add(constant [N])``), ``a_scale`` being the scale
+   of the ``DynamicQuantizeLinear`` that made A, the chain becomes one
+   ``SparseMatMulIntegerToFloat``, which does the very same float32 operations; otherwise the
+   MatMulInteger alone becomes ``SparseMatMulInteger`` (the same int32 product). Either way the
+   model's outputs are bit-identical.
 2. The static form (QDQ): ``MatMul`` (or ``Gemm`` with ``transA=0``) reading
    ``DequantizeLinear(x_q uint8, x_scale, x_zp)`` (scalars) and ``DequantizeLinear(W_q int8
    constant, w_scale, w_zp)`` (per tensor or per output channel, zero points 0) becomes
-   ``SparseMatMulInteger(x_q, x_zp, ...) -> Cast -> Mul(x_scale * w_scale * alpha)`` (``->
-   Add(beta * bias)`` for a Gemm bias; a DequantizeLinear of an int32 bias is folded to its
-   float values). The integers are exact; the float result differs from onnxruntime's only by
-   float rounding (its QDQ MatMul accumulates the same integers).
+   ``SparseMatMulIntegerToFloat(x_q, x_scale, x_zp, ..., w_scale * alpha, beta * bias)`` (a
+   DequantizeLinear of an int32 bias is folded to its float values; a bias computed at run time
+   is added by an Add). The integers are exact; the float result differs from onnxruntime's only
+   by float rounding (its QDQ MatMul accumulates the same integers).
 3. A layer pays off when at most ``max_density`` of its 4-groups along K hold a non-zero (the
    kernel's work is one step per kept group; see ``kernels/layout.py``). Others stay dense,
    each with its reason in the report: too dense, int8 (not uint8) activations, a non-zero
@@ -134,50 +137,105 @@ def _weight_inputs(c: Candidate, names: Callable[[str], str]) -> list[gs.Constan
             gs.Constant(names(f"{base}_values"), c.columns.values)]
 
 
-def lower_dynamic(graph: gs.Graph, c: Candidate, names: Callable[[str], str]) -> None:
-    """Rule 1."""
+def _only_reader(graph: gs.Graph, tensor: gs.Tensor, op: str) -> gs.Node | None:
+    if len(tensor.outputs) != 1 or tensor in graph.outputs:
+        return None
+    reader = tensor.outputs[0]
+    return reader if reader.op == op else None
+
+
+def _other_input(node: gs.Node, tensor: gs.Tensor) -> gs.Tensor | None:
+    if len(node.inputs) != 2:
+        return None
+    return node.inputs[1] if node.inputs[0] is tensor else node.inputs[0] if node.inputs[1] is tensor else None
+
+
+def _float_chain(graph: gs.Graph, node: gs.Node, n: int):
+    """Rule 1's ``Cast -> Mul(Mul(a_scale, constant)) (-> Add(constant))`` after a MatMulInteger:
+    (a_scale, b_scale, bias or None, the chain's last output, its nodes), or None."""
+    source = producer(node.inputs[0])
+    if source is None or source.op != "DynamicQuantizeLinear" or len(node.inputs) < 3 or \
+            node.inputs[2] is not source.outputs[2]:
+        return None
+    cast = _only_reader(graph, node.outputs[0], "Cast")
+    if cast is None or int(cast.attrs.get("to", 0)) != 1:
+        return None
+    rescale = _only_reader(graph, cast.outputs[0], "Mul")
+    scales = _other_input(rescale, cast.outputs[0]) if rescale is not None else None
+    scale_node = producer(scales) if scales is not None else None
+    if scale_node is None or scale_node.op != "Mul":
+        return None
+    b_scale = _other_input(scale_node, source.outputs[1])
+    values = constant_values(b_scale) if b_scale is not None else None
+    if values is None or values.dtype != np.float32 or values.size not in (1, n):
+        return None
+    out, nodes, bias = rescale.outputs[0], [cast, rescale], None
+    add = _only_reader(graph, out, "Add")
+    if add is not None:
+        offsets = constant_values(_other_input(add, out))
+        if offsets is not None and offsets.dtype == np.float32 and offsets.shape == (n,):
+            bias, out, nodes = offsets, add.outputs[0], nodes + [add]
+    return source.outputs[1], values.reshape(-1), bias, out, nodes
+
+
+def lower_dynamic(graph: gs.Graph, c: Candidate, names: Callable[[str], str]) -> str:
+    """Rule 1; the op it wrote."""
     node = c.node
     a = node.inputs[0]
     zero = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else \
         gs.Constant(names(f"{node.name or 'sparse'}_a_zero_point"), np.array(0, np.uint8))
-    out = node.outputs[0]
-    node.inputs.clear()
-    node.outputs.clear()
-    graph.nodes.append(gs.Node("SparseMatMulInteger", names(f"{node.name or 'MatMulInteger'}_sparse"),
-                               {"K": int(c.weight.shape[0])}, [a, zero, *_weight_inputs(c, names)], [out],
-                               domain=DOMAIN))
+    base = node.name or "MatMulInteger"
+    chain = _float_chain(graph, node, c.columns.n)
+    if chain is None:
+        out = node.outputs[0]
+        node.inputs.clear()
+        node.outputs.clear()
+        graph.nodes.append(gs.Node("SparseMatMulInteger", names(f"{base}_sparse"), {"K": int(c.weight.shape[0])},
+                                   [a, zero, *_weight_inputs(c, names)], [out], domain=DOMAIN))
+        return "SparseMatMulInteger"
+    a_scale, b_scale, bias, out, replaced = chain
+    inputs = [a, a_scale, zero, *_weight_inputs(c, names), gs.Constant(names(f"{base}_b_scale"), b_scale)]
+    if bias is not None:
+        inputs.append(gs.Constant(names(f"{base}_bias"), bias))
+    for old in [node, *replaced]:
+        old.inputs.clear()
+        old.outputs.clear()
+    graph.nodes.append(gs.Node("SparseMatMulIntegerToFloat", names(f"{base}_sparse"), {"K": int(c.weight.shape[0])},
+                               inputs, [out], domain=DOMAIN))
+    return "SparseMatMulIntegerToFloat"
 
 
-def lower_static(graph: gs.Graph, c: Candidate, names: Callable[[str], str]) -> None:
-    """Rule 2."""
+def lower_static(graph: gs.Graph, c: Candidate, names: Callable[[str], str]) -> str:
+    """Rule 2; the op it wrote."""
     node = c.node
     x_dq, w_dq = _dequantized(node.inputs[0]), _dequantized(node.inputs[1])
     x_q = x_dq.inputs[0]
-    x_scale = float(np.asarray(constant_values(x_dq.inputs[1])).reshape(()))
+    x_scale = np.asarray(constant_values(x_dq.inputs[1]), np.float32).reshape(())
     x_zero = np.asarray(constant_values(x_dq.inputs[2])).reshape(()).astype(np.uint8) \
         if len(x_dq.inputs) > 2 and x_dq.inputs[2].name else np.array(0, np.uint8)
     n = c.weight.shape[1]
     w_scale = np.broadcast_to(np.asarray(constant_values(w_dq.inputs[1]), np.float64).reshape(-1), (n,))
     alpha = float(node.attrs.get("alpha", 1.0)) if node.op == "Gemm" else 1.0
     base = node.name or node.op
-    product = gs.Variable(names(f"{base}_int32"), dtype=np.int32)
-    as_float = gs.Variable(names(f"{base}_int32_float"), dtype=np.float32)
-    nodes = [gs.Node("SparseMatMulInteger", names(f"{base}_sparse"), {"K": int(c.weight.shape[0])},
-                     [x_q, gs.Constant(names(f"{base}_x_zero_point"), x_zero), *_weight_inputs(c, names)],
-                     [product], domain=DOMAIN),
-             gs.Node("Cast", names(f"{base}_cast"), {"to": 1}, [product], [as_float])]
-    scale = gs.Constant(names(f"{base}_scale"), (x_scale * w_scale * alpha).astype(np.float32))
+    inputs = [x_q, gs.Constant(names(f"{base}_x_scale"), x_scale), gs.Constant(names(f"{base}_x_zero_point"), x_zero),
+              *_weight_inputs(c, names), gs.Constant(names(f"{base}_b_scale"), (w_scale * alpha).astype(np.float32))]
     bias = node.inputs[2] if node.op == "Gemm" and len(node.inputs) > 2 and node.inputs[2].name else None
     out = node.outputs[0]
-    if bias is None:
-        nodes.append(gs.Node("Mul", names(f"{base}_rescale"), {}, [as_float, scale], [out]))
-    else:
-        scaled = gs.Variable(names(f"{base}_rescaled"), dtype=np.float32)
-        nodes.append(gs.Node("Mul", names(f"{base}_rescale"), {}, [as_float, scale], [scaled]))
-        nodes.append(gs.Node("Add", names(f"{base}_bias"), {}, [scaled, _float_bias(node, bias, names)], [out]))
+    nodes = []
+    if bias is not None:
+        folded = _float_bias(node, bias, names)
+        if isinstance(folded, gs.Constant):
+            inputs.append(folded)
+        else:  # computed at run time (beta 1): added after the op
+            product = gs.Variable(names(f"{base}_product"), dtype=np.float32)
+            nodes.append(gs.Node("Add", names(f"{base}_bias"), {}, [product, folded], [out]))
+            out = product
+    nodes.append(gs.Node("SparseMatMulIntegerToFloat", names(f"{base}_sparse"), {"K": int(c.weight.shape[0])},
+                         inputs, [out], domain=DOMAIN))
     node.inputs.clear()
     node.outputs.clear()
     graph.nodes.extend(nodes)
+    return "SparseMatMulIntegerToFloat"
 
 
 def _float_bias(node: gs.Node, bias: gs.Tensor, names: Callable[[str], str]) -> gs.Tensor:

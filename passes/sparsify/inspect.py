@@ -1,8 +1,8 @@
 """``graphc inspect --sparsity``: every MatMul/Gemm/Conv weight of the main graph (float, or
 int8 behind DequantizeLinear or in a QOperator/dynamic integer op), its sparsity and whether
 its zeros conform to each pattern the kernels read (``CHECKED``; ``graphc.sparsity`` rules 1-2).
-An int8 weight's zero is its zero point; graphc's ``SparseMatMulInteger`` (``sparse-int8``) is read
-back from its compressed form (``graphc.kernels.layout``)."""
+An int8 weight's zero is its zero point; graphc's sparse ops (``sparse-int8``) are read
+back from their compressed form (``graphc.kernels.layout``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import onnx
 from onnx import numpy_helper
 
 from graphc import sparsity
+from graphc.kernels import DOMAIN, WEIGHT_INPUTS
 from graphc.kernels.layout import BlockColumns
 from graphc.report import markdown_table
 
@@ -63,9 +64,10 @@ def sparsity_summary(model: onnx.ModelProto, shapes=None) -> list[dict]:
                 weight = None if q is None else _centred(q, zp, layout)
             if weight is not None and weight.dtype.kind not in "fi":
                 weight = None
-        elif node.op_type == "SparseMatMulInteger" and all(name in inits for name in node.input[2:5]):
+        elif node.op_type in WEIGHT_INPUTS and node.domain == DOMAIN and all(
+                name in inits for name in node.input[WEIGHT_INPUTS[node.op_type]:][:3]):
             k = next(a.i for a in node.attribute if a.name == "K")
-            col_ptr, block_k, values = (array(name) for name in node.input[2:5])
+            col_ptr, block_k, values = (array(name) for name in node.input[WEIGHT_INPUTS[node.op_type]:][:3])
             weight = BlockColumns(k, col_ptr.size - 1, col_ptr, block_k, values).dense()
         elif node.op_type in INTEGER_WEIGHTS:
             w_index, zp_index = INTEGER_WEIGHTS[node.op_type]
@@ -76,7 +78,7 @@ def sparsity_summary(model: onnx.ModelProto, shapes=None) -> list[dict]:
             continue
         view = sparsity.to_view(weight, layout)
         zeros = int((view == 0).sum())
-        weight_name = node.input[4] if node.op_type == "SparseMatMulInteger" else node.input[1]
+        weight_name = node.input[WEIGHT_INPUTS[node.op_type] + 2] if node.op_type in WEIGHT_INPUTS else node.input[1]
         row = {"node": node.name or node.output[0], "op": node.op_type, "weight": weight_name,
                "shape": list(weight.shape), "weights": int(view.size), "sparsity": round(zeros / view.size, 4),
                "conforms": {}}

@@ -12,8 +12,8 @@ from graphc import kernels
 from graphc.errors import GraphcError
 from graphc.kernels.layout import pack
 from graphc.runtime import open_session
-from tests.kernels.helpers import (dynamic_model, dynamic_quantize, integer_model, integer_product,
-                                   run_integer)
+from tests.kernels.helpers import (dense_integer_chain, dynamic_model, dynamic_quantize, integer_model,
+                                   integer_product, run_integer, to_float_model)
 
 
 @pytest.fixture(params=kernels.ISAS)
@@ -162,3 +162,18 @@ def test_weights_fed_at_run_time_give_the_same_integers(isa):
         a = rng.integers(0, 256, (2, m, 200)).astype(np.uint8)
         got = session.run(None, {"A": a, "zp": np.array(200, np.uint8), **values})[0]
         np.testing.assert_array_equal(got, integer_product(a, 200, weight))
+
+
+@pytest.mark.parametrize("per_column,bias", [(True, True), (False, False), (True, False)])
+def test_to_float_op_equals_the_cast_mul_add_it_replaces_bit_for_bit(isa, per_column, bias):
+    rng = np.random.default_rng(17)
+    k, n = 300, 70
+    weight = sparse_weight(rng, k, n, "block1x4", 0.8)
+    scale = rng.uniform(0.001, 0.02, n if per_column else 1).astype(np.float32)
+    offsets = rng.normal(size=n).astype(np.float32) if bias else None
+    sparse = open_session(to_float_model(pack(weight), scale, offsets))
+    dense = open_session(dense_integer_chain(weight, scale, offsets), optimized=False)  # unfused: Cast, Mul, Add
+    for m in (1, 17, 130):
+        feeds = {"A": rng.integers(0, 256, (m, k)).astype(np.uint8), "a_scale": np.array(0.037, np.float32),
+                 "zp": np.array(121, np.uint8)}
+        np.testing.assert_array_equal(sparse.run(None, feeds)[0], dense.run(None, feeds)[0])

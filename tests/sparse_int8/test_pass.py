@@ -1,10 +1,11 @@
 """``sparse-int8``: quantized layers with sparse int8 weights become graphc's sparse op.
 
 - Dynamic form (transformers: bert, gpt): ``sparsify,int8,sparse-int8`` gives exactly the
-  outputs of ``sparsify,int8`` (the same integers; compared with onnxruntime's graph
-  optimizations off, which would otherwise fuse only the dense model's nodes, and within
-  float rounding with them on), every MatMulInteger with a sparse weight is lowered and its
-  compressed weight unpacks to the int8 weight it replaced.
+  outputs of ``sparsify,int8`` (the same integers and float32 operations; compared with
+  onnxruntime's graph optimizations off, which would otherwise fuse only the dense model's
+  nodes, and within float rounding with them on), every MatMulInteger with a sparse weight is
+  lowered with its Cast and scale Mul into ``SparseMatMulIntegerToFloat`` and its compressed
+  weight unpacks to the int8 weight it replaced.
 - Static QDQ form (mlp_bn's Gemm layers): within float rounding of the dense QDQ model.
 - Layers that do not pay off or cannot be lowered stay dense, each with its reason.
 - Order: ``sparse-int8`` before ``int8`` or ``sparsify`` exits 2 with one line.
@@ -20,7 +21,7 @@ import pytest
 from onnx import numpy_helper
 
 from graphc.cli import main
-from graphc.kernels import DOMAIN
+from graphc.kernels import DOMAIN, WEIGHT_INPUTS
 from graphc.kernels.layout import BlockColumns
 from graphc.model_io import load_model
 from graphc.runtime import open_session
@@ -41,10 +42,11 @@ def lowered_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     found = {}
     for node in model.graph.node:
-        if node.op_type == "SparseMatMulInteger":
+        if node.op_type in WEIGHT_INPUTS:
             assert node.domain == DOMAIN
             k = next(a.i for a in node.attribute if a.name == "K")
-            col_ptr, block_k, values = (inits[name] for name in node.input[2:5])
+            first = WEIGHT_INPUTS[node.op_type]
+            col_ptr, block_k, values = (inits[name] for name in node.input[first:first + 3])
             found[node.name] = BlockColumns(k, col_ptr.size - 1, col_ptr, block_k, values).dense()
     return found
 
@@ -65,13 +67,15 @@ def test_dynamic_form_gives_the_same_integers(name, onnx_model, sample_inputs, t
     remaining = {n.input[1] for n in sparse_model.graph.node if n.op_type == "MatMulInteger"}
     assert all((weights[w] == 0).mean() <= 0.5 for w in remaining)  # what stays dense is the dense layers
     assert sorted(w.tobytes() for w in lowered.values()) == sorted(w.tobytes() for w in sparse_weights)
+    # the Cast -> Mul (-> Add) after each MatMulInteger went into the op (rule 1)
+    assert {n.op_type for n in sparse_model.graph.node if n.domain == DOMAIN} == {"SparseMatMulIntegerToFloat"}
     feeds = sample_inputs(name)
     for a, b in zip(outputs(dense, feeds, optimized=False), outputs(sparse, feeds, optimized=False)):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(outputs(dense, feeds), outputs(sparse, feeds)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(a).max())
     assert main(["inspect", str(sparse), "--sparsity", "--json"]) == 0  # read back from the compressed form
-    rows = [r for r in json.loads(capsys.readouterr().out)["sparsity"] if r["op"] == "SparseMatMulInteger"]
+    rows = [r for r in json.loads(capsys.readouterr().out)["sparsity"] if r["op"] in WEIGHT_INPUTS]
     assert sorted(r["sparsity"] for r in rows) == sorted(round(float((w == 0).mean()), 4) for w in lowered.values())
     report = json.loads((tmp_path / "r.json").read_text())
     stats = report["passes"][-1]["stats"]

@@ -1,14 +1,18 @@
-// The onnxruntime custom-op library: registers graphc's ops in the ai.graphc domain.
+// The onnxruntime custom-op library: registers graphc's ops in the ai.graphc domain. W is in
+// the 1x4 block CSC form of sparse_gemm.h (col_ptr int32 [N+1], block_k int32 [B], values int8
+// [4B]); attribute K is A's last dimension.
 //
-//   SparseMatMulInteger(A uint8 [..., K], a_zero_point uint8 scalar, col_ptr int32 [N+1],
-//                       block_k int32 [B], values int8 [4B]) -> Y int32 [..., N]
-//       Y = (A - a_zero_point) x W, W in the 1x4 block CSC form of sparse_gemm.h; attribute K.
-//   SparseDynamicQuantizeMatMul(A float [..., K], col_ptr, block_k, values, b_scale float [1] or [N],
-//                               bias float [N] optional) -> Y float [..., N]
-//       A quantized per tensor to uint8 as DynamicQuantizeLinear does (range widened to hold 0,
-//       scale (max - min) / 255, zero point round(-min / scale), values round(x / scale) + zp,
-//       ties to even, saturated), then Y = float(integer product) * (a_scale * b_scale) + bias:
-//       the semantics of onnxruntime's DynamicQuantizeMatMul with a symmetric int8 weight.
+//   SparseMatMulInteger(A uint8 [..., K], a_zero_point uint8 scalar, col_ptr, block_k, values)
+//       -> Y int32 [..., N] = (A - a_zero_point) x W   (MatMulInteger's contract)
+//   SparseMatMulIntegerToFloat(A uint8, a_scale float scalar, a_zero_point uint8 scalar, col_ptr,
+//                              block_k, values, b_scale float [1] or [N], bias float [N] optional)
+//       -> Y float [..., N] = float(integer product) * (a_scale * b_scale) (+ bias): the Cast, Mul
+//       and Add after a MatMulInteger, with the very same float32 operations
+//   SparseDynamicQuantizeMatMul(A float [..., K], col_ptr, block_k, values, b_scale, bias optional)
+//       -> Y float: A quantized per tensor to uint8 as DynamicQuantizeLinear does (range widened
+//       to hold 0, scale (max - min) / 255, zero point round(-min / scale), values round(x / scale)
+//       + zp, ties to even, saturated), then as above: onnxruntime's DynamicQuantizeMatMul with a
+//       symmetric int8 weight.
 //
 // Written against the C API only and asking it for version 17 (onnxruntime 1.17, the first with
 // KernelContext_ParallelFor), so one build loads in every release since. The kernel path is
@@ -61,7 +65,10 @@ OrtStatus* read_input(OrtKernelContext* context, size_t index, Tensor* out) {
 
 struct Weights;
 
+enum class Kind { integer, to_float, dynamic };
+
 struct Kernel {
+  Kind kind;
   graphc::Isa isa;  // GRAPHC_ISA's path, or the default for at least kAmxRows rows
   bool forced;
   int64_t k;
@@ -71,10 +78,14 @@ struct Kernel {
 
 struct OpDef : OrtCustomOp {
   const char* name;
-  bool dynamic;  // float in / float out (SparseDynamicQuantizeMatMul)
+  Kind kind;
 };
 
 const OpDef& def(const OrtCustomOp* op) { return *static_cast<const OpDef*>(op); }
+
+// where the weights (col_ptr, block_k, values) and b_scale start, and how many inputs there are
+size_t first_weight(Kind kind) { return kind == Kind::integer ? 2 : kind == Kind::to_float ? 3 : 1; }
+size_t input_total(Kind kind) { return kind == Kind::integer ? 5 : kind == Kind::to_float ? 8 : 6; }
 
 // The weights with their column sums, checked. Constant initializers are read once, when the
 // kernel is created (KernelInfoGetConstantInput_tensor); others on every run.
@@ -155,7 +166,9 @@ struct Quantized {
   uint8_t zero_point;
 };
 
-// DynamicQuantizeLinear's rules (see the header comment)
+// DynamicQuantizeLinear's rules (see the header comment). Rounding to nearest even by adding
+// and subtracting 1.5 * 2^23 (exact for |v| < 2^22, which the clamp to -256..511 keeps), so the
+// loop vectorizes; the float operations are not reassociated (no -ffast-math).
 void quantize(const float* x, int64_t count, Quantized* q) {
   float lo = 0.0f, hi = 0.0f;
   for (int64_t i = 0; i < count; ++i) {
@@ -165,8 +178,12 @@ void quantize(const float* x, int64_t count, Quantized* q) {
   q->scale = hi == lo ? 1.0f : (hi - lo) / 255.0f;
   q->zero_point = uint8_t(std::clamp(std::nearbyint(-lo / q->scale), 0.0f, 255.0f));
   q->values.resize(size_t(count));
-  for (int64_t i = 0; i < count; ++i)
-    q->values[size_t(i)] = uint8_t(std::clamp(std::nearbyint(x[i] / q->scale) + float(q->zero_point), 0.0f, 255.0f));
+  const float scale = q->scale, zero = float(q->zero_point), magic = 12582912.0f;
+  uint8_t* out = q->values.data();
+  for (int64_t i = 0; i < count; ++i) {
+    const float v = std::clamp(x[i] / scale, -256.0f, 511.0f);
+    out[i] = uint8_t(std::clamp((v + magic) - magic + zero, 0.0f, 255.0f));
+  }
 }
 
 // Without GRAPHC_ISA: AMX from kAmxRows rows (below that its 16-row tiles are mostly padding;
@@ -178,6 +195,12 @@ graphc::Isa path_for(const Kernel& kernel, int64_t m) {
   return graphc::isa_supported(graphc::Isa::avx512vnni) ? graphc::Isa::avx512vnni : graphc::Isa::avx2;
 }
 
+OrtStatus* scalar_input(OrtKernelContext* context, size_t index, const char* what, Tensor* out) {
+  RETURN_IF_ERROR(read_input(context, index, out));
+  if (out->value == nullptr || out->size() != 1) return fail(std::string(what) + " must be a scalar");
+  return nullptr;
+}
+
 OrtStatus* ORT_API_CALL compute(void* op_kernel, OrtKernelContext* context) {
   const Kernel& kernel = *static_cast<Kernel*>(op_kernel);
   size_t inputs = 0;
@@ -187,8 +210,7 @@ OrtStatus* ORT_API_CALL compute(void* op_kernel, OrtKernelContext* context) {
   if (a.dims.empty() || a.dims.back() != kernel.k)
     return fail("A's last dimension must equal the attribute K = " + std::to_string(kernel.k));
   const int64_t m = a.size() / std::max<int64_t>(kernel.k, 1);
-  const bool dynamic = a.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-  const size_t first = dynamic ? 1 : 2;
+  const size_t first = first_weight(kernel.kind);
   Weights per_run;
   if (kernel.constant == nullptr) RETURN_IF_ERROR(read_weights(context, first, kernel.k, &per_run));
   const Weights& weights = kernel.constant ? *kernel.constant : per_run;
@@ -198,35 +220,35 @@ OrtStatus* ORT_API_CALL compute(void* op_kernel, OrtKernelContext* context) {
   OrtValue* out = nullptr;
   void* out_data = nullptr;
   RETURN_IF_ERROR(output_for(context, a, w.n, &out, &out_data));
-  if (!dynamic) {
+  auto* y = static_cast<int32_t*>(out_data);  // float outputs are written in place by the epilogue
+  if (kernel.kind == Kind::integer) {
     Tensor zp;
-    RETURN_IF_ERROR(read_input(context, 1, &zp));
-    if (zp.size() != 1) return fail("a_zero_point must be a scalar");
+    RETURN_IF_ERROR(scalar_input(context, 1, "a_zero_point", &zp));
     graphc::sparse_gemm_u8s8(isa, m, static_cast<const uint8_t*>(a.data), kernel.k,
-                             *static_cast<const uint8_t*>(zp.data), w, weights.sums.data(), static_cast<int32_t*>(out_data), w.n,
-                             parallel);
+                             *static_cast<const uint8_t*>(zp.data), w, weights.sums.data(), y, w.n, parallel);
     return nullptr;
   }
   Tensor b_scale, bias;
-  RETURN_IF_ERROR(read_input(context, 4, &b_scale));
-  if (inputs > 5) RETURN_IF_ERROR(read_input(context, 5, &bias));
+  RETURN_IF_ERROR(read_input(context, first + 3, &b_scale));
+  if (inputs > first + 4) RETURN_IF_ERROR(read_input(context, first + 4, &bias));
   if (b_scale.size() != 1 && b_scale.size() != w.n) return fail("b_scale must hold 1 or N scales");
   if (bias.value != nullptr && bias.size() != w.n) return fail("bias must hold N values");
+  graphc::FloatEpilogue epilogue{0.0f, static_cast<const float*>(b_scale.data), b_scale.size() != 1,
+                                 static_cast<const float*>(bias.data)};
+  if (kernel.kind == Kind::to_float) {
+    Tensor a_scale, zp;
+    RETURN_IF_ERROR(scalar_input(context, 1, "a_scale", &a_scale));
+    RETURN_IF_ERROR(scalar_input(context, 2, "a_zero_point", &zp));
+    epilogue.a_scale = *static_cast<const float*>(a_scale.data);
+    graphc::sparse_gemm_u8s8(isa, m, static_cast<const uint8_t*>(a.data), kernel.k,
+                             *static_cast<const uint8_t*>(zp.data), w, weights.sums.data(), y, w.n, parallel, &epilogue);
+    return nullptr;
+  }
   Quantized q;
   quantize(static_cast<const float*>(a.data), a.size(), &q);
-  std::vector<int32_t> product(size_t(m * w.n));
-  graphc::sparse_gemm_u8s8(isa, m, q.values.data(), kernel.k, q.zero_point, w, weights.sums.data(),
-                           product.data(), w.n, parallel);
-  const auto* scales = static_cast<const float*>(b_scale.data);
-  const auto* offsets = static_cast<const float*>(bias.data);
-  auto* y = static_cast<float*>(out_data);
-  std::vector<float> column_scale(size_t(w.n));
-  for (int64_t j = 0; j < w.n; ++j) column_scale[size_t(j)] = q.scale * scales[b_scale.size() == 1 ? 0 : j];
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t j = 0; j < w.n; ++j) {
-      float v = float(product[size_t(i * w.n + j)]) * column_scale[size_t(j)];
-      y[i * w.n + j] = offsets ? v + offsets[j] : v;
-    }
+  epilogue.a_scale = q.scale;
+  graphc::sparse_gemm_u8s8(isa, m, q.values.data(), kernel.k, q.zero_point, w, weights.sums.data(), y, w.n, parallel,
+                           &epilogue);
   return nullptr;
 }
 
@@ -247,7 +269,7 @@ OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp* op, const OrtApi* api, 
   }
   Tensor parts[3];
   int constant = 1;
-  const size_t first = def(op).dynamic ? 1 : 2;
+  const size_t first = first_weight(def(op).kind);
   for (size_t i = 0; i < 3 && constant; ++i) {
     const OrtValue* value = nullptr;
     RETURN_IF_ERROR(g_api->KernelInfoGetConstantInput_tensor(info, first + i, &constant, &value));
@@ -262,7 +284,7 @@ OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp* op, const OrtApi* api, 
     }
     if (isa == graphc::Isa::amx) weights->prepack_amx();
   }
-  *out = new Kernel{isa, forced_isa, k, weights};
+  *out = new Kernel{def(op).kind, isa, forced_isa, k, weights};
   return nullptr;
 }
 
@@ -274,21 +296,25 @@ const char* ORT_API_CALL op_name(const OrtCustomOp* op) { return def(op).name; }
 const char* ORT_API_CALL op_provider(const OrtCustomOp*) { return nullptr; }
 
 ONNXTensorElementDataType ORT_API_CALL input_type(const OrtCustomOp* op, size_t index) {
-  static const ONNXTensorElementDataType integer[] = {
-      ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32,
-      ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8};
-  static const ONNXTensorElementDataType dynamic[] = {
-      ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32,
-      ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8,  ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
-  return def(op).dynamic ? dynamic[index] : integer[index];
+  constexpr auto u8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, i8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8,
+                 i32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, f32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  static const ONNXTensorElementDataType integer[] = {u8, u8, i32, i32, i8};
+  static const ONNXTensorElementDataType to_float[] = {u8, f32, u8, i32, i32, i8, f32, f32};
+  static const ONNXTensorElementDataType dynamic[] = {f32, i32, i32, i8, f32, f32};
+  switch (def(op).kind) {
+    case Kind::integer: return integer[index];
+    case Kind::to_float: return to_float[index];
+    default: return dynamic[index];
+  }
 }
-size_t ORT_API_CALL input_count(const OrtCustomOp* op) { return def(op).dynamic ? 6 : 5; }
+size_t ORT_API_CALL input_count(const OrtCustomOp* op) { return input_total(def(op).kind); }
 ONNXTensorElementDataType ORT_API_CALL output_type(const OrtCustomOp* op, size_t) {
-  return def(op).dynamic ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+  return def(op).kind == Kind::integer ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 }
 size_t ORT_API_CALL output_count(const OrtCustomOp*) { return 1; }
 OrtCustomOpInputOutputCharacteristic ORT_API_CALL input_characteristic(const OrtCustomOp* op, size_t index) {
-  return def(op).dynamic && index == 5 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  const Kind kind = def(op).kind;  // the bias, last, is optional
+  return kind != Kind::integer && index + 1 == input_total(kind) ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
 }
 OrtCustomOpInputOutputCharacteristic ORT_API_CALL output_characteristic(const OrtCustomOp*, size_t) {
   return INPUT_OUTPUT_REQUIRED;
@@ -298,12 +324,12 @@ int ORT_API_CALL one(const OrtCustomOp*) { return 1; }
 int ORT_API_CALL zero(const OrtCustomOp*) { return 0; }
 int ORT_API_CALL end_version(const OrtCustomOp*) { return INT_MAX; }
 
-OpDef make_op(const char* name, bool dynamic) {
+OpDef make_op(const char* name, Kind kind) {
   OpDef op;
   std::memset(static_cast<OrtCustomOp*>(&op), 0, sizeof(OrtCustomOp));
   op.version = kApiVersion;
   op.name = name;
-  op.dynamic = dynamic;
+  op.kind = kind;
   op.GetName = op_name;
   op.GetExecutionProviderType = op_provider;
   op.GetInputType = input_type;
@@ -325,8 +351,9 @@ OpDef make_op(const char* name, bool dynamic) {
   return op;
 }
 
-OpDef g_integer_op = make_op("SparseMatMulInteger", false);
-OpDef g_dynamic_op = make_op("SparseDynamicQuantizeMatMul", true);
+OpDef g_integer_op = make_op("SparseMatMulInteger", Kind::integer);
+OpDef g_to_float_op = make_op("SparseMatMulIntegerToFloat", Kind::to_float);
+OpDef g_dynamic_op = make_op("SparseDynamicQuantizeMatMul", Kind::dynamic);
 
 }  // namespace
 
@@ -342,6 +369,7 @@ __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps
   OrtCustomOpDomain* domain = nullptr;  // kept for the life of the process, as sessions may outlive the call
   RETURN_IF_ERROR(g_api->CreateCustomOpDomain("ai.graphc", &domain));
   RETURN_IF_ERROR(g_api->CustomOpDomain_Add(domain, &g_integer_op));
+  RETURN_IF_ERROR(g_api->CustomOpDomain_Add(domain, &g_to_float_op));
   RETURN_IF_ERROR(g_api->CustomOpDomain_Add(domain, &g_dynamic_op));
   return g_api->AddCustomOpDomain(options, domain);
 }

@@ -74,13 +74,32 @@ struct Job {
   uint8_t* packed;
   int64_t rows_per_panel, panels, panels_per_item, row_items, col_items, k4;
   int64_t k_bytes;  // AMX: A's padded row length
+  const float* column_scale;  // the epilogue's, or nullptr for int32 output
+  const float* bias;
 };
+
+// FloatEpilogue on rows [r0, r1) x columns [n0, n1)
+void to_float(const Job& job, int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
+  if (job.column_scale == nullptr) return;
+  for (int64_t r = r0; r < r1; ++r) {
+    int32_t* row = job.c + r * job.ldc;
+    for (int64_t n = n0; n < n1; ++n) {
+      int32_t product;
+      std::memcpy(&product, row + n, 4);
+      float value = float(product) * job.column_scale[n];
+      if (job.bias != nullptr) value += job.bias[n];
+      std::memcpy(row + n, &value, 4);
+    }
+  }
+}
 
 constexpr int64_t kAmxColumns = 32;
 
 void amx_item(void* arg, size_t item) {
   auto& job = *static_cast<Job*>(arg);
-  amx_columns(job.packed, job.m, job.k_bytes, *job.w, job.colsum, job.zp, int64_t(item) * kAmxColumns, job.c, job.ldc);
+  const int64_t n0 = int64_t(item) * kAmxColumns;
+  amx_columns(job.packed, job.m, job.k_bytes, *job.w, job.colsum, job.zp, n0, job.c, job.ldc);
+  to_float(job, 0, job.m, n0, std::min(job.w->n, n0 + kAmxColumns));
 }
 
 constexpr int64_t kColumnsPerItem = 64;
@@ -106,8 +125,9 @@ void run_item(void* arg, size_t item) {
   const int64_t n0 = col_item * kColumnsPerItem, n1 = std::min(job.w->n, n0 + kColumnsPerItem);
   if (job.isa == Isa::scalar) {
     const int64_t row0 = row_item * kScalarRows;
-    kernel_scalar(job.m, job.a, job.lda, *job.w, job.colsum, job.zp, row0, std::min(kScalarRows, job.m - row0),
-                  n0, n1, job.c, job.ldc);
+    const int64_t rows = std::min(kScalarRows, job.m - row0);
+    kernel_scalar(job.m, job.a, job.lda, *job.w, job.colsum, job.zp, row0, rows, n0, n1, job.c, job.ldc);
+    to_float(job, row0, row0 + rows, n0, n1);
     return;
   }
   const int64_t first_panel = row_item * job.panels_per_item;
@@ -118,6 +138,7 @@ void run_item(void* arg, size_t item) {
     kernel_avx2(packed, panels, *job.w, job.colsum, job.zp, row0, job.m, n0, n1, job.c, job.ldc);
   else
     kernel_avx512vnni(packed, panels, *job.w, job.colsum, job.zp, row0, job.m, n0, n1, job.c, job.ldc);
+  to_float(job, row0, std::min(job.m, row0 + panels * job.rows_per_panel), n0, n1);
 }
 
 }  // namespace
@@ -206,9 +227,15 @@ int64_t panel_rows(Isa isa) { return isa == Isa::avx2 ? 8 : 16; }
 
 void sparse_gemm_u8s8(Isa isa, int64_t m, const uint8_t* a, int64_t lda, uint8_t a_zero_point,
                       const SparseWeights& w, const int32_t* sums, int32_t* c, int64_t ldc,
-                      const ParallelFor& parallel) {
+                      const ParallelFor& parallel, const FloatEpilogue* epilogue) {
   if (m <= 0 || w.n <= 0) return;
-  Job job{isa, m, lda, a, a_zero_point, &w, c, ldc, sums, nullptr, 0, 0, 0, 0, 0, (w.k + 3) / 4, 0};
+  std::vector<float> column_scale;
+  if (epilogue != nullptr) {
+    column_scale.resize(size_t(w.n));
+    for (int64_t n = 0; n < w.n; ++n) column_scale[size_t(n)] = epilogue->a_scale * epilogue->b_scale[epilogue->per_column ? n : 0];
+  }
+  Job job{isa, m, lda, a, a_zero_point, &w, c, ldc, sums, nullptr, 0, 0, 0, 0, 0, (w.k + 3) / 4, 0,
+          epilogue ? column_scale.data() : nullptr, epilogue ? epilogue->bias : nullptr};
   job.col_items = (w.n + kColumnsPerItem - 1) / kColumnsPerItem;
   std::vector<uint8_t> packed;
   if (isa == Isa::amx) {  // A zero-padded to whole tiles: 16 rows, 64 reduction bytes

@@ -44,10 +44,21 @@ const char* validate(const SparseWeights& w, int64_t blocks);
 // sums[n] = sum over k < K of W[k, n] (what a_zero_point multiplies)
 void column_sums(const SparseWeights& w, int32_t* sums);
 
-// C (m x n, row stride ldc) = A (m x k, row stride lda) times W, less a_zero_point * sums.
+// Optional: each work item turns the int32 block it wrote into float in place (the same 4 bytes):
+// y = float(product) * column_scale[n] (+ bias[n]), column_scale[n] = a_scale * b_scale[n or 0]
+// in float32 -- the very operations of the Cast -> Mul -> Add nodes it replaces.
+struct FloatEpilogue {
+  float a_scale;
+  const float* b_scale;
+  bool per_column;     // b_scale holds n values, else 1
+  const float* bias;   // n values, or nullptr
+};
+
+// C (m x n, row stride ldc) = A (m x k, row stride lda) times W, less a_zero_point * sums
+// (int32, or float through epilogue).
 void sparse_gemm_u8s8(Isa isa, int64_t m, const uint8_t* a, int64_t lda, uint8_t a_zero_point,
                       const SparseWeights& w, const int32_t* sums, int32_t* c, int64_t ldc,
-                      const ParallelFor& parallel);
+                      const ParallelFor& parallel, const FloatEpilogue* epilogue = nullptr);
 
 // The ISAs this CPU and OS can run, best last (scalar always).
 bool isa_supported(Isa isa);
