@@ -123,6 +123,8 @@ def main(argv=None) -> int:
     parser.add_argument("--patterns", nargs="+", default=["unstructured", "1x4", "2:4"])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--shapes", nargs="+", default=[f"{k}x{n}" for k, n in SHAPES],
+                        help="K x N weights (default BERT-base's; all-MiniLM-L6-v2's are 384x1536 1536x384 384x384)")
     parser.add_argument("--json", type=pathlib.Path)
     args = parser.parse_args(argv)
     isas = kernels.supported_isas()
@@ -136,7 +138,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     records = []
     for threads in args.threads:
-        for k, n in SHAPES:
+        for k, n in (tuple(int(v) for v in shape.split("x")) for shape in args.shapes):
             for pattern in args.patterns:
                 for sparsity in ([0.5] if pattern == "2:4" else args.sparsity):
                     weight = sparse_weight(rng, k, n, sparsity, pattern)

@@ -20,8 +20,11 @@ rotated every round, median wall time per run; at least ``--seconds`` per model)
 to FP32 in the same call; then an onnxruntime profile per variant at batch 1 and the most
 threads (kernel time per op type, its share of the variant's kernel time): what is left.
 
+With ``--sparse R`` three more rows (issue 17): ``sparsify:R`` in 1x4 blocks then ``int8`` run by
+onnxruntime's dense kernels, the same with ``sparse-int8`` (graphc's kernels), and that after ``fuse``.
+
 Usage: ``python benchmarks/transformer.py [--models minilm,bert,distilbert] [--batches 1,8]
-[--threads 1,2] [--seconds 3] [--work DIR]``; prints Markdown tables, the CPU model and ISA.
+[--threads 1,2] [--seconds 3] [--sparse 0.8] [--work DIR]``; prints Markdown tables, the CPU model and ISA.
 """
 
 from __future__ import annotations
@@ -83,10 +86,22 @@ def export(model: str, work: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def make_variants(model: str, source: pathlib.Path, work: pathlib.Path, calib: pathlib.Path) -> dict[str, pathlib.Path]:
+def sparse_variants(ratio: float) -> dict[str, str]:
+    """``--sparse``: the same int8 on weights made ``ratio`` sparse in 1x4 blocks (one shot: these
+    rows are for speed; accuracy after distillation is benchmarks/sparsify.py's), run by
+    onnxruntime's dense kernels and by graphc's sparse ones (``sparse-int8``, issue 17)."""
+    sparse = f"sparsify:{ratio}:pattern=block:block=1x4"
+    return {f"{sparse} int8 (dense kernels)": f"fold,{sparse},int8",
+            f"{sparse} int8, sparse-int8": f"fold,{sparse},int8,sparse-int8",
+            f"fused + {sparse} int8, sparse-int8": f"fold,fuse,{sparse},int8,sparse-int8"}
+
+
+def make_variants(model: str, source: pathlib.Path, work: pathlib.Path, calib: pathlib.Path,
+                  sparse: float | None = None) -> dict[str, pathlib.Path]:
     paths = {}
-    for label, passes in GRAPHC_VARIANTS.items():
-        out = work / f"{model}.{label.replace(' ', '_').replace('+', 'plus')}.onnx"
+    variants = dict(GRAPHC_VARIANTS, **(sparse_variants(sparse) if sparse else {}))
+    for i, (label, passes) in enumerate(variants.items()):
+        out = work / f"{model}.variant{i}.onnx"
         command = [sys.executable, "-m", "graphc", "optimize", str(source), "--passes", passes, "-o", str(out),
                    "--quiet"]
         if "int8" in passes:
@@ -131,7 +146,7 @@ def run_model(model: str, args, work: pathlib.Path) -> str:
     calib = work / f"{model}.calib.npz"
     np.savez(calib, **rows(model, args.calib, 0 if model == "minilm" else 1))
     held_out = rows(model, args.eval, args.calib if model == "minilm" else 2)
-    paths = make_variants(model, source, work, calib)
+    paths = make_variants(model, source, work, calib, args.sparse)
     labels = list(paths)
     models = {label: onnx.load(str(p)) for label, p in paths.items()}
     reference = outputs(paths["FP32"], held_out, max(args.threads))
@@ -175,6 +190,7 @@ def parse_args(argv):
     ap.add_argument("--calib", type=int, default=64, help="calibration rows for the int8 variants")
     ap.add_argument("--eval", type=int, default=64, help="held-out rows for the cosines (the first ones are timed)")
     ap.add_argument("--work", type=pathlib.Path, help="directory for the exports and variants (kept)")
+    ap.add_argument("--sparse", type=float, help="also the sparse rows at this 1x4-block sparsity (e.g. 0.8)")
     args = ap.parse_args(argv)
     args.models = args.models.split(",")
     args.batches = [int(b) for b in args.batches.split(",")]

@@ -44,7 +44,7 @@ import onnx
 import onnxruntime as ort
 
 from graphc.errors import GraphcError, first_line
-from graphc.runtime import open_session, session_options
+from graphc.runtime import open_session, register_graphc_ops, session_options
 
 SUFFIXES = re.compile(r"(_token_\d+|_nchwc|/duplicated)$")
 PREFIX = "fused "
@@ -91,6 +91,7 @@ def _open(model: onnx.ModelProto, directory: pathlib.Path, index: int, threads: 
     onnx.save(model, str(model_path))
     options = session_options(threads, spinning=False, profile_prefix=str(directory / f"profile{index}"))
     options.optimized_model_filepath = str(directory / f"executed{index}.onnx")
+    register_graphc_ops(model, options)
     try:
         session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's own exception types

@@ -56,7 +56,7 @@ void amx_prepack(const SparseWeights& w, int8_t* panels, uint8_t* nonzero) {
 }
 
 void amx_columns(const uint8_t* a_tiles, int64_t m, int64_t k_bytes, const SparseWeights& w, const int32_t* colsum,
-                 uint8_t zp, int64_t n0, int32_t* c, int64_t ldc) {
+                 uint8_t zp, int64_t n0, int32_t* c, int64_t ldc, const float* column_scale, const float* bias) {
   // columns n0 .. n0 + 31, every row; a_tiles: [rows rounded up to 16][k_bytes], k_bytes = 64 * k_tiles
   const int64_t k_tiles = k_bytes / 64;
   std::vector<int8_t> panels;
@@ -84,10 +84,13 @@ void amx_columns(const uint8_t* a_tiles, int64_t m, int64_t k_bytes, const Spars
   alignas(64) int32_t out[4][16][16];
   __mmask16 mask[2];
   __m512i offset[2];
+  __m512 scale[2], shift[2];
   for (int p = 0; p < 2; ++p) {
     const int64_t columns = std::clamp<int64_t>(w.n - n0 - p * 16, 0, 16);
     mask[p] = __mmask16((1u << columns) - 1);
     offset[p] = _mm512_mullo_epi32(_mm512_set1_epi32(zp), _mm512_maskz_loadu_epi32(mask[p], colsum + n0 + p * 16));
+    scale[p] = column_scale ? _mm512_maskz_loadu_ps(mask[p], column_scale + n0 + p * 16) : _mm512_setzero_ps();
+    shift[p] = bias ? _mm512_maskz_loadu_ps(mask[p], bias + n0 + p * 16) : _mm512_setzero_ps();
   }
   for (int64_t m0 = 0; m0 < m; m0 += 32) {
     const bool two_rows = m0 + 16 < m;
@@ -118,9 +121,16 @@ void amx_columns(const uint8_t* a_tiles, int64_t m, int64_t k_bytes, const Spars
     for (int half = 0; half < (two_rows ? 2 : 1); ++half)
       for (int64_t i = 0; i < 16 && m0 + half * 16 + i < m; ++i) {
         int32_t* row = c + (m0 + half * 16 + i) * ldc;
-        for (int p = 0; p < 2; ++p)
-          _mm512_mask_storeu_epi32(row + n0 + p * 16, mask[p],
-                                   _mm512_sub_epi32(_mm512_load_si512(out[half * 2 + p][i]), offset[p]));
+        for (int p = 0; p < 2; ++p) {
+          const __m512i product = _mm512_sub_epi32(_mm512_load_si512(out[half * 2 + p][i]), offset[p]);
+          if (column_scale == nullptr) {
+            _mm512_mask_storeu_epi32(row + n0 + p * 16, mask[p], product);
+          } else {  // float(product) * scale (+ bias), as the Cast -> Mul -> Add nodes
+            __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(product), scale[p]);
+            if (bias) y = _mm512_add_ps(y, shift[p]);
+            _mm512_mask_storeu_ps(reinterpret_cast<float*>(row + n0 + p * 16), mask[p], y);
+          }
+        }
       }
   }
   _tile_release();

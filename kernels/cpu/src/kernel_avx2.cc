@@ -22,11 +22,13 @@ template <int P>
 inline void column(const uint8_t* packed, int64_t panel_bytes, const SparseWeights& w, int64_t n, int32_t* out) {
   __m256i lo[P], hi[P];
   for (int t = 0; t < P; ++t) lo[t] = hi[t] = _mm256_setzero_si256();
-  const int32_t end = w.col_ptr[n + 1];
-  for (int32_t b = w.col_ptr[n]; b < end; ++b) {
+  const int32_t first = w.col_ptr[n], count = w.col_ptr[n + 1] - first;  // in locals, as the VNNI kernel
+  const int32_t* groups = w.block_k + first;
+  const int8_t* values = w.values + int64_t(first) * 4;
+  for (int32_t b = 0; b < count; ++b) {
     // [w0 w1 w2 w3] as int16, four times
-    const __m256i wb = _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(_mm_cvtsi32_si128(load4(w.values + int64_t(b) * 4))));
-    const uint8_t* a = packed + int64_t(w.block_k[b]) * 32;
+    const __m256i wb = _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(_mm_cvtsi32_si128(load4(values + int64_t(b) * 4))));
+    const uint8_t* a = packed + int64_t(groups[b]) * 32;
     for (int t = 0; t < P; ++t) {
       const uint8_t* p = a + t * panel_bytes;
       const __m256i a_lo = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));       // rows 0-3

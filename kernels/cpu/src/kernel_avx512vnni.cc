@@ -25,18 +25,21 @@ inline void column(const uint8_t* packed, int64_t panel_bytes, const SparseWeigh
   __m512i acc[U][P];
   for (int u = 0; u < U; ++u)
     for (int t = 0; t < P; ++t) acc[u][t] = _mm512_setzero_si512();
-  int32_t b = w.col_ptr[n];
-  const int32_t end = w.col_ptr[n + 1];
-  for (; b + U <= end; b += U)
+  // the column's groups and weights in locals: loads through w would be repeated every block
+  const int32_t first = w.col_ptr[n], count = w.col_ptr[n + 1] - first;
+  const int32_t* groups = w.block_k + first;
+  const int8_t* values = w.values + int64_t(first) * 4;
+  int32_t b = 0;
+  for (; b + U <= count; b += U)
     for (int u = 0; u < U; ++u) {
-      const __m512i wb = _mm512_set1_epi32(load4(w.values + int64_t(b + u) * 4));
-      const uint8_t* a = packed + int64_t(w.block_k[b + u]) * 64;
+      const __m512i wb = _mm512_set1_epi32(load4(values + int64_t(b + u) * 4));
+      const uint8_t* a = packed + int64_t(groups[b + u]) * 64;
       for (int t = 0; t < P; ++t)
         acc[u][t] = _mm512_dpbusd_epi32(acc[u][t], _mm512_loadu_si512(a + t * panel_bytes), wb);
     }
-  for (; b < end; ++b) {
-    const __m512i wb = _mm512_set1_epi32(load4(w.values + int64_t(b) * 4));
-    const uint8_t* a = packed + int64_t(w.block_k[b]) * 64;
+  for (; b < count; ++b) {
+    const __m512i wb = _mm512_set1_epi32(load4(values + int64_t(b) * 4));
+    const uint8_t* a = packed + int64_t(groups[b]) * 64;
     for (int t = 0; t < P; ++t)
       acc[0][t] = _mm512_dpbusd_epi32(acc[0][t], _mm512_loadu_si512(a + t * panel_bytes), wb);
   }
@@ -76,9 +79,10 @@ inline void transpose16(__m512i r[16]) {
 }  // namespace
 
 void kernel_avx512vnni(const uint8_t* packed, int64_t panels, const SparseWeights& w, const int32_t* colsum,
-                       uint8_t zp, int64_t row0, int64_t m, int64_t n0, int64_t n1, int32_t* c, int64_t ldc) {
+                       uint8_t zp, int64_t row0, int64_t m, int64_t n0, int64_t n1, int32_t* c, int64_t ldc,
+                       const float* column_scale, const float* bias) {
   const int64_t panel_bytes = (w.k + 3) / 4 * 64;
-  alignas(64) int32_t buf[16][64];
+  alignas(64) int32_t buf[16][128];
   const __m512i zpv = _mm512_set1_epi32(zp);
   for (int64_t nb = n0; nb < n1; nb += 16) {
     const int64_t nc = std::min<int64_t>(16, n1 - nb);
@@ -87,11 +91,17 @@ void kernel_avx512vnni(const uint8_t* packed, int64_t panels, const SparseWeight
         case 1: column<1, 8>(packed, panel_bytes, w, nb + j, buf[j]); break;
         case 2: column<2, 4>(packed, panel_bytes, w, nb + j, buf[j]); break;
         case 3: column<3, 3>(packed, panel_bytes, w, nb + j, buf[j]); break;
-        default: column<4, 2>(packed, panel_bytes, w, nb + j, buf[j]); break;
+        case 4: column<4, 2>(packed, panel_bytes, w, nb + j, buf[j]); break;
+        case 5: column<5, 2>(packed, panel_bytes, w, nb + j, buf[j]); break;
+        case 6: column<6, 1>(packed, panel_bytes, w, nb + j, buf[j]); break;
+        case 7: column<7, 1>(packed, panel_bytes, w, nb + j, buf[j]); break;
+        default: column<8, 1>(packed, panel_bytes, w, nb + j, buf[j]); break;
       }
     }
     const __mmask16 cols = __mmask16((1u << nc) - 1);
     const __m512i offset = _mm512_mullo_epi32(zpv, _mm512_maskz_loadu_epi32(cols, colsum + nb));
+    const __m512 scale = column_scale ? _mm512_maskz_loadu_ps(cols, column_scale + nb) : _mm512_setzero_ps();
+    const __m512 shift = bias ? _mm512_maskz_loadu_ps(cols, bias + nb) : _mm512_setzero_ps();
     for (int64_t t = 0; t < panels; ++t) {
       __m512i r[16];
       for (int j = 0; j < 16; ++j) r[j] = j < nc ? _mm512_load_si512(buf[j] + t * 16) : _mm512_setzero_si512();
@@ -99,7 +109,14 @@ void kernel_avx512vnni(const uint8_t* packed, int64_t panels, const SparseWeight
       for (int i = 0; i < 16; ++i) {
         const int64_t row = row0 + t * 16 + i;
         if (row >= m) break;
-        _mm512_mask_storeu_epi32(c + row * ldc + nb, cols, _mm512_sub_epi32(r[i], offset));
+        const __m512i product = _mm512_sub_epi32(r[i], offset);
+        if (column_scale == nullptr) {
+          _mm512_mask_storeu_epi32(c + row * ldc + nb, cols, product);
+        } else {  // float(product) * scale (+ bias): two roundings, as the Cast -> Mul -> Add nodes
+          __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(product), scale);
+          if (bias) y = _mm512_add_ps(y, shift);
+          _mm512_mask_storeu_ps(reinterpret_cast<float*>(c + row * ldc + nb), cols, y);
+        }
       }
     }
   }

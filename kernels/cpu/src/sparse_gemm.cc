@@ -98,8 +98,8 @@ constexpr int64_t kAmxColumns = 32;
 void amx_item(void* arg, size_t item) {
   auto& job = *static_cast<Job*>(arg);
   const int64_t n0 = int64_t(item) * kAmxColumns;
-  amx_columns(job.packed, job.m, job.k_bytes, *job.w, job.colsum, job.zp, n0, job.c, job.ldc);
-  to_float(job, 0, job.m, n0, std::min(job.w->n, n0 + kAmxColumns));
+  amx_columns(job.packed, job.m, job.k_bytes, *job.w, job.colsum, job.zp, n0, job.c, job.ldc, job.column_scale,
+              job.bias);
 }
 
 constexpr int64_t kColumnsPerItem = 64;
@@ -134,11 +134,13 @@ void run_item(void* arg, size_t item) {
   const int64_t panels = std::min(job.panels_per_item, job.panels - first_panel);
   const uint8_t* packed = job.packed + first_panel * job.k4 * job.rows_per_panel * 4;
   const int64_t row0 = first_panel * job.rows_per_panel;
-  if (job.isa == Isa::avx2)
+  if (job.isa == Isa::avx2) {
     kernel_avx2(packed, panels, *job.w, job.colsum, job.zp, row0, job.m, n0, n1, job.c, job.ldc);
-  else
-    kernel_avx512vnni(packed, panels, *job.w, job.colsum, job.zp, row0, job.m, n0, n1, job.c, job.ldc);
-  to_float(job, row0, std::min(job.m, row0 + panels * job.rows_per_panel), n0, n1);
+    to_float(job, row0, std::min(job.m, row0 + panels * job.rows_per_panel), n0, n1);
+  } else {
+    kernel_avx512vnni(packed, panels, *job.w, job.colsum, job.zp, row0, job.m, n0, n1, job.c, job.ldc,
+                      job.column_scale, job.bias);
+  }
 }
 
 }  // namespace
@@ -252,7 +254,7 @@ void sparse_gemm_u8s8(Isa isa, int64_t m, const uint8_t* a, int64_t lda, uint8_t
   } else {
     job.rows_per_panel = panel_rows(isa);
     job.panels = (m + job.rows_per_panel - 1) / job.rows_per_panel;
-    job.panels_per_item = 4;
+    job.panels_per_item = isa == Isa::avx512vnni ? 8 : 4;  // 128 rows: one walk of each column's blocks
     job.row_items = (job.panels + job.panels_per_item - 1) / job.panels_per_item;
     packed.resize(size_t(job.panels * job.k4 * job.rows_per_panel * 4 + 64));
     job.packed = packed.data();

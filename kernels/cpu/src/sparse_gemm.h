@@ -73,12 +73,14 @@ void kernel_scalar(int64_t m, const uint8_t* a, int64_t lda, const SparseWeights
 // packed kernels read A packed by pack_panel: [K4][R][4] bytes per panel of R rows.
 void kernel_avx2(const uint8_t* packed, int64_t panels, const SparseWeights& w, const int32_t* colsum,
                  uint8_t zp, int64_t row0, int64_t m, int64_t n0, int64_t n1, int32_t* c, int64_t ldc);
+// column_scale (and bias, may be null): write y = float(product) * column_scale[n] (+ bias[n]) as float
 void kernel_avx512vnni(const uint8_t* packed, int64_t panels, const SparseWeights& w, const int32_t* colsum,
-                       uint8_t zp, int64_t row0, int64_t m, int64_t n0, int64_t n1, int32_t* c, int64_t ldc);
+                       uint8_t zp, int64_t row0, int64_t m, int64_t n0, int64_t n1, int32_t* c, int64_t ldc,
+                       const float* column_scale, const float* bias);
 // AMX: columns n0 .. n0 + 31 of every row, from A copied to [rows rounded up to 16][k_bytes]
 // (k_bytes: K rounded up to 64, zero padded)
 void amx_columns(const uint8_t* a_tiles, int64_t m, int64_t k_bytes, const SparseWeights& w, const int32_t* colsum,
-                 uint8_t zp, int64_t n0, int32_t* c, int64_t ldc);
+                 uint8_t zp, int64_t n0, int32_t* c, int64_t ldc, const float* column_scale, const float* bias);
 // the AMX panels of w (k_tiles = ceil(K / 64)); sizes: panels ceil(n / 16) * k_tiles * 1024 bytes
 void amx_prepack(const SparseWeights& w, int8_t* panels, uint8_t* nonzero);
 int64_t panel_rows(Isa isa);  // R: 8 (avx2), 16 (avx512vnni)
