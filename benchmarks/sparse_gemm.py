@@ -12,7 +12,8 @@ each variant once per round, ``--rounds`` rounds, the median per variant) of:
 - ``graphc-dqmm``: ``ai.graphc.SparseDynamicQuantizeMatMul`` (same contract as
   ``DynamicQuantizeMatMul``), default path.
 
-Patterns: ``unstructured`` (random zeros), ``1x4`` (whole groups of 4 along K, what the
+Weights: ``--weight-bits`` (default: what graphc ``int8`` writes on this CPU, 7 bits where u8 x s8
+products saturate, which is also what lets the AVX2 path use vpmaddubsw). Patterns: ``unstructured`` (random zeros), ``1x4`` (whole groups of 4 along K, what the
 kernels skip best) and ``2:4``. GOP/s are dense-equivalent (2 M K N per run). The ``vs int8``
 column is ``ort-int8``'s time over the best graphc path's (above 1: graphc faster); ``vs dqmm``
 compares the float-in/float-out forms. The weights are the same in every variant of a row
@@ -40,7 +41,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from graphc import kernels  # noqa: E402
-from graphc.cpu_features import cpu_name  # noqa: E402
+from graphc.cpu_features import cpu_name, default_weight_bits  # noqa: E402
 from graphc.kernels.layout import pack  # noqa: E402
 from graphc.runtime import open_session  # noqa: E402
 
@@ -48,8 +49,9 @@ SHAPES = [(768, 3072), (3072, 768), (768, 768)]
 OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1), helper.make_opsetid(kernels.DOMAIN, 1)]
 
 
-def sparse_weight(rng: np.random.Generator, k: int, n: int, sparsity: float, pattern: str) -> np.ndarray:
-    weight = rng.integers(-127, 128, (k, n)).astype(np.int8)
+def sparse_weight(rng: np.random.Generator, k: int, n: int, sparsity: float, pattern: str, bits: int = 8) -> np.ndarray:
+    top = 2 ** (bits - 1) - 1
+    weight = rng.integers(-top, top + 1, (k, n)).astype(np.int8)
     if pattern == "unstructured":
         weight[rng.random((k, n)) < sparsity] = 0
     elif pattern == "1x4":
@@ -126,10 +128,12 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes", nargs="+", default=[f"{k}x{n}" for k, n in SHAPES],
                         help="K x N weights (default BERT-base's; all-MiniLM-L6-v2's are 384x1536 1536x384 384x384)")
     parser.add_argument("--json", type=pathlib.Path)
+    parser.add_argument("--weight-bits", type=int, choices=(7, 8), default=default_weight_bits(),
+                        help="weight range: what graphc int8 writes on this CPU (7 where u8 x s8 saturates)")
     args = parser.parse_args(argv)
     isas = kernels.supported_isas()
     print(f"CPU: {cpu_name()}; graphc kernel paths: {', '.join(isas)} (default {kernels.default_isa()}); "
-          f"{args.rounds} interleaved rounds, median, non-spinning sessions\n")
+          f"{args.weight_bits}-bit weights; {args.rounds} interleaved rounds, median, non-spinning sessions\n")
     graphc_names = [f"graphc-{isa}" for isa in isas]
     header = ["threads", "M", "K x N", "pattern", "sparsity", "ort-fp32", "ort-int8", "ort-dqmm", *graphc_names,
               "graphc-dqmm", "vs int8", "vs dqmm"]
@@ -141,7 +145,7 @@ def main(argv=None) -> int:
         for k, n in (tuple(int(v) for v in shape.split("x")) for shape in args.shapes):
             for pattern in args.patterns:
                 for sparsity in ([0.5] if pattern == "2:4" else args.sparsity):
-                    weight = sparse_weight(rng, k, n, sparsity, pattern)
+                    weight = sparse_weight(rng, k, n, sparsity, pattern, args.weight_bits)
                     scale = rng.uniform(0.001, 0.01, n).astype(np.float32)
                     runs = sessions(weight, scale, threads, isas)
                     for m in args.m:

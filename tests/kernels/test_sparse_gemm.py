@@ -177,3 +177,18 @@ def test_to_float_op_equals_the_cast_mul_add_it_replaces_bit_for_bit(isa, per_co
         feeds = {"A": rng.integers(0, 256, (m, k)).astype(np.uint8), "a_scale": np.array(0.037, np.float32),
                  "zp": np.array(121, np.uint8)}
         np.testing.assert_array_equal(sparse.run(None, feeds)[0], dense.run(None, feeds)[0])
+
+
+@pytest.mark.parametrize("limit", [63, 64, 127])
+def test_weights_whose_pairs_fit_int16_and_those_that_do_not(isa, limit):
+    """AVX2 multiplies with vpmaddubsw only when every pair has |w0| + |w1| <= 128 (graphc int8's
+    7-bit weights: 63; 64 + 64 is the edge); 127 needs the widening form. Both exact at the
+    extremes: A = 255 against the pairs' largest sums."""
+    rng = np.random.default_rng(limit)
+    k, n, m = 96, 40, 21
+    weight = rng.choice([-limit, limit], (k, n)).astype(np.int8)
+    weight[rng.random((k, n)) < 0.3] = 0
+    a = np.full((1, m, k), 255, np.uint8)
+    a[0, 1::2] = rng.integers(0, 256, (m // 2, k))
+    np.testing.assert_array_equal(run_integer(weight, a, 0), integer_product(a, 0, weight))
+    np.testing.assert_array_equal(run_integer(weight, a, 255), integer_product(a, 255, weight))

@@ -1,6 +1,8 @@
-// AVX2 kernel (compiled with -mavx2): 8 rows of A per panel (packed [K4][8][4]). u8 x s8 is
-// widened to 16 bits and multiplied with vpmaddwd, which cannot saturate (vpmaddubsw adds two
-// u8 x s8 products into a saturating int16: 255 * 127 * 2 > 32767, so it is not used here).
+// AVX2 kernel (compiled with -mavx2): 8 rows of A per panel (packed [K4][8][4]). vpmaddubsw adds
+// two u8 x s8 products into a saturating int16 (255 * 127 * 2 > 32767), so it is used only for
+// weights whose pairs cannot overflow (SparseWeights::pairs_fit_int16: one vpmaddubsw and one
+// vpmaddwd per group and panel); any other weights are widened to 16 bits and multiplied with
+// vpmaddwd, which cannot saturate.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -44,6 +46,27 @@ inline void column(const uint8_t* packed, int64_t panel_bytes, const SparseWeigh
                        _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(lo[t], hi[t]), order));
 }
 
+// the vpmaddubsw form: per group, [a0 a1 a2 a3] of 8 rows x [w0 w1 w2 w3] -> 8 int16 pairs -> 8 int32
+template <int P>
+inline void column_maddubs(const uint8_t* packed, int64_t panel_bytes, const SparseWeights& w, int64_t n,
+                           int32_t* out) {
+  __m256i acc[P];
+  for (int t = 0; t < P; ++t) acc[t] = _mm256_setzero_si256();
+  const __m256i ones = _mm256_set1_epi16(1);
+  const int32_t first = w.col_ptr[n], count = w.col_ptr[n + 1] - first;
+  const int32_t* groups = w.block_k + first;
+  const int8_t* values = w.values + int64_t(first) * 4;
+  for (int32_t b = 0; b < count; ++b) {
+    const __m256i wb = _mm256_set1_epi32(load4(values + int64_t(b) * 4));
+    const uint8_t* a = packed + int64_t(groups[b]) * 32;
+    for (int t = 0; t < P; ++t) {
+      const __m256i pairs = _mm256_maddubs_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + t * panel_bytes)), wb);
+      acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(pairs, ones));
+    }
+  }
+  for (int t = 0; t < P; ++t) _mm256_store_si256(reinterpret_cast<__m256i*>(out + t * 8), acc[t]);
+}
+
 }  // namespace
 
 void kernel_avx2(const uint8_t* packed, int64_t panels, const SparseWeights& w, const int32_t* colsum,
@@ -53,6 +76,15 @@ void kernel_avx2(const uint8_t* packed, int64_t panels, const SparseWeights& w, 
   for (int64_t nb = n0; nb < n1; nb += 16) {
     const int64_t nc = std::min<int64_t>(16, n1 - nb);
     for (int64_t j = 0; j < nc; ++j) {
+      if (w.pairs_fit_int16) {
+        switch (panels) {
+          case 1: column_maddubs<1>(packed, panel_bytes, w, nb + j, buf[j]); break;
+          case 2: column_maddubs<2>(packed, panel_bytes, w, nb + j, buf[j]); break;
+          case 3: column_maddubs<3>(packed, panel_bytes, w, nb + j, buf[j]); break;
+          default: column_maddubs<4>(packed, panel_bytes, w, nb + j, buf[j]); break;
+        }
+        continue;
+      }
       switch (panels) {
         case 1: column<1>(packed, panel_bytes, w, nb + j, buf[j]); break;
         case 2: column<2>(packed, panel_bytes, w, nb + j, buf[j]); break;

@@ -128,6 +128,7 @@ OrtStatus* prepare(const Tensor& col_ptr, const Tensor& block_k, const Tensor& v
   out->w = graphc::SparseWeights{k, col_ptr.size() - 1, static_cast<const int32_t*>(col_ptr.data),
                                  static_cast<const int32_t*>(block_k.data), static_cast<const int8_t*>(values.data)};
   if (const char* problem = graphc::validate(out->w, blocks)) return fail(problem);
+  out->w.pairs_fit_int16 = graphc::pairs_fit_int16(out->w);
   out->sums.resize(size_t(out->w.n));
   graphc::column_sums(out->w, out->sums.data());
   return nullptr;

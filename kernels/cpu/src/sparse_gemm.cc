@@ -103,6 +103,7 @@ void amx_item(void* arg, size_t item) {
 }
 
 constexpr int64_t kColumnsPerItem = 64;
+constexpr int64_t kItemBytes = 24 * 1024;
 constexpr int64_t kScalarRows = 16;
 
 void pack_panel(void* arg, size_t panel) {
@@ -173,6 +174,15 @@ const char* validate(const SparseWeights& w, int64_t blocks) {
         return "block_k must increase within a column and stay below ceil(K / 4)";
   }
   return nullptr;
+}
+
+bool pairs_fit_int16(const SparseWeights& w) {
+  const int64_t count = int64_t(w.col_ptr[w.n]) * 2;
+  for (int64_t p = 0; p < count; ++p) {
+    const int a = w.values[2 * p], b = w.values[2 * p + 1];
+    if ((a < 0 ? -a : a) + (b < 0 ? -b : b) > 128) return false;
+  }
+  return true;
 }
 
 void column_sums(const SparseWeights& w, int32_t* sums) {
@@ -254,7 +264,10 @@ void sparse_gemm_u8s8(Isa isa, int64_t m, const uint8_t* a, int64_t lda, uint8_t
   } else {
     job.rows_per_panel = panel_rows(isa);
     job.panels = (m + job.rows_per_panel - 1) / job.rows_per_panel;
-    job.panels_per_item = isa == Isa::avx512vnni ? 8 : 4;  // 128 rows: one walk of each column's blocks
+    // as many panels as keep an item's packed A within about half of a 48 KB L1 data cache (each
+    // column's groups are read in K order across all of them), at most 8 (VNNI) or 4 (AVX2)
+    const int64_t panel_bytes = job.k4 * job.rows_per_panel * 4;
+    job.panels_per_item = std::clamp<int64_t>(kItemBytes / panel_bytes, 1, isa == Isa::avx512vnni ? 8 : 4);
     job.row_items = (job.panels + job.panels_per_item - 1) / job.panels_per_item;
     packed.resize(size_t(job.panels * job.k4 * job.rows_per_panel * 4 + 64));
     job.packed = packed.data();

@@ -29,7 +29,13 @@ struct SparseWeights {
   // ([ceil(n / 16)][k_tiles]); made once by amx_prepack for constant weights
   const int8_t* amx_panels = nullptr;
   const uint8_t* amx_nonzero = nullptr;
+  // every pair of weights (w[4b], w[4b+1]) and (w[4b+2], w[4b+3]) has |w0| + |w1| <= 128, so
+  // vpmaddubsw's saturating int16 sum of two u8 x s8 products cannot overflow (255 * 128 = 32640);
+  // true of graphc int8's 7-bit weights (|w| <= 63); set by pairs_fit_int16
+  bool pairs_fit_int16 = false;
 };
+
+bool pairs_fit_int16(const SparseWeights& w);
 
 // Runs fn(i) for i in [0, count), possibly in parallel (onnxruntime's intra-op pool).
 struct ParallelFor {
@@ -71,6 +77,7 @@ bool parse_isa(const char* name, Isa* out);
 void kernel_scalar(int64_t m, const uint8_t* a, int64_t lda, const SparseWeights& w, const int32_t* colsum,
                    uint8_t zp, int64_t row0, int64_t rows, int64_t n0, int64_t n1, int32_t* c, int64_t ldc);
 // packed kernels read A packed by pack_panel: [K4][R][4] bytes per panel of R rows.
+// AVX2: vpmaddubsw where w.pairs_fit_int16, else 16-bit widening and vpmaddwd
 void kernel_avx2(const uint8_t* packed, int64_t panels, const SparseWeights& w, const int32_t* colsum,
                  uint8_t zp, int64_t row0, int64_t m, int64_t n0, int64_t n1, int32_t* c, int64_t ldc);
 // column_scale (and bias, may be null): write y = float(product) * column_scale[n] (+ bias[n]) as float
