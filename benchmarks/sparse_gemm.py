@@ -14,7 +14,8 @@ each variant once per round, ``--rounds`` rounds, the median per variant) of:
 
 Weights: ``--weight-bits`` (default: what graphc ``int8`` writes on this CPU, 7 bits where u8 x s8
 products saturate, which is also what lets the AVX2 path use vpmaddubsw). Patterns: ``unstructured`` (random zeros), ``1x4`` (whole groups of 4 along K, what the
-kernels skip best) and ``2:4``. GOP/s are dense-equivalent (2 M K N per run). The ``vs int8``
+vector paths skip), ``16x64`` (whole 16-output x 64-reduction blocks, ``sparsify:pattern=block:
+block=16x64``: the weight tiles the AMX path skips) and ``2:4``. GOP/s are dense-equivalent (2 M K N per run). The ``vs int8``
 column is ``ort-int8``'s time over the best graphc path's (above 1: graphc faster); ``vs dqmm``
 compares the float-in/float-out forms. The weights are the same in every variant of a row
 (onnxruntime's time can depend on them: zeros cost less power on some CPUs).
@@ -56,6 +57,8 @@ def sparse_weight(rng: np.random.Generator, k: int, n: int, sparsity: float, pat
         weight[rng.random((k, n)) < sparsity] = 0
     elif pattern == "1x4":
         weight[np.repeat(rng.random((k // 4, n)) < sparsity, 4, axis=0)] = 0
+    elif pattern == "16x64":  # whole 16-output x 64-reduction blocks: the AMX tiles graphc's AMX path skips
+        weight[np.kron(rng.random((k // 64, n // 16)) < sparsity, np.ones((64, 16), bool))] = 0
     elif pattern == "2:4":  # 50% whatever --sparsity says
         order = np.argsort(rng.random((k // 4, 4, n)), axis=1)[:, :2]
         grouped = weight.reshape(k // 4, 4, n)
@@ -122,7 +125,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--m", type=int, nargs="+", default=[1, 32, 128])
     parser.add_argument("--sparsity", type=float, nargs="+", default=[0.0, 0.5, 0.7, 0.8, 0.9])
-    parser.add_argument("--patterns", nargs="+", default=["unstructured", "1x4", "2:4"])
+    parser.add_argument("--patterns", nargs="+", default=["unstructured", "1x4", "16x64", "2:4"])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--shapes", nargs="+", default=[f"{k}x{n}" for k, n in SHAPES],
