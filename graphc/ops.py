@@ -16,6 +16,9 @@ of its inputs and of its first output:
   ``[B, S_kv, hidden]``, counted dense as in the unfused graph (padding skipped at run time
   is not subtracted).
 
+- graphc's sparse ops (``ai.graphc``, ``sparse-int8``): the work the kernel does, rows x 4 x
+  the kept 4-groups (rows from A ``[..., K]``, the groups from ``block_k``'s length).
+
 Other ops are cheap element-wise work and count 0.
 """
 
@@ -30,7 +33,9 @@ CONV_OPS = ("Conv", "ConvTranspose")
 CONV_WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}  # convolutions: where the weight is
 MATMUL_B_INPUT = {"MatMul": 1, "MatMulInteger": 1, "QLinearMatMul": 3, "MatMulIntegerToFloat": 1, "FusedMatMul": 1}
 ATTENTION_OPS = frozenset({"MultiHeadAttention", "GroupQueryAttention"})
-MAC_OPS = frozenset({*CONV_WEIGHT_INPUT, *MATMUL_B_INPUT, *ATTENTION_OPS, "Gemm", "ConvTranspose"})
+# graphc's sparse ops: where block_k is (graphc.kernels.WEIGHT_INPUTS + 1)
+SPARSE_BLOCK_INPUT = {"SparseMatMulInteger": 3, "SparseMatMulIntegerToFloat": 4, "SparseDynamicQuantizeMatMul": 2}
+MAC_OPS = frozenset({*CONV_WEIGHT_INPUT, *MATMUL_B_INPUT, *ATTENTION_OPS, *SPARSE_BLOCK_INPUT, "Gemm", "ConvTranspose"})
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 INTEGER_OPS = frozenset({"QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QGemm",
                          "ConvInteger", "MatMulInteger"})  # compute ops that already run in integers
@@ -52,6 +57,11 @@ def node_macs(op: str, input_shape: Callable[[int], Shape | None], output_shape:
         if q is None or k is None or len(q) != 3 or len(k) != 3:
             return None
         return 2 * int(q[0]) * int(q[1]) * int(k[1]) * int(q[2])
+    if op in SPARSE_BLOCK_INPUT:
+        a, groups = input_shape(0), input_shape(SPARSE_BLOCK_INPUT[op])
+        if a is None or groups is None or len(groups) != 1:
+            return None
+        return int(np.prod(a[:-1])) * 4 * int(groups[0])
     if op == "ConvTranspose":
         x, weight = input_shape(0), input_shape(1)
         return None if x is None or weight is None else int(np.prod(x)) * int(np.prod(weight[1:]))
