@@ -14,12 +14,6 @@ namespace graphc {
 
 namespace {
 
-inline int32_t load4(const int8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
-
 template <int P>
 inline void column(const uint8_t* packed, int64_t panel_bytes, const SparseWeights& w, int64_t n, int32_t* out) {
   __m256i lo[P], hi[P];

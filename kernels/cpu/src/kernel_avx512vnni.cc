@@ -12,12 +12,6 @@ namespace graphc {
 
 namespace {
 
-inline int32_t load4(const int8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
-
 // P panels (16 rows each) of one column; U blocks at a time into separate accumulators, so
 // U * P vpdpbusd chains are in flight (its latency is about 5 cycles)
 template <int P, int U>

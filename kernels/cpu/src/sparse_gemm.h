@@ -13,8 +13,16 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 namespace graphc {
+
+// one 4-weight group as an int32 (the broadcast unit of the vector kernels), unaligned-safe
+inline int32_t load4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
 
 enum class Isa { scalar = 0, avx2 = 1, avx512vnni = 2, amx = 3 };
 
