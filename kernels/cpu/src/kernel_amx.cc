@@ -57,7 +57,7 @@ void amx_prepack(const SparseWeights& w, int8_t* panels, uint8_t* nonzero) {
 
 void amx_columns(const uint8_t* a_tiles, int64_t m, int64_t k_bytes, const SparseWeights& w, const int32_t* colsum,
                  uint8_t zp, int64_t n0, int32_t* c, int64_t ldc, const float* column_scale, const float* bias) {
-  // columns n0 .. n0 + 31, every row; a_tiles: [rows rounded up to 16][k_bytes], k_bytes = 64 * k_tiles
+  // columns n0 .. n0 + 31, every row; a_tiles: [rows / 16][k_tiles][16][64], k_bytes = 64 * k_tiles
   const int64_t k_tiles = k_bytes / 64;
   std::vector<int8_t> panels;
   std::vector<uint8_t> nonzero;
@@ -100,9 +100,9 @@ void amx_columns(const uint8_t* a_tiles, int64_t m, int64_t k_bytes, const Spars
     _tile_zero(3);
     for (int64_t t = 0; t < k_tiles; ++t) {
       if (!nz[0][t] && !nz[1][t]) continue;
-      const uint8_t* a = a_tiles + m0 * k_bytes + t * 64;
-      _tile_loadd(4, a, k_bytes);
-      if (two_rows) _tile_loadd(5, a + 16 * k_bytes, k_bytes);
+      const uint8_t* a = a_tiles + (m0 / 16 * k_tiles + t) * 1024;  // tile-major: 1 KB contiguous per tile
+      _tile_loadd(4, a, 64);
+      if (two_rows) _tile_loadd(5, a + k_tiles * 1024, 64);
       if (nz[0][t]) {
         _tile_loadd(6, panel[0] + t * 1024, 64);
         _tile_dpbusd(0, 4, 6);

@@ -250,11 +250,14 @@ void sparse_gemm_u8s8(Isa isa, int64_t m, const uint8_t* a, int64_t lda, uint8_t
           epilogue ? column_scale.data() : nullptr, epilogue ? epilogue->bias : nullptr};
   job.col_items = (w.n + kColumnsPerItem - 1) / kColumnsPerItem;
   std::vector<uint8_t> packed;
-  if (isa == Isa::amx) {  // A zero-padded to whole tiles: 16 rows, 64 reduction bytes
+  if (isa == Isa::amx) {  // A zero-padded to whole tiles, tile-major: [M / 16][K / 64][16 rows][64 bytes]
     job.k_bytes = (w.k + 63) / 64 * 64;
-    const int64_t rows = (m + 15) / 16 * 16;
+    const int64_t rows = (m + 15) / 16 * 16, k_tiles = job.k_bytes / 64;
     packed.assign(size_t(rows * job.k_bytes), 0);
-    for (int64_t r = 0; r < m; ++r) std::memcpy(packed.data() + r * job.k_bytes, a + r * lda, size_t(w.k));
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t t = 0; t < k_tiles; ++t)
+        std::memcpy(packed.data() + ((r / 16 * k_tiles + t) * 16 + r % 16) * 64, a + r * lda + t * 64,
+                    size_t(std::min<int64_t>(64, w.k - t * 64)));
     job.packed = packed.data();
     parallel.run(parallel.self, amx_item, size_t((w.n + kAmxColumns - 1) / kAmxColumns), &job);
     return;

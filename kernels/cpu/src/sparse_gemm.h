@@ -92,8 +92,8 @@ void kernel_avx2(const uint8_t* packed, int64_t panels, const SparseWeights& w, 
 void kernel_avx512vnni(const uint8_t* packed, int64_t panels, const SparseWeights& w, const int32_t* colsum,
                        uint8_t zp, int64_t row0, int64_t m, int64_t n0, int64_t n1, int32_t* c, int64_t ldc,
                        const float* column_scale, const float* bias);
-// AMX: columns n0 .. n0 + 31 of every row, from A copied to [rows rounded up to 16][k_bytes]
-// (k_bytes: K rounded up to 64, zero padded)
+// AMX: columns n0 .. n0 + 31 of every row, from A copied tile-major to [rows rounded up to 16 / 16]
+// [k_bytes / 64][16][64] (k_bytes: K rounded up to 64, zero padded)
 void amx_columns(const uint8_t* a_tiles, int64_t m, int64_t k_bytes, const SparseWeights& w, const int32_t* colsum,
                  uint8_t zp, int64_t n0, int32_t* c, int64_t ldc, const float* column_scale, const float* bias);
 // the AMX panels of w (k_tiles = ceil(K / 64)); sizes: panels ceil(n / 16) * k_tiles * 1024 bytes
