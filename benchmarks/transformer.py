@@ -20,11 +20,12 @@ rotated every round, median wall time per run; at least ``--seconds`` per model)
 to FP32 in the same call; then an onnxruntime profile per variant at batch 1 and the most
 threads (kernel time per op type, its share of the variant's kernel time): what is left.
 
-With ``--sparse R`` three more rows (issue 17): ``sparsify:R`` in 1x4 blocks then ``int8`` run by
-onnxruntime's dense kernels, the same with ``sparse-int8`` (graphc's kernels), and that after ``fuse``.
+With ``--sparse R`` three more rows per ``--sparse-blocks`` block (issue 17): ``sparsify:R`` in
+those blocks then ``int8`` run by onnxruntime's dense kernels, the same with ``sparse-int8``
+(graphc's kernels), and that after ``fuse``.
 
 Usage: ``python benchmarks/transformer.py [--models minilm,bert,distilbert] [--batches 1,8]
-[--threads 1,2] [--seconds 3] [--sparse 0.8] [--work DIR]``; prints Markdown tables, the CPU model and ISA.
+[--threads 1,2] [--seconds 3] [--sparse 0.8 [--sparse-blocks 1x4,16x64]] [--work DIR]``; prints Markdown tables, the CPU model and ISA.
 """
 
 from __future__ import annotations
@@ -86,20 +87,23 @@ def export(model: str, work: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def sparse_variants(ratio: float) -> dict[str, str]:
-    """``--sparse``: the same int8 on weights made ``ratio`` sparse in 1x4 blocks (one shot: these
-    rows are for speed; accuracy after distillation is benchmarks/sparsify.py's), run by
+def sparse_variants(ratio: float, blocks: list[str]) -> dict[str, str]:
+    """``--sparse``: the same int8 on weights made ``ratio`` sparse in each of ``blocks`` (one shot:
+    these rows are for speed; accuracy after distillation is benchmarks/sparsify.py's), run by
     onnxruntime's dense kernels and by graphc's sparse ones (``sparse-int8``, issue 17)."""
-    sparse = f"sparsify:{ratio}:pattern=block:block=1x4"
-    return {f"{sparse} int8 (dense kernels)": f"fold,{sparse},int8",
-            f"{sparse} int8, sparse-int8": f"fold,{sparse},int8,sparse-int8",
-            f"fused + {sparse} int8, sparse-int8": f"fold,fuse,{sparse},int8,sparse-int8"}
+    rows = {}
+    for block in blocks:
+        sparse = f"sparsify:{ratio}:pattern=block:block={block}"
+        rows.update({f"{sparse} int8 (dense kernels)": f"fold,{sparse},int8",
+                     f"{sparse} int8, sparse-int8": f"fold,{sparse},int8,sparse-int8",
+                     f"fused + {sparse} int8, sparse-int8": f"fold,fuse,{sparse},int8,sparse-int8"})
+    return rows
 
 
 def make_variants(model: str, source: pathlib.Path, work: pathlib.Path, calib: pathlib.Path,
-                  sparse: float | None = None) -> dict[str, pathlib.Path]:
+                  sparse: float | None = None, blocks: tuple[str, ...] = ("1x4",)) -> dict[str, pathlib.Path]:
     paths = {}
-    variants = dict(GRAPHC_VARIANTS, **(sparse_variants(sparse) if sparse else {}))
+    variants = dict(GRAPHC_VARIANTS, **(sparse_variants(sparse, list(blocks)) if sparse else {}))
     for i, (label, passes) in enumerate(variants.items()):
         out = work / f"{model}.variant{i}.onnx"
         command = [sys.executable, "-m", "graphc", "optimize", str(source), "--passes", passes, "-o", str(out),
@@ -146,7 +150,7 @@ def run_model(model: str, args, work: pathlib.Path) -> str:
     calib = work / f"{model}.calib.npz"
     np.savez(calib, **rows(model, args.calib, 0 if model == "minilm" else 1))
     held_out = rows(model, args.eval, args.calib if model == "minilm" else 2)
-    paths = make_variants(model, source, work, calib, args.sparse)
+    paths = make_variants(model, source, work, calib, args.sparse, args.sparse_blocks)
     labels = list(paths)
     models = {label: onnx.load(str(p)) for label, p in paths.items()}
     reference = outputs(paths["FP32"], held_out, max(args.threads))
@@ -190,11 +194,14 @@ def parse_args(argv):
     ap.add_argument("--calib", type=int, default=64, help="calibration rows for the int8 variants")
     ap.add_argument("--eval", type=int, default=64, help="held-out rows for the cosines (the first ones are timed)")
     ap.add_argument("--work", type=pathlib.Path, help="directory for the exports and variants (kept)")
-    ap.add_argument("--sparse", type=float, help="also the sparse rows at this 1x4-block sparsity (e.g. 0.8)")
+    ap.add_argument("--sparse", type=float, help="also the sparse rows at this block sparsity (e.g. 0.8)")
+    ap.add_argument("--sparse-blocks", default="1x4", help="the blocks of the sparse rows, comma-separated "
+                    "(1x4: what the vector paths skip; 16x64: the AMX tiles)")
     args = ap.parse_args(argv)
     args.models = args.models.split(",")
     args.batches = [int(b) for b in args.batches.split(",")]
     args.threads = [int(t) for t in args.threads.split(",")]
+    args.sparse_blocks = tuple(args.sparse_blocks.split(","))
     unknown = set(args.models) - set(HEADS)
     if unknown:
         ap.error(f"unknown models: {', '.join(sorted(unknown))} (known: {', '.join(HEADS)})")
