@@ -1,4 +1,4 @@
-"""The ``graphc`` command line: optimize, inspect, bench, eval, setup.
+"""The ``graphc`` command line: optimize, inspect, bench, eval, build, setup.
 
 Every user error prints one line (``graphc: error: ...``) and exits 2; a bug in graphc
 exits 1 (``GRAPHC_DEBUG=1`` shows its traceback).
@@ -128,6 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_batch_axis(ev)
     _add_threads(ev)
 
+    bld = sub.add_parser("build", help="an artifact directory an app loads without graphc (manifest, checksums)",
+                         description="graphc build MODEL --target ort -o DIR: the model, its .ort form, graphc's kernel "
+                                     "library when the model needs it, and manifest.json (see graphc.artifact). "
+                                     "graphc build --check DIR re-verifies one.")
+    bld.add_argument("model", nargs="?", help="the model to build (omit with --check)")
+    bld.add_argument("--target", choices=("ort",), default="ort", help="onnxruntime (the default)")
+    bld.add_argument("-o", "--output", metavar="DIR", help="the artifact directory to write")
+    bld.add_argument("--report", metavar="R.json", help="graphc optimize's report of the model: its passes go into the manifest")
+    bld.add_argument("--force", action="store_true", help="replace an existing DIR")
+    bld.add_argument("--check", metavar="DIR", help="verify an artifact: checksums, no stray files, the model runs")
     st = sub.add_parser("setup", help="prepare an optional environment (training: for the distill pass)",
                         description="Create graphc's isolated training environment for the distill pass: a venv "
                                     "at $GRAPHC_HOME/training-venv (default ~/.cache/graphc/training-venv) with "
@@ -231,6 +241,30 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_build(args) -> int:
+    from graphc import artifact
+
+    if args.check is not None:
+        if args.model is not None or args.output is not None:
+            raise GraphcError("--check DIR verifies an artifact; give no MODEL and no -o with it")
+        manifest = artifact.check(args.check)
+        for warning in manifest["warnings"]:
+            print(f"warning: {warning}")
+        print(f"{args.check}: ok ({len(manifest['files'])} files, {manifest['precision']}, target {manifest['target']})")
+        return 0
+    if args.model is None or args.output is None:
+        raise GraphcError("give MODEL and -o DIR (or --check DIR)")
+    from graphc.model_io import check_output_paths
+
+    check_output_paths({"-o": args.output}, {"MODEL": args.model, "--report": args.report})
+    built = artifact.build_ort(args.model, args.output, report=args.report, force=args.force)
+    manifest = built.manifest
+    note = f"; {manifest['ort_note']}" if manifest["ort_note"] else ""
+    print(f"wrote {built.directory}: {', '.join(manifest['files'])} and {artifact.MANIFEST} "
+          f"({manifest['precision']}{note})")
+    return 0
+
+
 def cmd_setup(args) -> int:
     from graphc.training_env import setup
 
@@ -239,7 +273,7 @@ def cmd_setup(args) -> int:
 
 
 COMMANDS = {"optimize": cmd_optimize, "inspect": cmd_inspect, "bench": cmd_bench, "eval": cmd_eval,
-            "setup": cmd_setup}
+            "build": cmd_build, "setup": cmd_setup}
 
 
 def main(argv: list[str] | None = None) -> int:
