@@ -1,5 +1,5 @@
-"""``graphc build MODEL --target ort -o DIR`` and ``graphc build --check DIR``: a directory an app
-loads without graphc.
+"""``graphc build MODEL --target ort|tensorrt -o DIR`` and ``graphc build --check DIR``: a directory
+an app loads without graphc.
 
 Rules:
 
@@ -16,7 +16,11 @@ Rules:
 3. Written atomically: everything goes to a temporary folder beside DIR, which is renamed into
    place; an existing DIR is refused unless ``--force`` (then the old one is replaced only once
    the new one is complete). Nothing is left behind on failure.
-4. ``--check DIR``: the manifest parses and is of a known version; every listed file exists with
+4. ``--target tensorrt``: the same folder without ``model.ort``, the plan of
+   ``graphc.tensorrt_plan`` (TensorRT's rules checked, each violation naming its node; the builder
+   configuration as data) in the manifest's ``tensorrt`` section, and the engine where a
+   TensorRT builder imports (the manifest says why not elsewhere).
+5. ``--check DIR``: the manifest parses and is of a known version; every listed file exists with
    its size and sha256, and no other file is there; the model opens (with the artifact's own
    library where one is named) and runs once on synthetic inputs. Each failure is one line.
 
@@ -143,9 +147,11 @@ def _run_once(session, model: onnx.ModelProto) -> None:
     session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})
 
 
-def build_ort(model_path: str | os.PathLike, out: str | os.PathLike, report: str | os.PathLike | None = None,
-              force: bool = False) -> Built:
-    """Rules 1-3 for ``--target ort``."""
+def build(model_path: str | os.PathLike, out: str | os.PathLike, report: str | os.PathLike | None = None,
+          force: bool = False, target: str = "ort", shapes=None, sparse_weights: bool = False,
+          workspace_mb: int = 1024) -> Built:
+    """Rules 1-3 (``target`` ort), and for ``tensorrt`` the plan of ``graphc.tensorrt_plan`` in
+    the manifest's ``tensorrt`` section (no .ort file: TensorRT reads the ONNX model)."""
     from graphc import kernels
     from graphc.model_io import external_data_files, load_model, save_model
 
@@ -156,6 +162,11 @@ def build_ort(model_path: str | os.PathLike, out: str | os.PathLike, report: str
         raise GraphcError(f"-o {out}: is a file, not an artifact directory")
     model = load_model(model_path)
     produced_by = _report_section(report)
+    tensorrt = None
+    if target == "tensorrt":
+        from graphc import tensorrt_plan
+
+        tensorrt = {"builder": tensorrt_plan.plan(model, shapes, sparse_weights, workspace_mb)}
     library_source = None
     if kernels.uses_graphc_ops(model):
         try:
@@ -179,15 +190,23 @@ def build_ort(model_path: str | os.PathLike, out: str | os.PathLike, report: str
         except Exception as exc:  # onnxruntime's own exception types, or bad synthetic inputs
             raise GraphcError(f"{model_path}: onnxruntime cannot run it for --target ort: {first_line(exc)}") from None
         ort_note = None
-        try:
-            _session(staging / MODEL, library, optimized_to=staging / ORT_MODEL)
-            _run_once(_session(staging / ORT_MODEL, library), model)
-        except Exception as exc:
-            (staging / ORT_MODEL).unlink(missing_ok=True)
-            ort_note = f"no .ort file: {first_line(exc)}"
+        if tensorrt is not None:
+            from graphc import tensorrt_plan
+
+            ort_note = "no .ort file: target tensorrt"
+            tensorrt["engine"] = None
+            tensorrt["engine_note"] = tensorrt_plan.build_engine(staging / MODEL, tensorrt["builder"],
+                                                                 staging / "model.plan")
+        else:
+            try:
+                _session(staging / MODEL, library, optimized_to=staging / ORT_MODEL)
+                _run_once(_session(staging / ORT_MODEL, library), model)
+            except Exception as exc:
+                (staging / ORT_MODEL).unlink(missing_ok=True)
+                ort_note = f"no .ort file: {first_line(exc)}"
         files = sorted(p for p in staging.iterdir() if p.is_file())
         manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "target": "ort",
+            "format": FORMAT, "format_version": FORMAT_VERSION, "target": target,
             "model": MODEL, "ort_model": ORT_MODEL if (staging / ORT_MODEL).exists() else None, "ort_note": ort_note,
             "custom_op_library": LIBRARY if library is not None else None,
             "external_data": [p.name for p in external_data_files(staging / MODEL)],
@@ -196,6 +215,7 @@ def build_ort(model_path: str | os.PathLike, out: str | os.PathLike, report: str
             "precision": _precision(model),
             "produced_by": produced_by,
             "cpu": _cpu_section(model),
+            "tensorrt": tensorrt,
             "versions": {"graphc": __version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
             "files": {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in files},
         }
@@ -216,7 +236,7 @@ def build_ort(model_path: str | os.PathLike, out: str | os.PathLike, report: str
 
 
 def check(directory: str | os.PathLike) -> dict:
-    """Rule 4; the manifest, with ``warnings`` (e.g. this CPU saturates the model's weights)."""
+    """Rule 5; the manifest, with ``warnings`` (e.g. this CPU saturates the model's weights)."""
     from graphc.cpu_features import cpu_features
 
     directory = pathlib.Path(directory)

@@ -133,7 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      "library when the model needs it, and manifest.json (see graphc.artifact). "
                                      "graphc build --check DIR re-verifies one.")
     bld.add_argument("model", nargs="?", help="the model to build (omit with --check)")
-    bld.add_argument("--target", choices=("ort",), default="ort", help="onnxruntime (the default)")
+    bld.add_argument("--target", choices=("ort", "tensorrt"), default="ort",
+                     help="ort: onnxruntime (the default); tensorrt: TensorRT's rules checked, its builder configuration "
+                          "in the manifest (graphc.tensorrt_plan)")
+    bld.add_argument("--sparse-weights", action="store_true", help="tensorrt: ask for 2:4 sparse weights (checked)")
+    bld.add_argument("--workspace", type=int, default=1024, metavar="MB", help="tensorrt: builder workspace (MiB)")
+    _add_shape(bld)
     bld.add_argument("-o", "--output", metavar="DIR", help="the artifact directory to write")
     bld.add_argument("--report", metavar="R.json", help="graphc optimize's report of the model: its passes go into the manifest")
     bld.add_argument("--force", action="store_true", help="replace an existing DIR")
@@ -257,9 +262,18 @@ def cmd_build(args) -> int:
     from graphc.model_io import check_output_paths
 
     check_output_paths({"-o": args.output}, {"MODEL": args.model, "--report": args.report})
-    built = artifact.build_ort(args.model, args.output, report=args.report, force=args.force)
+    from graphc.data import parse_shapes
+
+    if args.target != "tensorrt" and (args.sparse_weights or args.shape):
+        raise GraphcError("--sparse-weights and --shape go with --target tensorrt")
+    _positive(args.workspace, "--workspace")
+    built = artifact.build(args.model, args.output, report=args.report, force=args.force, target=args.target,
+                           shapes=parse_shapes(args.shape), sparse_weights=args.sparse_weights,
+                           workspace_mb=args.workspace)
     manifest = built.manifest
-    note = f"; {manifest['ort_note']}" if manifest["ort_note"] else ""
+    note = f"; {manifest['ort_note']}" if manifest["ort_note"] and args.target == "ort" else ""
+    if manifest["tensorrt"] is not None and manifest["tensorrt"]["engine_note"]:
+        note += f"; {manifest['tensorrt']['engine_note']}"
     print(f"wrote {built.directory}: {', '.join(manifest['files'])} and {artifact.MANIFEST} "
           f"({manifest['precision']}{note})")
     return 0
