@@ -67,6 +67,13 @@ int run(const Options& o) {
                              ") is older than the headers the app was built with (API " +
                              std::to_string(ORT_API_VERSION) + ")");
   const nlohmann::json manifest = verified_manifest(o.directory);
+  // 8-bit int8 weights read by onnxruntime's u8 x s8 kernels add in a saturating int16 on AVX2
+  // CPUs without VNNI (the manifest's cpu.saturates_without_vnni): warn, as graphc build --check does
+  const auto& cpu = manifest.contains("cpu") ? manifest["cpu"] : nlohmann::json::object();
+  if (cpu.is_object() && cpu.value("saturates_without_vnni", false) && __builtin_cpu_supports("avx2") &&
+      !__builtin_cpu_supports("avx512vnni") && !__builtin_cpu_supports("avxvnni"))
+    std::fprintf(stderr, "graphc_run: warning: this CPU adds u8 x s8 products in a saturating int16: the model's 8-bit "
+                         "weights can give wrong sums here (rebuild with int8:weight_bits=7)\n");
   Ort::Env env(ORT_LOGGING_LEVEL_ERROR, "graphc_run");
   Ort::SessionOptions options;
   options.SetIntraOpNumThreads(o.threads);

@@ -157,3 +157,15 @@ def test_check_warns_where_this_cpu_would_saturate_the_weights(built, monkeypatc
     monkeypatch.setattr(cpu_features, "cpu_features",
                         lambda: cpu_features.CpuFeatures(avx2=True, avx512_vnni=False, avx_vnni=False))
     assert any("saturating int16" in w for w in artifact.check(built)["warnings"])
+
+
+def test_an_unwritable_place_and_a_missing_library_are_one_line(built, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["build", CNN, "-o", str(blocker / "art")]) == 2  # a file where the parent folder should be
+    assert "cannot write there" in one_error(capsys)
+    manifest = json.loads((built / "manifest.json").read_text())
+    manifest["custom_op_library"] = "libgraphc_kernels.so"  # named, but not in the artifact
+    (built / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["build", "--check", str(built)]) == 2
+    assert "names the library libgraphc_kernels.so but does not list it" in one_error(capsys)
