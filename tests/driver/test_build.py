@@ -95,15 +95,16 @@ def built(tmp_path, capsys):
     return out
 
 
-def _flip_byte(path):
+def flip_byte(path):
+    """One bit of the byte in the middle of ``path`` flipped (also tests/driver/test_cpp_example.py)."""
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 1
     path.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize("corrupt,words", [
-    (lambda d: _flip_byte(d / "model.onnx"), "model.onnx does not match its sha256 and size"),
-    (lambda d: _flip_byte(d / "model.ort"), "model.ort does not match its sha256 and size"),
+    (lambda d: flip_byte(d / "model.onnx"), "model.onnx does not match its sha256 and size"),
+    (lambda d: flip_byte(d / "model.ort"), "model.ort does not match its sha256 and size"),
     (lambda d: (d / "model.ort").unlink(), "model.ort is missing"),
     (lambda d: (d / "notes.txt").write_text("x"), "notes.txt not listed in manifest.json"),
     (lambda d: (d / "manifest.json").write_text((d / "manifest.json").read_text().replace(

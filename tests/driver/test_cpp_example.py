@@ -17,6 +17,7 @@ import pytest
 from graphc.cli import main
 from graphc.kernels.build import header_dir
 from graphc.runtime import open_session
+from tests.driver.test_build import flip_byte
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CNN = ROOT / "models" / "fashion_cnn.onnx"
@@ -105,14 +106,8 @@ def test_int8_minilm_artifact(app, tmp_path, capsys):
         np.testing.assert_array_equal(np.load(tmp_path / "out" / f"{output.name}.npy"), expected)
 
 
-def _flip(path):
-    data = bytearray(path.read_bytes())
-    data[len(data) // 3] ^= 0x10
-    path.write_bytes(bytes(data))
-
-
 @pytest.mark.parametrize("corrupt,words", [
-    (lambda d: _flip(d / "model.onnx"), "model.onnx does not match its sha256 and size"),
+    (lambda d: flip_byte(d / "model.onnx"), "model.onnx does not match its sha256 and size"),
     (lambda d: (d / "model.ort").unlink(), "model.ort is missing"),
     (lambda d: (d / "extra.bin").write_bytes(b"x"), "extra.bin not listed in manifest.json"),
     (lambda d: (d / "manifest.json").write_text((d / "manifest.json").read_text().replace('"bytes": ', '"bytes": 1')),
