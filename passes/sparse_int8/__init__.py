@@ -10,7 +10,8 @@ module that applies it:
 2. the static QDQ form (``DequantizeLinear -> MatMul/Gemm``) lowered to the sparse op with the
    scales and the Gemm bias inside: ``lowering``
 3. which layers pay off (``max_density``: the share of 4-groups along K that hold a non-zero)
-   and every reason a layer stays dense: ``lowering``
+   and every reason a layer stays dense: ``lowering``; on top of ``max_density``, what this
+   CPU's kernel path was measured to need: ``payoff``
 4. the compressed weight form: ``graphc.kernels.layout``
 
 A session of the result needs graphc's kernel library: every session graphc opens registers it
@@ -32,6 +33,7 @@ from graphc.kernels import DOMAIN
 from graphc.kernels.layout import pack
 from graphc.pass_api import Pass, PassResult
 from graphc.passes.sparse_int8.lowering import candidates, lower_dynamic, lower_static
+from graphc.passes.sparse_int8.payoff import machine_refusal
 from graphc.verify import Tolerance
 
 if TYPE_CHECKING:
@@ -75,6 +77,8 @@ class SparseInt8Pass(Pass):
                 c.columns = pack(c.weight)
                 if c.density > self.options.max_density:
                     c.reason = f"{c.density:.0%} of its 4-groups hold a non-zero (max_density={self.options.max_density:g})"
+                else:
+                    c.reason = machine_refusal(c.columns, c.density)
             row = {"node": c.node.name or c.node.op, "op": c.node.op, "form": c.form}
             if c.weight is not None and c.columns is not None:
                 k, n = c.weight.shape

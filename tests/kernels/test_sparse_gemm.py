@@ -59,24 +59,27 @@ def test_every_path_equals_the_int64_product(isa, pattern, ratio):
 
 def test_extreme_values_empty_columns_and_rows(isa):
     rng = np.random.default_rng(7)
-    k, n, m = 4097, 40, 19  # the longest sums of the most extreme products, a ragged last group
+    k, n = 4097, 40  # the longest sums of the most extreme products, a ragged last group
     weight = np.where(rng.random((k, n)) < 0.5, -128, 127).astype(np.int8)
     weight[:, 3] = 0  # an empty column
     weight[:, 20:36] = 0  # a whole 16-column tile empty
     weight[:1000] = 0  # leading groups empty in every column
-    for a_value, zero_point in ((255, 0), (0, 255), (255, 255), (0, 0)):
-        a = np.full((2, m, k), a_value, np.uint8)
-        a[1, ::3] = 255 - a_value  # rows of both extremes
-        np.testing.assert_array_equal(run_integer(weight, a, zero_point), integer_product(a, zero_point, weight))
+    for m in (19, 1):  # 1: the few-rows (gather) kernel of the AVX2 path
+        for a_value, zero_point in ((255, 0), (0, 255), (255, 255), (0, 0)):
+            a = np.full((2, m, k), a_value, np.uint8)
+            a[1, ::3] = 255 - a_value  # rows of both extremes
+            np.testing.assert_array_equal(run_integer(weight, a, zero_point), integer_product(a, zero_point, weight),
+                                          err_msg=f"{isa} m={m}")
 
 
 def test_one_and_two_threads_agree_exactly(isa):
     rng = np.random.default_rng(3)
     weight = sparse_weight(rng, 256, 300, "unstructured", 0.8)
-    a = rng.integers(0, 256, (1, 70, 256)).astype(np.uint8)
-    one, two = run_integer(weight, a, 9, threads=1), run_integer(weight, a, 9, threads=2)
-    np.testing.assert_array_equal(one, two)
-    np.testing.assert_array_equal(one, integer_product(a, 9, weight))
+    for m in (70, 2):
+        a = rng.integers(0, 256, (1, m, 256)).astype(np.uint8)
+        one, two = run_integer(weight, a, 9, threads=1), run_integer(weight, a, 9, threads=2)
+        np.testing.assert_array_equal(one, two)
+        np.testing.assert_array_equal(one, integer_product(a, 9, weight))
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -87,14 +90,18 @@ def test_dynamic_op_quantizes_like_dynamic_quantize_linear(isa, bias):
     scale = rng.uniform(0.001, 0.02, n).astype(np.float32)
     offsets = rng.normal(size=n).astype(np.float32) if bias else None
     x = rng.normal(size=(m, k)).astype(np.float32) * 3 + 0.5
-    got = open_session(dynamic_model(pack(weight), scale, offsets)).run(None, {"A": x})[0]
     values, a_scale, zero_point = dynamic_quantize(x)
-    product = integer_product(values, zero_point, weight)  # exact: the same integers, by the test above
-    expected = product.astype(np.float32) * (a_scale * scale)
-    if bias:
-        expected = expected + offsets
-    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
-    # and onnxruntime's own DynamicQuantizeMatMul, on the dense weight, within one float rounding
+    # 8-bit weights, and the 7-bit ones graphc int8 writes where onnxruntime's u8 x s8 saturates
+    # (AVX2 without VNNI: there its DynamicQuantizeMatMul is wrong for 8-bit weights, not graphc's op)
+    for weight in (weight, weight // 2):
+        got = open_session(dynamic_model(pack(weight), scale, offsets)).run(None, {"A": x})[0]
+        product = integer_product(values, zero_point, weight)  # exact: the same integers, by the test above
+        expected = product.astype(np.float32) * (a_scale * scale)
+        if bias:
+            expected = expected + offsets
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
+    # and onnxruntime's own DynamicQuantizeMatMul on the dense 7-bit weight (exact on every CPU), within
+    # one float rounding
     reference = dense_dynamic_quantize_matmul(x, weight, scale, offsets)
     np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5 * np.abs(reference).max())
 
@@ -168,7 +175,9 @@ def test_weights_fed_at_run_time_give_the_same_integers(isa):
 def test_to_float_op_equals_the_cast_mul_add_it_replaces_bit_for_bit(isa, per_column, bias):
     rng = np.random.default_rng(17)
     k, n = 300, 70
-    weight = sparse_weight(rng, k, n, "block1x4", 0.8)
+    # 7-bit: onnxruntime's MatMulInteger saturates 8-bit weights on AVX2 without VNNI (the integers
+    # themselves are checked against numpy above, 8-bit included)
+    weight = sparse_weight(rng, k, n, "block1x4", 0.8) // 2
     scale = rng.uniform(0.001, 0.02, n if per_column else 1).astype(np.float32)
     offsets = rng.normal(size=n).astype(np.float32) if bias else None
     sparse = open_session(to_float_model(pack(weight), scale, offsets))
@@ -185,10 +194,61 @@ def test_weights_whose_pairs_fit_int16_and_those_that_do_not(isa, limit):
     7-bit weights: 63; 64 + 64 is the edge); 127 needs the widening form. Both exact at the
     extremes: A = 255 against the pairs' largest sums."""
     rng = np.random.default_rng(limit)
-    k, n, m = 96, 40, 21
+    k, n = 96, 40
     weight = rng.choice([-limit, limit], (k, n)).astype(np.int8)
     weight[rng.random((k, n)) < 0.3] = 0
-    a = np.full((1, m, k), 255, np.uint8)
-    a[0, 1::2] = rng.integers(0, 256, (m // 2, k))
-    np.testing.assert_array_equal(run_integer(weight, a, 0), integer_product(a, 0, weight))
-    np.testing.assert_array_equal(run_integer(weight, a, 255), integer_product(a, 255, weight))
+    for m in (21, 3):  # 3: the few-rows (gather) kernel of the AVX2 path
+        a = np.full((1, m, k), 255, np.uint8)
+        a[0, 1::2] = rng.integers(0, 256, (m // 2, k))
+        np.testing.assert_array_equal(run_integer(weight, a, 0), integer_product(a, 0, weight))
+        np.testing.assert_array_equal(run_integer(weight, a, 255), integer_product(a, 255, weight))
+
+
+def tile_sparse_weight(rng, k: int, n: int, ratio: float, limit: int) -> np.ndarray:
+    """Whole 16-output x 64-reduction tiles zero (sparsify's block=16x64; ragged edge tiles too),
+    the rest random in [-limit, limit] with both extremes present."""
+    weight = rng.integers(-limit, limit + 1, (k, n)).astype(np.int8)
+    weight[rng.random((k, n)) < 0.1] = limit
+    weight[rng.random((k, n)) < 0.1] = -limit
+    grid = (-(-k // 64), -(-n // 16))
+    tiles = grid[0] * grid[1]
+    empty = np.zeros(tiles, bool)  # round(ratio * tiles) of them, at least one tile kept
+    empty[rng.permutation(tiles)[:min(tiles - 1, round(ratio * tiles))]] = True
+    weight[np.kron(empty.reshape(grid), np.ones((64, 16), bool))[:k, :n]] = 0
+    return weight
+
+
+@pytest.mark.parametrize("limit", [63, 64])
+def test_avx2_tile_kernel_equals_the_int64_product(limit, monkeypatch):
+    """The AVX2 path's tile kernel (kernel_avx2_tiles.cc: constant weights with most 16 x 64 tiles
+    empty): ragged K and N, 1 to 70 rows, A at its extremes, int32 and float outputs."""
+    if "avx2" not in kernels.supported_isas():
+        pytest.skip(f"this CPU/OS/build has no avx2 path (has {', '.join(kernels.supported_isas())})")
+    monkeypatch.setenv("GRAPHC_ISA", "avx2")
+    rng = np.random.default_rng(limit)
+    for k, n in ((200, 70), (768, 48), (64, 48), (129, 17), (3100, 33)):
+        weight = tile_sparse_weight(rng, k, n, 0.7, limit)
+        columns = pack(weight)
+        assert kernels.avx2_uses_tiles(columns), f"{k}x{n} should run on the tile kernel"
+        for m in (1, 3, 5, 70):
+            a = rng.integers(0, 256, (1, m, k)).astype(np.uint8)
+            a[0, ::2] = 255
+            for zero_point in (0, 255, int(rng.integers(0, 256))):
+                np.testing.assert_array_equal(run_integer(weight, a, zero_point), integer_product(a, zero_point, weight),
+                                              err_msg=f"{k}x{n} m={m} zp={zero_point}")
+        scale = rng.uniform(0.001, 0.02, n).astype(np.float32)
+        offsets = rng.normal(size=n).astype(np.float32)
+        sparse = open_session(to_float_model(columns, scale, offsets))
+        dense = open_session(dense_integer_chain(weight, scale, offsets), optimized=False)  # Cast, Mul, Add
+        for m in (1, 9):
+            feeds = {"A": rng.integers(0, 256, (m, k)).astype(np.uint8), "a_scale": np.array(0.037, np.float32),
+                     "zp": np.array(121, np.uint8)}
+            np.testing.assert_array_equal(sparse.run(None, feeds)[0], dense.run(None, feeds)[0])
+
+
+def test_avx2_tile_kernel_only_where_it_pays_and_cannot_saturate():
+    rng = np.random.default_rng(5)
+    assert kernels.avx2_uses_tiles(pack(tile_sparse_weight(rng, 256, 64, 0.8, 63)))
+    assert not kernels.avx2_uses_tiles(pack(tile_sparse_weight(rng, 256, 64, 0.0, 63)))  # no empty tile
+    assert not kernels.avx2_uses_tiles(pack(tile_sparse_weight(rng, 256, 64, 0.8, 127)))  # pairs overflow int16
+    assert not kernels.avx2_uses_tiles(pack(sparse_weight(rng, 256, 64, "block1x4", 0.8) // 2))  # 1x4: no tile empty

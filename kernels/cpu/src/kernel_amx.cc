@@ -36,24 +36,7 @@ void configure() {
   _tile_loadconfig(&config);
 }
 
-// B panel of 16 columns: [k_tiles][16 groups][16 columns][4] int8, and which tiles hold a non-zero
-void decompress(const SparseWeights& w, int64_t n0, int64_t k_tiles, int8_t* panel, uint8_t* nonzero) {
-  std::memset(panel, 0, size_t(k_tiles * 1024));
-  std::memset(nonzero, 0, size_t(k_tiles));
-  for (int64_t j = 0; j < 16 && n0 + j < w.n; ++j)
-    for (int32_t b = w.col_ptr[n0 + j]; b < w.col_ptr[n0 + j + 1]; ++b) {
-      const int64_t group = w.block_k[b];
-      std::memcpy(panel + group * 64 + j * 4, w.values + int64_t(b) * 4, 4);
-      nonzero[group / 16] = 1;
-    }
-}
-
 }  // namespace
-
-void amx_prepack(const SparseWeights& w, int8_t* panels, uint8_t* nonzero) {
-  const int64_t k_tiles = (w.k + 63) / 64;
-  for (int64_t p = 0; p * 16 < w.n; ++p) decompress(w, p * 16, k_tiles, panels + p * k_tiles * 1024, nonzero + p * k_tiles);
-}
 
 void amx_columns(const uint8_t* a_tiles, int64_t m, int64_t k_bytes, const SparseWeights& w, const int32_t* colsum,
                  uint8_t zp, int64_t n0, int32_t* c, int64_t ldc, const float* column_scale, const float* bias) {
@@ -64,17 +47,17 @@ void amx_columns(const uint8_t* a_tiles, int64_t m, int64_t k_bytes, const Spars
   const int8_t* panel[2];
   const uint8_t* nz[2];
   const int64_t first = n0 / 16, second = std::min(first + 1, (w.n + 15) / 16 - 1);  // a lone last panel twice
-  if (w.amx_panels != nullptr) {
+  if (w.tile_panels != nullptr) {
     for (int p = 0; p < 2; ++p) {
       const int64_t index = p ? second : first;
-      panel[p] = w.amx_panels + index * k_tiles * 1024;
-      nz[p] = w.amx_nonzero + index * k_tiles;
+      panel[p] = w.tile_panels + index * k_tiles * 1024;
+      nz[p] = w.tile_nonzero + index * k_tiles;
     }
   } else {
     panels.resize(size_t(2 * k_tiles * 1024));
     nonzero.resize(size_t(2 * k_tiles));
-    decompress(w, first * 16, k_tiles, panels.data(), nonzero.data());
-    decompress(w, second * 16, k_tiles, panels.data() + k_tiles * 1024, nonzero.data() + k_tiles);
+    tile_decompress(w, first * 16, k_tiles, panels.data(), nonzero.data());
+    tile_decompress(w, second * 16, k_tiles, panels.data() + k_tiles * 1024, nonzero.data() + k_tiles);
     for (int p = 0; p < 2; ++p) {
       panel[p] = panels.data() + p * k_tiles * 1024;
       nz[p] = nonzero.data() + p * k_tiles;

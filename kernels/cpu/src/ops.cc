@@ -92,21 +92,47 @@ size_t input_total(Kind kind) { return kind == Kind::integer ? 5 : kind == Kind:
 struct Weights {
   graphc::SparseWeights w{};
   std::vector<int32_t> sums;
-  std::vector<int8_t> amx_panels;  // constant weights on the AMX path: decompressed once
-  std::vector<uint8_t> amx_nonzero;
+  std::vector<int8_t> tile_panels;  // constant weights on a tile path: decompressed once
+  std::vector<uint8_t> tile_nonzero;
 
-  void prepack_amx() {
+  void prepack_tiles() {
     const int64_t panels = (w.n + 15) / 16, k_tiles = (w.k + 63) / 64;
-    amx_panels.resize(size_t(panels * k_tiles * 1024));
-    amx_nonzero.resize(size_t(panels * k_tiles));
-    graphc::amx_prepack(w, amx_panels.data(), amx_nonzero.data());
-    w.amx_panels = amx_panels.data();
-    w.amx_nonzero = amx_nonzero.data();
+    tile_panels.resize(size_t(panels * k_tiles * 1024));
+    tile_nonzero.resize(size_t(panels * k_tiles));
+    graphc::tile_prepack(w, tile_panels.data(), tile_nonzero.data());
+    w.tile_panels = tile_panels.data();
+    w.tile_nonzero = tile_nonzero.data();
     int64_t zero = 0;
-    for (uint8_t any : amx_nonzero) zero += any == 0;
-    zero_tile_share = amx_nonzero.empty() ? 0.0 : double(zero) / double(amx_nonzero.size());
+    for (uint8_t any : tile_nonzero) zero += any == 0;
+    zero_tile_share = tile_nonzero.empty() ? 0.0 : double(zero) / double(tile_nonzero.size());
   }
-  double zero_tile_share = 0.0;  // of the AMX panels' 16 x 64 tiles
+  // the AVX2 tile kernel's form: the kept tiles only (the dense panels dropped)
+  std::vector<int8_t> kept_tiles;
+  std::vector<int32_t> kept_ptr, kept_k;
+  void compact_tiles() {
+    const int64_t panels = (w.n + 15) / 16, k_tiles = (w.k + 63) / 64;
+    kept_ptr.assign(size_t(panels + 1), 0);
+    for (int64_t p = 0; p < panels; ++p) {
+      for (int64_t t = 0; t < k_tiles; ++t)
+        if (tile_nonzero[size_t(p * k_tiles + t)]) {
+          kept_k.push_back(int32_t(t));
+          const int8_t* tile = tile_panels.data() + (p * k_tiles + t) * 1024;
+          kept_tiles.insert(kept_tiles.end(), tile, tile + 1024);
+        }
+      kept_ptr[size_t(p + 1)] = int32_t(kept_k.size());
+    }
+    drop_tiles();
+    w.kept_tiles = kept_tiles.data();
+    w.kept_ptr = kept_ptr.data();
+    w.kept_k = kept_k.data();
+  }
+  void drop_tiles() {
+    std::vector<int8_t>().swap(tile_panels);
+    std::vector<uint8_t>().swap(tile_nonzero);
+    w.tile_panels = nullptr;
+    w.tile_nonzero = nullptr;
+  }
+  double zero_tile_share = 0.0;  // of the tile panels' 16 x 64 tiles
 };
 
 OrtStatus* describe(const OrtValue* value, Tensor* out) {
@@ -197,11 +223,29 @@ void quantize(const float* x, int64_t count, Quantized* q) {
 // tile sparsity), else the best vector path.
 constexpr int64_t kAmxRows = 16;
 constexpr double kAmxZeroTiles = 0.5;
+// AVX2 runs the tile kernel (kernel_avx2_tiles.cc) for constant weights that leave at least this
+// share of their 16 x 64 tiles empty, at every row count (measured: benchmarks/sparse_gemm.py)
+constexpr double kAvx2ZeroTiles = 0.5;
 
 graphc::Isa path_for(const Kernel& kernel, int64_t m) {
   if (kernel.forced || kernel.isa != graphc::Isa::amx || m >= kAmxRows) return kernel.isa;
   if (kernel.constant != nullptr && kernel.constant->zero_tile_share >= kAmxZeroTiles) return kernel.isa;
   return graphc::isa_supported(graphc::Isa::avx512vnni) ? graphc::Isa::avx512vnni : graphc::Isa::avx2;
+}
+
+// constant weights: the tile panels for AMX always; for AVX2 kept where enough tiles are empty
+// to pay for decompressing them (and the weights' pairs fit vpmaddubsw), which sends every run of
+// the kernel down the AVX2 tile path (sparse_gemm_u8s8)
+void prepack_for(graphc::Isa isa, Weights* weights) {
+  if (isa == graphc::Isa::amx) {
+    weights->prepack_tiles();
+  } else if (isa == graphc::Isa::avx2 && weights->w.pairs_fit_int16) {
+    weights->prepack_tiles();
+    if (weights->zero_tile_share < kAvx2ZeroTiles)
+      weights->drop_tiles();
+    else
+      weights->compact_tiles();
+  }
 }
 
 OrtStatus* scalar_input(OrtKernelContext* context, size_t index, const char* what, Tensor* out) {
@@ -291,7 +335,7 @@ OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp* op, const OrtApi* api, 
       delete weights;
       return status;
     }
-    if (isa == graphc::Isa::amx) weights->prepack_amx();
+    prepack_for(isa, weights);
   }
   *out = new Kernel{def(op).kind, isa, forced_isa, k, weights};
   return nullptr;
@@ -388,5 +432,16 @@ __attribute__((visibility("default"))) const char* graphc_best_isa() { return gr
 __attribute__((visibility("default"))) int graphc_isa_supported(const char* name) {
   graphc::Isa isa;
   return graphc::parse_isa(name, &isa) && graphc::isa_supported(isa);
+}
+// 1 when constant weights (the op's col_ptr, block_k, values) run on the AVX2 tile kernel, 0 when
+// on the column kernels, -1 when the weights are malformed
+__attribute__((visibility("default"))) int graphc_avx2_uses_tiles(int64_t k, int64_t n, const int32_t* col_ptr,
+                                                                   const int32_t* block_k, const int8_t* values) {
+  Weights weights;
+  weights.w = graphc::SparseWeights{k, n, col_ptr, block_k, values};
+  if (n < 0 || graphc::validate(weights.w, n >= 0 ? col_ptr[n] : 0) != nullptr) return -1;
+  weights.w.pairs_fit_int16 = graphc::pairs_fit_int16(weights.w);
+  prepack_for(graphc::Isa::avx2, &weights);
+  return weights.w.kept_tiles != nullptr;
 }
 }

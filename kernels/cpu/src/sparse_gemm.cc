@@ -120,6 +120,28 @@ void pack_panel(void* arg, size_t panel) {
   }
 }
 
+// fewer rows than this: kernel_avx2_gemv, one row per item (measured: benchmarks/sparse_gemm.py)
+constexpr int64_t kGemvRows = 4;
+
+void gemv_item(void* arg, size_t item) {
+  auto& job = *static_cast<Job*>(arg);
+  const int64_t row = int64_t(item) % job.m, col_item = int64_t(item) / job.m;
+  const int64_t n0 = col_item * kColumnsPerItem, n1 = std::min(job.w->n, n0 + kColumnsPerItem);
+  kernel_avx2_gemv(job.packed + row * job.k4 * 4, *job.w, job.colsum, job.zp, n0, n1, job.c + row * job.ldc);
+  to_float(job, row, row + 1, n0, n1);
+}
+
+// the AVX2 tile path: items of one 16-column panel x kTileRows rows
+constexpr int64_t kTileRows = 64;
+
+void tiles_item(void* arg, size_t item) {
+  auto& job = *static_cast<Job*>(arg);
+  const int64_t row_item = int64_t(item) % job.row_items, panel = int64_t(item) / job.row_items;
+  const int64_t r0 = row_item * kTileRows, r1 = std::min(job.m, r0 + kTileRows);
+  kernel_avx2_tiles(job.packed, job.k_bytes, *job.w, job.colsum, job.zp, r0, r1, panel, job.c, job.ldc,
+                    job.column_scale, job.bias);
+}
+
 void run_item(void* arg, size_t item) {
   auto& job = *static_cast<Job*>(arg);
   const int64_t row_item = int64_t(item) % job.row_items, col_item = int64_t(item) / job.row_items;
@@ -136,8 +158,8 @@ void run_item(void* arg, size_t item) {
   const uint8_t* packed = job.packed + first_panel * job.k4 * job.rows_per_panel * 4;
   const int64_t row0 = first_panel * job.rows_per_panel;
   if (job.isa == Isa::avx2) {
-    kernel_avx2(packed, panels, *job.w, job.colsum, job.zp, row0, job.m, n0, n1, job.c, job.ldc);
-    to_float(job, row0, std::min(job.m, row0 + panels * job.rows_per_panel), n0, n1);
+    kernel_avx2(packed, panels, *job.w, job.colsum, job.zp, row0, job.m, n0, n1, job.c, job.ldc, job.column_scale,
+                job.bias);
   } else {
     kernel_avx512vnni(packed, panels, *job.w, job.colsum, job.zp, row0, job.m, n0, n1, job.c, job.ldc,
                       job.column_scale, job.bias);
@@ -194,6 +216,23 @@ void column_sums(const SparseWeights& w, int32_t* sums) {
         if (int64_t(w.block_k[b]) * 4 + j < w.k) sum += w.values[int64_t(b) * 4 + j];
     sums[n] = sum;
   }
+}
+
+void tile_decompress(const SparseWeights& w, int64_t n0, int64_t k_tiles, int8_t* panel, uint8_t* nonzero) {
+  std::memset(panel, 0, size_t(k_tiles * 1024));
+  std::memset(nonzero, 0, size_t(k_tiles));
+  for (int64_t j = 0; j < 16 && n0 + j < w.n; ++j)
+    for (int32_t b = w.col_ptr[n0 + j]; b < w.col_ptr[n0 + j + 1]; ++b) {
+      const int64_t group = w.block_k[b];
+      std::memcpy(panel + group * 64 + j * 4, w.values + int64_t(b) * 4, 4);
+      nonzero[group / 16] = 1;
+    }
+}
+
+void tile_prepack(const SparseWeights& w, int8_t* panels, uint8_t* nonzero) {
+  const int64_t k_tiles = (w.k + 63) / 64;
+  for (int64_t p = 0; p * 16 < w.n; ++p)
+    tile_decompress(w, p * 16, k_tiles, panels + p * k_tiles * 1024, nonzero + p * k_tiles);
 }
 
 bool isa_supported(Isa isa) {
@@ -260,6 +299,22 @@ void sparse_gemm_u8s8(Isa isa, int64_t m, const uint8_t* a, int64_t lda, uint8_t
                     size_t(std::min<int64_t>(64, w.k - t * 64)));
     job.packed = packed.data();
     parallel.run(parallel.self, amx_item, size_t((w.n + kAmxColumns - 1) / kAmxColumns), &job);
+    return;
+  }
+  if (isa == Isa::avx2 && w.kept_tiles != nullptr) {  // rows copied to k_bytes, zero padded
+    job.k_bytes = (w.k + 63) / 64 * 64;
+    packed.assign(size_t(m * job.k_bytes), 0);
+    for (int64_t r = 0; r < m; ++r) std::memcpy(packed.data() + r * job.k_bytes, a + r * lda, size_t(w.k));
+    job.packed = packed.data();
+    job.row_items = (m + kTileRows - 1) / kTileRows;
+    parallel.run(parallel.self, tiles_item, size_t(job.row_items * ((w.n + 15) / 16)), &job);
+    return;
+  }
+  if (isa == Isa::avx2 && m < kGemvRows) {  // rows copied to whole groups, zero past K
+    packed.assign(size_t(m * job.k4 * 4), 0);
+    for (int64_t r = 0; r < m; ++r) std::memcpy(packed.data() + r * job.k4 * 4, a + r * lda, size_t(w.k));
+    job.packed = packed.data();
+    parallel.run(parallel.self, gemv_item, size_t(m * job.col_items), &job);
     return;
   }
   if (isa == Isa::scalar) {

@@ -32,11 +32,18 @@ struct SparseWeights {
   const int32_t* col_ptr;  // n + 1 entries, col_ptr[0] == 0, non-decreasing
   const int32_t* block_k;  // col_ptr[n] entries, each < ceil(k / 4), increasing within a column
   const int8_t* values;    // 4 * col_ptr[n] entries
-  // optional, for the AMX path: the weights decompressed into 16-column panels of 16 x 64 tiles
-  // ([ceil(n / 16)][k_tiles][16 groups][16 columns][4]) and which tiles hold a non-zero
-  // ([ceil(n / 16)][k_tiles]); made once by amx_prepack for constant weights
-  const int8_t* amx_panels = nullptr;
-  const uint8_t* amx_nonzero = nullptr;
+  // optional, for the tile kernels (AMX; AVX2 where most tiles are empty): the weights
+  // decompressed into 16-column panels of 16 x 64 tiles ([ceil(n / 16)][k_tiles][16 groups][16
+  // columns][4]) and which tiles hold a non-zero ([ceil(n / 16)][k_tiles]); made once by
+  // tile_prepack for constant weights
+  const int8_t* tile_panels = nullptr;
+  const uint8_t* tile_nonzero = nullptr;
+  // optional, for the AVX2 tile kernel: only the kept (non-empty) tiles, panel by panel: panel p's
+  // are kept_ptr[p] .. kept_ptr[p + 1] - 1, tile i at K offset 64 * kept_k[i], its bytes at
+  // kept_tiles + 1024 * i in the layout above; made once by compact_tiles for constant weights
+  const int8_t* kept_tiles = nullptr;
+  const int32_t* kept_ptr = nullptr;
+  const int32_t* kept_k = nullptr;
   // every pair of weights (w[4b], w[4b+1]) and (w[4b+2], w[4b+3]) has |w0| + |w1| <= 128, so
   // vpmaddubsw's saturating int16 sum of two u8 x s8 products cannot overflow (255 * 128 = 32640);
   // true of graphc int8's 7-bit weights (|w| <= 63); set by pairs_fit_int16
@@ -86,8 +93,14 @@ void kernel_scalar(int64_t m, const uint8_t* a, int64_t lda, const SparseWeights
                    uint8_t zp, int64_t row0, int64_t rows, int64_t n0, int64_t n1, int32_t* c, int64_t ldc);
 // packed kernels read A packed by pack_panel: [K4][R][4] bytes per panel of R rows.
 // AVX2: vpmaddubsw where w.pairs_fit_int16, else 16-bit widening and vpmaddwd
+// column_scale (and bias, may be null): write y = float(product) * column_scale[n] (+ bias[n]) as float
 void kernel_avx2(const uint8_t* packed, int64_t panels, const SparseWeights& w, const int32_t* colsum,
-                 uint8_t zp, int64_t row0, int64_t m, int64_t n0, int64_t n1, int32_t* c, int64_t ldc);
+                 uint8_t zp, int64_t row0, int64_t m, int64_t n0, int64_t n1, int32_t* c, int64_t ldc,
+                 const float* column_scale, const float* bias);
+// AVX2, one row: out[n] for n in [n0, n1) from row (ceil(K / 4) * 4 bytes, zero past K), gathering
+// 8 groups of A at a time; faster than the 8-row panels below kGemvRows rows
+void kernel_avx2_gemv(const uint8_t* row, const SparseWeights& w, const int32_t* colsum, uint8_t zp, int64_t n0,
+                      int64_t n1, int32_t* out);
 // column_scale (and bias, may be null): write y = float(product) * column_scale[n] (+ bias[n]) as float
 void kernel_avx512vnni(const uint8_t* packed, int64_t panels, const SparseWeights& w, const int32_t* colsum,
                        uint8_t zp, int64_t row0, int64_t m, int64_t n0, int64_t n1, int32_t* c, int64_t ldc,
@@ -96,8 +109,15 @@ void kernel_avx512vnni(const uint8_t* packed, int64_t panels, const SparseWeight
 // [k_bytes / 64][16][64] (k_bytes: K rounded up to 64, zero padded)
 void amx_columns(const uint8_t* a_tiles, int64_t m, int64_t k_bytes, const SparseWeights& w, const int32_t* colsum,
                  uint8_t zp, int64_t n0, int32_t* c, int64_t ldc, const float* column_scale, const float* bias);
-// the AMX panels of w (k_tiles = ceil(K / 64)); sizes: panels ceil(n / 16) * k_tiles * 1024 bytes
-void amx_prepack(const SparseWeights& w, int8_t* panels, uint8_t* nonzero);
+// the tile panels of w (k_tiles = ceil(K / 64)); sizes: panels ceil(n / 16) * k_tiles * 1024 bytes,
+// nonzero ceil(n / 16) * k_tiles; tile_decompress: the one panel of columns n0 .. n0 + 15
+void tile_prepack(const SparseWeights& w, int8_t* panels, uint8_t* nonzero);
+void tile_decompress(const SparseWeights& w, int64_t n0, int64_t k_tiles, int8_t* panel, uint8_t* nonzero);
+// AVX2 over the kept tiles (w.kept_tiles set, w.pairs_fit_int16): rows [r0, r1) of A copied to rows of
+// k_bytes (K rounded up to 64, zero padded) x the 16 columns of panel p, skipping empty tiles
+void kernel_avx2_tiles(const uint8_t* a_rows, int64_t k_bytes, const SparseWeights& w, const int32_t* colsum,
+                       uint8_t zp, int64_t r0, int64_t r1, int64_t p, int32_t* c, int64_t ldc,
+                       const float* column_scale, const float* bias);
 int64_t panel_rows(Isa isa);  // R: 8 (avx2), 16 (avx512vnni)
 
 }  // namespace graphc

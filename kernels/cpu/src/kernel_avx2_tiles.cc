@@ -1,0 +1,84 @@
+// AVX2 kernel over 16 x 64 weight tiles (compiled with -mavx2), for constant weights of which most
+// tiles are all zero (a block pattern such as sparsify's block=16x64, the one graphc's AMX path
+// skips too): the weights are decompressed once into 16-column panels of dense tiles of which only
+// the non-empty ones are kept, contiguous (compact_tiles: the weights stream from memory without
+// gaps, and take no more room than the kept tiles), and a kept tile is a dense GEMM piece. For
+// each of its 16 groups of 4 along K, the 16 columns' 64 weight bytes are two vectors, each row's
+// 4 activation bytes are broadcast, and vpmaddubsw + vpmaddwd give 8 columns' int32 partial sums
+// (the weights must satisfy SparseWeights::pairs_fit_int16: no int16 saturation). Rows are taken
+// 4 at a time (8 accumulators), so every weight vector loaded serves 4 rows.
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "sparse_gemm.h"
+
+namespace graphc {
+
+namespace {
+
+template <int R>
+void rows_of_panel(const uint8_t* a, int64_t k_bytes, const int8_t* tiles, const int32_t* tile_k, int32_t count,
+                   __m256i acc[][2]) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+  for (int32_t t = 0; t < count; ++t) {
+    const int8_t* tile = tiles + int64_t(t) * 1024;
+    const uint8_t* at = a + int64_t(tile_k[t]) * 64;
+    for (int g = 0; g < 16; ++g) {
+      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile + g * 64));
+      const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile + g * 64 + 32));
+      for (int r = 0; r < R; ++r) {
+        const __m256i x = _mm256_set1_epi32(load4(reinterpret_cast<const int8_t*>(at + r * k_bytes + g * 4)));
+        acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w0), ones));
+        acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w1), ones));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void kernel_avx2_tiles(const uint8_t* a_rows, int64_t k_bytes, const SparseWeights& w, const int32_t* colsum,
+                       uint8_t zp, int64_t r0, int64_t r1, int64_t p, int32_t* c, int64_t ldc,
+                       const float* column_scale, const float* bias) {
+  const int64_t n0 = p * 16, nc = std::min<int64_t>(16, w.n - n0);
+  const int32_t first = w.kept_ptr[p], count = w.kept_ptr[p + 1] - first;
+  const int8_t* tiles = w.kept_tiles + int64_t(first) * 1024;
+  const int32_t* tile_k = w.kept_k + first;
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  __m256i mask[2], offset[2];
+  __m256 scale[2], shift[2];
+  for (int h = 0; h < 2; ++h) {
+    mask[h] = _mm256_cmpgt_epi32(_mm256_set1_epi32(int32_t(nc - 8 * h)), lane);
+    offset[h] = _mm256_mullo_epi32(_mm256_set1_epi32(zp), _mm256_maskload_epi32(colsum + n0 + 8 * h, mask[h]));
+    scale[h] = column_scale ? _mm256_maskload_ps(column_scale + n0 + 8 * h, mask[h]) : _mm256_setzero_ps();
+    shift[h] = bias ? _mm256_maskload_ps(bias + n0 + 8 * h, mask[h]) : _mm256_setzero_ps();
+  }
+  for (int64_t r = r0; r < r1; r += 4) {
+    const int64_t rows = std::min<int64_t>(4, r1 - r);
+    __m256i acc[4][2];
+    const uint8_t* a = a_rows + r * k_bytes;
+    switch (rows) {
+      case 1: rows_of_panel<1>(a, k_bytes, tiles, tile_k, count, acc); break;
+      case 2: rows_of_panel<2>(a, k_bytes, tiles, tile_k, count, acc); break;
+      case 3: rows_of_panel<3>(a, k_bytes, tiles, tile_k, count, acc); break;
+      default: rows_of_panel<4>(a, k_bytes, tiles, tile_k, count, acc); break;
+    }
+    for (int64_t i = 0; i < rows; ++i)
+      for (int h = 0; h < 2; ++h) {
+        if (8 * h >= nc) break;
+        const __m256i product = _mm256_sub_epi32(acc[i][h], offset[h]);
+        int32_t* dst = c + (r + i) * ldc + n0 + 8 * h;
+        if (column_scale == nullptr) {
+          _mm256_maskstore_epi32(dst, mask[h], product);
+          continue;
+        }
+        __m256 value = _mm256_mul_ps(_mm256_cvtepi32_ps(product), scale[h]);  // no FMA: -ffp-contract=off
+        if (bias != nullptr) value = _mm256_add_ps(value, shift[h]);
+        _mm256_maskstore_ps(reinterpret_cast<float*>(dst), mask[h], value);
+      }
+  }
+}
+
+}  // namespace graphc
