@@ -99,15 +99,17 @@ void write_block(const int32_t (*buf)[32], int64_t rows, int64_t nb, int64_t nc,
       for (int j = 0; j < 8; ++j) in[j] = _mm256_load_si256(reinterpret_cast<const __m256i*>(buf[j0 + j] + i0));
       transpose8(in, out);
       for (int64_t i = 0; i < 8 && i0 + i < rows; ++i) {
-        const __m256i product = _mm256_sub_epi32(out[i], offset);
+        __m256i bits = _mm256_sub_epi32(out[i], offset);
         int32_t* dst = c + (row0 + i0 + i) * ldc + nb + j0;
-        if (column_scale == nullptr) {
-          _mm256_maskstore_epi32(dst, mask, product);
-          continue;
+        if (column_scale != nullptr) {
+          __m256 value = _mm256_mul_ps(_mm256_cvtepi32_ps(bits), scale);
+          if (bias != nullptr) value = _mm256_add_ps(value, shift);
+          bits = _mm256_castps_si256(value);
         }
-        __m256 value = _mm256_mul_ps(_mm256_cvtepi32_ps(product), scale);
-        if (bias != nullptr) value = _mm256_add_ps(value, shift);
-        _mm256_maskstore_ps(reinterpret_cast<float*>(dst), mask, value);
+        if (nc - j0 >= 8)  // a masked store only on the ragged edge: vpmaskmovd stores are slow on AMD Zen
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), bits);
+        else
+          _mm256_maskstore_epi32(dst, mask, bits);
       }
     }
   }
