@@ -116,7 +116,9 @@ void pack_panel(void* arg, size_t panel) {
     const int64_t row = int64_t(panel) * r_count + r;
     if (row >= job.m) break;
     const uint8_t* src = job.a + row * job.lda;
-    for (int64_t kk = 0; kk < k; ++kk) out[((kk >> 2) * r_count + r) * 4 + (kk & 3)] = src[kk];
+    const int64_t whole = k / 4;  // whole groups as 4-byte copies, the last partial one by bytes
+    for (int64_t kb = 0; kb < whole; ++kb) std::memcpy(out + (kb * r_count + r) * 4, src + kb * 4, 4);
+    for (int64_t kk = whole * 4; kk < k; ++kk) out[(whole * r_count + r) * 4 + (kk & 3)] = src[kk];
   }
 }
 
