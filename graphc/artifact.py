@@ -49,6 +49,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MODEL = "model.onnx"
 ORT_MODEL = "model.ort"
+ENGINE = "model.plan"
 LIBRARY = "libgraphc_kernels.so"
 
 
@@ -194,9 +195,9 @@ def build(model_path: str | os.PathLike, out: str | os.PathLike, report: str | o
             from graphc import tensorrt_plan
 
             ort_note = "no .ort file: target tensorrt"
-            tensorrt["engine"] = None
             tensorrt["engine_note"] = tensorrt_plan.build_engine(staging / MODEL, tensorrt["builder"],
-                                                                 staging / "model.plan")
+                                                                 staging / ENGINE)
+            tensorrt["engine"] = ENGINE if (staging / ENGINE).exists() else None
         else:
             try:
                 _session(staging / MODEL, library, optimized_to=staging / ORT_MODEL)

@@ -24,7 +24,6 @@ otherwise the manifest says why there is none.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping
 
 import onnx
@@ -99,8 +98,13 @@ def plan(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]] | None = 
 
 
 def build_engine(onnx_path, config: dict, engine_path) -> str | None:
-    """The engine where a TensorRT builder imports; else None and the reason, as the manifest's note."""
-    if importlib.util.find_spec("tensorrt") is None:
+    """The engine (``graphc.tensorrt_engine``) where a TensorRT builder imports, and None; else the
+    reason there is none, as the manifest's note."""
+    from graphc import tensorrt_engine
+
+    trt = tensorrt_engine.builder_module()
+    if trt is None:
         return ("no TensorRT builder here: the tensorrt and tensorrt-rtx packages on PyPI are source stubs that "
                 "download from NVIDIA's index; the manifest's builder configuration is the recipe for trtexec")
-    raise GraphcError("building a TensorRT engine is not written yet (a tensorrt module imports here)")
+    tensorrt_engine.build(trt, onnx_path, config, engine_path)
+    return None
