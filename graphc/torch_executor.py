@@ -35,7 +35,7 @@ from onnx import helper
 
 import graphc.torch_quant_ops  # noqa: F401  (registers the quantized operators)
 from graphc.errors import GraphcError
-from graphc.torch_ops import OPS, tensor_from_proto
+from graphc.torch_ops import OPS, tensor_from_proto, to_float_dtype
 
 CONTROL_FLOW = {"If", "Loop", "Scan"}
 SCALE_SLOTS = {"QuantizeLinear": (1,), "DequantizeLinear": (1,), "QLinearConv": (1, 4, 6), "QLinearMatMul": (1, 4, 6)}
@@ -132,7 +132,7 @@ class TorchExecutor:
 
     def _feed(self, value) -> torch.Tensor:
         tensor = torch.as_tensor(value).to(self.device) if not isinstance(value, torch.Tensor) else value.to(self.device)
-        return tensor.to(self.context.float_dtype) if tensor.dtype == torch.float32 else tensor
+        return to_float_dtype(self.context, tensor)
 
     def run(self, feeds: dict) -> list[torch.Tensor]:
         missing = [name for name in self.input_names if name not in feeds]

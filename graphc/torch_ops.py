@@ -9,7 +9,8 @@ Rules every operator here follows:
 2. Shape-valued inputs (Reshape's shape, Slice's starts, Expand's shape, ...) are int64 tensors,
    read back as Python ints (one device sync each on a GPU).
 3. A float tensor carries ``ctx.float_dtype`` (float32, or float16 when the executor runs a
-   FP32 model in half precision); ``Cast(to=FLOAT)`` gives that dtype too. LayerNormalization
+   FP32 model in half precision); ``Cast(to=FLOAT)`` gives that dtype too. Constants going to
+   float16 are clamped to its finite range (``to_float_dtype``). LayerNormalization
    computes its statistics in float32 (``stash_type=1``, as onnxruntime).
 4. Integer Div truncates toward zero and Cast from float to integer truncates, as onnxruntime's
    C++ casts do; QuantizeLinear is where rounding to nearest lives.
@@ -51,10 +52,21 @@ def torch_dtype(ctx, onnx_type: int) -> torch.dtype:
     return ONNX_TO_TORCH[onnx_type]
 
 
+def to_float_dtype(ctx, value: torch.Tensor) -> torch.Tensor:
+    """A float32 tensor in ``ctx.float_dtype``; to float16, finite values are clamped to its range
+    (+-65504) first, so an exporter's ``finfo(float32).min`` mask constant stays finite (as
+    onnxconverter-common's float16 conversion does) and ``0 * min`` stays 0, not NaN."""
+    if value.dtype != torch.float32 or ctx.float_dtype == torch.float32:
+        return value
+    if ctx.float_dtype == torch.float16:
+        value = torch.where(torch.isfinite(value), value.clamp(-65504.0, 65504.0), value)
+    return value.to(ctx.float_dtype)
+
+
 def tensor_from_proto(ctx, proto) -> torch.Tensor:
     array = numpy_helper.to_array(proto)
     value = torch.from_numpy(np.array(array, copy=True)).to(ctx.device)  # keeps 0-d arrays 0-d
-    return value.to(ctx.float_dtype) if value.dtype == torch.float32 else value
+    return to_float_dtype(ctx, value)
 
 
 def ints(value) -> list[int]:
@@ -209,6 +221,8 @@ def log_softmax(ctx, x, a):
 
 @op("Cast")
 def cast(ctx, x, a):
+    if a["to"] == TensorProto.FLOAT and x[0].dtype == torch.float32:
+        return [to_float_dtype(ctx, x[0])]
     return [x[0].to(torch_dtype(ctx, a["to"]))]
 
 

@@ -47,23 +47,33 @@ def block_sparse_kernel(a_ptr, tiles_ptr, tile_k_ptr, tile_ptr_ptr, c_ptr, sums_
 
 
 def dense_int8_matmul(a: torch.Tensor, weight: torch.Tensor, zero_point: int, block_m: int = 32,
-                      block_n: int = 32, block_k: int = 32) -> torch.Tensor:
-    """``(a - zero_point) @ weight`` in int32; a uint8 [M, K], weight int8 [K, N]."""
+                      block_n: int = 32, block_k: int = 32, sums: torch.Tensor | None = None) -> torch.Tensor:
+    """``(a - zero_point) @ weight`` in int32; a uint8 [M, K], weight int8 [K, N]; ``sums``, the
+    weight's int32 column sums, where the caller keeps them (a constant weight's)."""
     m, k = a.shape
     n = weight.shape[1]
     out = torch.empty((m, n), dtype=torch.int32, device=a.device)
-    sums = weight.to(torch.int32).sum(dim=0, dtype=torch.int32)
+    if sums is None:
+        sums = weight.to(torch.int32).sum(dim=0, dtype=torch.int32)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     dense_kernel[grid](a.contiguous(), weight.contiguous(), out, sums, m, n, k, int(zero_point),
                        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
     return out
 
 
-def block_sparse_int8_matmul(a: torch.Tensor, packed: BlockSparse, zero_point: int, block_m: int = 32) -> torch.Tensor:
+def upload(packed: BlockSparse, device) -> list[torch.Tensor]:
+    """The packed weight's arrays on ``device`` (tiles, tile_k, tile_ptr, column_sums), to keep."""
+    return [torch.from_numpy(x).to(device) for x in (packed.tiles, packed.tile_k, packed.tile_ptr, packed.column_sums)]
+
+
+def block_sparse_int8_matmul(a: torch.Tensor, packed: BlockSparse, zero_point: int, block_m: int = 32,
+                             uploaded: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """``(a - zero_point) @ W`` in int32 over W's non-zero tiles only; ``uploaded`` is
+    ``upload(packed, a.device)`` where the caller keeps it (else copied to the device per call)."""
     m, k = a.shape
     device = a.device
     out = torch.empty((m, packed.n), dtype=torch.int32, device=device)
-    tensors = [torch.from_numpy(x).to(device) for x in (packed.tiles, packed.tile_k, packed.tile_ptr, packed.column_sums)]
+    tensors = uploaded if uploaded is not None else upload(packed, device)
     grid = (triton.cdiv(m, block_m), packed.tile_ptr.size - 1)
     block_sparse_kernel[grid](a.contiguous(), *tensors[:3], out, tensors[3], m, packed.n, k, int(zero_point),
                               BLOCK_M=block_m, BLOCK_N=packed.block_n, BLOCK_K=packed.block_k)

@@ -54,6 +54,16 @@ def test_topologies_match_onnxruntime(onnx_model, sample_inputs, name, dynamo):
     assert_close(TorchExecutor(path).run_numpy(feeds), onnxruntime_outputs(path, feeds))
 
 
+@pytest.mark.parametrize("name", TOPOLOGIES)
+def test_topologies_in_float16_stay_finite_and_close(onnx_model, sample_inputs, name):
+    """float16 runs (float32 constants clamped to float16's finite range on the way) stay finite and
+    near onnxruntime's float32 outputs."""
+    path = onnx_model(name)
+    feeds = sample_inputs(name)
+    for got, want in zip(TorchExecutor(path, half=True).run_numpy(feeds), onnxruntime_outputs(path, feeds)):
+        assert np.isfinite(got).all() and cosine(got, want) > 0.999, name
+
+
 def optimized(path, tmp_path, passes):
     out = tmp_path / f"{path.stem if hasattr(path, 'stem') else 'model'}.{passes.replace(',', '_').replace(':', '_').replace('=', '_')}.onnx"
     assert main(["optimize", str(path), "--passes", passes, "-o", str(out)]) == 0
