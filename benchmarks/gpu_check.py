@@ -112,8 +112,10 @@ def int8_cnn(work: pathlib.Path, passes: str) -> pathlib.Path:
     return out
 
 
-def tensorrt_section(work: pathlib.Path) -> dict:
+def tensorrt_section(work: pathlib.Path, device) -> dict:
+    from graphc import tensorrt_engine
     from graphc.cli import main
+    from graphc.runtime import open_session
 
     model = int8_cnn(work, "fold,int8:target=tensorrt")
     art = work / "cnn-tensorrt"
@@ -122,8 +124,16 @@ def tensorrt_section(work: pathlib.Path) -> dict:
         raise RuntimeError(f"graphc build --target tensorrt exited {code}")
     manifest = json.loads((art / "manifest.json").read_text())
     engine = manifest["tensorrt"]["engine"]
-    return {"engine": engine, "engine_bytes": (art / engine).stat().st_size if engine else None,
-            "note": manifest["tensorrt"]["engine_note"], "builder": manifest["tensorrt"]["builder"]}
+    result = {"engine": engine, "engine_bytes": (art / engine).stat().st_size if engine else None,
+              "note": manifest["tensorrt"]["engine_note"], "builder": manifest["tensorrt"]["builder"]}
+    if engine and device.type == "cuda":  # run it: outputs against onnxruntime's on the CPU
+        images = np.load(TEST)["image"][:32]
+        got = next(iter(tensorrt_engine.run_engine(tensorrt_engine.builder_module(), art / engine,
+                                                   {"image": images}).values()))
+        want = open_session(model).run(None, {"image": images})[0]
+        result.update(max_diff_vs_onnxruntime=max_diff(got, want),
+                      top1_agrees_with_onnxruntime=float(np.mean(got.argmax(1) == want.argmax(1))))
+    return result
 
 
 def tile_sparse(rng, k, n, block, share):
@@ -309,6 +319,9 @@ def render(results: dict) -> str:
         if section == "tensorrt":
             lines.append(f"- engine: {value['engine']} ({value['engine_bytes']} bytes)" if value["engine"] else
                          f"- no engine: {value['note']}")
+            if "max_diff_vs_onnxruntime" in value:
+                lines.append(f"- run on the GPU: max output difference vs onnxruntime {value['max_diff_vs_onnxruntime']:.3g}, "
+                             f"top-1 agrees on {value['top1_agrees_with_onnxruntime']:.0%} of 32 images")
             lines.append(f"- builder configuration: {json.dumps(value['builder'])}")
         elif section == "kernels":
             lines += ["| M | K | N | variant | ms | TOP/s | vs fp16 | exact vs int64 |", "|---|---|---|---|---|---|---|---|"]
@@ -352,7 +365,7 @@ def main(argv=None) -> int:
     start, failed = time.perf_counter(), False
     results = {"machine": machine(device)}
     print(f"graphc GPU check on {results['machine'].get('gpu', device)}", flush=True)
-    sections = [("tensorrt", lambda: tensorrt_section(work)),
+    sections = [("tensorrt", lambda: tensorrt_section(work, device)),
                 ("kernels", lambda: kernel_section(device, QUICK_SHAPES if args.quick else FULL_SHAPES, runs, 0.8)),
                 ("models", lambda: model_section(device, work, args.quick, runs))]
     for name, run in sections:

@@ -73,3 +73,37 @@ def build(trt, onnx_path: str | os.PathLike, config: dict, engine_path: str | os
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
     return engine_path
+
+
+def run_engine(trt, engine_path: str | os.PathLike, feeds: dict) -> dict:
+    """Deserialize ``engine_path`` and run it once on a CUDA GPU: ``{output name: numpy array}``.
+    Inputs and outputs live in torch CUDA tensors (TensorRT's ``execute_async_v3`` on a torch
+    stream); the GPU check and the ``gpu`` tests use it."""
+    import numpy as np
+    import torch
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    engine = trt.Runtime(logger).deserialize_cuda_engine(pathlib.Path(engine_path).read_bytes())
+    if engine is None:
+        raise GraphcError(f"TensorRT could not deserialize {pathlib.Path(engine_path).name}")
+    context = engine.create_execution_context()
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    keep = {}
+    for name in inputs:
+        tensor = torch.from_numpy(np.ascontiguousarray(feeds[name])).cuda()
+        keep[name] = tensor
+        context.set_input_shape(name, tuple(tensor.shape))
+        context.set_tensor_address(name, tensor.data_ptr())
+    outputs = {}
+    for name in names:
+        if name in inputs:
+            continue
+        dtype = torch.from_numpy(np.zeros(0, trt.nptype(engine.get_tensor_dtype(name)))).dtype
+        outputs[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=dtype, device="cuda")
+        context.set_tensor_address(name, outputs[name].data_ptr())
+    stream = torch.cuda.Stream()
+    if not context.execute_async_v3(stream.cuda_stream):
+        raise GraphcError(f"TensorRT failed to run {pathlib.Path(engine_path).name}")
+    stream.synchronize()
+    return {name: tensor.cpu().numpy() for name, tensor in outputs.items()}

@@ -150,3 +150,27 @@ def test_the_builder_module_is_tensorrt_else_tensorrt_rtx(monkeypatch):
     full = types.SimpleNamespace(name="full")
     monkeypatch.setitem(sys.modules, "tensorrt", full)
     assert tensorrt_engine.builder_module() is full
+
+
+@pytest.mark.gpu
+def test_the_engine_runs_on_the_gpu_near_onnxruntime(int8_cnn, tmp_path):
+    """Needs a CUDA GPU and a TensorRT builder: the built engine, deserialized and run, gives
+    onnxruntime's INT8 outputs up to TensorRT's own INT8 rounding."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    trt = tensorrt_engine.builder_module()
+    if trt is None:
+        pytest.skip("no TensorRT builder (PyPI's tensorrt packages are stubs)")
+    import numpy as np
+
+    from graphc.runtime import open_session
+
+    out = tmp_path / "art"
+    assert main(["build", str(int8_cnn), "--target", "tensorrt", "-o", str(out), "--shape", "image=8x1x28x28"]) == 0
+    images = np.load(CALIB)["image"][:8]
+    got = tensorrt_engine.run_engine(trt, out / "model.plan", {"image": images})
+    want = open_session(int8_cnn).run(None, {"image": images})[0]
+    logits = next(iter(got.values()))
+    cos = float((logits * want).sum() / (np.linalg.norm(logits) * np.linalg.norm(want)))
+    assert cos > 0.999 and np.mean(logits.argmax(1) == want.argmax(1)) >= 0.875
