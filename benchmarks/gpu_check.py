@@ -254,11 +254,8 @@ def max_diff(a, b) -> float:
 
 def model_section(device, work: pathlib.Path, quick: bool, runs: int) -> list[dict]:
     import onnx
-    import onnxruntime as ort
-    import torch
 
     from graphc.cli import main
-    from graphc.torch_executor import TorchExecutor
 
     images = np.load(TEST)["image"]
     cnn_name = onnx.load(str(CNN)).graph.input[0].name
@@ -270,38 +267,53 @@ def model_section(device, work: pathlib.Path, quick: bool, runs: int) -> list[di
               ("BERT-tiny" if quick else "BERT-base", bert, bert_int8, bert_feeds, (1, 2) if quick else (1, 8))]
     rows = []
     for name, fp32, int8, make_feeds, batches in models:
-        sessions = {}
-        for label, path, optimize in (("fp32", fp32, True), ("int8", int8, True), ("int8_plain", int8, False)):
-            options = ort.SessionOptions()
-            if not optimize:
-                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            sessions[label] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        executors = {"fp32": TorchExecutor(fp32, device=device),
-                     "fp16": TorchExecutor(fp32, device=device, half=True),
-                     "graphc int8": TorchExecutor(int8, device=device)}
-        for rows_in_batch in batches:
-            feeds = make_feeds(rows_in_batch)
-            reference = {label: s.run(None, feeds)[0] for label, s in sessions.items()}
-            cpu_ms = median_ms(lambda: sessions["fp32"].run(None, feeds), torch.device("cpu"), max(2, runs // 4))
-            row = {"model": name, "batch": rows_in_batch, "onnxruntime_cpu_fp32_ms": cpu_ms, "variants": {}}
-            fp16_ms = None
-            for label, executor in executors.items():
-                device_feeds = {k: torch.from_numpy(v).to(device) for k, v in feeds.items()}
-                with torch.inference_mode():
-                    out = executor.run(device_feeds)[0].float().cpu().numpy()
-                    ms = median_ms(lambda: executor.run(device_feeds), device, runs)
-                entry = {"ms": ms, "max_diff_vs_fp32": max_diff(out, reference["fp32"])}
-                if label == "graphc int8":
-                    entry["max_diff_vs_onnxruntime_int8"] = max_diff(out, reference["int8"])
-                    entry["max_diff_vs_onnxruntime_int8_unfused"] = max_diff(out, reference["int8_plain"])
-                    entry["top1_agrees_with_fp32"] = float(np.mean(out.argmax(-1) == reference["fp32"].argmax(-1)))
-                if label == "fp16":
-                    fp16_ms = ms
-                row["variants"][label] = entry
-            for entry in row["variants"].values():
-                entry["vs_fp16"] = fp16_ms / entry["ms"] if fp16_ms else None
-            row["output_scale"] = float(np.max(np.abs(reference["fp32"])))
-            rows.append(row)
+        try:
+            rows += model_rows(device, name, fp32, int8, make_feeds, batches, runs)
+        except Exception as exc:  # one model's failure is recorded; the other still runs
+            traceback.print_exc()
+            rows.append({"model": name, "failed": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
+    return rows
+
+
+def model_rows(device, name, fp32, int8, make_feeds, batches, runs: int) -> list[dict]:
+    import onnxruntime as ort
+    import torch
+
+    from graphc.torch_executor import TorchExecutor
+
+    rows = []
+    sessions = {}
+    for label, path, optimize in (("fp32", fp32, True), ("int8", int8, True), ("int8_plain", int8, False)):
+        options = ort.SessionOptions()
+        if not optimize:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sessions[label] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    executors = {"fp32": TorchExecutor(fp32, device=device),
+                 "fp16": TorchExecutor(fp32, device=device, half=True),
+                 "graphc int8": TorchExecutor(int8, device=device)}
+    for rows_in_batch in batches:
+        feeds = make_feeds(rows_in_batch)
+        reference = {label: s.run(None, feeds)[0] for label, s in sessions.items()}
+        cpu_ms = median_ms(lambda: sessions["fp32"].run(None, feeds), torch.device("cpu"), max(2, runs // 4))
+        row = {"model": name, "batch": rows_in_batch, "onnxruntime_cpu_fp32_ms": cpu_ms, "variants": {}}
+        fp16_ms = None
+        for label, executor in executors.items():
+            device_feeds = {k: torch.from_numpy(v).to(device) for k, v in feeds.items()}
+            with torch.inference_mode():
+                out = executor.run(device_feeds)[0].float().cpu().numpy()
+                ms = median_ms(lambda: executor.run(device_feeds), device, runs)
+            entry = {"ms": ms, "max_diff_vs_fp32": max_diff(out, reference["fp32"])}
+            if label == "graphc int8":
+                entry["max_diff_vs_onnxruntime_int8"] = max_diff(out, reference["int8"])
+                entry["max_diff_vs_onnxruntime_int8_unfused"] = max_diff(out, reference["int8_plain"])
+                entry["top1_agrees_with_fp32"] = float(np.mean(out.argmax(-1) == reference["fp32"].argmax(-1)))
+            if label == "fp16":
+                fp16_ms = ms
+            row["variants"][label] = entry
+        for entry in row["variants"].values():
+            entry["vs_fp16"] = fp16_ms / entry["ms"] if fp16_ms else None
+        row["output_scale"] = float(np.max(np.abs(reference["fp32"])))
+        rows.append(row)
     return rows
 
 
@@ -335,6 +347,9 @@ def render(results: dict) -> str:
             lines += ["| model | batch | variant | ms | vs fp16 | max diff vs onnxruntime CPU (FP32) | vs onnxruntime INT8 (fused / unfused) |",
                       "|---|---|---|---|---|---|---|"]
             for r in value:
+                if "failed" in r:
+                    lines.append(f"| {r['model']} | | failed: {r['failed']} | | | | |")
+                    continue
                 lines.append(f"| {r['model']} | {r['batch']} | onnxruntime CPU FP32 | {r['onnxruntime_cpu_fp32_ms']:.3f} | | "
                              f"(outputs up to {r['output_scale']:.3g}) | |")
                 for label, e in r["variants"].items():
@@ -377,6 +392,8 @@ def main(argv=None) -> int:
             results[name] = {"failed": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
             failed = True
         print(f"{name}: {time.perf_counter() - t0:.1f} s", flush=True)
+    if isinstance(results.get("models"), list):
+        failed |= any("failed" in row for row in results["models"])
     results["seconds"] = time.perf_counter() - start
     text = render(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,7 @@ def test_gpu_check_runs_every_section_on_the_cpu(tmp_path):
     assert len(graphc_rows) == 4 and all(r["exact"] is True for r in graphc_rows)
     assert all(r["exact"] is True for r in kernels if r["variant"] == "torch._int_mm int8")
     models = results["models"]
+    assert not any("failed" in row for row in models), models
     assert {(r["model"], r["batch"]) for r in models} == {("fashion CNN", 1), ("fashion CNN", 2), ("BERT-tiny", 1),
                                                           ("BERT-tiny", 2)}
     for row in models:
