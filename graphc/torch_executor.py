@@ -13,7 +13,9 @@ Rules:
 1. The model is checked before anything runs: every node's operator must be in the op table
    (``graphc.torch_ops``, ``graphc.torch_quant_ops``); otherwise one error names every missing
    operator (control flow, If/Loop/Scan, and graphc's own ``ai.graphc`` ops are not run here:
-   run the model from before ``sparse-int8``).
+   run the model from before ``sparse-int8``). The ``com.microsoft`` ops graphc's ``fuse`` pass
+   writes are run (GroupQueryAttention, MultiHeadAttention, SkipLayerNormalization, BiasGelu,
+   FastGelu, Gelu) in the forms it writes them; another form is refused when the node runs.
 2. Nodes run in graph order (ONNX requires it topologically sorted); a value is freed after its
    last reader.
 3. ``half=True`` runs a FP32 model in float16: float32 inputs and initializers become float16,

@@ -677,3 +677,72 @@ def ms_skip_layer_normalization(ctx, x, a):
     out, mean, inv_std = layer_norm(total, x[2], x[3] if len(x) > 3 else None, total.dim() - 1,
                                     a.get("epsilon", 1e-12))
     return [out, mean, inv_std, total][:ctx.node_outputs]
+
+
+def _heads(value, heads):
+    """[B, S, H*D] -> [B, H, S, D]"""
+    b, s, hd = value.shape
+    return value.reshape(b, s, heads, hd // heads).transpose(1, 2)
+
+
+def _merge_heads(value):
+    """[B, H, S, D] -> [B, S, H*D]"""
+    b, h, s, d = value.shape
+    return value.transpose(1, 2).reshape(b, s, h * d)
+
+
+def _attend(q, k, v, scale, bias=None, keep=None):
+    """softmax(q k^T * scale + bias) v, the softmax in float32; keys outside ``keep`` get -1e30,
+    so a query with no key to read averages them all instead of becoming NaN."""
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
+    if bias is not None:
+        scores = scores + bias.float()
+    if keep is not None:
+        scores = scores.masked_fill(~keep, -1e30)
+    return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
+
+
+@op("MultiHeadAttention", domain="com.microsoft")
+def ms_multi_head_attention(ctx, x, a):
+    """The forms graphc's fuse pass writes: 3-D query/key/value, optional attention_bias
+    (input 5), ``unidirectional`` (causal); no packed QKV, no key padding mask, no past."""
+    given = [i for i, t in enumerate(x) if t is not None]
+    if any(i in (3, 4) or i > 5 for i in given) or x[0].dim() != 3 or x[1] is None or x[1].dim() != 3:
+        raise ctx.unsupported("MultiHeadAttention other than 3-D q/k/v with an optional attention_bias")
+    if ctx.node_outputs > 1:
+        raise ctx.unsupported("MultiHeadAttention's present key/value outputs")
+    heads = a["num_heads"]
+    q, k, v = _heads(x[0], heads), _heads(x[1], heads), _heads(x[2], heads)
+    scale = a.get("scale", 0.0) or 1.0 / math.sqrt(q.shape[-1])
+    keep = None
+    if a.get("unidirectional", 0):
+        s, length = q.shape[2], k.shape[2]
+        keep = torch.ones(s, length, dtype=torch.bool, device=q.device).tril(length - s)
+    bias = x[5] if len(x) > 5 else None
+    return [_merge_heads(_attend(q, k, v, scale, bias, keep))]
+
+
+@op("GroupQueryAttention", domain="com.microsoft")
+def ms_group_query_attention(ctx, x, a):
+    """Without past key/value or rotary embedding: each row's queries read its first
+    ``seqlens_k + 1`` keys (all of them before its own position when ``causal``); key/value
+    heads are shared by ``num_heads / kv_num_heads`` query heads. The present outputs are the
+    row's keys and values, [B, kv_heads, L, D]."""
+    if (len(x) > 3 and x[3] is not None) or (len(x) > 4 and x[4] is not None) or a.get("do_rotary", 0) \
+            or any(t is not None for t in x[7:]) or a.get("local_window_size", -1) != -1 or a.get("softcap", 0.0):
+        raise ctx.unsupported("GroupQueryAttention with a past, rotary embedding, a local window or softcap")
+    heads, kv_heads = a["num_heads"], a["kv_num_heads"]
+    q, k, v = _heads(x[0], heads), _heads(x[1], kv_heads), _heads(x[2], kv_heads)
+    scale = a.get("scale", 0.0) or 1.0 / math.sqrt(q.shape[-1])
+    group = heads // kv_heads
+    k_all, v_all = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    rows, s, length = q.shape[0], q.shape[2], k.shape[2]
+    valid = x[5].reshape(rows, 1).to(torch.int64) + 1  # keys per row
+    positions = torch.arange(length, device=q.device)
+    keep = (positions.view(1, 1, length) < valid.view(rows, 1, 1))  # [B, 1, L]
+    if a.get("causal", 0):
+        # query i of a row with n tokens sits at position n - S + i
+        query_pos = valid.view(rows, 1, 1) - s + torch.arange(s, device=q.device).view(1, s, 1)
+        keep = keep & (positions.view(1, 1, length) <= query_pos)
+    out = _attend(q, k_all, v_all, scale, None, keep.unsqueeze(1))
+    return [_merge_heads(out), k, v][:ctx.node_outputs]

@@ -4,12 +4,15 @@
 - graphc ``int8`` outputs (dynamic and static QDQ) on several topologies and the bundled CNN:
   equal to onnxruntime with its graph optimizations off (the same operators, the same integers;
   float rounding aside), and within INT8 tolerance of onnxruntime's fused kernels.
+- ``fuse``'s outputs (GroupQueryAttention with padded rows, MultiHeadAttention causal and
+  unmasked, SkipLayerNormalization, BiasGelu), FP32 and int8: equal to onnxruntime's.
 - MatMulInteger on graphc's Triton kernel (under ``TRITON_INTERPRET=1`` here) gives exactly the
   float64 path's integers.
 - float16 runs keep Q/DQ scales in float32 and stay near the float32 outputs.
 - Single-operator models for the forms that are easy to get wrong (negative Slice steps,
   asymmetric pads, ceil mode, ties in QuantizeLinear, zero points in integer convolutions, ...).
-- Unsupported operators are named in one error before anything runs.
+- Unsupported operators are named in one error before anything runs; an unsupported form of a
+  supported operator is refused when it runs.
 """
 
 from __future__ import annotations
@@ -223,19 +226,40 @@ def test_integer_products_with_8_bit_weights_equal_the_int64_reference(zero_poin
     np.testing.assert_array_equal(TorchExecutor(model).run_numpy(feeds)[0], want)
 
 
-def test_unsupported_operators_are_named_before_anything_runs(onnx_model, tmp_path):
-    fused = optimized(onnx_model("bert"), tmp_path, "fold,fuse")
-    with pytest.raises(UnsupportedModel, match="com.microsoft::GroupQueryAttention"):
-        TorchExecutor(fused)
+@pytest.mark.parametrize("passes", ["fold,fuse", "fold,fuse,int8"])
+@pytest.mark.parametrize("name", ["bert", "gpt", "vit"])
+def test_fused_attention_matches_onnxruntime(onnx_model, sample_inputs, tmp_path, name, passes):
+    """fuse's com.microsoft ops: GroupQueryAttention on BERT's padding mask (rows padded on
+    the right and on the left), MultiHeadAttention causal (GPT-2) and unmasked (ViT),
+    SkipLayerNormalization and BiasGelu where fuse keeps them."""
+    path = optimized(onnx_model(name), tmp_path, passes)
+    fused = {n.op_type for n in onnx.load(path).graph.node if n.domain == "com.microsoft"}
+    assert fused & {"GroupQueryAttention", "MultiHeadAttention"}
+    feeds = sample_inputs(name)
+    if "attention_mask" in feeds:
+        feeds["attention_mask"][0, 11:] = 0
+        feeds["attention_mask"][1, :3] = 0
+    got = TorchExecutor(path).run_numpy(feeds)
+    assert_close(got, onnxruntime_outputs(path, feeds, optimize=False), rtol=1e-5, atol=1e-6)
+
+
+def test_unsupported_operators_are_named_before_anything_runs():
     branch = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "b", [],
                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     node = helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)
-    graph = helper.make_graph([node, helper.make_node("Relu", ["y"], ["z"])], "g",
+    graph = helper.make_graph([node, helper.make_node("Relu", ["y"], ["z"]),
+                               helper.make_node("SparseMatMulInteger", ["z"], ["w"], domain="ai.graphc")], "g",
                               [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
                                helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1])])
-    with pytest.raises(UnsupportedModel, match=r"has no implementation of ai.onnx::If$"):
+                              [helper.make_tensor_value_info("w", TensorProto.FLOAT, [1])])
+    with pytest.raises(UnsupportedModel, match=r"has no implementation of ai.graphc::SparseMatMulInteger, ai.onnx::If$"):
         TorchExecutor(helper.make_model(graph))
+    q = RNG.standard_normal((1, 4, 8)).astype(np.float32)
+    model, feeds = single("GroupQueryAttention", [("q", q), ("k", q), ("v", q), ("pk", q.reshape(1, 2, 4, 4)),
+                                                  ("pv", q.reshape(1, 2, 4, 4))],
+                          {"num_heads": 2, "kv_num_heads": 2}, 1, 17, domain="com.microsoft")
+    with pytest.raises(UnsupportedModel, match="GroupQueryAttention with a past"):
+        TorchExecutor(model).run_numpy(feeds)
     ok, _ = single("Relu", [("x", X4)])
     with pytest.raises(Exception, match="no value given for input"):
         TorchExecutor(ok).run_numpy({})
