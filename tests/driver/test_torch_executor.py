@@ -9,6 +9,7 @@
 - MatMulInteger on graphc's Triton kernel (under ``TRITON_INTERPRET=1`` here) gives exactly the
   float64 path's integers.
 - float16 runs keep Q/DQ scales in float32 and stay near the float32 outputs.
+- Shape arithmetic runs on the host: the models run on torch's data-less ``meta`` device.
 - Single-operator models for the forms that are easy to get wrong (negative Slice steps,
   asymmetric pads, ceil mode, ties in QuantizeLinear, zero points in integer convolutions, ...).
 - Unsupported operators are named in one error before anything runs; an unsupported form of a
@@ -110,6 +111,22 @@ def test_bundled_cnn_fp32_int8_and_half(tmp_path):
     scales = [node.input[1] for node in onnx.load(int8).graph.node if node.op_type == "DequantizeLinear"]
     assert scales and all(half_int8.constants[s].dtype == torch.float32 for s in scales if s in half_int8.constants)
     assert cosine(half_int8.run_numpy(feeds)[0], onnxruntime_outputs(int8, feeds)[0]) > 0.999
+
+
+@pytest.mark.parametrize("passes", [None, "fold,int8", "fold,fuse,int8"])
+@pytest.mark.parametrize("name", ["bert", "gpt", "vit"])
+def test_shape_arithmetic_stays_on_the_host(onnx_model, sample_inputs, tmp_path, name, passes):
+    """Rule 5, checked on torch's meta device, which holds no data: a model runs there only if no
+    shape value, axis or size is ever read back from the device (each read would be a GPU sync)."""
+    path = onnx_model(name) if passes is None else optimized(onnx_model(name), tmp_path, passes)
+    feeds = sample_inputs(name)
+    executor = TorchExecutor(path, device="meta")
+    shapes = {i for i, step in enumerate(executor.steps) if step.op_type == "Shape"}
+    assert shapes <= executor.host_nodes
+    with torch.inference_mode():
+        got = executor.run(feeds)
+    want = onnxruntime_outputs(path, feeds)
+    assert [tuple(g.shape) for g in got] == [w.shape for w in want] and all(g.device.type == "meta" for g in got)
 
 
 def test_matmul_integer_on_the_triton_kernel_is_exact(onnx_model, sample_inputs, tmp_path, monkeypatch):
