@@ -18,6 +18,9 @@
 
 from __future__ import annotations
 
+import pathlib
+import re
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -68,10 +71,17 @@ def test_topologies_in_float16_stay_finite_and_close(onnx_model, sample_inputs, 
         assert np.isfinite(got).all() and cosine(got, want) > 0.999, name
 
 
+_OPTIMIZED: dict[tuple[str, str], pathlib.Path] = {}
+
+
 def optimized(path, tmp_path, passes):
-    out = tmp_path / f"{path.stem if hasattr(path, 'stem') else 'model'}.{passes.replace(',', '_').replace(':', '_').replace('=', '_')}.onnx"
-    assert main(["optimize", str(path), "--passes", passes, "-o", str(out)]) == 0
-    return out
+    """``path`` after ``graphc optimize --passes passes``, made once per session and model."""
+    key = (str(path), passes)
+    if key not in _OPTIMIZED or not _OPTIMIZED[key].exists():
+        out = tmp_path / f"{pathlib.Path(path).stem}.{re.sub('[^A-Za-z0-9]+', '_', passes)}.onnx"
+        assert main(["optimize", str(path), "--passes", passes, "-o", str(out)]) == 0
+        _OPTIMIZED[key] = out
+    return _OPTIMIZED[key]
 
 
 def cosine(a, b):
@@ -100,7 +110,7 @@ def cnn_feeds(rows=16):
 def test_bundled_cnn_fp32_int8_and_half(tmp_path):
     feeds = cnn_feeds()
     assert_close(TorchExecutor(CNN).run_numpy(feeds), onnxruntime_outputs(CNN, feeds))
-    int8 = optimized(__import__("pathlib").Path(CNN), tmp_path, "fold,int8")
+    int8 = optimized(CNN, tmp_path, "fold,int8")
     assert_close(TorchExecutor(int8).run_numpy(feeds), onnxruntime_outputs(int8, feeds, optimize=False), atol=1e-6)
     half = TorchExecutor(CNN, half=True)
     assert half.context.float_dtype == torch.float16
