@@ -151,6 +151,13 @@ def two_four(rng, k, n):
     return (weight.reshape(k // 4, 4, n) * keep).reshape(k, n).astype(np.int8)
 
 
+def describe(exc: BaseException) -> str:
+    """An exception as one short line for the results file."""
+    from graphc.errors import first_line
+
+    return f"{type(exc).__name__}: {first_line(exc)[:160]}"
+
+
 def kernel_section(device, shapes, runs: int, share: float) -> list[dict]:
     import torch
 
@@ -161,67 +168,59 @@ def kernel_section(device, shapes, runs: int, share: float) -> list[dict]:
     rows, zp, block = [], 77, 64 if device.type == "cuda" else 16
     for m, k, n in shapes:
         a = torch.from_numpy(rng.integers(0, 256, (m, k)).astype(np.uint8)).to(device)
-        centred = (a.to(torch.int32) - zp).to(torch.float64)
         a_signed = (a.to(torch.int32) - 128).to(torch.int8)
         dense, sparse, pair = tile_sparse(rng, k, n, block, 0.0), tile_sparse(rng, k, n, block, share), two_four(rng, k, n)
-        reference = {name: (centred @ torch.from_numpy(w).to(device).to(torch.float64)) for name, w in
-                     (("dense", dense), ("sparse", sparse))}
+        weights = {name: torch.from_numpy(w).to(device) for name, w in (("dense", dense), ("sparse", sparse), ("pair", pair))}
+        wide = lambda t: t.to(torch.float64)  # noqa: E731  (every product of 8-bit values is exact in float64)
+        centred = wide(a.to(torch.int32) - zp)
+        reference = {"dense": centred @ wide(weights["dense"]), "sparse": centred @ wide(weights["sparse"]),
+                     "int_mm": wide(a_signed) @ wide(weights["dense"]), "pair": wide(a_signed) @ wide(weights["pair"])}
         a16 = torch.randn(m, k, device=device, dtype=torch.float16 if device.type == "cuda" else torch.float32)
         w16 = torch.randn(k, n, device=device, dtype=a16.dtype)
-        dense_t = torch.from_numpy(dense).to(device)
-        sums = dense_t.to(torch.int32).sum(0, dtype=torch.int32)
+        sums = weights["dense"].to(torch.int32).sum(0, dtype=torch.int32)
         packed = pack_blocks(sparse, block, block)
         uploaded = upload(packed, device)
         bm = 16 if m <= 16 else block
         variants = {
             "fp16 torch.mm" if device.type == "cuda" else "fp32 torch.mm (cpu)": (lambda: a16 @ w16, None),
-            "graphc triton dense int8": (lambda: dense_int8_matmul(a, dense_t, zp, bm, block, block, sums), "dense"),
+            "graphc triton dense int8": (lambda: dense_int8_matmul(a, weights["dense"], zp, bm, block, block, sums), "dense"),
             f"graphc triton block-sparse int8 ({share:.0%} tiles empty)":
                 (lambda: block_sparse_int8_matmul(a, packed, zp, bm, uploaded), "sparse"),
+            "torch._int_mm int8": (lambda: torch._int_mm(a_signed, weights["dense"]), "int_mm"),
         }
-        w_s8 = torch.from_numpy(dense).to(device)
-        variants["torch._int_mm int8"] = (lambda: torch._int_mm(a_signed, w_s8), "int_mm")
         if device.type == "cuda":
             from torch.sparse import to_sparse_semi_structured
 
-            pair_t = torch.from_numpy(np.ascontiguousarray(pair.T)).to(device)  # [N, K], 2:4 along K
-            variants["torch 2:4 semi-structured int8"] = (lambda: torch.mm(a_signed, to_24[0].t()), "pair")
-            variants["torch 2:4 semi-structured fp16"] = (lambda: torch.mm(a16, to_24[1].t()), None)
-            to_24 = [None, None]
+            pair_t = weights["pair"].t().contiguous()  # [N, K], 2:4 along K
             try:
-                to_24[0] = to_sparse_semi_structured(pair_t)
-                to_24[1] = to_sparse_semi_structured((pair_t != 0).to(torch.float16) * torch.randn_like(pair_t, dtype=torch.float16))
+                s8 = to_sparse_semi_structured(pair_t)
+                f16 = to_sparse_semi_structured((pair_t != 0).to(torch.float16) * torch.randn_like(pair_t, dtype=torch.float16))
+                variants["torch 2:4 semi-structured int8"] = (lambda: torch.mm(a_signed, s8.t()), "pair")
+                variants["torch 2:4 semi-structured fp16"] = (lambda: torch.mm(a16, f16.t()), None)
             except Exception as exc:  # the sparse kernels' own limits: recorded, not fatal
                 for key in ("torch 2:4 semi-structured int8", "torch 2:4 semi-structured fp16"):
                     variants[key] = (exc, None)
         baseline = None
         for name, (fn, check) in variants.items():
             row = {"m": m, "k": k, "n": n, "variant": name}
+            rows.append(row)
             if isinstance(fn, Exception):
-                row["error"] = f"{type(fn).__name__}: {str(fn).splitlines()[0][:160]}"
-                rows.append(row)
+                row["error"] = describe(fn)
                 continue
             try:
                 out = fn()
                 synchronize(device)
                 row["ms"] = kernel_ms(fn, device, runs)
             except Exception as exc:
-                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-                rows.append(row)
+                row["error"] = describe(exc)
                 continue
             row["tops"] = 2 * m * k * n / (row["ms"] * 1e-3) / 1e12
             if baseline is None:
                 baseline = row["ms"]
             row["vs_fp16"] = baseline / row["ms"]
-            if check in reference:
-                row["exact"] = bool(torch.equal(out.to(torch.float64), reference[check]))
-            elif check == "int_mm":
-                row["exact"] = bool(torch.equal(out.to(torch.float64), (a_signed.to(torch.float64) @ w_s8.to(torch.float64))))
-            elif check == "pair":
-                want = a_signed.to(torch.float64) @ torch.from_numpy(pair).to(device).to(torch.float64)
-                row["exact"] = bool(torch.equal(out.to(torch.float64), want)) if out.dtype == torch.int32 else \
+            if check is not None:
+                row["exact"] = bool(torch.equal(wide(out), reference[check])) if out.dtype == torch.int32 else \
                     f"output {out.dtype} (not int32)"
-            rows.append(row)
     return rows
 
 
@@ -271,7 +270,7 @@ def model_section(device, work: pathlib.Path, quick: bool, runs: int) -> list[di
             rows += model_rows(device, name, fp32, int8, make_feeds, batches, runs)
         except Exception as exc:  # one model's failure is recorded; the other still runs
             traceback.print_exc()
-            rows.append({"model": name, "failed": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
+            rows.append({"model": name, "failed": describe(exc)})
     return rows
 
 
@@ -389,7 +388,7 @@ def main(argv=None) -> int:
             results[name] = run()
         except Exception as exc:
             traceback.print_exc()
-            results[name] = {"failed": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+            results[name] = {"failed": describe(exc)}
             failed = True
         print(f"{name}: {time.perf_counter() - t0:.1f} s", flush=True)
     if isinstance(results.get("models"), list):

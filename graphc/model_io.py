@@ -285,6 +285,15 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> pathlib.Path:
 def write_text_atomically(path: str | os.PathLike, text: str) -> pathlib.Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder, so a reader
     never sees a half-written file."""
+    return _write_atomically(path, text, "w")
+
+
+def write_bytes_atomically(path: str | os.PathLike, data: bytes) -> pathlib.Path:
+    """``write_text_atomically`` for bytes (a TensorRT engine)."""
+    return _write_atomically(path, data, "wb")
+
+
+def _write_atomically(path: str | os.PathLike, data: str | bytes, mode: str) -> pathlib.Path:
     path = pathlib.Path(path)
     if os.path.isdir(path):
         raise GraphcError(f"{path}: is a directory")
@@ -293,8 +302,8 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> pathlib.Path:
     except OSError as exc:
         raise GraphcError(f"{path}: cannot write there: {first_line(exc)}") from None
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, mode) as f:
+            f.write(data)
         os.replace(tmp, path)
     except OSError as exc:
         os.unlink(tmp)

@@ -13,17 +13,17 @@ Rules:
    build with TensorRT's first message.
 3. The workspace limit, ``SPARSE_WEIGHTS`` (when asked) and one optimization profile per entry of
    the plan's ``profiles`` (min / opt / max per dynamic input) go into the builder config.
-4. A build that returns no engine is refused; the engine is written atomically (a temporary file
-   renamed into place).
+4. A build that returns no engine is refused; the engine is written atomically
+   (``graphc.model_io.write_bytes_atomically``).
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 
 from graphc.errors import GraphcError
+from graphc.model_io import write_bytes_atomically
 
 
 def builder_module():
@@ -64,14 +64,7 @@ def build(trt, onnx_path: str | os.PathLike, config: dict, engine_path: str | os
     serialized = builder.build_serialized_network(network, builder_config)
     if serialized is None:
         raise GraphcError(f"TensorRT built no engine for {onnx_path.name} (its log above says why)")
-    handle, tmp = tempfile.mkstemp(prefix=f".{engine_path.name}.", dir=engine_path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(memoryview(serialized))
-        os.replace(tmp, engine_path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomically(engine_path, bytes(serialized))
     return engine_path
 
 

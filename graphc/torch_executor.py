@@ -47,7 +47,6 @@ import graphc.torch_quant_ops  # noqa: F401  (registers the quantized operators)
 from graphc.errors import GraphcError
 from graphc.torch_ops import OPS, tensor_from_proto, to_float_dtype
 
-CONTROL_FLOW = {"If", "Loop", "Scan"}
 # rule 5: the ops that may run on the host when every input is a host value
 HOST_OPS = {"Shape", "Size", "Constant", "Gather", "Unsqueeze", "Squeeze", "Concat", "Reshape", "Cast", "Add",
             "Sub", "Mul", "Div", "Mod", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And",
@@ -109,7 +108,7 @@ def missing_operators(model: onnx.ModelProto) -> list[str]:
     """Rule 1: the ``domain::op`` names of the model's operators the executor cannot run."""
     missing = set()
     for node in model.graph.node:
-        if (_domain(node), node.op_type) not in OPS or node.op_type in CONTROL_FLOW:
+        if (_domain(node), node.op_type) not in OPS:  # If, Loop and Scan have no entry
             missing.add(f"{node.domain or 'ai.onnx'}::{node.op_type}")
     return sorted(missing)
 
@@ -126,8 +125,9 @@ def host_nodes(steps: list[Step], host_names: set[str]) -> set[int]:
             continue
         if step.op_type == "Constant":
             value = step.attrs.get("value")
-            ok = (value is not None and numpy_helper.to_array(value).dtype.kind in "iub"
-                  and numpy_helper.to_array(value).size <= SMALL) or "value_int" in step.attrs or "value_ints" in step.attrs
+            array = numpy_helper.to_array(value) if value is not None else None
+            ok = (array is not None and array.dtype.kind in "iub" and array.size <= SMALL) \
+                or "value_int" in step.attrs or "value_ints" in step.attrs
         elif step.op_type in ("Shape", "Size"):
             ok = True
         else:

@@ -419,9 +419,7 @@ def pad(ctx, x, a):
     rank = value.dim()
     axes = [axis_of(v, rank) for v in ints(x[3])] if len(x) > 3 and x[3] is not None else list(range(rank))
     begins, ends = dict(zip(axes, pads[:len(axes)])), dict(zip(axes, pads[len(axes):]))
-    torch_pads = []
-    for axis in reversed(range(rank)):  # torch lists the last axis first
-        torch_pads += [begins.get(axis, 0), ends.get(axis, 0)]
+    torch_pads = torch_pad_list([begins.get(i, 0) for i in range(rank)], [ends.get(i, 0) for i in range(rank)])
     mode = a.get("mode", "constant")
     mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}[mode]
     if mode == "constant":
@@ -531,11 +529,17 @@ def spatial_pads(ctx, a, in_dims, kernel, strides, dilations):
     return list(pads[:n]), list(pads[n:])
 
 
-def padded(value, begins, ends, fill=0.0):
+def torch_pad_list(begins, ends) -> list[int]:
+    """ONNX's per-axis begin and end pads, first axis first, as F.pad's list (last axis first)."""
     torch_pads = []
     for b, e in zip(reversed(begins), reversed(ends)):
         torch_pads += [b, e]
-    return F.pad(value, torch_pads, value=fill)
+    return torch_pads
+
+
+def padded(value, begins, ends, fill=0.0):
+    """``value`` padded on its trailing (spatial) axes."""
+    return F.pad(value, torch_pad_list(begins, ends), value=fill)
 
 
 CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}

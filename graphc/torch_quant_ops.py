@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from graphc.torch_ops import convolve, op
+from graphc.torch_ops import convolve, op, torch_dtype
 
 RANGES = {torch.uint8: (0, 255), torch.int8: (-128, 127), torch.int16: (-32768, 32767), torch.int32: (-2**31, 2**31 - 1)}
 
@@ -59,8 +59,7 @@ def quantize_linear(ctx, x, a):
     if a.get("block_size", 0):
         raise ctx.unsupported("blocked quantization (block_size)")
     dtype = zero_point.dtype if zero_point is not None else torch.uint8
-    if "output_dtype" in a and a["output_dtype"]:
-        from graphc.torch_ops import torch_dtype
+    if a.get("output_dtype"):
         dtype = torch_dtype(ctx, a["output_dtype"])
     if dtype not in RANGES:
         raise ctx.unsupported(f"QuantizeLinear to {dtype}")
