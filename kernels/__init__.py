@@ -58,7 +58,8 @@ def _library() -> ctypes.CDLL:
     library = ctypes.CDLL(str(library_path()))
     library.graphc_best_isa.restype = ctypes.c_char_p
     library.graphc_isa_supported.argtypes = [ctypes.c_char_p]
-    library.graphc_avx2_uses_tiles.argtypes = [ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 3
+    library.graphc_avx2_kept_tile_share.argtypes = [ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 3
+    library.graphc_avx2_kept_tile_share.restype = ctypes.c_double
     return library
 
 
@@ -71,15 +72,21 @@ def default_isa() -> str:
     return _library().graphc_best_isa().decode()
 
 
-def avx2_uses_tiles(columns) -> bool:
-    """``columns``: a ``layout.BlockColumns``; true when, as constant weights, the AVX2 path runs them
-    on its tile kernel (most 16 x 64 tiles empty, pairs that fit vpmaddubsw), else on its column
-    kernels. The library's own rule, asked of the library."""
+def avx2_kept_tile_share(columns) -> float | None:
+    """``columns``: a ``layout.BlockColumns``. When, as constant weights, the AVX2 path runs them on
+    its tile kernel (pairs that fit vpmaddubsw, and fewer kept 16 x 64 tiles than the column kernels'
+    cost of their non-zero 4-groups), the share of the tiles it multiplies; None when it runs them on
+    its column kernels. The library's own rule, asked of the library."""
     import numpy as np
 
     arrays = [np.ascontiguousarray(columns.col_ptr, np.int32), np.ascontiguousarray(columns.block_k, np.int32),
               np.ascontiguousarray(columns.values, np.int8)]
-    answer = _library().graphc_avx2_uses_tiles(columns.k, columns.n, *(a.ctypes.data for a in arrays))
+    answer = _library().graphc_avx2_kept_tile_share(columns.k, columns.n, *(a.ctypes.data for a in arrays))
     if answer < 0:
         raise ValueError("malformed block columns")
-    return bool(answer)
+    return None if answer > 1 else float(answer)
+
+
+def avx2_uses_tiles(columns) -> bool:
+    """True when, as constant weights, the AVX2 path runs ``columns`` on its tile kernel."""
+    return avx2_kept_tile_share(columns) is not None

@@ -4,13 +4,15 @@ one interleaved run; the tables in the README).
 
 - AVX-512 VNNI and AMX paths (Intel Xeon, 2026-12-02): 1x4 groups at 50% sparsity ran at
   0.97-1.24x of onnxruntime, so ``max_density`` (0.5) alone decides.
-- The AVX2 path (AMD EPYC Zen 3, no VNNI, 2026-12-02, ``benchmarks/results/sparse_gemm_avx2.txt``):
-  the column kernels ran at 0.75-1.09x at 50% (1x4), 1.35-1.88x at 80% (medians over the
-  shapes). A layer they would run needs at most ``AVX2_COLUMN_DENSITY`` (35%) of its 4-groups
-  non-zero, the measured break-even with a margin. Weights that the AVX2 tile kernel takes (half
-  or more of their 16 x 64 tiles empty, 7-bit pairs: the library's own rule,
-  ``graphc.kernels.avx2_uses_tiles``) ran at 1.02-1.40x at 50% and 1.80-2.77x at 80%, so
-  ``max_density`` alone decides for them.
+- The AVX2 path (AMD EPYC Zen 3, no VNNI, 2026-12-02, ``benchmarks/results/sparse_gemm_avx2.txt``)
+  has two kernels, and the library picks one per constant weight (``graphc.kernels.
+  avx2_kept_tile_share``, its own rule):
+  - the tile kernel multiplies every kept 16 x 64 tile densely, at onnxruntime's dense speed
+    (0.92-1.07x with every tile kept; 16x64 blocks at 50%: 1.2-1.9x). A layer it runs needs at
+    most ``AVX2_TILE_SHARE`` (60%) of its tiles kept: about 1.25x at M=1, where the per-call cost
+    weighs most;
+  - the column kernels skip every zero 4-group but pay about 3x per kept group: a layer they run
+    needs at most ``AVX2_COLUMN_DENSITY`` (35%) of its 4-groups non-zero (1x4 at 80%: 1.4-2.8x).
 - Any other CPU (the scalar path only): not measured; ``max_density`` alone decides.
 """
 
@@ -22,6 +24,7 @@ from graphc import kernels
 from graphc.kernels.layout import BlockColumns
 
 AVX2_COLUMN_DENSITY = 0.35
+AVX2_TILE_SHARE = 0.6
 
 
 @functools.lru_cache(maxsize=1)
@@ -31,7 +34,16 @@ def default_path() -> str:
 
 def machine_refusal(columns: BlockColumns, density: float) -> str:
     """Why this CPU's kernels would not pay off on these weights, or "" when they would."""
-    if default_path() != "avx2" or density <= AVX2_COLUMN_DENSITY or kernels.avx2_uses_tiles(columns):
+    if default_path() != "avx2":
         return ""
-    return (f"{density:.0%} of its 4-groups hold a non-zero: this CPU's AVX2 kernels pay off at most "
-            f"{AVX2_COLUMN_DENSITY:.0%}, or with half its 16x64 weight tiles empty")
+    share = kernels.avx2_kept_tile_share(columns)
+    if share is None:
+        if density <= AVX2_COLUMN_DENSITY:
+            return ""
+        return (f"{density:.0%} of its 4-groups hold a non-zero: this CPU's AVX2 column kernels pay off at "
+                f"most {AVX2_COLUMN_DENSITY:.0%}")
+    if share <= AVX2_TILE_SHARE:
+        return ""
+    return (f"{share:.0%} of its 16x64 weight tiles hold a non-zero: this CPU's AVX2 tile kernel pays off at "
+            f"most {AVX2_TILE_SHARE:.0%} (and its column kernels at {AVX2_COLUMN_DENSITY:.0%} of 4-groups; "
+            f"{density:.0%} here)")

@@ -197,11 +197,16 @@ def test_weights_whose_pairs_fit_int16_and_those_that_do_not(isa, limit):
     k, n = 96, 40
     weight = rng.choice([-limit, limit], (k, n)).astype(np.int8)
     weight[rng.random((k, n)) < 0.3] = 0
-    for m in (21, 3):  # 3: the few-rows (gather) kernel of the AVX2 path
-        a = np.full((1, m, k), 255, np.uint8)
-        a[0, 1::2] = rng.integers(0, 256, (m // 2, k))
-        np.testing.assert_array_equal(run_integer(weight, a, 0), integer_product(a, 0, weight))
-        np.testing.assert_array_equal(run_integer(weight, a, 255), integer_product(a, 255, weight))
+    scattered = weight.copy()  # 1x4 groups at 85%: the AVX2 column kernels, not its tile kernel
+    scattered[np.repeat(rng.random((k // 4, n)) < 0.85, 4, axis=0)] = 0
+    if limit == 63:
+        assert kernels.avx2_uses_tiles(pack(weight)) and not kernels.avx2_uses_tiles(pack(scattered))
+    for w in (weight, scattered):
+        for m in (21, 3):  # 3: the few-rows (gather) kernel of the AVX2 path
+            a = np.full((1, m, k), 255, np.uint8)
+            a[0, 1::2] = rng.integers(0, 256, (m // 2, k))
+            np.testing.assert_array_equal(run_integer(w, a, 0), integer_product(a, 0, w))
+            np.testing.assert_array_equal(run_integer(w, a, 255), integer_product(a, 255, w))
 
 
 def tile_sparse_weight(rng, k: int, n: int, ratio: float, limit: int) -> np.ndarray:
@@ -247,8 +252,13 @@ def test_avx2_tile_kernel_equals_the_int64_product(limit, monkeypatch):
 
 
 def test_avx2_tile_kernel_only_where_it_pays_and_cannot_saturate():
+    """The library's rule: tiles when the kept 16 x 64 tiles cost less than 3x the non-zero
+    4-groups' share (ops.cc, kAvx2ColumnGroupCost), and only for pairs vpmaddubsw cannot saturate."""
     rng = np.random.default_rng(5)
-    assert kernels.avx2_uses_tiles(pack(tile_sparse_weight(rng, 256, 64, 0.8, 63)))
-    assert not kernels.avx2_uses_tiles(pack(tile_sparse_weight(rng, 256, 64, 0.0, 63)))  # no empty tile
+    share = kernels.avx2_kept_tile_share(pack(tile_sparse_weight(rng, 256, 64, 0.75, 63)))
+    assert share == pytest.approx(0.25)  # 4 x 16 tiles, 12 of them empty
+    dense = pack(rng.integers(-63, 64, (256, 64)).astype(np.int8))
+    assert kernels.avx2_kept_tile_share(dense) == 1.0  # dense: the tile kernel, at onnxruntime's dense speed
     assert not kernels.avx2_uses_tiles(pack(tile_sparse_weight(rng, 256, 64, 0.8, 127)))  # pairs overflow int16
-    assert not kernels.avx2_uses_tiles(pack(sparse_weight(rng, 256, 64, "block1x4", 0.8) // 2))  # 1x4: no tile empty
+    assert not kernels.avx2_uses_tiles(pack(sparse_weight(rng, 256, 64, "block1x4", 0.8) // 2))  # 1x4: every tile kept
+    assert kernels.avx2_uses_tiles(pack(sparse_weight(rng, 256, 64, "block1x4", 0.5) // 2))  # 50%: columns cost 1.5

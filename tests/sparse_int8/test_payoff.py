@@ -36,10 +36,13 @@ def test_other_paths_leave_it_to_max_density(path, monkeypatch):
 
 def test_avx2_column_kernels_need_more_sparsity_than_the_tile_kernel(monkeypatch):
     rng = np.random.default_rng(2)
-    reason = refusal("avx2", weight(rng, "1x4", 0.5), monkeypatch)
-    assert "AVX2 kernels pay off at most 35%" in reason and reason.split("%")[0] in ("49", "50", "51")
-    assert refusal("avx2", weight(rng, "1x4", 0.8), monkeypatch) == ""
-    assert refusal("avx2", weight(rng, "16x64", 0.5), monkeypatch) == ""  # the tile kernel takes it
+    reason = refusal("avx2", weight(rng, "1x4", 0.5), monkeypatch)  # on the tile kernel, every tile kept
+    assert "AVX2 tile kernel pays off at most 60%" in reason and reason.startswith("100% of its 16x64")
+    assert refusal("avx2", weight(rng, "1x4", 0.8), monkeypatch) == ""  # the column kernels
+    assert refusal("avx2", weight(rng, "16x64", 0.5), monkeypatch) == ""  # the tile kernel, half the tiles
+    assert "tile kernel pays off" in refusal("avx2", weight(rng, "16x64", 0.25), monkeypatch)
+    assert "tile kernel pays off" in refusal("avx2", weight(rng, "1x4", 0.0), monkeypatch)  # dense
     eight_bit = weight(rng, "16x64", 0.5)
     eight_bit[eight_bit > 0] = 127  # pairs that overflow vpmaddubsw: no tile kernel, 50% of groups kept
-    assert "AVX2 kernels pay off" in refusal("avx2", eight_bit, monkeypatch)
+    reason = refusal("avx2", eight_bit, monkeypatch)
+    assert "column kernels pay off at most 35%" in reason and reason.split("%")[0] in ("49", "50", "51")

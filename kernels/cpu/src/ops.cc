@@ -223,9 +223,14 @@ void quantize(const float* x, int64_t count, Quantized* q) {
 // tile sparsity), else the best vector path.
 constexpr int64_t kAmxRows = 16;
 constexpr double kAmxZeroTiles = 0.5;
-// AVX2 runs the tile kernel (kernel_avx2_tiles.cc) for constant weights that leave at least this
-// share of their 16 x 64 tiles empty, at every row count (measured: benchmarks/sparse_gemm.py)
-constexpr double kAvx2ZeroTiles = 0.5;
+// AVX2: the tile kernel (kernel_avx2_tiles.cc) multiplies every kept 16 x 64 tile densely, at about
+// onnxruntime's dense speed (0.92-1.07x on BERT-base shapes, M = 1-128); the column kernels skip
+// every zero 4-group, but a kept group costs them about this many times its share of the dense work
+// (80% 1x4 sparsity ran at 1.4-1.9x of onnxruntime there, not 5x); measured on an AMD EPYC Zen 3 with
+// benchmarks/sparse_gemm.py (2026-12-02). Constant weights take the tile kernel when
+// kept tile share <= kAvx2ColumnGroupCost x 4-group density: a dense weight, and block patterns
+// whose zeros fill whole tiles, on the tiles; scattered 1x4 groups at high sparsity on the columns.
+constexpr double kAvx2ColumnGroupCost = 3.0;
 
 graphc::Isa path_for(const Kernel& kernel, int64_t m) {
   if (kernel.forced || kernel.isa != graphc::Isa::amx || m >= kAmxRows) return kernel.isa;
@@ -241,7 +246,9 @@ void prepack_for(graphc::Isa isa, Weights* weights) {
     weights->prepack_tiles();
   } else if (isa == graphc::Isa::avx2 && weights->w.pairs_fit_int16) {
     weights->prepack_tiles();
-    if (weights->zero_tile_share < kAvx2ZeroTiles)
+    const double groups = double(weights->w.n) * double((weights->w.k + 3) / 4);
+    const double density = groups > 0 ? double(weights->w.col_ptr[weights->w.n]) / groups : 0.0;
+    if (1.0 - weights->zero_tile_share > kAvx2ColumnGroupCost * density)
       weights->drop_tiles();
     else
       weights->compact_tiles();
@@ -433,15 +440,17 @@ __attribute__((visibility("default"))) int graphc_isa_supported(const char* name
   graphc::Isa isa;
   return graphc::parse_isa(name, &isa) && graphc::isa_supported(isa);
 }
-// 1 when constant weights (the op's col_ptr, block_k, values) run on the AVX2 tile kernel, 0 when
-// on the column kernels, -1 when the weights are malformed
-__attribute__((visibility("default"))) int graphc_avx2_uses_tiles(int64_t k, int64_t n, const int32_t* col_ptr,
-                                                                   const int32_t* block_k, const int8_t* values) {
+// When constant weights (the op's col_ptr, block_k, values) run on the AVX2 tile kernel, the share
+// of their 16 x 64 tiles it multiplies (in [0, 1]); 2 when they run on the column kernels; -1 when
+// the weights are malformed
+__attribute__((visibility("default"))) double graphc_avx2_kept_tile_share(int64_t k, int64_t n, const int32_t* col_ptr,
+                                                                          const int32_t* block_k,
+                                                                          const int8_t* values) {
   Weights weights;
   weights.w = graphc::SparseWeights{k, n, col_ptr, block_k, values};
-  if (n < 0 || graphc::validate(weights.w, n >= 0 ? col_ptr[n] : 0) != nullptr) return -1;
+  if (n < 0 || graphc::validate(weights.w, n >= 0 ? col_ptr[n] : 0) != nullptr) return -1.0;
   weights.w.pairs_fit_int16 = graphc::pairs_fit_int16(weights.w);
   prepack_for(graphc::Isa::avx2, &weights);
-  return weights.w.kept_tiles != nullptr;
+  return weights.w.kept_tiles != nullptr ? 1.0 - weights.zero_tile_share : 2.0;
 }
 }
