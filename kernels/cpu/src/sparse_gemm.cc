@@ -133,15 +133,21 @@ void gemv_item(void* arg, size_t item) {
   to_float(job, row, row + 1, n0, n1);
 }
 
-// the AVX2 tile path: items of one 16-column panel x kTileRows rows
+// the AVX2 tile path: items of kTileRows rows x panels_per_item 16-column panels; below
+// kTileFewRows rows an item takes kTilePanelsFewRows panels, so that its work outweighs the cost of
+// an item (at M=1, 80% 16x64 sparsity, one panel holds about 2 kept tiles of 768-long K)
 constexpr int64_t kTileRows = 64;
+constexpr int64_t kTileFewRows = 8;
+constexpr int64_t kTilePanelsFewRows = 4;
 
 void tiles_item(void* arg, size_t item) {
   auto& job = *static_cast<Job*>(arg);
-  const int64_t row_item = int64_t(item) % job.row_items, panel = int64_t(item) / job.row_items;
+  const int64_t row_item = int64_t(item) % job.row_items, panel_item = int64_t(item) / job.row_items;
   const int64_t r0 = row_item * kTileRows, r1 = std::min(job.m, r0 + kTileRows);
-  kernel_avx2_tiles(job.packed, job.k_bytes, *job.w, job.colsum, job.zp, r0, r1, panel, job.c, job.ldc,
-                    job.column_scale, job.bias);
+  const int64_t p0 = panel_item * job.panels_per_item, p1 = std::min((job.w->n + 15) / 16, p0 + job.panels_per_item);
+  for (int64_t panel = p0; panel < p1; ++panel)
+    kernel_avx2_tiles(job.packed, job.k_bytes, *job.w, job.colsum, job.zp, r0, r1, panel, job.c, job.ldc,
+                      job.column_scale, job.bias);
 }
 
 void run_item(void* arg, size_t item) {
@@ -309,7 +315,9 @@ void sparse_gemm_u8s8(Isa isa, int64_t m, const uint8_t* a, int64_t lda, uint8_t
     for (int64_t r = 0; r < m; ++r) std::memcpy(packed.data() + r * job.k_bytes, a + r * lda, size_t(w.k));
     job.packed = packed.data();
     job.row_items = (m + kTileRows - 1) / kTileRows;
-    parallel.run(parallel.self, tiles_item, size_t(job.row_items * ((w.n + 15) / 16)), &job);
+    job.panels_per_item = m < kTileFewRows ? kTilePanelsFewRows : 1;
+    const int64_t panel_items = ((w.n + 15) / 16 + job.panels_per_item - 1) / job.panels_per_item;
+    parallel.run(parallel.self, tiles_item, size_t(job.row_items * panel_items), &job);
     return;
   }
   if (isa == Isa::avx2 && m < kGemvRows) {  // rows copied to whole groups, zero past K
