@@ -63,7 +63,10 @@ void columns(const uint8_t* row_bytes, const SparseWeights& w, const int32_t* co
   const int32_t first = w.col_ptr[n0], count = w.col_ptr[n1] - first;
   const int32_t* groups = w.block_k + first;
   const int8_t* values = w.values + int64_t(first) * 4;
-  std::vector<int32_t> prefix(size_t(count) + 1);  // prefix[i]: the sum of the run's first i blocks
+  // prefix[i]: the sum of the run's first i blocks; one buffer per thread that only grows (a fresh,
+  // zero-filled vector per item was 6% of an M=1 run's samples in perf)
+  thread_local std::vector<int32_t> prefix;
+  if (prefix.size() < size_t(count) + 1) prefix.resize(size_t(count) + 1);
   prefix[0] = 0;
   __m256i carry = _mm256_setzero_si256();
   int32_t b = 0;
