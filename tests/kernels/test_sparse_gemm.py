@@ -106,6 +106,44 @@ def test_dynamic_op_quantizes_like_dynamic_quantize_linear(isa, bias):
     np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5 * np.abs(reference).max())
 
 
+def onnxruntime_dynamic_quantize(x: np.ndarray) -> tuple[np.ndarray, np.float32, int]:
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("DynamicQuantizeLinear", ["X"], ["Y", "scale", "zp"])
+    graph = helper.make_graph([node], "dql", [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x.shape))],
+                              [helper.make_tensor_value_info(name, type_, None) for name, type_ in
+                               (("Y", TensorProto.UINT8), ("scale", TensorProto.FLOAT), ("zp", TensorProto.UINT8))])
+    values, scale, zero_point = open_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                                             optimized=False).run(None, {"X": x})
+    return values, scale, int(zero_point)
+
+
+@pytest.mark.parametrize("case", ["ties", "positive", "negative", "normal", "zeros"])
+def test_dynamic_op_quantizes_a_to_the_bytes_of_dynamic_quantize_linear(case):
+    """The op's own quantization of A (ops.cc ``quantize``: SSE2, 16 values at a time, then a scalar
+    tail) against onnxruntime's DynamicQuantizeLinear, byte for byte: an identity weight with
+    scale 1 makes Y = (q - zp) * a_scale, from which q comes back exactly. 7 x 37 values: the
+    vector loop and its tail; "ties" puts x / scale exactly halfway between integers (to even)."""
+    rng = np.random.default_rng(3)
+    m, k = 7, 37
+    if case == "ties":  # max 127.5, min 0: scale 0.5 exactly; x = j / 4 gives x / scale = j / 2
+        x = (rng.integers(0, 511, (m, k)) / 4).astype(np.float32)
+        x[0, 0] = 127.5
+    elif case == "positive":
+        x = rng.uniform(0.5, 3.0, (m, k)).astype(np.float32)
+    elif case == "negative":
+        x = -rng.uniform(0.5, 3.0, (m, k)).astype(np.float32)
+    elif case == "normal":
+        x = (rng.normal(size=(m, k)) * 4 - 1).astype(np.float32)
+    else:
+        x = np.zeros((m, k), np.float32)
+    identity = pack(np.eye(k, dtype=np.int8))
+    y = open_session(dynamic_model(identity, np.ones(k, np.float32), None)).run(None, {"A": x})[0]
+    values, scale, zero_point = onnxruntime_dynamic_quantize(x)
+    np.testing.assert_array_equal(np.rint(y / scale).astype(np.int64) + zero_point, values.astype(np.int64))
+    assert np.array_equal(y, (values.astype(np.int64) - zero_point).astype(np.float32) * scale)
+
+
 def dense_dynamic_quantize_matmul(x, weight, scale, bias):
     from onnx import TensorProto, helper, numpy_helper
 

@@ -26,6 +26,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "onnxruntime_c_api.h"
 #include "sparse_gemm.h"
 
@@ -198,11 +202,32 @@ struct Quantized {
 };
 
 // DynamicQuantizeLinear's rules (see the header comment). Rounding to nearest even by adding
-// and subtracting 1.5 * 2^23 (exact for |v| < 2^22, which the clamp to -256..511 keeps), so the
-// loop vectorizes; the float operations are not reassociated (no -ffast-math).
+// and subtracting 1.5 * 2^23 (exact for |v| < 2^22, which the clamp to -256..511 keeps); the
+// float operations are not reassociated (no -ffast-math). With SSE2 (every x86-64 CPU) 4 values at
+// a time: GCC left the plain loop scalar, with branches for each clamp, and it took half of an
+// M=128 SparseDynamicQuantizeMatMul run (perf). The vector form gives the same bytes: minps /
+// maxps with the running value second ignore a NaN as std::min / std::max do here, the lanes'
+// minimum and maximum are order-free, and x / scale, the adds and the clamps are the same IEEE
+// operations lane by lane (a NaN input, which the scalar form left undefined, becomes 255).
 void quantize(const float* x, int64_t count, Quantized* q) {
   float lo = 0.0f, hi = 0.0f;
-  for (int64_t i = 0; i < count; ++i) {
+  int64_t i = 0;
+#if defined(__SSE2__)
+  __m128 lo4 = _mm_setzero_ps(), hi4 = _mm_setzero_ps();
+  for (; i + 4 <= count; i += 4) {
+    const __m128 v = _mm_loadu_ps(x + i);
+    lo4 = _mm_min_ps(v, lo4);  // v < lo ? v : lo
+    hi4 = _mm_max_ps(v, hi4);  // v > hi ? v : hi
+  }
+  alignas(16) float lanes[8];
+  _mm_store_ps(lanes, lo4);
+  _mm_store_ps(lanes + 4, hi4);
+  for (int j = 0; j < 4; ++j) {
+    lo = std::min(lo, lanes[j]);
+    hi = std::max(hi, lanes[4 + j]);
+  }
+#endif
+  for (; i < count; ++i) {
     lo = std::min(lo, x[i]);
     hi = std::max(hi, x[i]);
   }
@@ -211,7 +236,24 @@ void quantize(const float* x, int64_t count, Quantized* q) {
   q->values.resize(size_t(count));
   const float scale = q->scale, zero = float(q->zero_point), magic = 12582912.0f;
   uint8_t* out = q->values.data();
-  for (int64_t i = 0; i < count; ++i) {
+  i = 0;
+#if defined(__SSE2__)
+  const __m128 scale4 = _mm_set1_ps(scale), zero4 = _mm_set1_ps(zero), magic4 = _mm_set1_ps(magic);
+  const __m128 low4 = _mm_set1_ps(-256.0f), high4 = _mm_set1_ps(511.0f), top4 = _mm_set1_ps(255.0f);
+  for (; i + 16 <= count; i += 16) {
+    __m128i words[4];
+    for (int j = 0; j < 4; ++j) {
+      __m128 v = _mm_div_ps(_mm_loadu_ps(x + i + 4 * j), scale4);
+      v = _mm_max_ps(_mm_min_ps(v, high4), low4);
+      v = _mm_add_ps(_mm_sub_ps(_mm_add_ps(v, magic4), magic4), zero4);
+      v = _mm_max_ps(_mm_min_ps(v, top4), _mm_setzero_ps());
+      words[j] = _mm_cvttps_epi32(v);  // whole numbers in 0..255
+    }
+    const __m128i packed = _mm_packus_epi16(_mm_packs_epi32(words[0], words[1]), _mm_packs_epi32(words[2], words[3]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), packed);
+  }
+#endif
+  for (; i < count; ++i) {
     const float v = std::clamp(x[i] / scale, -256.0f, 511.0f);
     out[i] = uint8_t(std::clamp((v + magic) - magic + zero, 0.0f, 255.0f));
   }
