@@ -8,11 +8,11 @@ one interleaved run; the tables in the README).
   has two kernels, and the library picks one per constant weight (``graphc.kernels.
   avx2_kept_tile_share``, its own rule):
   - the tile kernel multiplies every kept 16 x 64 tile densely, at onnxruntime's dense speed
-    (0.92-1.07x with every tile kept; 16x64 blocks at 50%: 1.2-1.9x). A layer it runs needs at
-    most ``AVX2_TILE_SHARE`` (60%) of its tiles kept: about 1.25x at M=1, where the per-call cost
-    weighs most;
+    (0.92-0.96x with every tile kept, 16x64 blocks at 50%: 1.35-1.84x, medians over the shapes
+    at M = 1-128). A layer it runs needs at most ``AVX2_TILE_SHARE`` (60%) of its tiles kept: a
+    margin over the break-even (100%), for M=1, where the per-call cost weighs most;
   - the column kernels skip every zero 4-group but pay about 3x per kept group: a layer they run
-    needs at most ``AVX2_COLUMN_DENSITY`` (35%) of its 4-groups non-zero (1x4 at 80%: 1.4-2.8x).
+    needs at most ``AVX2_COLUMN_DENSITY`` (35%) of its 4-groups non-zero (1x4 at 80%: 1.29-2.78x).
 - Any other CPU (the scalar path only): not measured; ``max_density`` alone decides.
 """
 

@@ -268,7 +268,7 @@ constexpr double kAmxZeroTiles = 0.5;
 // AVX2: the tile kernel (kernel_avx2_tiles.cc) multiplies every kept 16 x 64 tile densely, at about
 // onnxruntime's dense speed (0.92-1.07x on BERT-base shapes, M = 1-128); the column kernels skip
 // every zero 4-group, but a kept group costs them about this many times its share of the dense work
-// (80% 1x4 sparsity ran at 1.4-1.9x of onnxruntime there, not 5x); measured on an AMD EPYC Zen 3 with
+// (80% 1x4 sparsity ran at 1.3-2.8x of onnxruntime there, not the 5x of free zeros); measured on an AMD EPYC Zen 3 with
 // benchmarks/sparse_gemm.py (2026-12-02). Constant weights take the tile kernel when
 // kept tile share <= kAvx2ColumnGroupCost x 4-group density: a dense weight, and block patterns
 // whose zeros fill whole tiles, on the tiles; scattered 1x4 groups at high sparsity on the columns.
