@@ -59,6 +59,8 @@ def sparse_weight(rng: np.random.Generator, k: int, n: int, sparsity: float, pat
         weight[np.repeat(rng.random((k // 4, n)) < sparsity, 4, axis=0)] = 0
     elif pattern == "16x64":  # whole 16-output x 64-reduction blocks: the AMX tiles graphc's AMX path skips
         weight[np.kron(rng.random((k // 64, n // 16)) < sparsity, np.ones((64, 16), bool))] = 0
+    elif pattern == "8x4":  # whole 8-output x 4-reduction blocks: one index per 32 weights on the AVX2 panel kernel
+        weight[np.kron(rng.random((k // 4, n // 8)) < sparsity, np.ones((4, 8), bool))] = 0
     elif pattern == "2:4":  # 50% whatever --sparsity says
         order = np.argsort(rng.random((k // 4, 4, n)), axis=1)[:, :2]
         grouped = weight.reshape(k // 4, 4, n)

@@ -60,6 +60,8 @@ def _library() -> ctypes.CDLL:
     library.graphc_isa_supported.argtypes = [ctypes.c_char_p]
     library.graphc_avx2_kept_tile_share.argtypes = [ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 3
     library.graphc_avx2_kept_tile_share.restype = ctypes.c_double
+    library.graphc_avx2_few_rows_kernel.argtypes = [ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 3
+    library.graphc_avx2_few_rows_kernel.restype = ctypes.c_char_p
     return library
 
 
@@ -85,6 +87,20 @@ def avx2_kept_tile_share(columns) -> float | None:
     if answer < 0:
         raise ValueError("malformed block columns")
     return None if answer > 1 else float(answer)
+
+
+def avx2_few_rows_kernel(columns) -> str:
+    """Which AVX2 kernel runs ``columns`` (a ``layout.BlockColumns``), as constant weights, below 4
+    rows: "tiles" (kernel_avx2_tiles.cc), "panels" (kernel_avx2_panels.cc: 8-column panels, where they
+    read fewer bytes) or "columns" (the one-row column kernel). The library's own rule."""
+    import numpy as np
+
+    arrays = [np.ascontiguousarray(columns.col_ptr, np.int32), np.ascontiguousarray(columns.block_k, np.int32),
+              np.ascontiguousarray(columns.values, np.int8)]
+    answer = _library().graphc_avx2_few_rows_kernel(columns.k, columns.n, *(a.ctypes.data for a in arrays))
+    if not answer:
+        raise ValueError("malformed block columns")
+    return answer.decode()
 
 
 def avx2_uses_tiles(columns) -> bool:

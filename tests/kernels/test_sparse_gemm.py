@@ -300,3 +300,65 @@ def test_avx2_tile_kernel_only_where_it_pays_and_cannot_saturate():
     assert not kernels.avx2_uses_tiles(pack(tile_sparse_weight(rng, 256, 64, 0.8, 127)))  # pairs overflow int16
     assert not kernels.avx2_uses_tiles(pack(sparse_weight(rng, 256, 64, "block1x4", 0.8) // 2))  # 1x4: every tile kept
     assert kernels.avx2_uses_tiles(pack(sparse_weight(rng, 256, 64, "block1x4", 0.5) // 2))  # 50%: columns cost 1.5
+
+
+def panel_sparse_weight(rng, k: int, n: int, ratio: float, limit: int) -> np.ndarray:
+    """Whole 8-output x 4-reduction blocks zero (sparsify's block=8x4; ragged edge blocks too), the
+    rest random in [-limit, limit] with both extremes present."""
+    weight = rng.integers(-limit, limit + 1, (k, n)).astype(np.int8)
+    weight[rng.random((k, n)) < 0.1] = limit
+    weight[rng.random((k, n)) < 0.1] = -limit
+    grid = (-(-k // 4), -(-n // 8))
+    blocks = grid[0] * grid[1]
+    empty = np.zeros(blocks, bool)  # round(ratio * blocks) of them, at least one block kept
+    empty[rng.permutation(blocks)[:min(blocks - 1, round(ratio * blocks))]] = True
+    weight[np.kron(empty.reshape(grid), np.ones((4, 8), bool))[:k, :n]] = 0
+    return weight
+
+
+def test_avx2_panel_kernel_equals_the_int64_product(monkeypatch):
+    """The AVX2 path's few-rows panel kernel (kernel_avx2_panels.cc: constant weights whose zeros
+    span 8 outputs, below 4 rows): ragged K and N, a whole panel and whole rows of K empty, 1 to 3
+    rows (and 4, past it, on the other kernels), A at its extremes, int32 and float outputs."""
+    if "avx2" not in kernels.supported_isas():
+        pytest.skip(f"this CPU/OS/build has no avx2 path (has {', '.join(kernels.supported_isas())})")
+    monkeypatch.setenv("GRAPHC_ISA", "avx2")
+    rng = np.random.default_rng(8)
+    for k, n in ((768, 64), (129, 23), (33, 5), (3100, 41), (4, 8), (200, 70), (1, 16)):
+        weight = panel_sparse_weight(rng, k, n, 0.8, 63)
+        if k >= 64:
+            weight[:, 8:16] = 0  # a whole panel empty
+            weight[k // 2:k // 2 + 8] = 0  # and 2 groups of K in every panel
+        columns = pack(weight)
+        assert kernels.avx2_few_rows_kernel(columns) == "panels", f"{k}x{n} should run on the panel kernel"
+        for m in (1, 2, 3, 4):
+            a = rng.integers(0, 256, (1, m, k)).astype(np.uint8)
+            a[0, ::2] = 255
+            a[0, :, :k // 3] = 0
+            for zero_point in (0, 255, int(rng.integers(0, 256))):
+                np.testing.assert_array_equal(run_integer(weight, a, zero_point), integer_product(a, zero_point, weight),
+                                              err_msg=f"{k}x{n} m={m} zp={zero_point}")
+        scale = rng.uniform(0.001, 0.02, n).astype(np.float32)
+        offsets = rng.normal(size=n).astype(np.float32)
+        for bias in (None, offsets):
+            sparse = open_session(to_float_model(columns, scale, bias))
+            dense = open_session(dense_integer_chain(weight, scale, bias), optimized=False)  # Cast, Mul, Add
+            for m in (1, 3):
+                feeds = {"A": rng.integers(0, 256, (m, k)).astype(np.uint8), "a_scale": np.array(0.037, np.float32),
+                         "zp": np.array(121, np.uint8)}
+                np.testing.assert_array_equal(sparse.run(None, feeds)[0], dense.run(None, feeds)[0],
+                                              err_msg=f"{k}x{n} m={m} bias={bias is not None}")
+
+
+def test_avx2_panel_kernel_only_where_it_reads_fewer_bytes_and_cannot_saturate():
+    """The library's rule (ops.cc, kPanelEntryBytes / kGroupBytes): 8-column panels below 4 rows
+    when their entries (32 weights and an index each) take fewer bytes than the non-zero 4-groups
+    (4 weights and an index each), off the tile kernel, for pairs vpmaddubsw cannot saturate."""
+    rng = np.random.default_rng(9)
+    assert kernels.avx2_few_rows_kernel(pack(panel_sparse_weight(rng, 768, 64, 0.8, 63))) == "panels"
+    assert kernels.avx2_few_rows_kernel(pack(panel_sparse_weight(rng, 768, 64, 0.5, 63))) == "panels"
+    assert kernels.avx2_few_rows_kernel(pack(panel_sparse_weight(rng, 768, 64, 0.8, 127))) == "columns"  # pairs overflow
+    # 1x4 groups scattered at 80%: 83% of a panel's union holds a group, 4.2 entry bytes per group byte
+    assert kernels.avx2_few_rows_kernel(pack(sparse_weight(rng, 768, 64, "block1x4", 0.8) // 2)) == "columns"
+    assert kernels.avx2_few_rows_kernel(pack(rng.integers(-63, 64, (768, 64)).astype(np.int8))) == "tiles"
+    assert kernels.avx2_few_rows_kernel(pack(tile_sparse_weight(rng, 256, 64, 0.75, 63))) == "tiles"

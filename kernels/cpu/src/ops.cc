@@ -137,6 +137,22 @@ struct Weights {
     w.tile_nonzero = nullptr;
   }
   double zero_tile_share = 0.0;  // of the tile panels' 16 x 64 tiles
+  // the AVX2 panel kernel's form (few rows): 8-column panels of the union of their columns' 4-groups
+  std::vector<int32_t> panel_ptr, panel_k;
+  std::vector<int8_t> panel_values;
+  void prepack_panels() {
+    graphc::panel_prepack(w, &panel_ptr, &panel_k, &panel_values);
+    w.panel_ptr = panel_ptr.data();
+    w.panel_k = panel_k.data();
+    w.panel_values = panel_values.data();
+  }
+  void drop_panels() {
+    std::vector<int32_t>().swap(panel_ptr);
+    std::vector<int32_t>().swap(panel_k);
+    std::vector<int8_t>().swap(panel_values);
+    w.panel_ptr = w.panel_k = nullptr;
+    w.panel_values = nullptr;
+  }
 };
 
 OrtStatus* describe(const OrtValue* value, Tensor* out) {
@@ -273,6 +289,14 @@ constexpr double kAmxZeroTiles = 0.5;
 // kept tile share <= kAvx2ColumnGroupCost x 4-group density: a dense weight, and block patterns
 // whose zeros fill whole tiles, on the tiles; scattered 1x4 groups at high sparsity on the columns.
 constexpr double kAvx2ColumnGroupCost = 3.0;
+// AVX2 below 4 rows: the panel kernel (kernel_avx2_panels.cc) where it reads fewer bytes than the
+// kernel that would run instead, kPanelEntryBytes per panel entry (32 weights and a 4-byte index)
+// against 1028 per kept tile (the tile kernel) or kGroupBytes per non-zero 4-group (4 weights and a
+// 4-byte index: the one-row column kernel): at M = 1
+// the weights stream from memory once per call, so their bytes set the time (BERT-base shapes at 80%
+// sparsity, benchmarks/sparse_gemm.py). Blocks spanning 8 outputs (sparsify's block=8x4) read 36 / 32
+// bytes per weight there; scattered 1x4 groups fill most of a panel's union and stay on the columns.
+constexpr double kPanelEntryBytes = 36.0, kGroupBytes = 8.0;
 
 graphc::Isa path_for(const Kernel& kernel, int64_t m) {
   if (kernel.forced || kernel.isa != graphc::Isa::amx || m >= kAmxRows) return kernel.isa;
@@ -282,7 +306,8 @@ graphc::Isa path_for(const Kernel& kernel, int64_t m) {
 
 // constant weights: the tile panels for AMX always; for AVX2 kept where enough tiles are empty
 // to pay for decompressing them (and the weights' pairs fit vpmaddubsw), which sends every run of
-// the kernel down the AVX2 tile path (sparse_gemm_u8s8)
+// the kernel from 4 rows down the AVX2 tile path (sparse_gemm_u8s8); and the 8-column panels for runs
+// below 4 rows where they read fewer bytes than the tiles or the columns
 void prepack_for(graphc::Isa isa, Weights* weights) {
   if (isa == graphc::Isa::amx) {
     weights->prepack_tiles();
@@ -290,10 +315,15 @@ void prepack_for(graphc::Isa isa, Weights* weights) {
     weights->prepack_tiles();
     const double groups = double(weights->w.n) * double((weights->w.k + 3) / 4);
     const double density = groups > 0 ? double(weights->w.col_ptr[weights->w.n]) / groups : 0.0;
-    if (1.0 - weights->zero_tile_share > kAvx2ColumnGroupCost * density)
-      weights->drop_tiles();
-    else
+    const bool tiles = 1.0 - weights->zero_tile_share <= kAvx2ColumnGroupCost * density;
+    if (tiles)
       weights->compact_tiles();
+    else
+      weights->drop_tiles();
+    const double few_rows_bytes = tiles ? double(weights->kept_k.size()) * (1024.0 + 4.0)
+                                        : kGroupBytes * double(weights->w.col_ptr[weights->w.n]);
+    weights->prepack_panels();
+    if (kPanelEntryBytes * double(weights->panel_k.size()) >= few_rows_bytes) weights->drop_panels();
   }
 }
 
@@ -494,5 +524,18 @@ __attribute__((visibility("default"))) double graphc_avx2_kept_tile_share(int64_
   weights.w.pairs_fit_int16 = graphc::pairs_fit_int16(weights.w);
   prepack_for(graphc::Isa::avx2, &weights);
   return weights.w.kept_tiles != nullptr ? 1.0 - weights.zero_tile_share : 2.0;
+}
+// Which AVX2 kernel runs constant weights below 4 rows: "tiles", "panels" or "columns" (the one-row
+// column kernel); "" when the weights are malformed
+__attribute__((visibility("default"))) const char* graphc_avx2_few_rows_kernel(int64_t k, int64_t n,
+                                                                               const int32_t* col_ptr,
+                                                                               const int32_t* block_k,
+                                                                               const int8_t* values) {
+  Weights weights;
+  weights.w = graphc::SparseWeights{k, n, col_ptr, block_k, values};
+  if (n < 0 || graphc::validate(weights.w, n >= 0 ? col_ptr[n] : 0) != nullptr) return "";
+  weights.w.pairs_fit_int16 = graphc::pairs_fit_int16(weights.w);
+  prepack_for(graphc::Isa::avx2, &weights);
+  return weights.w.panel_values != nullptr ? "panels" : weights.w.kept_tiles != nullptr ? "tiles" : "columns";
 }
 }

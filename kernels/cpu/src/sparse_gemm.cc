@@ -133,6 +133,17 @@ void gemv_item(void* arg, size_t item) {
   to_float(job, row, row + 1, n0, n1);
 }
 
+// the AVX2 panel path (few rows, w.panel_values set): items of kPanelsPerItem 8-column panels, all rows
+constexpr int64_t kPanelsPerItem = kColumnsPerItem / 8;
+
+void panels_item(void* arg, size_t item) {
+  auto& job = *static_cast<Job*>(arg);
+  const int64_t p0 = int64_t(item) * kPanelsPerItem, p1 = std::min((job.w->n + 7) / 8, p0 + kPanelsPerItem);
+  for (int64_t panel = p0; panel < p1; ++panel)
+    kernel_avx2_panels(job.packed, job.k4 * 4, job.m, *job.w, job.colsum, job.zp, panel, job.c, job.ldc,
+                       job.column_scale, job.bias);
+}
+
 // the AVX2 tile path: items of kTileRows rows x panels_per_item 16-column panels; below
 // kTileFewRows rows an item takes kTilePanelsFewRows panels, so that its work outweighs the cost of
 // an item (at M=1, 80% 16x64 sparsity, one panel holds about 2 kept tiles of 768-long K)
@@ -237,6 +248,33 @@ void tile_decompress(const SparseWeights& w, int64_t n0, int64_t k_tiles, int8_t
     }
 }
 
+void panel_prepack(const SparseWeights& w, std::vector<int32_t>* panel_ptr, std::vector<int32_t>* panel_k,
+                   std::vector<int8_t>* panel_values) {
+  const int64_t panels = (w.n + 7) / 8, groups = (w.k + 3) / 4;
+  std::vector<int32_t> slot(size_t(groups), -1);  // a group's entry in the panel being built
+  panel_ptr->assign(size_t(panels + 1), 0);
+  panel_k->clear();
+  panel_values->clear();
+  for (int64_t p = 0; p < panels; ++p) {
+    const int64_t n0 = p * 8, n1 = std::min(w.n, n0 + 8);
+    for (int64_t n = n0; n < n1; ++n)  // the union of the columns' groups, in K order
+      for (int32_t b = w.col_ptr[n]; b < w.col_ptr[n + 1]; ++b) slot[size_t(w.block_k[b])] = 0;
+    const size_t start = panel_k->size();
+    for (int64_t g = 0; g < groups; ++g)
+      if (slot[size_t(g)] == 0) {
+        slot[size_t(g)] = int32_t(panel_k->size());
+        panel_k->push_back(int32_t(g));
+      }
+    panel_values->resize(panel_k->size() * 32, 0);
+    for (int64_t n = n0; n < n1; ++n)
+      for (int32_t b = w.col_ptr[n]; b < w.col_ptr[n + 1]; ++b)
+        std::memcpy(panel_values->data() + size_t(slot[size_t(w.block_k[b])]) * 32 + (n - n0) * 4,
+                    w.values + int64_t(b) * 4, 4);
+    for (size_t i = start; i < panel_k->size(); ++i) slot[size_t((*panel_k)[i])] = -1;
+    (*panel_ptr)[size_t(p + 1)] = int32_t(panel_k->size());
+  }
+}
+
 void tile_prepack(const SparseWeights& w, int8_t* panels, uint8_t* nonzero) {
   const int64_t k_tiles = (w.k + 63) / 64;
   for (int64_t p = 0; p * 16 < w.n; ++p)
@@ -309,6 +347,18 @@ void sparse_gemm_u8s8(Isa isa, int64_t m, const uint8_t* a, int64_t lda, uint8_t
     parallel.run(parallel.self, amx_item, size_t((w.n + kAmxColumns - 1) / kAmxColumns), &job);
     return;
   }
+  // few rows: the panels where the weights have them, else the one-row column kernel unless on tiles
+  if (isa == Isa::avx2 && m < kGemvRows && (w.panel_values != nullptr || w.kept_tiles == nullptr)) {
+    // rows copied to whole groups, zero past K
+    packed.assign(size_t(m * job.k4 * 4), 0);
+    for (int64_t r = 0; r < m; ++r) std::memcpy(packed.data() + r * job.k4 * 4, a + r * lda, size_t(w.k));
+    job.packed = packed.data();
+    if (w.panel_values != nullptr)
+      parallel.run(parallel.self, panels_item, size_t(((w.n + 7) / 8 + kPanelsPerItem - 1) / kPanelsPerItem), &job);
+    else
+      parallel.run(parallel.self, gemv_item, size_t(m * job.col_items), &job);
+    return;
+  }
   if (isa == Isa::avx2 && w.kept_tiles != nullptr) {  // rows copied to k_bytes, zero padded
     job.k_bytes = (w.k + 63) / 64 * 64;
     packed.assign(size_t(m * job.k_bytes), 0);
@@ -318,13 +368,6 @@ void sparse_gemm_u8s8(Isa isa, int64_t m, const uint8_t* a, int64_t lda, uint8_t
     job.panels_per_item = m < kTileFewRows ? kTilePanelsFewRows : 1;
     const int64_t panel_items = ((w.n + 15) / 16 + job.panels_per_item - 1) / job.panels_per_item;
     parallel.run(parallel.self, tiles_item, size_t(job.row_items * panel_items), &job);
-    return;
-  }
-  if (isa == Isa::avx2 && m < kGemvRows) {  // rows copied to whole groups, zero past K
-    packed.assign(size_t(m * job.k4 * 4), 0);
-    for (int64_t r = 0; r < m; ++r) std::memcpy(packed.data() + r * job.k4 * 4, a + r * lda, size_t(w.k));
-    job.packed = packed.data();
-    parallel.run(parallel.self, gemv_item, size_t(m * job.col_items), &job);
     return;
   }
   if (isa == Isa::scalar) {

@@ -14,6 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace graphc {
 
@@ -44,6 +45,14 @@ struct SparseWeights {
   const int8_t* kept_tiles = nullptr;
   const int32_t* kept_ptr = nullptr;
   const int32_t* kept_k = nullptr;
+  // optional, for the AVX2 few-rows panel kernel (constant weights whose zeros come in blocks of 8
+  // outputs, e.g. sparsify's block=8x4): the columns in panels of 8, each panel's 4-groups the union
+  // of its columns' (panel p's are panel_ptr[p] .. panel_ptr[p + 1] - 1, group panel_k[i], its 8
+  // columns' 4 weights at panel_values + 32 * i, column by column, zero where a column lacks it);
+  // made once by panel_prepack
+  const int8_t* panel_values = nullptr;
+  const int32_t* panel_ptr = nullptr;
+  const int32_t* panel_k = nullptr;
   // every pair of weights (w[4b], w[4b+1]) and (w[4b+2], w[4b+3]) has |w0| + |w1| <= 128, so
   // vpmaddubsw's saturating int16 sum of two u8 x s8 products cannot overflow (255 * 128 = 32640);
   // true of graphc int8's 7-bit weights (|w| <= 63); set by pairs_fit_int16
@@ -118,6 +127,14 @@ void tile_decompress(const SparseWeights& w, int64_t n0, int64_t k_tiles, int8_t
 void kernel_avx2_tiles(const uint8_t* a_rows, int64_t k_bytes, const SparseWeights& w, const int32_t* colsum,
                        uint8_t zp, int64_t r0, int64_t r1, int64_t p, int32_t* c, int64_t ldc,
                        const float* column_scale, const float* bias);
+// AVX2 over the 8-column panels (w.panel_values set, w.pairs_fit_int16): rows [0, m) of A (3 at a time), each
+// copied to row_bytes (ceil(K / 4) * 4, zero past K) x the 8 columns of panel p
+void kernel_avx2_panels(const uint8_t* a_rows, int64_t row_bytes, int64_t m, const SparseWeights& w,
+                        const int32_t* colsum, uint8_t zp, int64_t p, int32_t* c, int64_t ldc, const float* column_scale,
+                        const float* bias);
+// the panel form of w: fills panel_ptr (ceil(n / 8) + 1), panel_k and panel_values (32 bytes per entry)
+void panel_prepack(const SparseWeights& w, std::vector<int32_t>* panel_ptr, std::vector<int32_t>* panel_k,
+                   std::vector<int8_t>* panel_values);
 int64_t panel_rows(Isa isa);  // R: 8 (avx2), 16 (avx512vnni)
 
 }  // namespace graphc
