@@ -12,7 +12,10 @@ one interleaved run; the tables in the README).
     at M = 1-128). A layer it runs needs at most ``AVX2_TILE_SHARE`` (60%) of its tiles kept: a
     margin over the break-even (100%), for M=1, where the per-call cost weighs most;
   - the column kernels skip every zero 4-group but pay about 3x per kept group: a layer they run
-    needs at most ``AVX2_COLUMN_DENSITY`` (35%) of its 4-groups non-zero (1x4 at 80%: 1.29-2.78x).
+    needs at most ``AVX2_COLUMN_DENSITY`` (35%) of its 4-groups non-zero (1x4 at 80%: 1.29-2.78x);
+  - below 4 rows the library may also run a layer on its 8-column panel kernel (blocks spanning 8
+    outputs, e.g. 8x4: 80% at M = 1 2.4x, 2026-12-03); the rule here stays the M >= 4 kernels',
+    since a layer's row count is not known when the pass runs.
 - Any other CPU (the scalar path only): not measured; ``max_density`` alone decides.
 """
 
