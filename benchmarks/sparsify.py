@@ -130,6 +130,11 @@ def run_minilm(args) -> int:
             path, seconds, _ = optimize(source, name, args.out / f"{by}{ratio}.onnx", data=data,
                                         threads=args.threads)
             rows.append((name, path, seconds, "one shot"))
+        for block in args.one_shot_blocks:  # the block patterns the kernels read, scored as the better one-shot row
+            name = f"sparsify:{ratio}:by=wanda:pattern=block:block={block}"
+            path, seconds, _ = optimize(source, name, args.out / f"wanda{ratio}_{block}.onnx", data=data,
+                                        threads=args.threads)
+            rows.append((name, path, seconds, "one shot"))
     if args.distill_ratio:
         holdout = wordnet.gloss_npz(args.out / "holdout.npz", MINILM_HOLDOUT, args.test_glosses, args.seq)
         train = wordnet.gloss_npz(args.out / "train.npz", args.train_glosses, train_start, args.seq)
@@ -186,6 +191,8 @@ def main(argv=None) -> int:
                              "prune:PRUNE_RATIO:by=taylor (prune), or in --block blocks (block)")
     parser.add_argument("--prune-ratio", type=float, default=0.3, help="minilm: the prune row's structured ratio")
     parser.add_argument("--block", default="1x4", help="minilm: the block row's block shape")
+    parser.add_argument("--one-shot-blocks", nargs="*", default=[],
+                        help="minilm: at each one-shot ratio, also wanda in these block shapes (e.g. 1x4 8x4 16x64)")
     parser.add_argument("--train-glosses", type=int, default=40000)
     parser.add_argument("--test-glosses", type=int, default=1000)
     parser.add_argument("--seq", type=int, default=48)

@@ -15,7 +15,7 @@ from graphc.kernels import DOMAIN, WEIGHT_INPUTS
 from graphc.kernels.layout import BlockColumns
 from graphc.report import markdown_table
 
-CHECKED = ("2:4", "1x4", "4x1", "16x4")
+CHECKED = ("2:4", "1x4", "4x1", "16x4", "8x4", "16x64")  # 8x4, 16x64: the AVX2 kernels' fastest at one row
 # op -> (weight input, zero-point input or None)
 INTEGER_WEIGHTS = {"MatMulInteger": (1, 3), "DynamicQuantizeMatMul": (1, 3), "MatMulIntegerToFloat": (1, 5),
                    "ConvInteger": (1, 3), "QLinearConv": (3, 5), "QLinearMatMul": (3, 5)}
