@@ -253,12 +253,16 @@ def test_integer_products_with_8_bit_weights_equal_the_int64_reference(zero_poin
     np.testing.assert_array_equal(TorchExecutor(model).run_numpy(feeds)[0], want)
 
 
-@pytest.mark.parametrize("passes", ["fold,fuse", "fold,fuse,int8"])
+@pytest.mark.parametrize("passes", ["fold,fuse:norms=on", "fold,fuse:norms=off", "fold,fuse:norms=off,int8"])
 @pytest.mark.parametrize("name", ["bert", "gpt", "vit"])
 def test_fused_attention_matches_onnxruntime(onnx_model, sample_inputs, tmp_path, name, passes):
     """fuse's com.microsoft ops: GroupQueryAttention on BERT's padding mask (rows padded on
-    the right and on the left), MultiHeadAttention causal (GPT-2) and unmasked (ViT),
-    SkipLayerNormalization and BiasGelu where fuse keeps them."""
+    the right and on the left), MultiHeadAttention causal (GPT-2) and unmasked (ViT), and
+    SkipLayerNormalization / BiasGelu / FastGelu (norms=on; fuse's default, auto, keeps them by a
+    timing here, so a plain "fuse" made a different graph on a loaded machine). int8 runs on the
+    graph without the norm ops: onnxruntime's SkipLayerNormalization and FastGelu (MLAS tanh)
+    differ from torch's by an ulp or two (fp32 above: within 1e-5), and on GPT-2 such a difference
+    before a DynamicQuantizeLinear flipped one value's rounding, moving one token's logits by 5e-3."""
     path = optimized(onnx_model(name), tmp_path, passes)
     fused = {n.op_type for n in onnx.load(path).graph.node if n.domain == "com.microsoft"}
     assert fused & {"GroupQueryAttention", "MultiHeadAttention"}
