@@ -74,16 +74,21 @@ def default_isa() -> str:
     return _library().graphc_best_isa().decode()
 
 
+def _ask_about_columns(function, columns):
+    """``function(k, n, col_ptr, block_k, values)`` of the library on ``columns``' arrays."""
+    import numpy as np
+
+    arrays = [np.ascontiguousarray(columns.col_ptr, np.int32), np.ascontiguousarray(columns.block_k, np.int32),
+              np.ascontiguousarray(columns.values, np.int8)]
+    return function(columns.k, columns.n, *(a.ctypes.data for a in arrays))
+
+
 def avx2_kept_tile_share(columns) -> float | None:
     """``columns``: a ``layout.BlockColumns``. When, as constant weights, the AVX2 path runs them on
     its tile kernel (pairs that fit vpmaddubsw, and fewer kept 16 x 64 tiles than the column kernels'
     cost of their non-zero 4-groups), the share of the tiles it multiplies; None when it runs them on
     its column kernels. The library's own rule, asked of the library."""
-    import numpy as np
-
-    arrays = [np.ascontiguousarray(columns.col_ptr, np.int32), np.ascontiguousarray(columns.block_k, np.int32),
-              np.ascontiguousarray(columns.values, np.int8)]
-    answer = _library().graphc_avx2_kept_tile_share(columns.k, columns.n, *(a.ctypes.data for a in arrays))
+    answer = _ask_about_columns(_library().graphc_avx2_kept_tile_share, columns)
     if answer < 0:
         raise ValueError("malformed block columns")
     return None if answer > 1 else float(answer)
@@ -93,11 +98,7 @@ def avx2_few_rows_kernel(columns) -> str:
     """Which AVX2 kernel runs ``columns`` (a ``layout.BlockColumns``), as constant weights, below 4
     rows: "tiles" (kernel_avx2_tiles.cc), "panels" (kernel_avx2_panels.cc: 8-column panels, where they
     read fewer bytes) or "columns" (the one-row column kernel). The library's own rule."""
-    import numpy as np
-
-    arrays = [np.ascontiguousarray(columns.col_ptr, np.int32), np.ascontiguousarray(columns.block_k, np.int32),
-              np.ascontiguousarray(columns.values, np.int8)]
-    answer = _library().graphc_avx2_few_rows_kernel(columns.k, columns.n, *(a.ctypes.data for a in arrays))
+    answer = _ask_about_columns(_library().graphc_avx2_few_rows_kernel, columns)
     if not answer:
         raise ValueError("malformed block columns")
     return answer.decode()

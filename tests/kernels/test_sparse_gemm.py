@@ -247,18 +247,24 @@ def test_weights_whose_pairs_fit_int16_and_those_that_do_not(isa, limit):
             np.testing.assert_array_equal(run_integer(w, a, 255), integer_product(a, 255, w))
 
 
-def tile_sparse_weight(rng, k: int, n: int, ratio: float, limit: int) -> np.ndarray:
-    """Whole 16-output x 64-reduction tiles zero (sparsify's block=16x64; ragged edge tiles too),
-    the rest random in [-limit, limit] with both extremes present."""
+def block_sparse_weight(rng, k: int, n: int, ratio: float, limit: int, outputs: int, reduction: int) -> np.ndarray:
+    """Whole blocks of ``outputs`` x ``reduction`` weights zero (sparsify's block=RxC; ragged edge
+    blocks too), round(ratio * blocks) of them and at least one kept, the rest random in
+    [-limit, limit] with both extremes present."""
     weight = rng.integers(-limit, limit + 1, (k, n)).astype(np.int8)
     weight[rng.random((k, n)) < 0.1] = limit
     weight[rng.random((k, n)) < 0.1] = -limit
-    grid = (-(-k // 64), -(-n // 16))
-    tiles = grid[0] * grid[1]
-    empty = np.zeros(tiles, bool)  # round(ratio * tiles) of them, at least one tile kept
-    empty[rng.permutation(tiles)[:min(tiles - 1, round(ratio * tiles))]] = True
-    weight[np.kron(empty.reshape(grid), np.ones((64, 16), bool))[:k, :n]] = 0
+    grid = (-(-k // reduction), -(-n // outputs))
+    blocks = grid[0] * grid[1]
+    empty = np.zeros(blocks, bool)
+    empty[rng.permutation(blocks)[:min(blocks - 1, round(ratio * blocks))]] = True
+    weight[np.kron(empty.reshape(grid), np.ones((reduction, outputs), bool))[:k, :n]] = 0
     return weight
+
+
+def tile_sparse_weight(rng, k: int, n: int, ratio: float, limit: int) -> np.ndarray:
+    """16-output x 64-reduction tiles (block=16x64), what the AVX2 tile and AMX kernels skip."""
+    return block_sparse_weight(rng, k, n, ratio, limit, 16, 64)
 
 
 @pytest.mark.parametrize("limit", [63, 64])
@@ -303,17 +309,8 @@ def test_avx2_tile_kernel_only_where_it_pays_and_cannot_saturate():
 
 
 def panel_sparse_weight(rng, k: int, n: int, ratio: float, limit: int) -> np.ndarray:
-    """Whole 8-output x 4-reduction blocks zero (sparsify's block=8x4; ragged edge blocks too), the
-    rest random in [-limit, limit] with both extremes present."""
-    weight = rng.integers(-limit, limit + 1, (k, n)).astype(np.int8)
-    weight[rng.random((k, n)) < 0.1] = limit
-    weight[rng.random((k, n)) < 0.1] = -limit
-    grid = (-(-k // 4), -(-n // 8))
-    blocks = grid[0] * grid[1]
-    empty = np.zeros(blocks, bool)  # round(ratio * blocks) of them, at least one block kept
-    empty[rng.permutation(blocks)[:min(blocks - 1, round(ratio * blocks))]] = True
-    weight[np.kron(empty.reshape(grid), np.ones((4, 8), bool))[:k, :n]] = 0
-    return weight
+    """8-output x 4-reduction blocks (block=8x4), what the AVX2 panel kernel reads fastest."""
+    return block_sparse_weight(rng, k, n, ratio, limit, 8, 4)
 
 
 def test_avx2_panel_kernel_equals_the_int64_product(monkeypatch):

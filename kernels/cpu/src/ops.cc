@@ -140,18 +140,22 @@ struct Weights {
   // the AVX2 panel kernel's form (few rows): 8-column panels of the union of their columns' 4-groups
   std::vector<int32_t> panel_ptr, panel_k;
   std::vector<int8_t> panel_values;
-  void prepack_panels() {
-    graphc::panel_prepack(w, &panel_ptr, &panel_k, &panel_values);
+  // in two steps, so that the entries are counted before the weights are copied (a dense weight's
+  // panels would be a second copy of it): the index (each panel's groups), then the weights
+  size_t index_panels() {
+    graphc::panel_index(w, &panel_ptr, &panel_k);
+    return panel_k.size();
+  }
+  void fill_panels() {
+    panel_values.resize(panel_k.size() * 32);
+    graphc::panel_fill(w, panel_ptr.data(), panel_k.data(), panel_values.data());
     w.panel_ptr = panel_ptr.data();
     w.panel_k = panel_k.data();
     w.panel_values = panel_values.data();
   }
-  void drop_panels() {
+  void drop_panel_index() {
     std::vector<int32_t>().swap(panel_ptr);
     std::vector<int32_t>().swap(panel_k);
-    std::vector<int8_t>().swap(panel_values);
-    w.panel_ptr = w.panel_k = nullptr;
-    w.panel_values = nullptr;
   }
 };
 
@@ -322,8 +326,10 @@ void prepack_for(graphc::Isa isa, Weights* weights) {
       weights->drop_tiles();
     const double few_rows_bytes = tiles ? double(weights->kept_k.size()) * (1024.0 + 4.0)
                                         : kGroupBytes * double(weights->w.col_ptr[weights->w.n]);
-    weights->prepack_panels();
-    if (kPanelEntryBytes * double(weights->panel_k.size()) >= few_rows_bytes) weights->drop_panels();
+    if (kPanelEntryBytes * double(weights->index_panels()) < few_rows_bytes)
+      weights->fill_panels();
+    else
+      weights->drop_panel_index();
   }
 }
 
@@ -512,6 +518,16 @@ __attribute__((visibility("default"))) int graphc_isa_supported(const char* name
   graphc::Isa isa;
   return graphc::parse_isa(name, &isa) && graphc::isa_supported(isa);
 }
+// Constant weights handed in by graphc.kernels (ctypes), prepared as a session prepares them for the
+// AVX2 path; false when they are malformed
+static bool prepared_for_avx2(int64_t k, int64_t n, const int32_t* col_ptr, const int32_t* block_k, const int8_t* values,
+                              Weights* weights) {
+  weights->w = graphc::SparseWeights{k, n, col_ptr, block_k, values};
+  if (n < 0 || graphc::validate(weights->w, col_ptr[n]) != nullptr) return false;
+  weights->w.pairs_fit_int16 = graphc::pairs_fit_int16(weights->w);
+  prepack_for(graphc::Isa::avx2, weights);
+  return true;
+}
 // When constant weights (the op's col_ptr, block_k, values) run on the AVX2 tile kernel, the share
 // of their 16 x 64 tiles it multiplies (in [0, 1]); 2 when they run on the column kernels; -1 when
 // the weights are malformed
@@ -519,10 +535,7 @@ __attribute__((visibility("default"))) double graphc_avx2_kept_tile_share(int64_
                                                                           const int32_t* block_k,
                                                                           const int8_t* values) {
   Weights weights;
-  weights.w = graphc::SparseWeights{k, n, col_ptr, block_k, values};
-  if (n < 0 || graphc::validate(weights.w, n >= 0 ? col_ptr[n] : 0) != nullptr) return -1.0;
-  weights.w.pairs_fit_int16 = graphc::pairs_fit_int16(weights.w);
-  prepack_for(graphc::Isa::avx2, &weights);
+  if (!prepared_for_avx2(k, n, col_ptr, block_k, values, &weights)) return -1.0;
   return weights.w.kept_tiles != nullptr ? 1.0 - weights.zero_tile_share : 2.0;
 }
 // Which AVX2 kernel runs constant weights below 4 rows: "tiles", "panels" or "columns" (the one-row
@@ -532,10 +545,7 @@ __attribute__((visibility("default"))) const char* graphc_avx2_few_rows_kernel(i
                                                                                const int32_t* block_k,
                                                                                const int8_t* values) {
   Weights weights;
-  weights.w = graphc::SparseWeights{k, n, col_ptr, block_k, values};
-  if (n < 0 || graphc::validate(weights.w, n >= 0 ? col_ptr[n] : 0) != nullptr) return "";
-  weights.w.pairs_fit_int16 = graphc::pairs_fit_int16(weights.w);
-  prepack_for(graphc::Isa::avx2, &weights);
+  if (!prepared_for_avx2(k, n, col_ptr, block_k, values, &weights)) return "";
   return weights.w.panel_values != nullptr ? "panels" : weights.w.kept_tiles != nullptr ? "tiles" : "columns";
 }
 }

@@ -248,30 +248,33 @@ void tile_decompress(const SparseWeights& w, int64_t n0, int64_t k_tiles, int8_t
     }
 }
 
-void panel_prepack(const SparseWeights& w, std::vector<int32_t>* panel_ptr, std::vector<int32_t>* panel_k,
-                   std::vector<int8_t>* panel_values) {
+void panel_index(const SparseWeights& w, std::vector<int32_t>* panel_ptr, std::vector<int32_t>* panel_k) {
   const int64_t panels = (w.n + 7) / 8, groups = (w.k + 3) / 4;
-  std::vector<int32_t> slot(size_t(groups), -1);  // a group's entry in the panel being built
+  std::vector<uint8_t> used(size_t(groups), 0);
   panel_ptr->assign(size_t(panels + 1), 0);
   panel_k->clear();
-  panel_values->clear();
   for (int64_t p = 0; p < panels; ++p) {
-    const int64_t n0 = p * 8, n1 = std::min(w.n, n0 + 8);
-    for (int64_t n = n0; n < n1; ++n)  // the union of the columns' groups, in K order
-      for (int32_t b = w.col_ptr[n]; b < w.col_ptr[n + 1]; ++b) slot[size_t(w.block_k[b])] = 0;
-    const size_t start = panel_k->size();
+    for (int64_t n = p * 8; n < std::min(w.n, p * 8 + 8); ++n)  // the union of the columns' groups, in K order
+      for (int32_t b = w.col_ptr[n]; b < w.col_ptr[n + 1]; ++b) used[size_t(w.block_k[b])] = 1;
     for (int64_t g = 0; g < groups; ++g)
-      if (slot[size_t(g)] == 0) {
-        slot[size_t(g)] = int32_t(panel_k->size());
+      if (used[size_t(g)]) {
         panel_k->push_back(int32_t(g));
+        used[size_t(g)] = 0;
       }
-    panel_values->resize(panel_k->size() * 32, 0);
-    for (int64_t n = n0; n < n1; ++n)
-      for (int32_t b = w.col_ptr[n]; b < w.col_ptr[n + 1]; ++b)
-        std::memcpy(panel_values->data() + size_t(slot[size_t(w.block_k[b])]) * 32 + (n - n0) * 4,
-                    w.values + int64_t(b) * 4, 4);
-    for (size_t i = start; i < panel_k->size(); ++i) slot[size_t((*panel_k)[i])] = -1;
     (*panel_ptr)[size_t(p + 1)] = int32_t(panel_k->size());
+  }
+}
+
+void panel_fill(const SparseWeights& w, const int32_t* panel_ptr, const int32_t* panel_k, int8_t* panel_values) {
+  const int64_t panels = (w.n + 7) / 8;
+  std::memset(panel_values, 0, size_t(panel_ptr[panels]) * 32);
+  std::vector<int32_t> entry(size_t((w.k + 3) / 4));  // a group's entry in the panel being filled
+  for (int64_t p = 0; p < panels; ++p) {
+    for (int32_t i = panel_ptr[p]; i < panel_ptr[p + 1]; ++i) entry[size_t(panel_k[i])] = i;
+    for (int64_t n = p * 8; n < std::min(w.n, p * 8 + 8); ++n)
+      for (int32_t b = w.col_ptr[n]; b < w.col_ptr[n + 1]; ++b)
+        std::memcpy(panel_values + int64_t(entry[size_t(w.block_k[b])]) * 32 + (n - p * 8) * 4,
+                    w.values + int64_t(b) * 4, 4);
   }
 }
 

@@ -49,7 +49,7 @@ struct SparseWeights {
   // outputs, e.g. sparsify's block=8x4): the columns in panels of 8, each panel's 4-groups the union
   // of its columns' (panel p's are panel_ptr[p] .. panel_ptr[p + 1] - 1, group panel_k[i], its 8
   // columns' 4 weights at panel_values + 32 * i, column by column, zero where a column lacks it);
-  // made once by panel_prepack
+  // made once by panel_index and panel_fill
   const int8_t* panel_values = nullptr;
   const int32_t* panel_ptr = nullptr;
   const int32_t* panel_k = nullptr;
@@ -132,9 +132,11 @@ void kernel_avx2_tiles(const uint8_t* a_rows, int64_t k_bytes, const SparseWeigh
 void kernel_avx2_panels(const uint8_t* a_rows, int64_t row_bytes, int64_t m, const SparseWeights& w,
                         const int32_t* colsum, uint8_t zp, int64_t p, int32_t* c, int64_t ldc, const float* column_scale,
                         const float* bias);
-// the panel form of w: fills panel_ptr (ceil(n / 8) + 1), panel_k and panel_values (32 bytes per entry)
-void panel_prepack(const SparseWeights& w, std::vector<int32_t>* panel_ptr, std::vector<int32_t>* panel_k,
-                   std::vector<int8_t>* panel_values);
+// the panel form of w in two steps: panel_index fills panel_ptr (ceil(n / 8) + 1) and panel_k (each
+// panel's groups, the union of its columns'), panel_fill their weights (32 bytes per entry,
+// panel_ptr[ceil(n / 8)] entries), so that the entries can be counted before the weights are copied
+void panel_index(const SparseWeights& w, std::vector<int32_t>* panel_ptr, std::vector<int32_t>* panel_k);
+void panel_fill(const SparseWeights& w, const int32_t* panel_ptr, const int32_t* panel_k, int8_t* panel_values);
 int64_t panel_rows(Isa isa);  // R: 8 (avx2), 16 (avx512vnni)
 
 }  // namespace graphc
