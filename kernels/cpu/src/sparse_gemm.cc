@@ -93,13 +93,31 @@ void to_float(const Job& job, int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
   }
 }
 
-constexpr int64_t kAmxColumns = 32;
+// AMX items: 32 rows (two row tiles) x kAmxColumns columns, so that an item writes 512-byte runs of
+// each output row
+constexpr int64_t kAmxItemRows = 32;
+constexpr int64_t kAmxColumns = 256;
 
 void amx_item(void* arg, size_t item) {
   auto& job = *static_cast<Job*>(arg);
-  const int64_t n0 = int64_t(item) * kAmxColumns;
-  amx_columns(job.packed, job.m, job.k_bytes, *job.w, job.colsum, job.zp, n0, job.c, job.ldc, job.column_scale,
-              job.bias);
+  const int64_t row_item = int64_t(item) % job.row_items, col_item = int64_t(item) / job.row_items;
+  const int64_t n0 = col_item * kAmxColumns, n1 = std::min(job.w->n, n0 + kAmxColumns);
+  amx_block(job.packed, job.m, job.k_bytes, *job.w, job.colsum, job.zp, row_item * kAmxItemRows, n0, n1, job.c,
+            job.ldc, job.column_scale, job.bias);
+}
+
+// weights without tile panels (not constant): each 16-column panel decompressed once per run
+struct TilePrepack {
+  const SparseWeights* w;
+  int64_t k_tiles;
+  int8_t* panels;
+  uint8_t* nonzero;
+};
+
+void decompress_item(void* arg, size_t panel) {
+  auto& job = *static_cast<TilePrepack*>(arg);
+  tile_decompress(*job.w, int64_t(panel) * 16, job.k_tiles, job.panels + int64_t(panel) * job.k_tiles * 1024,
+                  job.nonzero + int64_t(panel) * job.k_tiles);
 }
 
 constexpr int64_t kColumnsPerItem = 64;
@@ -347,7 +365,22 @@ void sparse_gemm_u8s8(Isa isa, int64_t m, const uint8_t* a, int64_t lda, uint8_t
         std::memcpy(packed.data() + ((r / 16 * k_tiles + t) * 16 + r % 16) * 64, a + r * lda + t * 64,
                     size_t(std::min<int64_t>(64, w.k - t * 64)));
     job.packed = packed.data();
-    parallel.run(parallel.self, amx_item, size_t((w.n + kAmxColumns - 1) / kAmxColumns), &job);
+    SparseWeights with_tiles = w;
+    std::vector<int8_t> tile_panels;
+    std::vector<uint8_t> tile_nonzero;
+    if (w.tile_panels == nullptr) {
+      const int64_t panels = (w.n + 15) / 16;
+      tile_panels.resize(size_t(panels * k_tiles * 1024));
+      tile_nonzero.resize(size_t(panels * k_tiles));
+      TilePrepack prepack{&w, k_tiles, tile_panels.data(), tile_nonzero.data()};
+      parallel.run(parallel.self, decompress_item, size_t(panels), &prepack);
+      with_tiles.tile_panels = tile_panels.data();
+      with_tiles.tile_nonzero = tile_nonzero.data();
+      job.w = &with_tiles;
+    }
+    job.row_items = (m + kAmxItemRows - 1) / kAmxItemRows;
+    const int64_t col_items = (w.n + kAmxColumns - 1) / kAmxColumns;
+    parallel.run(parallel.self, amx_item, size_t(job.row_items * col_items), &job);
     return;
   }
   // few rows: the panels where the weights have them, else the one-row column kernel unless on tiles

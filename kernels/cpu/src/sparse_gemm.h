@@ -114,10 +114,12 @@ void kernel_avx2_gemv(const uint8_t* row, const SparseWeights& w, const int32_t*
 void kernel_avx512vnni(const uint8_t* packed, int64_t panels, const SparseWeights& w, const int32_t* colsum,
                        uint8_t zp, int64_t row0, int64_t m, int64_t n0, int64_t n1, int32_t* c, int64_t ldc,
                        const float* column_scale, const float* bias);
-// AMX: columns n0 .. n0 + 31 of every row, from A copied tile-major to [rows rounded up to 16 / 16]
-// [k_bytes / 64][16][64] (k_bytes: K rounded up to 64, zero padded)
-void amx_columns(const uint8_t* a_tiles, int64_t m, int64_t k_bytes, const SparseWeights& w, const int32_t* colsum,
-                 uint8_t zp, int64_t n0, int32_t* c, int64_t ldc, const float* column_scale, const float* bias);
+// AMX: rows m0 .. m0 + 31 (m0 a multiple of 32) x columns [n0, n1) (n0 a multiple of 32), from A copied
+// tile-major to [rows rounded up to 16 / 16][k_bytes / 64][16][64] (k_bytes: K rounded up to 64, zero
+// padded) and w's tile panels (w.tile_panels and w.tile_nonzero set)
+void amx_block(const uint8_t* a_tiles, int64_t m, int64_t k_bytes, const SparseWeights& w, const int32_t* colsum,
+               uint8_t zp, int64_t m0, int64_t n0, int64_t n1, int32_t* c, int64_t ldc, const float* column_scale,
+               const float* bias);
 // the tile panels of w (k_tiles = ceil(K / 64)); sizes: panels ceil(n / 16) * k_tiles * 1024 bytes,
 // nonzero ceil(n / 16) * k_tiles; tile_decompress: the one panel of columns n0 .. n0 + 15
 void tile_prepack(const SparseWeights& w, int8_t* panels, uint8_t* nonzero);
