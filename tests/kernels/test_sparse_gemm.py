@@ -359,3 +359,42 @@ def test_avx2_panel_kernel_only_where_it_reads_fewer_bytes_and_cannot_saturate()
     assert kernels.avx2_few_rows_kernel(pack(sparse_weight(rng, 768, 64, "block1x4", 0.8) // 2)) == "columns"
     assert kernels.avx2_few_rows_kernel(pack(rng.integers(-63, 64, (768, 64)).astype(np.int8))) == "tiles"
     assert kernels.avx2_few_rows_kernel(pack(tile_sparse_weight(rng, 256, 64, 0.75, 63))) == "tiles"
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.8])
+def test_amx_kernel_equals_the_int64_product_across_its_work_items(ratio, monkeypatch):
+    """The AMX path (kernel_amx.cc): work items of 32 rows x 256 columns over the kept 16 x 64 tiles
+    of each 32 columns (the pair form: empty tiles neither stored nor multiplied). Shapes cross every
+    item and tile edge (N past 256 and not a multiple of 16 or 32, a lone last 16-column panel, rows
+    past 32 and not a multiple of 16, ragged K), constant weights and weights fed at run time (the
+    pair form built on every run), int32 and float outputs."""
+    if "amx" not in kernels.supported_isas():
+        pytest.skip(f"this CPU/OS/build has no amx path (has {', '.join(kernels.supported_isas())})")
+    monkeypatch.setenv("GRAPHC_ISA", "amx")
+    rng = np.random.default_rng(int(ratio * 10) + 23)
+    for k, n in ((200, 300), (768, 529), (129, 17), (64, 48), (3100, 33)):
+        weight = tile_sparse_weight(rng, k, n, ratio, 127)
+        columns = pack(weight)
+        fed = integer_model(columns)
+        values = {t.name: onnx.numpy_helper.to_array(t) for t in fed.graph.initializer}
+        fed.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+                               for t in fed.graph.initializer)
+        del fed.graph.initializer[:]
+        constant, per_run = open_session(integer_model(columns)), open_session(fed)
+        for m in (1, 16, 33, 70):
+            a = rng.integers(0, 256, (1, m, k)).astype(np.uint8)
+            a[0, ::3] = 255
+            for zero_point in (0, 255, int(rng.integers(0, 256))):
+                feeds = {"A": a, "zp": np.array(zero_point, np.uint8)}
+                expected = integer_product(a, zero_point, weight)
+                np.testing.assert_array_equal(constant.run(None, feeds)[0], expected, err_msg=f"{k}x{n} m={m}")
+                np.testing.assert_array_equal(per_run.run(None, {**feeds, **values})[0], expected,
+                                              err_msg=f"{k}x{n} m={m} fed")
+        scale = rng.uniform(0.001, 0.02, n).astype(np.float32)
+        offsets = rng.normal(size=n).astype(np.float32)
+        sparse = open_session(to_float_model(columns, scale, offsets))
+        dense = open_session(dense_integer_chain(weight, scale, offsets), optimized=False)  # Cast, Mul, Add
+        for m in (2, 40):
+            feeds = {"A": rng.integers(0, 256, (m, k)).astype(np.uint8), "a_scale": np.array(0.037, np.float32),
+                     "zp": np.array(121, np.uint8)}
+            np.testing.assert_array_equal(sparse.run(None, feeds)[0], dense.run(None, feeds)[0], err_msg=f"{k}x{n} m={m}")

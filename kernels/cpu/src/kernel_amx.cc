@@ -1,6 +1,8 @@
-// AMX-INT8 kernel (compiled with -mamx-tile -mamx-int8): dense tiles over the weight's tile panels,
-// skipping every 16 x 64 weight tile that is all zero (the way a coarse block pattern pays off here;
-// 1x4 blocks scattered over a tile leave none to skip). A work item is 32 rows x a block of columns,
+// AMX-INT8 kernel (compiled with -mamx-tile -mamx-int8): dense tiles over the weight's kept 16 x 64
+// tiles (the pair form, sparse_gemm.h), every all-zero tile skipped and never stored (the way a coarse
+// block pattern pays off here; 1x4 blocks scattered over a tile leave none to skip). The kept tiles
+// lie in the order the loop reads them, one stream per 32 columns, which the hardware prefetcher
+// follows. A work item is 32 rows x a block of columns,
 // so that it writes whole runs of each output row (an item of 32 columns x every row wrote 128 bytes
 // per row 12 KB apart, and into an output not in cache that took most of an 80%-sparse call).
 //
@@ -44,22 +46,18 @@ void amx_block(const uint8_t* a_tiles, int64_t m, int64_t k_bytes, const SparseW
                const float* bias) {
   // rows m0 .. m0 + 31 (fewer at the end) x columns n0 .. n1 - 1 (n0 a multiple of 32), 32 columns at a
   // time; a_tiles: [rows / 16][k_tiles][16][64], k_bytes = 64 * k_tiles
-  const int64_t k_tiles = k_bytes / 64, last_panel = (w.n + 15) / 16 - 1;
+  const int64_t k_tiles = k_bytes / 64;
   const bool two_rows = m0 + 16 < m;
   const uint8_t* a_first = a_tiles + m0 / 16 * k_tiles * 1024;  // tile-major: 1 KB contiguous per tile
   const uint8_t* a_second = a_first + k_tiles * 1024;
   configure();
   alignas(64) int32_t out[4][16][16];
   for (int64_t nb = n0; nb < n1; nb += 32) {
-    const int8_t* panel[2];
-    const uint8_t* nz[2];
+    const int64_t q = nb / 32;
     __mmask16 mask[2];
     __m512i offset[2];
     __m512 scale[2], shift[2];
     for (int p = 0; p < 2; ++p) {
-      const int64_t index = std::min(nb / 16 + p, last_panel);  // a lone last panel twice
-      panel[p] = w.tile_panels + index * k_tiles * 1024;
-      nz[p] = w.tile_nonzero + index * k_tiles;
       const int64_t columns = std::clamp<int64_t>(w.n - nb - p * 16, 0, 16);
       mask[p] = __mmask16((1u << columns) - 1);
       offset[p] = _mm512_mullo_epi32(_mm512_set1_epi32(zp), _mm512_maskz_loadu_epi32(mask[p], colsum + nb + p * 16));
@@ -70,17 +68,21 @@ void amx_block(const uint8_t* a_tiles, int64_t m, int64_t k_bytes, const SparseW
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
-    for (int64_t t = 0; t < k_tiles; ++t) {
-      if (!nz[0][t] && !nz[1][t]) continue;
+    const int8_t* b = w.pair_tiles + w.pair_first_tile[q] * 1024;  // the pair's kept tiles, in this loop's order
+    for (int32_t s = w.pair_ptr[q]; s < w.pair_ptr[q + 1]; ++s) {
+      const int64_t t = w.pair_steps[s] >> 2;
+      const int kept = w.pair_steps[s] & 3;
       _tile_loadd(4, a_first + t * 1024, 64);
       if (two_rows) _tile_loadd(5, a_second + t * 1024, 64);
-      if (nz[0][t]) {
-        _tile_loadd(6, panel[0] + t * 1024, 64);
+      if (kept & 1) {
+        _tile_loadd(6, b, 64);
+        b += 1024;
         _tile_dpbusd(0, 4, 6);
         if (two_rows) _tile_dpbusd(2, 5, 6);
       }
-      if (nz[1][t]) {
-        _tile_loadd(7, panel[1] + t * 1024, 64);
+      if (kept & 2) {
+        _tile_loadd(7, b, 64);
+        b += 1024;
         _tile_dpbusd(1, 4, 7);
         if (two_rows) _tile_dpbusd(3, 5, 7);
       }

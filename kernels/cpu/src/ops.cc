@@ -96,7 +96,9 @@ size_t input_total(Kind kind) { return kind == Kind::integer ? 5 : kind == Kind:
 struct Weights {
   graphc::SparseWeights w{};
   std::vector<int32_t> sums;
-  std::vector<int8_t> tile_panels;  // constant weights on a tile path: decompressed once
+  // the 16 x 64 tiles of every 16-column panel (decompressed once, for compact_tiles) and which hold a
+  // non-zero
+  std::vector<int8_t> tile_panels;
   std::vector<uint8_t> tile_nonzero;
 
   void prepack_tiles() {
@@ -104,8 +106,6 @@ struct Weights {
     tile_panels.resize(size_t(panels * k_tiles * 1024));
     tile_nonzero.resize(size_t(panels * k_tiles));
     graphc::tile_prepack(w, tile_panels.data(), tile_nonzero.data());
-    w.tile_panels = tile_panels.data();
-    w.tile_nonzero = tile_nonzero.data();
     int64_t zero = 0;
     for (uint8_t any : tile_nonzero) zero += any == 0;
     zero_tile_share = tile_nonzero.empty() ? 0.0 : double(zero) / double(tile_nonzero.size());
@@ -133,8 +133,22 @@ struct Weights {
   void drop_tiles() {
     std::vector<int8_t>().swap(tile_panels);
     std::vector<uint8_t>().swap(tile_nonzero);
-    w.tile_panels = nullptr;
-    w.tile_nonzero = nullptr;
+  }
+  // the AMX kernel's form: the kept tiles of each 32 columns in the order the kernel reads them
+  std::vector<int32_t> pair_ptr, pair_steps;
+  std::vector<int64_t> pair_first_tile;
+  std::vector<int8_t> pair_tiles;
+  void pack_pairs() {
+    graphc::amx_pairs_index(w, &pair_ptr, &pair_steps, &pair_first_tile);
+    pair_tiles.resize(size_t(pair_first_tile.back() * 1024 + 1));  // + 1: never empty, so data() is set
+    for (int64_t q = 0; q + 1 < int64_t(pair_ptr.size()); ++q)
+      graphc::amx_pairs_fill(w, q, pair_ptr.data(), pair_steps.data(), pair_first_tile.data(), pair_tiles.data());
+    w.pair_tiles = pair_tiles.data();
+    w.pair_ptr = pair_ptr.data();
+    w.pair_steps = pair_steps.data();
+    w.pair_first_tile = pair_first_tile.data();
+    const double tiles = double((w.n + 15) / 16) * double((w.k + 63) / 64);
+    zero_tile_share = tiles > 0 ? 1.0 - double(pair_first_tile.back()) / tiles : 0.0;
   }
   double zero_tile_share = 0.0;  // of the tile panels' 16 x 64 tiles
   // the AVX2 panel kernel's form (few rows): 8-column panels of the union of their columns' 4-groups
@@ -308,13 +322,13 @@ graphc::Isa path_for(const Kernel& kernel, int64_t m) {
   return graphc::isa_supported(graphc::Isa::avx512vnni) ? graphc::Isa::avx512vnni : graphc::Isa::avx2;
 }
 
-// constant weights: the tile panels for AMX always; for AVX2 kept where enough tiles are empty
+// constant weights: the pair form for AMX always; for AVX2 kept where enough tiles are empty
 // to pay for decompressing them (and the weights' pairs fit vpmaddubsw), which sends every run of
 // the kernel from 4 rows down the AVX2 tile path (sparse_gemm_u8s8); and the 8-column panels for runs
 // below 4 rows where they read fewer bytes than the tiles or the columns
 void prepack_for(graphc::Isa isa, Weights* weights) {
   if (isa == graphc::Isa::amx) {
-    weights->prepack_tiles();
+    weights->pack_pairs();
   } else if (isa == graphc::Isa::avx2 && weights->w.pairs_fit_int16) {
     weights->prepack_tiles();
     const double groups = double(weights->w.n) * double((weights->w.k + 3) / 4);

@@ -106,18 +106,15 @@ void amx_item(void* arg, size_t item) {
             job.ldc, job.column_scale, job.bias);
 }
 
-// weights without tile panels (not constant): each 16-column panel decompressed once per run
-struct TilePrepack {
+// weights without the pair form (not constant): each pair's tiles filled once per run
+struct PairFill {
   const SparseWeights* w;
-  int64_t k_tiles;
-  int8_t* panels;
-  uint8_t* nonzero;
+  int8_t* tiles;
 };
 
-void decompress_item(void* arg, size_t panel) {
-  auto& job = *static_cast<TilePrepack*>(arg);
-  tile_decompress(*job.w, int64_t(panel) * 16, job.k_tiles, job.panels + int64_t(panel) * job.k_tiles * 1024,
-                  job.nonzero + int64_t(panel) * job.k_tiles);
+void fill_item(void* arg, size_t q) {
+  auto& job = *static_cast<PairFill*>(arg);
+  amx_pairs_fill(*job.w, int64_t(q), job.w->pair_ptr, job.w->pair_steps, job.w->pair_first_tile, job.tiles);
 }
 
 constexpr int64_t kColumnsPerItem = 64;
@@ -296,6 +293,54 @@ void panel_fill(const SparseWeights& w, const int32_t* panel_ptr, const int32_t*
   }
 }
 
+void amx_pairs_index(const SparseWeights& w, std::vector<int32_t>* pair_ptr, std::vector<int32_t>* pair_steps,
+                     std::vector<int64_t>* pair_first_tile) {
+  const int64_t pairs = (w.n + 31) / 32, k_tiles = (w.k + 63) / 64;
+  std::vector<uint8_t> kept(static_cast<size_t>(k_tiles));  // bit p: the pair's panel p holds a non-zero in that K tile
+  pair_ptr->assign(size_t(pairs + 1), 0);
+  pair_first_tile->assign(size_t(pairs + 1), 0);
+  pair_steps->clear();
+  for (int64_t q = 0; q < pairs; ++q) {
+    std::fill(kept.begin(), kept.end(), 0);
+    for (int64_t n = q * 32; n < std::min(w.n, q * 32 + 32); ++n)
+      for (int32_t b = w.col_ptr[n]; b < w.col_ptr[n + 1]; ++b)
+        kept[size_t(w.block_k[b] / 16)] |= uint8_t(1 << ((n - q * 32) / 16));
+    int64_t tiles = 0;
+    for (int64_t t = 0; t < k_tiles; ++t)
+      if (kept[size_t(t)]) {
+        pair_steps->push_back(int32_t(4 * t + kept[size_t(t)]));
+        tiles += (kept[size_t(t)] & 1) + (kept[size_t(t)] >> 1);
+      }
+    (*pair_ptr)[size_t(q + 1)] = int32_t(pair_steps->size());
+    (*pair_first_tile)[size_t(q + 1)] = (*pair_first_tile)[size_t(q)] + tiles;
+  }
+}
+
+void amx_pairs_fill(const SparseWeights& w, int64_t q, const int32_t* pair_ptr, const int32_t* pair_steps,
+                    const int64_t* pair_first_tile, int8_t* tiles) {
+  int8_t* first = tiles + pair_first_tile[q] * 1024;
+  std::memset(first, 0, size_t((pair_first_tile[q + 1] - pair_first_tile[q]) * 1024));
+  std::vector<int64_t> where[2];  // each panel's tile of each K tile: its offset from first, or -1
+  const int64_t k_tiles = (w.k + 63) / 64;
+  where[0].assign(size_t(k_tiles), -1);
+  where[1].assign(size_t(k_tiles), -1);
+  int64_t offset = 0;
+  for (int32_t s = pair_ptr[q]; s < pair_ptr[q + 1]; ++s)  // the kernel's order: panel 0's tile, then panel 1's
+    for (int p = 0; p < 2; ++p)
+      if (pair_steps[s] & (1 << p)) {
+        where[p][size_t(pair_steps[s] / 4)] = offset;
+        offset += 1024;
+      }
+  for (int64_t n = q * 32; n < std::min(w.n, q * 32 + 32); ++n) {
+    const int64_t column = n - q * 32;
+    for (int32_t b = w.col_ptr[n]; b < w.col_ptr[n + 1]; ++b) {
+      const int64_t group = w.block_k[b];
+      std::memcpy(first + where[column / 16][size_t(group / 16)] + (group % 16) * 64 + (column % 16) * 4,
+                  w.values + int64_t(b) * 4, 4);
+    }
+  }
+}
+
 void tile_prepack(const SparseWeights& w, int8_t* panels, uint8_t* nonzero) {
   const int64_t k_tiles = (w.k + 63) / 64;
   for (int64_t p = 0; p * 16 < w.n; ++p)
@@ -365,18 +410,20 @@ void sparse_gemm_u8s8(Isa isa, int64_t m, const uint8_t* a, int64_t lda, uint8_t
         std::memcpy(packed.data() + ((r / 16 * k_tiles + t) * 16 + r % 16) * 64, a + r * lda + t * 64,
                     size_t(std::min<int64_t>(64, w.k - t * 64)));
     job.packed = packed.data();
-    SparseWeights with_tiles = w;
-    std::vector<int8_t> tile_panels;
-    std::vector<uint8_t> tile_nonzero;
-    if (w.tile_panels == nullptr) {
-      const int64_t panels = (w.n + 15) / 16;
-      tile_panels.resize(size_t(panels * k_tiles * 1024));
-      tile_nonzero.resize(size_t(panels * k_tiles));
-      TilePrepack prepack{&w, k_tiles, tile_panels.data(), tile_nonzero.data()};
-      parallel.run(parallel.self, decompress_item, size_t(panels), &prepack);
-      with_tiles.tile_panels = tile_panels.data();
-      with_tiles.tile_nonzero = tile_nonzero.data();
-      job.w = &with_tiles;
+    SparseWeights with_pairs = w;
+    std::vector<int32_t> pair_ptr, pair_steps;
+    std::vector<int64_t> pair_first_tile;
+    std::vector<int8_t> pair_tiles;
+    if (w.pair_tiles == nullptr) {
+      amx_pairs_index(w, &pair_ptr, &pair_steps, &pair_first_tile);
+      pair_tiles.resize(size_t(pair_first_tile.back() * 1024 + 1));
+      with_pairs.pair_ptr = pair_ptr.data();
+      with_pairs.pair_steps = pair_steps.data();
+      with_pairs.pair_first_tile = pair_first_tile.data();
+      PairFill fill{&with_pairs, pair_tiles.data()};
+      parallel.run(parallel.self, fill_item, pair_ptr.size() - 1, &fill);
+      with_pairs.pair_tiles = pair_tiles.data();
+      job.w = &with_pairs;
     }
     job.row_items = (m + kAmxItemRows - 1) / kAmxItemRows;
     const int64_t col_items = (w.n + kAmxColumns - 1) / kAmxColumns;

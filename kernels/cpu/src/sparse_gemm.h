@@ -33,12 +33,16 @@ struct SparseWeights {
   const int32_t* col_ptr;  // n + 1 entries, col_ptr[0] == 0, non-decreasing
   const int32_t* block_k;  // col_ptr[n] entries, each < ceil(k / 4), increasing within a column
   const int8_t* values;    // 4 * col_ptr[n] entries
-  // optional, for the tile kernels (AMX; AVX2 where most tiles are empty): the weights
-  // decompressed into 16-column panels of 16 x 64 tiles ([ceil(n / 16)][k_tiles][16 groups][16
-  // columns][4]) and which tiles hold a non-zero ([ceil(n / 16)][k_tiles]); made once by
-  // tile_prepack for constant weights
-  const int8_t* tile_panels = nullptr;
-  const uint8_t* tile_nonzero = nullptr;
+  // for the AMX kernel: the kept (non-empty) 16 x 64 tiles of each pair of 16-column panels
+  // (columns 32 q .. 32 q + 31), in the order the kernel reads them: pair q's steps are
+  // pair_ptr[q] .. pair_ptr[q + 1] - 1, step s = 4 * (its K tile) + (1 if the first panel's tile is
+  // kept) + (2 if the second's), its tiles 1 KB each ([16 groups of 4 along K][16 columns][4], the
+  // layout TDPBUSD reads) from pair_tiles + 1024 * pair_first_tile[q] on; made once by amx_pairs_index
+  // and amx_pairs_fill for constant weights, on every run for others
+  const int8_t* pair_tiles = nullptr;
+  const int32_t* pair_ptr = nullptr;
+  const int32_t* pair_steps = nullptr;
+  const int64_t* pair_first_tile = nullptr;
   // optional, for the AVX2 tile kernel: only the kept (non-empty) tiles, panel by panel: panel p's
   // are kept_ptr[p] .. kept_ptr[p + 1] - 1, tile i at K offset 64 * kept_k[i], its bytes at
   // kept_tiles + 1024 * i in the layout above; made once by compact_tiles for constant weights
@@ -116,7 +120,7 @@ void kernel_avx512vnni(const uint8_t* packed, int64_t panels, const SparseWeight
                        const float* column_scale, const float* bias);
 // AMX: rows m0 .. m0 + 31 (m0 a multiple of 32) x columns [n0, n1) (n0 a multiple of 32), from A copied
 // tile-major to [rows rounded up to 16 / 16][k_bytes / 64][16][64] (k_bytes: K rounded up to 64, zero
-// padded) and w's tile panels (w.tile_panels and w.tile_nonzero set)
+// padded) and w's pair form (w.pair_tiles set)
 void amx_block(const uint8_t* a_tiles, int64_t m, int64_t k_bytes, const SparseWeights& w, const int32_t* colsum,
                uint8_t zp, int64_t m0, int64_t n0, int64_t n1, int32_t* c, int64_t ldc, const float* column_scale,
                const float* bias);
@@ -124,6 +128,13 @@ void amx_block(const uint8_t* a_tiles, int64_t m, int64_t k_bytes, const SparseW
 // nonzero ceil(n / 16) * k_tiles; tile_decompress: the one panel of columns n0 .. n0 + 15
 void tile_prepack(const SparseWeights& w, int8_t* panels, uint8_t* nonzero);
 void tile_decompress(const SparseWeights& w, int64_t n0, int64_t k_tiles, int8_t* panel, uint8_t* nonzero);
+// the AMX pair form of w in two steps: amx_pairs_index fills pair_ptr (ceil(n / 32) + 1), pair_steps and
+// pair_first_tile (ceil(n / 32) + 1, the last the number of kept tiles), amx_pairs_fill the tiles of
+// pair q (1 KB each from tiles + 1024 * pair_first_tile[q])
+void amx_pairs_index(const SparseWeights& w, std::vector<int32_t>* pair_ptr, std::vector<int32_t>* pair_steps,
+                     std::vector<int64_t>* pair_first_tile);
+void amx_pairs_fill(const SparseWeights& w, int64_t q, const int32_t* pair_ptr, const int32_t* pair_steps,
+                    const int64_t* pair_first_tile, int8_t* tiles);
 // AVX2 over the kept tiles (w.kept_tiles set, w.pairs_fit_int16): rows [r0, r1) of A copied to rows of
 // k_bytes (K rounded up to 64, zero padded) x the 16 columns of panel p, skipping empty tiles
 void kernel_avx2_tiles(const uint8_t* a_rows, int64_t k_bytes, const SparseWeights& w, const int32_t* colsum,
