@@ -118,23 +118,27 @@ def onnxruntime_dynamic_quantize(x: np.ndarray) -> tuple[np.ndarray, np.float32,
     return values, scale, int(zero_point)
 
 
+@pytest.mark.parametrize("shape", [(7, 37), (40, 1703)])
 @pytest.mark.parametrize("case", ["ties", "positive", "negative", "normal", "zeros"])
-def test_dynamic_op_quantizes_a_to_the_bytes_of_dynamic_quantize_linear(case):
-    """The op's own quantization of A (ops.cc ``quantize``: SSE2, 16 values at a time, then a scalar
-    tail) against onnxruntime's DynamicQuantizeLinear, byte for byte: an identity weight with
-    scale 1 makes Y = (q - zp) * a_scale, from which q comes back exactly. 7 x 37 values: the
-    vector loop and its tail; "ties" puts x / scale exactly halfway between integers (to even)."""
+def test_dynamic_op_quantizes_a_to_the_bytes_of_dynamic_quantize_linear(isa, case, shape):
+    """The op's own quantization of A (quantize.cc: the scalar, AVX2 and AVX-512 forms by the path,
+    in 32768-value chunks over the pool) against onnxruntime's DynamicQuantizeLinear, byte for byte:
+    an identity weight with scale 1 makes Y = (q - zp) * a_scale, from which q comes back exactly.
+    7 x 37 values: one chunk, the vector loops and their tails; 40 x 1703: two whole chunks and a
+    third whose tail takes the SSE2 and scalar steps, the maximum in the last chunk. "ties" puts
+    x / scale exactly halfway between integers (to even)."""
     rng = np.random.default_rng(3)
-    m, k = 7, 37
+    m, k = shape
     if case == "ties":  # max 127.5, min 0: scale 0.5 exactly; x = j / 4 gives x / scale = j / 2
         x = (rng.integers(0, 511, (m, k)) / 4).astype(np.float32)
-        x[0, 0] = 127.5
+        x[-1, -1] = 127.5
     elif case == "positive":
         x = rng.uniform(0.5, 3.0, (m, k)).astype(np.float32)
     elif case == "negative":
         x = -rng.uniform(0.5, 3.0, (m, k)).astype(np.float32)
     elif case == "normal":
         x = (rng.normal(size=(m, k)) * 4 - 1).astype(np.float32)
+        x[-1, -2] = 40.0
     else:
         x = np.zeros((m, k), np.float32)
     identity = pack(np.eye(k, dtype=np.int8))

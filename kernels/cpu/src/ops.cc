@@ -23,14 +23,12 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
-
 #include "onnxruntime_c_api.h"
+#include "quantize.h"
 #include "sparse_gemm.h"
 
 namespace {
@@ -229,70 +227,6 @@ OrtStatus* output_for(OrtKernelContext* context, const Tensor& a, int64_t n, Ort
   return g_api->GetTensorMutableData(*out, data);
 }
 
-struct Quantized {
-  std::vector<uint8_t> values;
-  float scale;
-  uint8_t zero_point;
-};
-
-// DynamicQuantizeLinear's rules (see the header comment). Rounding to nearest even by adding
-// and subtracting 1.5 * 2^23 (exact for |v| < 2^22, which the clamp to -256..511 keeps); the
-// float operations are not reassociated (no -ffast-math). With SSE2 (every x86-64 CPU) 4 values at
-// a time: GCC left the plain loop scalar, with branches for each clamp, and it took half of an
-// M=128 SparseDynamicQuantizeMatMul run (perf). The vector form gives the same bytes: minps /
-// maxps with the running value second ignore a NaN as std::min / std::max do here, the lanes'
-// minimum and maximum are order-free, and x / scale, the adds and the clamps are the same IEEE
-// operations lane by lane (a NaN input, which the scalar form left undefined, becomes 255).
-void quantize(const float* x, int64_t count, Quantized* q) {
-  float lo = 0.0f, hi = 0.0f;
-  int64_t i = 0;
-#if defined(__SSE2__)
-  __m128 lo4 = _mm_setzero_ps(), hi4 = _mm_setzero_ps();
-  for (; i + 4 <= count; i += 4) {
-    const __m128 v = _mm_loadu_ps(x + i);
-    lo4 = _mm_min_ps(v, lo4);  // v < lo ? v : lo
-    hi4 = _mm_max_ps(v, hi4);  // v > hi ? v : hi
-  }
-  alignas(16) float lanes[8];
-  _mm_store_ps(lanes, lo4);
-  _mm_store_ps(lanes + 4, hi4);
-  for (int j = 0; j < 4; ++j) {
-    lo = std::min(lo, lanes[j]);
-    hi = std::max(hi, lanes[4 + j]);
-  }
-#endif
-  for (; i < count; ++i) {
-    lo = std::min(lo, x[i]);
-    hi = std::max(hi, x[i]);
-  }
-  q->scale = hi == lo ? 1.0f : (hi - lo) / 255.0f;
-  q->zero_point = uint8_t(std::clamp(std::nearbyint(-lo / q->scale), 0.0f, 255.0f));
-  q->values.resize(size_t(count));
-  const float scale = q->scale, zero = float(q->zero_point), magic = 12582912.0f;
-  uint8_t* out = q->values.data();
-  i = 0;
-#if defined(__SSE2__)
-  const __m128 scale4 = _mm_set1_ps(scale), zero4 = _mm_set1_ps(zero), magic4 = _mm_set1_ps(magic);
-  const __m128 low4 = _mm_set1_ps(-256.0f), high4 = _mm_set1_ps(511.0f), top4 = _mm_set1_ps(255.0f);
-  for (; i + 16 <= count; i += 16) {
-    __m128i words[4];
-    for (int j = 0; j < 4; ++j) {
-      __m128 v = _mm_div_ps(_mm_loadu_ps(x + i + 4 * j), scale4);
-      v = _mm_max_ps(_mm_min_ps(v, high4), low4);
-      v = _mm_add_ps(_mm_sub_ps(_mm_add_ps(v, magic4), magic4), zero4);
-      v = _mm_max_ps(_mm_min_ps(v, top4), _mm_setzero_ps());
-      words[j] = _mm_cvttps_epi32(v);  // whole numbers in 0..255
-    }
-    const __m128i packed = _mm_packus_epi16(_mm_packs_epi32(words[0], words[1]), _mm_packs_epi32(words[2], words[3]));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), packed);
-  }
-#endif
-  for (; i < count; ++i) {
-    const float v = std::clamp(x[i] / scale, -256.0f, 511.0f);
-    out[i] = uint8_t(std::clamp((v + magic) - magic + zero, 0.0f, 255.0f));
-  }
-}
-
 // Without GRAPHC_ISA: AMX from kAmxRows rows (below that its 16-row tiles are mostly padding),
 // or at any row count for weights that leave at least kAmxZeroTiles of the 16 x 64 tiles
 // empty (skipped whole: measured faster than AVX-512 VNNI at M = 1 on BERT shapes at 80%
@@ -396,10 +330,11 @@ OrtStatus* ORT_API_CALL compute(void* op_kernel, OrtKernelContext* context) {
                              *static_cast<const uint8_t*>(zp.data), w, weights.sums.data(), y, w.n, parallel, &epilogue);
     return nullptr;
   }
-  Quantized q;
-  quantize(static_cast<const float*>(a.data), a.size(), &q);
-  epilogue.a_scale = q.scale;
-  graphc::sparse_gemm_u8s8(isa, m, q.values.data(), kernel.k, q.zero_point, w, weights.sums.data(), y, w.n, parallel,
+  std::unique_ptr<uint8_t[]> quantized(new uint8_t[size_t(std::max<int64_t>(a.size(), 1))]);  // not zeroed
+  uint8_t zero_point = 0;
+  graphc::dynamic_quantize(isa, static_cast<const float*>(a.data), a.size(), quantized.get(), &epilogue.a_scale,
+                           &zero_point, parallel);
+  graphc::sparse_gemm_u8s8(isa, m, quantized.get(), kernel.k, zero_point, w, weights.sums.data(), y, w.n, parallel,
                            &epilogue);
   return nullptr;
 }
