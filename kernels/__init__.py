@@ -62,6 +62,8 @@ def _library() -> ctypes.CDLL:
     library.graphc_avx2_kept_tile_share.restype = ctypes.c_double
     library.graphc_avx2_few_rows_kernel.argtypes = [ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 3
     library.graphc_avx2_few_rows_kernel.restype = ctypes.c_char_p
+    library.graphc_default_path.argtypes = [ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 3 + [ctypes.c_int64]
+    library.graphc_default_path.restype = ctypes.c_char_p
     return library
 
 
@@ -107,3 +109,13 @@ def avx2_few_rows_kernel(columns) -> str:
 def avx2_uses_tiles(columns) -> bool:
     """True when, as constant weights, the AVX2 path runs ``columns`` on its tile kernel."""
     return avx2_kept_tile_share(columns) is not None
+
+
+def default_path(columns, rows: int) -> str:
+    """The kernel path a session on this CPU runs ``columns`` (a ``layout.BlockColumns``, as constant
+    weights) on for ``rows`` rows of A without GRAPHC_ISA: "amx", "avx512vnni", "avx2" or "scalar".
+    The library's own rule (ops.cc ``path_for``), asked of the library."""
+    answer = _ask_about_columns(lambda *args: _library().graphc_default_path(*args, rows), columns)
+    if not answer:
+        raise ValueError("malformed block columns")
+    return answer.decode()

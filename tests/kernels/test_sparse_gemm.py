@@ -402,3 +402,37 @@ def test_amx_kernel_equals_the_int64_product_across_its_work_items(ratio, monkey
             feeds = {"A": rng.integers(0, 256, (m, k)).astype(np.uint8), "a_scale": np.array(0.037, np.float32),
                      "zp": np.array(121, np.uint8)}
             np.testing.assert_array_equal(sparse.run(None, feeds)[0], dense.run(None, feeds)[0], err_msg=f"{k}x{n} m={m}")
+
+
+def test_default_path_on_an_amx_cpu_follows_the_work_of_each_kernel():
+    """Without GRAPHC_ISA on a CPU with AMX (ops.cc path_for): AMX from 16 rows; below, AMX unless
+    4 x the non-zero 4-group share is under the kept 16 x 64 tile share, then AVX2's one-row kernel
+    below 4 rows and AVX-512 VNNI's panels from 4; and the chosen path gives the int64 product."""
+    if "amx" not in kernels.supported_isas():
+        pytest.skip(f"this CPU/OS/build has no amx path (has {', '.join(kernels.supported_isas())})")
+    rng = np.random.default_rng(29)
+    dense = rng.integers(-63, 64, (768, 256)).astype(np.int8)
+    blocks_80 = sparse_weight(rng, 768, 256, "block1x4", 0.8)  # density 0.2, every tile kept: 0.8 < 1
+    scattered_90 = sparse_weight(rng, 768, 256, "unstructured", 0.9)  # density 0.34: 1.37 > 1
+    tiles_80 = tile_sparse_weight(rng, 768, 256, 0.8, 63)  # density 0.2, kept tiles 0.2: 0.8 > 0.2
+    expected = {1: ("amx", "avx2", "amx", "amx"), 3: ("amx", "avx2", "amx", "amx"),
+                8: ("amx", "avx512vnni", "amx", "amx"), 16: ("amx", "amx", "amx", "amx")}
+    for rows, paths in expected.items():
+        for weight, path in zip((dense, blocks_80, scattered_90, tiles_80), paths):
+            assert kernels.default_path(pack(weight), rows) == path, f"{rows} rows"
+    for weight in (blocks_80, dense):
+        a = rng.integers(0, 256, (1, 3, 768)).astype(np.uint8)
+        np.testing.assert_array_equal(run_integer(weight, a, 77), integer_product(a, 77, weight))
+
+
+def test_default_path_without_amx_is_the_best_vector_path_at_every_row_count():
+    """Without AMX the rows do not choose the path: the best this CPU has runs every call."""
+    isas = kernels.supported_isas()
+    if "amx" in isas:
+        pytest.skip("this CPU has AMX: test_default_path_on_an_amx_cpu_follows_the_work_of_each_kernel covers it")
+    best = kernels.default_isa()
+    assert best == isas[-1]
+    rng = np.random.default_rng(31)
+    for weight in (rng.integers(-63, 64, (300, 70)).astype(np.int8), sparse_weight(rng, 300, 70, "block1x4", 0.8)):
+        for rows in (1, 3, 8, 16, 129):
+            assert kernels.default_path(pack(weight), rows) == best, f"{rows} rows"

@@ -71,7 +71,7 @@ enum class Kind { integer, to_float, dynamic };
 
 struct Kernel {
   Kind kind;
-  graphc::Isa isa;  // GRAPHC_ISA's path, or the default for at least kAmxRows rows
+  graphc::Isa isa;  // GRAPHC_ISA's path, or the best this CPU has (path_for picks per run)
   bool forced;
   int64_t k;
   Weights* constant;  // the weights when they are initializers, read once; else nullptr
@@ -149,6 +149,11 @@ struct Weights {
     zero_tile_share = tiles > 0 ? 1.0 - double(pair_first_tile.back()) / tiles : 0.0;
   }
   double zero_tile_share = 0.0;  // of the tile panels' 16 x 64 tiles
+  // the share of the ceil(K / 4) x N 4-groups that hold a non-zero
+  double group_density() const {
+    const double groups = double(w.n) * double((w.k + 3) / 4);
+    return groups > 0 ? double(w.col_ptr[w.n]) / groups : 0.0;
+  }
   // the AVX2 panel kernel's form (few rows): 8-column panels of the union of their columns' 4-groups
   std::vector<int32_t> panel_ptr, panel_k;
   std::vector<int8_t> panel_values;
@@ -227,12 +232,18 @@ OrtStatus* output_for(OrtKernelContext* context, const Tensor& a, int64_t n, Ort
   return g_api->GetTensorMutableData(*out, data);
 }
 
-// Without GRAPHC_ISA: AMX from kAmxRows rows (below that its 16-row tiles are mostly padding),
-// or at any row count for weights that leave at least kAmxZeroTiles of the 16 x 64 tiles
-// empty (skipped whole: measured faster than AVX-512 VNNI at M = 1 on BERT shapes at 80%
-// tile sparsity), else the best vector path.
+// Without GRAPHC_ISA, on a CPU with AMX: AMX from kAmxRows rows; below that AMX too, unless the
+// column kernels' work (the non-zero 4-groups, skipped one by one) is cheaper than AMX's (the kept
+// 16 x 64 tiles, each multiplied whole with 16-row tiles of mostly padding): the columns when
+// kAmxColumnGroupCost x 4-group density < kept tile share (1 for weights fed at run time), AVX2's
+// one-row kernel below kGemvRows rows, else AVX-512 VNNI's 16-row panels. Measured with
+// benchmarks/sparse_gemm.py at M = 1 and 8 on 768 x 3072 and 768 x 768 (Xeon with AMX, 2026-12-03): a
+// dense weight ran 4-4.8x faster on AMX than on either column kernel; 1x4 blocks at 80% (density 0.2,
+// every tile kept) 1.1-1.3x faster on the columns, at 90% 1.2-2.2x; unstructured 90% (density 0.34,
+// every tile kept) 1.3-1.5x faster on AMX; below 4 rows the one-row AVX2 kernel beat VNNI's panels by
+// 1.1-1.4x.
 constexpr int64_t kAmxRows = 16;
-constexpr double kAmxZeroTiles = 0.5;
+constexpr double kAmxColumnGroupCost = 4.0;
 // AVX2: the tile kernel (kernel_avx2_tiles.cc) multiplies every kept 16 x 64 tile densely, at about
 // onnxruntime's dense speed (0.92-1.07x on BERT-base shapes, M = 1-128); the column kernels skip
 // every zero 4-group, but a kept group costs them about this many times its share of the dense work
@@ -250,10 +261,11 @@ constexpr double kAvx2ColumnGroupCost = 3.0;
 // bytes per weight there; scattered 1x4 groups fill most of a panel's union and stay on the columns.
 constexpr double kPanelEntryBytes = 36.0, kGroupBytes = 8.0;
 
-graphc::Isa path_for(const Kernel& kernel, int64_t m) {
+graphc::Isa path_for(const Kernel& kernel, const Weights& weights, int64_t m) {
   if (kernel.forced || kernel.isa != graphc::Isa::amx || m >= kAmxRows) return kernel.isa;
-  if (kernel.constant != nullptr && kernel.constant->zero_tile_share >= kAmxZeroTiles) return kernel.isa;
-  return graphc::isa_supported(graphc::Isa::avx512vnni) ? graphc::Isa::avx512vnni : graphc::Isa::avx2;
+  const double kept_tiles = kernel.constant != nullptr ? 1.0 - kernel.constant->zero_tile_share : 1.0;
+  if (kAmxColumnGroupCost * weights.group_density() >= kept_tiles) return kernel.isa;
+  return m < graphc::kGemvRows ? graphc::Isa::avx2 : graphc::Isa::avx512vnni;
 }
 
 // constant weights: the pair form for AMX always; for AVX2 kept where enough tiles are empty
@@ -265,9 +277,7 @@ void prepack_for(graphc::Isa isa, Weights* weights) {
     weights->pack_pairs();
   } else if (isa == graphc::Isa::avx2 && weights->w.pairs_fit_int16) {
     weights->prepack_tiles();
-    const double groups = double(weights->w.n) * double((weights->w.k + 3) / 4);
-    const double density = groups > 0 ? double(weights->w.col_ptr[weights->w.n]) / groups : 0.0;
-    const bool tiles = 1.0 - weights->zero_tile_share <= kAvx2ColumnGroupCost * density;
+    const bool tiles = 1.0 - weights->zero_tile_share <= kAvx2ColumnGroupCost * weights->group_density();
     if (tiles)
       weights->compact_tiles();
     else
@@ -302,7 +312,7 @@ OrtStatus* ORT_API_CALL compute(void* op_kernel, OrtKernelContext* context) {
   const Weights& weights = kernel.constant ? *kernel.constant : per_run;
   const graphc::SparseWeights& w = weights.w;
   const graphc::ParallelFor parallel{parallel_run, context};
-  const graphc::Isa isa = path_for(kernel, m);
+  const graphc::Isa isa = path_for(kernel, weights, m);
   OrtValue* out = nullptr;
   void* out_data = nullptr;
   RETURN_IF_ERROR(output_for(context, a, w.n, &out, &out_data));
@@ -486,6 +496,22 @@ __attribute__((visibility("default"))) double graphc_avx2_kept_tile_share(int64_
   Weights weights;
   if (!prepared_for_avx2(k, n, col_ptr, block_k, values, &weights)) return -1.0;
   return weights.w.kept_tiles != nullptr ? 1.0 - weights.zero_tile_share : 2.0;
+}
+// The path a session on this CPU runs constant weights on for m rows without GRAPHC_ISA ("amx",
+// "avx512vnni", "avx2", "scalar"); "" when the weights are malformed
+__attribute__((visibility("default"))) const char* graphc_default_path(int64_t k, int64_t n, const int32_t* col_ptr,
+                                                                       const int32_t* block_k, const int8_t* values,
+                                                                       int64_t m) {
+  Weights* weights = new Weights;
+  weights->w = graphc::SparseWeights{k, n, col_ptr, block_k, values};
+  if (n < 0 || graphc::validate(weights->w, col_ptr[n]) != nullptr) {
+    delete weights;
+    return "";
+  }
+  weights->w.pairs_fit_int16 = graphc::pairs_fit_int16(weights->w);
+  const Kernel kernel{Kind::integer, graphc::best_isa(), false, k, weights};  // owns weights
+  prepack_for(kernel.isa, weights);
+  return graphc::isa_name(path_for(kernel, *weights, m));
 }
 // Which AVX2 kernel runs constant weights below 4 rows: "tiles", "panels" or "columns" (the one-row
 // column kernel); "" when the weights are malformed

@@ -137,8 +137,6 @@ void pack_panel(void* arg, size_t panel) {
   }
 }
 
-// fewer rows than this: kernel_avx2_gemv, one row per item (measured: benchmarks/sparse_gemm.py)
-constexpr int64_t kGemvRows = 4;
 
 void gemv_item(void* arg, size_t item) {
   auto& job = *static_cast<Job*>(arg);

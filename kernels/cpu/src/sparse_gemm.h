@@ -110,6 +110,9 @@ void kernel_scalar(int64_t m, const uint8_t* a, int64_t lda, const SparseWeights
 void kernel_avx2(const uint8_t* packed, int64_t panels, const SparseWeights& w, const int32_t* colsum,
                  uint8_t zp, int64_t row0, int64_t m, int64_t n0, int64_t n1, int32_t* c, int64_t ldc,
                  const float* column_scale, const float* bias);
+// fewer rows than this: the AVX2 path runs kernel_avx2_gemv, one row per item (measured:
+// benchmarks/sparse_gemm.py)
+constexpr int64_t kGemvRows = 4;
 // AVX2, one row: out[n] for n in [n0, n1) from row (ceil(K / 4) * 4 bytes, zero past K), gathering
 // 8 groups of A at a time; faster than the 8-row panels below kGemvRows rows
 void kernel_avx2_gemv(const uint8_t* row, const SparseWeights& w, const int32_t* colsum, uint8_t zp, int64_t n0,
