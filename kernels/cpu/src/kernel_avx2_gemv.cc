@@ -9,7 +9,9 @@
 // is false, the 16-bit widened form) gives each block's 4-term product in its own int32 lane, and
 // a running prefix sum of those products is stored. A column's product is then the difference of
 // two prefix sums. The prefix sums wrap modulo 2^32; each difference is exact because a column's
-// true sum fits int32 (sparse_gemm.h). No tail masks, no per-column reductions.
+// true sum fits int32 (sparse_gemm.h). No tail masks, no per-column reductions. Constant weights
+// give their group indices as uint16 (SparseWeights::block_k16): at one row the weights stream
+// from memory once per call, and a kept group reads 6 bytes instead of 8.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -21,9 +23,10 @@ namespace graphc {
 
 namespace {
 
-inline int32_t group(const uint8_t* row, int32_t g) { return load4(reinterpret_cast<const int8_t*>(row) + int64_t(g) * 4); }
+inline int32_t group(const uint8_t* row, uint32_t g) { return load4(reinterpret_cast<const int8_t*>(row) + int64_t(g) * 4); }
 
-inline __m256i gather8(const uint8_t* row, const int32_t* groups) {
+template <typename Index>
+inline __m256i gather8(const uint8_t* row, const Index* groups) {
   __m128i lo = _mm_cvtsi32_si128(group(row, groups[0]));
   lo = _mm_insert_epi32(lo, group(row, groups[1]), 1);
   lo = _mm_insert_epi32(lo, group(row, groups[2]), 2);
@@ -56,11 +59,11 @@ inline __m256i prefix8(__m256i x) {
   return _mm256_add_epi32(x, _mm256_permute2x128_si256(low_total, low_total, 0x08));  // 0 | lane 3
 }
 
-template <bool kMaddubs>
-void columns(const uint8_t* row_bytes, const SparseWeights& w, const int32_t* colsum, uint8_t zp, int64_t n0,
-             int64_t n1, int32_t* out) {
+template <bool kMaddubs, typename Index>
+void columns(const uint8_t* row_bytes, const SparseWeights& w, const Index* block_k, const int32_t* colsum, uint8_t zp,
+             int64_t n0, int64_t n1, int32_t* out) {
   const int32_t first = w.col_ptr[n0], count = w.col_ptr[n1] - first;
-  const int32_t* groups = w.block_k + first;
+  const Index* groups = block_k + first;
   const int8_t* values = w.values + int64_t(first) * 4;
   // prefix[i]: the sum of the run's first i blocks; one buffer per thread that only grows (a fresh,
   // zero-filled vector per item was 6% of an M=1 run's samples in perf)
@@ -94,10 +97,16 @@ void columns(const uint8_t* row_bytes, const SparseWeights& w, const int32_t* co
 
 void kernel_avx2_gemv(const uint8_t* row, const SparseWeights& w, const int32_t* colsum, uint8_t zp, int64_t n0,
                       int64_t n1, int32_t* out) {
-  if (w.pairs_fit_int16)
-    columns<true>(row, w, colsum, zp, n0, n1, out);
-  else
-    columns<false>(row, w, colsum, zp, n0, n1, out);
+  if (w.block_k16 != nullptr) {
+    if (w.pairs_fit_int16)
+      columns<true>(row, w, w.block_k16, colsum, zp, n0, n1, out);
+    else
+      columns<false>(row, w, w.block_k16, colsum, zp, n0, n1, out);
+  } else if (w.pairs_fit_int16) {
+    columns<true>(row, w, w.block_k, colsum, zp, n0, n1, out);
+  } else {
+    columns<false>(row, w, w.block_k, colsum, zp, n0, n1, out);
+  }
 }
 
 }  // namespace graphc

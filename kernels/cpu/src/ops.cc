@@ -174,6 +174,12 @@ struct Weights {
     std::vector<int32_t>().swap(panel_ptr);
     std::vector<int32_t>().swap(panel_k);
   }
+  // the one-row kernel's 2-byte group indices (K below 65793: at most 16448 groups)
+  std::vector<uint16_t> block_k16;
+  void index_groups16() {
+    block_k16.assign(w.block_k, w.block_k + w.col_ptr[w.n]);
+    w.block_k16 = block_k16.data();
+  }
 };
 
 OrtStatus* describe(const OrtValue* value, Tensor* out) {
@@ -271,7 +277,8 @@ graphc::Isa path_for(const Kernel& kernel, const Weights& weights, int64_t m) {
 // constant weights: the pair form for AMX always; for AVX2 kept where enough tiles are empty
 // to pay for decompressing them (and the weights' pairs fit vpmaddubsw), which sends every run of
 // the kernel from 4 rows down the AVX2 tile path (sparse_gemm_u8s8); and the 8-column panels for runs
-// below 4 rows where they read fewer bytes than the tiles or the columns
+// below 4 rows where they read fewer bytes than the tiles or the columns; and, for the one-row kernel,
+// 2-byte group indices
 void prepack_for(graphc::Isa isa, Weights* weights) {
   if (isa == graphc::Isa::amx) {
     weights->pack_pairs();
@@ -289,6 +296,10 @@ void prepack_for(graphc::Isa isa, Weights* weights) {
     else
       weights->drop_panel_index();
   }
+  // the one-row kernel runs what has neither tiles nor panels below kGemvRows rows on AVX2 (on an AMX CPU too)
+  const graphc::SparseWeights& w = weights->w;
+  if ((isa == graphc::Isa::avx2 || isa == graphc::Isa::amx) && w.kept_tiles == nullptr && w.panel_values == nullptr)
+    weights->index_groups16();
 }
 
 OrtStatus* scalar_input(OrtKernelContext* context, size_t index, const char* what, Tensor* out) {

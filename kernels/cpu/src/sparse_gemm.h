@@ -57,6 +57,10 @@ struct SparseWeights {
   const int8_t* panel_values = nullptr;
   const int32_t* panel_ptr = nullptr;
   const int32_t* panel_k = nullptr;
+  // optional, for the AVX2 one-row kernel (constant weights that run on it): block_k as uint16 (K below 65793
+  // keeps a group index below 16448), 2 bytes per group instead of 4: at one row the weights stream from memory once per
+  // call, and a kept group then reads 6 bytes instead of 8; made once by ops.cc
+  const uint16_t* block_k16 = nullptr;
   // every pair of weights (w[4b], w[4b+1]) and (w[4b+2], w[4b+3]) has |w0| + |w1| <= 128, so
   // vpmaddubsw's saturating int16 sum of two u8 x s8 products cannot overflow (255 * 128 = 32640);
   // true of graphc int8's 7-bit weights (|w| <= 63); set by pairs_fit_int16
