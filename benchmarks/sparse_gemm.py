@@ -20,8 +20,14 @@ column is ``ort-int8``'s time over the best graphc path's (above 1: graphc faste
 compares the float-in/float-out forms. The weights are the same in every variant of a row
 (onnxruntime's time can depend on them: zeros cost less power on some CPUs).
 
+``--layers L`` puts L copies of each variant's node in its session (each with its own weight, drawn
+with the same pattern and sparsity, all reading the same input, each its own output): the per-run cost of Python and
+onnxruntime (the ``floor``) is paid once for L GEMMs and the weights stream from memory layer
+after layer, as they do in a model; times are per layer. Without it (L = 1) each run is one
+GEMM, and at M = 1 the floor is most of a 768 x 768 run.
+
 Usage: ``python benchmarks/sparse_gemm.py [--m 1 32 128] [--sparsity 0 0.5 0.7 0.8 0.9]
-[--patterns unstructured 1x4 2:4] [--threads 1 2] [--rounds 20] [--json FILE]``.
+[--patterns unstructured 1x4 2:4] [--threads 1 2] [--rounds 20] [--layers 1] [--json FILE]``.
 Prints the CPU model, its ISA paths and one Markdown table.
 """
 
@@ -36,6 +42,7 @@ import sys
 import time
 
 import numpy as np
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -68,42 +75,63 @@ def sparse_weight(rng: np.random.Generator, k: int, n: int, sparsity: float, pat
     return weight
 
 
-def model(node, inputs, initializers):
+def model(node, inputs, layer_initializers):
+    """A graph of one copy of ``node`` per entry of ``layer_initializers`` (that layer's weights, each
+    renamed ``<name>_<i>``: distinct weights that stream from memory one layer after another, as in a
+    model), each with its own output ``Y<i>``; all read the same inputs. One run pays the per-run
+    cost once. (The layers' weights must differ: with byte-identical copies onnxruntime's dense
+    INT8 GEMM at M = 1 ran 3x faster per layer than with distinct ones.)"""
     out = {"MatMulInteger": TensorProto.INT32, "SparseMatMulInteger": TensorProto.INT32,
            "Identity": TensorProto.UINT8}.get(node.op_type, TensorProto.FLOAT)
-    graph = helper.make_graph([node], "bench", inputs, [helper.make_tensor_value_info("Y", out, None)], initializers)
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    nodes, outputs, initializers = [], [], []
+    for i, own in enumerate(layer_initializers):
+        names = {tensor.name for tensor in own}
+        nodes.append(helper.make_node(node.op_type, [f"{name}_{i}" if name in names else name for name in node.input],
+                                      [f"Y{i}"], domain=node.domain, **attributes))
+        outputs.append(helper.make_tensor_value_info(f"Y{i}", out, None))
+        for tensor in own:
+            renamed = onnx.TensorProto()
+            renamed.CopyFrom(tensor)
+            renamed.name = f"{tensor.name}_{i}"
+            initializers.append(renamed)
+    graph = helper.make_graph(nodes, "bench", inputs, outputs, initializers)
     return helper.make_model(graph, opset_imports=OPSETS)
 
 
-def variants(weight: np.ndarray, scale: np.ndarray) -> dict:
-    k, n = weight.shape
+def variants(weights: list[np.ndarray], scale: np.ndarray) -> dict:
+    """Every variant's model, one layer per weight in ``weights`` (all K x N)."""
+    k, n = weights[0].shape
     x_float = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["M", k])
     x_int = [helper.make_tensor_value_info("A", TensorProto.UINT8, ["M", k]),
              helper.make_tensor_value_info("zp", TensorProto.UINT8, [])]
-    columns = pack(weight)
-    compressed = [numpy_helper.from_array(columns.col_ptr, "col_ptr"), numpy_helper.from_array(columns.block_k, "block_k"),
-                  numpy_helper.from_array(columns.values, "values")]
     w_scale = numpy_helper.from_array(scale, "b_scale")
+    compressed = []
+    for weight in weights:
+        columns = pack(weight)
+        compressed.append([numpy_helper.from_array(columns.col_ptr, "col_ptr"),
+                           numpy_helper.from_array(columns.block_k, "block_k"),
+                           numpy_helper.from_array(columns.values, "values")])
+    int8 = [[numpy_helper.from_array(weight, "W")] for weight in weights]
     return {
         "ort-fp32": model(helper.make_node("MatMul", ["X", "W"], ["Y"]), [x_float],
-                          [numpy_helper.from_array(weight.astype(np.float32) * scale, "W")]),
+                          [[numpy_helper.from_array(weight.astype(np.float32) * scale, "W")] for weight in weights]),
         # the per-run floor: a session that only copies A (Python's and onnxruntime's cost of a run)
-        "floor": model(helper.make_node("Identity", ["A"], ["Y"]), x_int[:1], []),
-        "ort-int8": model(helper.make_node("MatMulInteger", ["A", "W", "zp"], ["Y"]), x_int,
-                          [numpy_helper.from_array(weight, "W")]),
+        "floor": model(helper.make_node("Identity", ["A"], ["Y"]), x_int[:1], [[] for _ in weights]),
+        "ort-int8": model(helper.make_node("MatMulInteger", ["A", "W", "zp"], ["Y"]), x_int, int8),
         "ort-dqmm": model(helper.make_node("DynamicQuantizeMatMul", ["X", "W", "b_scale"], ["Y"], domain="com.microsoft"),
-                          [x_float], [numpy_helper.from_array(weight, "W"), w_scale]),
+                          [x_float], [own + [w_scale] for own in int8]),
         "graphc": model(helper.make_node("SparseMatMulInteger", ["A", "zp", "col_ptr", "block_k", "values"], ["Y"],
                                          domain=kernels.DOMAIN, K=k), x_int, compressed),
         "graphc-dqmm": model(helper.make_node("SparseDynamicQuantizeMatMul", ["X", "col_ptr", "block_k", "values",
                                               "b_scale"], ["Y"], domain=kernels.DOMAIN, K=k),
-                             [x_float], compressed + [w_scale]),
+                             [x_float], [own + [w_scale] for own in compressed]),
     }
 
 
-def sessions(weight, scale, threads: int, isas: list[str]) -> dict:
+def sessions(weights, scale, threads: int, isas: list[str]) -> dict:
     found = {}
-    for name, proto in variants(weight, scale).items():
+    for name, proto in variants(weights, scale).items():
         for isa in (isas if name == "graphc" else [None]):
             if isa:
                 os.environ["GRAPHC_ISA"] = isa  # read when the session creates the kernel
@@ -143,13 +171,18 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--shapes", nargs="+", default=[f"{k}x{n}" for k, n in SHAPES],
                         help="K x N weights (default BERT-base's; all-MiniLM-L6-v2's are 384x1536 1536x384 384x384)")
+    parser.add_argument("--layers", type=int, default=1,
+                        help="GEMM nodes per session, each with its own weight (the same pattern and sparsity, its own "
+                             "draw): a stack of layers, the per-run cost paid once per run, the weights streamed one "
+                             "layer after another; times and GOP/s are per layer")
     parser.add_argument("--json", type=pathlib.Path)
     parser.add_argument("--weight-bits", type=int, choices=(7, 8), default=default_weight_bits(),
                         help="weight range: what graphc int8 writes on this CPU (7 where u8 x s8 saturates)")
     args = parser.parse_args(argv)
     isas = kernels.supported_isas()
     print(f"CPU: {cpu_name()}; graphc kernel paths: {', '.join(isas)} (default {kernels.default_isa()}); "
-          f"{args.weight_bits}-bit weights; {args.rounds} interleaved rounds, median, non-spinning sessions\n")
+          f"{args.weight_bits}-bit weights; {args.rounds} interleaved rounds, median, non-spinning sessions"
+          + (f"; {args.layers} layers per session, times per layer" if args.layers > 1 else "") + "\n")
     graphc_names = [f"graphc-{isa}" for isa in isas]
     header = ["threads", "M", "K x N", "pattern", "sparsity", "ort-fp32", "ort-int8", "ort-dqmm", *graphc_names,
               "graphc-dqmm", "vs int8", "vs dqmm", "floor us", "vs int8 net"]
@@ -161,19 +194,20 @@ def main(argv=None) -> int:
         for k, n in (tuple(int(v) for v in shape.split("x")) for shape in args.shapes):
             for pattern in args.patterns:
                 for sparsity in ([0.5] if pattern == "2:4" else args.sparsity):
-                    weight = sparse_weight(rng, k, n, sparsity, pattern, args.weight_bits)
+                    weights = [sparse_weight(rng, k, n, sparsity, pattern, args.weight_bits)
+                               for _ in range(args.layers)]
                     scale = rng.uniform(0.001, 0.01, n).astype(np.float32)
-                    runs = sessions(weight, scale, threads, isas)
+                    runs = sessions(weights, scale, threads, isas)
                     for m in args.m:
                         x = rng.normal(size=(m, k)).astype(np.float32)
                         a = {"A": rng.integers(0, 256, (m, k)).astype(np.uint8), "zp": np.array(128, np.uint8)}
                         feeds = {name: ({"X": x} if name in ("ort-fp32", "ort-dqmm", "graphc-dqmm") else
                                         {"A": a["A"]} if name == "floor" else a) for name in runs}
-                        seconds = time_interleaved(runs, feeds, args.rounds)
+                        seconds = {name: t / args.layers for name, t in time_interleaved(runs, feeds, args.rounds).items()}
                         gops = {name: 2 * m * k * n / t / 1e9 for name, t in seconds.items()}
                         best = min(seconds[name] for name in graphc_names)
                         record = {"threads": threads, "m": m, "k": k, "n": n, "pattern": pattern,
-                                  "sparsity": round(float((weight == 0).mean()), 3), "seconds": seconds,
+                                  "sparsity": round(float(np.mean([(weight == 0).mean() for weight in weights])), 3), "seconds": seconds,
                                   "vs_int8": seconds["ort-int8"] / best,
                                   "vs_dqmm": seconds["ort-dqmm"] / seconds["graphc-dqmm"],
                                   "vs_int8_net": net_ratio(seconds["ort-int8"], best, seconds["floor"])}
@@ -186,7 +220,10 @@ def main(argv=None) -> int:
                         print("| " + " | ".join(cells) + " |", flush=True)
     print("\nGOP/s dense-equivalent (2 M K N / median time); vs: onnxruntime's time / graphc's (above 1: graphc faster);"
           "\nfloor: the median time of a run of a session that only copies A (the per-run cost of Python and"
-          "\nonnxruntime, which no kernel removes); vs int8 net: the same ratio with the floor taken from both times")
+          "\nonnxruntime, which no kernel removes); vs int8 net: the same ratio with the floor taken from both times"
+          + ("\nwith --layers L: each session runs L copies of its node (its own weight draw, its own output) per run; every time"
+             "\nabove is the run's median over L, the floor included (a run of L Identity nodes, over L)"
+             if args.layers > 1 else ""))
     if args.json:
         args.json.write_text(json.dumps(records, indent=1) + "\n")
     return 0
