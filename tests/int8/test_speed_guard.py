@@ -174,6 +174,20 @@ def test_confirmation_picks_all_int8_when_the_mix_is_slower(tmp_path, monkeypatc
     assert calls == [2, 3] and step.stats["static_nodes"] == 2 and step.stats["speed_guard_fp32_layers"] == 0
 
 
+@pytest.mark.parametrize("confirm", [[100.0, 97.0, 98.0], [100.0, 99.0, 97.5]])
+def test_an_int8_form_within_the_margin_of_fp32_is_a_tie_and_keeps_fp32(confirm, tmp_path, monkeypatch):
+    out, report, calls = _run(tmp_path, "int8", monkeypatch, slow={"conv1"}, confirm=confirm)
+    step = report.passes[-1]
+    assert calls == [2, 3] and step.stats["static_nodes"] == 0 and step.stats["speed_guard_fp32_layers"] == 2
+    assert all("every INT8 form measured within 3% of FP32" in why for why in step.stats["fp32_reasons"].values())
+    assert not any(n.op_type == "QuantizeLinear" for n in onnx.load(out).graph.node)
+
+
+def test_an_int8_form_just_past_the_margin_is_written(tmp_path, monkeypatch):
+    _, report, _ = _run(tmp_path, "int8", monkeypatch, slow={"conv1"}, confirm=[100.0, 96.5, 99.0])
+    assert report.passes[-1].stats["static_nodes"] == 2 and report.passes[-1].stats["speed_guard_fp32_layers"] == 0
+
+
 def test_nothing_slower_is_still_timed_against_fp32(tmp_path, monkeypatch):
     _, report, calls = _run(tmp_path, "int8", monkeypatch, confirm=[100.0, 60.0])
     assert calls == [2, 2] and report.passes[-1].stats["speed_guard_fp32_layers"] == 0  # FP32 vs all INT8
