@@ -3,13 +3,19 @@
 Per output: max absolute error, max error relative to the reference's largest magnitude,
 mean per-sample cosine similarity (samples along the output's batch axis, ``axes``; an
 output without one is one sample), and for [batch, classes] outputs the top-1 agreement.
-A pass fails verification when any output leaves the pass's declared tolerance.
+A pass fails verification when any output leaves the pass's declared tolerance. The
+tolerance's absolute floor applies to the whole output (no element moved by more: within
+tolerance) and, for the cosine bound, to each sample: a sample no element of which moved by
+more than the floor counts as cosine 1. Without the per-sample floor, an exact pass failed on
+ppocr-det's sigmoid map on the AVX2 EPYC: one sample of 16 (values up to 0.68) moved by 2.6e-6,
+above the floor, so the output was checked, and near-zero samples (values about 4e-5) moved by
+1.5e-7 had cosines of 0.9996, taking the mean to 0.999959.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,9 +43,20 @@ class OutputComparison:
     max_rel_error: float
     cosine: float
     top1_agreement: float | None
+    # per sample: cosine and max absolute error (for the floor of the cosine bound)
+    sample_cosines: tuple[float, ...] = field(default=(), repr=False)
+    sample_abs_errors: tuple[float, ...] = field(default=(), repr=False)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {"name": self.name, "max_abs_error": self.max_abs_error, "max_rel_error": self.max_rel_error,
+                "cosine": self.cosine, "top1_agreement": self.top1_agreement}
+
+    def cosine_above(self, abs_floor: float) -> float:
+        """The mean per-sample cosine with every sample moved by at most ``abs_floor`` counted as 1."""
+        if not self.sample_cosines:
+            return self.cosine
+        return float(np.mean([1.0 if error <= abs_floor else cos
+                              for cos, error in zip(self.sample_cosines, self.sample_abs_errors)]))
 
 
 def compare(names: Sequence[str], reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray],
@@ -58,11 +75,15 @@ def compare(names: Sequence[str], reference: Sequence[np.ndarray], candidate: Se
             ref64, new64 = ref64.reshape(1, -1), new64.reshape(1, -1)
         elif axis:
             ref64, new64 = np.moveaxis(ref64, axis, 0), np.moveaxis(new64, axis, 0)
-        cosine = float(cosine_per_sample(ref64, new64).mean()) if ref64.ndim and ref.size else 1.0
+        samples, errors = (), ()
+        if ref64.ndim and ref.size:
+            samples = tuple(float(c) for c in cosine_per_sample(ref64, new64))
+            errors = tuple(float(e) for e in np.abs(ref64 - new64).reshape(len(ref64), -1).max(1))
+        cosine = float(np.mean(samples)) if samples else 1.0
         top1 = None
         if ref.ndim == 2 and ref.shape[1] > 1 and axis == 0:
             top1 = float((ref.argmax(1) == new.argmax(1)).mean())
-        results.append(OutputComparison(name, abs_error, rel_error, cosine, top1))
+        results.append(OutputComparison(name, abs_error, rel_error, cosine, top1, samples, errors))
     return results
 
 
@@ -75,9 +96,10 @@ def enforce(pass_name: str, tolerance: Tolerance, results: Sequence[OutputCompar
             raise VerificationError(
                 f"--verify: pass {pass_name} moved output {r.name!r} by {r.max_rel_error:.3g} relative to its input "
                 f"(max abs {r.max_abs_error:.3g}), above its tolerance {tolerance.max_rel_error:g}; stopped")
-        if tolerance.min_cosine is not None and r.cosine < tolerance.min_cosine:
+        if tolerance.min_cosine is not None and r.cosine_above(tolerance.abs_floor) < tolerance.min_cosine:
             raise VerificationError(
-                f"--verify: pass {pass_name} dropped the cosine of output {r.name!r} to {r.cosine:.6f} against its input, "
+                f"--verify: pass {pass_name} dropped the cosine of output {r.name!r} to "
+                f"{r.cosine_above(tolerance.abs_floor):.6f} against its input, "
                 f"below its tolerance {tolerance.min_cosine:g}; stopped")
         if (tolerance.min_top1_agreement is not None and r.top1_agreement is not None
                 and r.top1_agreement < tolerance.min_top1_agreement):
