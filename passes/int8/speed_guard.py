@@ -203,11 +203,19 @@ def decide(fp32: Mapping[str, float], int8: Mapping[str, float], edges: Sequence
 
 
 def build(base: onnx.ModelProto, ctx: Context, opts: Int8Options, qmax: int,
-          ranges: dict[str, tuple[float, float]], keep: Mapping[str, str]) -> tuple[gs.Graph, NodePlan, dict]:
-    """The quantized graph from the FP32 model ``base`` with the labels in ``keep`` FP32
-    (``ranges`` reused, missing ones calibrated and added)."""
+          ranges: dict[str, tuple[float, float]], keep: Mapping[str, str],
+          compute: Mapping[str, str]) -> tuple[gs.Graph, NodePlan, dict]:
+    """The quantized graph from the FP32 model ``base`` with the layers in ``keep`` FP32 (labels
+    of the candidate's plan; ``compute``: their first outputs -> label), ``ranges`` reused, missing
+    ones calibrated and added. The kept nodes are found by their first output: a node without a
+    name is labelled ``op->output`` in the candidate's plan, but profiling ``base`` named it after
+    its output (``graphc.profiling`` rule 2, in place), so its label alone matched nothing there
+    and the "FP32" and mix builds came out all INT8 (gru-state: "1 of 1 layers kept FP32",
+    written INT8)."""
     graph = infer_shapes(gs.import_onnx(base))
-    plan = plan_nodes(graph, opts, keep)
+    local = {node.outputs[0].name: node_label(node) for node in graph.nodes if node.outputs}
+    plan = plan_nodes(graph, opts, {local[output]: keep[label] for output, label in compute.items()
+                                    if label in keep and output in local})
     chosen = chain_tensors(graph, plan.static, opts.target)
     missing = {name: tensor for name, tensor in chosen.items() if name not in ranges}
     stats: dict = {}
@@ -252,7 +260,7 @@ def guard(base: onnx.ModelProto, candidate: gs.Graph, compute: Mapping[str, str]
     chosen = Guarded(None, None, {}, stats, {})
     models = [base, candidate_model]
     if keep:
-        graph, plan, rewrite_stats = build(base, ctx, opts, qmax, ranges, keep)
+        graph, plan, rewrite_stats = build(base, ctx, opts, qmax, ranges, keep, compute)
         models.append(to_model(graph, ctx.original))
     totals = time_models(models, feeds, threads=ctx.threads, seconds=CONFIRM_SECONDS)
     names = ("FP32", "all INT8", "mix")
@@ -264,7 +272,7 @@ def guard(base: onnx.ModelProto, candidate: gs.Graph, compute: Mapping[str, str]
         how = "slower than" if min(totals[1:]) >= totals[0] else f"within {CONFIRM_MARGIN:.0%} of"
         keep = {label: f"kept FP32 by speed_guard: every INT8 form measured {how} FP32 "
                        f"({slower} vs {totals[0]:.0f} us per run)" for label in compute.values()}
-        graph, plan, rewrite_stats = build(base, ctx, opts, qmax, ranges, keep)
+        graph, plan, rewrite_stats = build(base, ctx, opts, qmax, ranges, keep, compute)
     if best == 1:
         keep = {}
     else:

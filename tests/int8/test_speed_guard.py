@@ -13,7 +13,7 @@ import pytest
 from graphc.metrics import cosine_per_sample
 from graphc.passes.int8 import speed_guard
 from graphc.pipeline import OptimizeRequest, optimize
-from graphc.profiling import ExecutedNode, Profile, attribute, profile_models, time_models
+from graphc.profiling import ExecutedNode, Profile, attribute, name_nodes, profile_models, time_models
 from graphc.runtime import open_session, session_options
 
 FLOAT = onnx.TensorProto.FLOAT
@@ -42,8 +42,9 @@ def test_decide_weighs_boundaries():
 
 
 # --------------------------------------------------------------------------- layers
-def _conv_chain(tmp_path, name="m.onnx", channels=8):
-    """x -> Transpose (NHWC input) -> Conv -> Sigmoid -> Mul -> Conv -> Relu -> y."""
+def _conv_chain(tmp_path, name="m.onnx", channels=8, named=True):
+    """x -> Transpose (NHWC input) -> Conv -> Sigmoid -> Mul -> Conv -> Relu -> y (``named``: node
+    names, else none, as hand-written and some exported models have)."""
     rng = np.random.default_rng(0)
     inits = {"w0": rng.standard_normal((channels, 3, 3, 3)).astype(np.float32) * 0.3,
              "w1": rng.standard_normal((channels, channels, 3, 3)).astype(np.float32) * 0.3}
@@ -53,6 +54,9 @@ def _conv_chain(tmp_path, name="m.onnx", channels=8):
              oh.make_node("Mul", ["c0", "s0"], ["a0"], name="mul0"),
              oh.make_node("Conv", ["a0", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
              oh.make_node("Relu", ["c1"], ["y"], name="relu1")]
+    if not named:
+        for node in nodes:
+            node.name = ""
     graph = oh.make_graph(nodes, "chain", [oh.make_tensor_value_info("x", FLOAT, ["batch", 16, 16, 3])],
                           [oh.make_tensor_value_info("y", FLOAT, ["batch", channels, 16, 16])],
                           [onnx.numpy_helper.from_array(v, k) for k, v in inits.items()])
@@ -95,7 +99,8 @@ def test_attribute_maps_onnxruntime_names_back(tmp_path):
 
 # --------------------------------------------------------------------------- the pass, profiles injected
 def _fake_profiles(slow_layers: set[str], confirm: list[float] | None):
-    """Stand-ins for graphc.profiling.profile_models (every executed node is a loaded node;
+    """Stand-ins for graphc.profiling.profile_models (it names unnamed nodes after their first
+    output, in place, as the real one does; every executed node is a loaded node;
     FP32 nodes take 10 us, INT8 candidate nodes 1 us, or 100 us in ``slow_layers``, matched
     by node name) and time_models (the confirmation: wall times ``confirm``)."""
     calls = []
@@ -108,6 +113,7 @@ def _fake_profiles(slow_layers: set[str], confirm: list[float] | None):
         calls.append(len(models))
         profiles = []
         for i, model in enumerate(models):
+            name_nodes(model)  # as profile_models does (its rule 2), in place
             names = [n.name or n.output[0] for n in model.graph.node]
             executed = {name: ExecutedNode(name, n.op_type, tuple(n.input), tuple(n.output))
                         for name, n in zip(names, model.graph.node)}
@@ -120,11 +126,11 @@ def _fake_profiles(slow_layers: set[str], confirm: list[float] | None):
     return fake, timed, calls
 
 
-def _run(tmp_path, spec, monkeypatch, slow=(), confirm=None):
+def _run(tmp_path, spec, monkeypatch, slow=(), confirm=None, named=True):
     fake, timed, calls = _fake_profiles(set(slow), confirm)
     monkeypatch.setattr(speed_guard, "profile_models", fake)
     monkeypatch.setattr(speed_guard, "time_models", timed)
-    source = _conv_chain(tmp_path)
+    source = _conv_chain(tmp_path, named=named)
     rng = np.random.default_rng(1)
     np.savez(tmp_path / "calib.npz", x=rng.standard_normal((16, 16, 16, 3)).astype(np.float32))
     out = tmp_path / "int8.onnx"
@@ -172,6 +178,20 @@ def test_confirmation_picks_all_int8_when_the_mix_is_slower(tmp_path, monkeypatc
     _, report, calls = _run(tmp_path, "int8", monkeypatch, slow={"conv1"}, confirm=[100.0, 60.0, 80.0])
     step = report.passes[-1]
     assert calls == [2, 3] and step.stats["static_nodes"] == 2 and step.stats["speed_guard_fp32_layers"] == 0
+
+
+def test_unnamed_nodes_kept_fp32_are_fp32_in_the_written_model(tmp_path, monkeypatch):
+    """The FP32 and mix builds find kept layers by their first output: unnamed nodes are labelled
+    by it, and the FP32 model the builds start from names them (the label alone matched nothing,
+    and gru-state's "1 of 1 layers kept FP32" was written all INT8)."""
+    out, report, _ = _run(tmp_path, "int8", monkeypatch, slow={"c1"}, confirm=[50.0, 90.0, 60.0], named=False)
+    assert report.passes[-1].stats["static_nodes"] == 0
+    assert not any(n.op_type == "QuantizeLinear" for n in onnx.load(out).graph.node)
+    out, report, _ = _run(tmp_path, "int8", monkeypatch, slow={"c1"}, confirm=[100.0, 90.0, 50.0], named=False)
+    step = report.passes[-1]
+    assert step.stats["static_nodes"] == 1 and step.stats["speed_guard_fp32_layers"] == 1
+    ops = _executed_ops(out, tmp_path)
+    assert ops["QLinearConv"] == 1 and ops["Conv"] + ops.get("FusedConv", 0) == 1
 
 
 @pytest.mark.parametrize("confirm", [[100.0, 97.0, 98.0], [100.0, 99.0, 97.5]])
