@@ -2,7 +2,7 @@
 for the patterns real exporters produce) through every pass, side by side in one run.
 
 For each model and pass (``fold``, ``int8`` default, ``int8:target=tensorrt``, ``prune:0.3``,
-``fuse``)
+``fuse``, ``sparsify:0.5``: one shot, unstructured, magnitude; no kernel runs its zeros)
 it runs ``graphc optimize M --passes fold,P --verify`` in a fresh process and reads the
 report: valid (exit 0; the written model passed graphc's after-pass checks: checker, strict
 shape inference, a session, one run) or refused (exit 2, with its one-line reason), the
@@ -31,7 +31,7 @@ from graphc.cpu_features import cpu_features, cpu_name  # noqa: E402
 from graphc.data import parse_shapes  # noqa: E402
 from tests.corpus import CORPUS  # noqa: E402
 
-PASSES = ["fold", "fold,int8", "fold,int8:target=tensorrt", "fold,prune:0.3", "fold,fuse"]
+PASSES = ["fold", "fold,int8", "fold,int8:target=tensorrt", "fold,prune:0.3", "fold,fuse", "fold,sparsify:0.5"]
 # shapes for the dims the models leave open (batch 1; realistic sizes for the CNNs)
 SHAPES = {
     "ppocr-rec": ["--shape", "x=1x3x48x320"], "ppocr-cls": ["--shape", "x=1x3x48x192"],
