@@ -6,6 +6,11 @@ test may need are here."""
 import pathlib
 import re
 
+# before anything here imports transformers: in a checkout, graphc keeps the top-level name
+# `kernels` for the installed distribution transformers imports (graphc/checkout_imports.py);
+# benchmarks that put the repository root on sys.path import tests.* first
+import graphc  # noqa: F401
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 CNN = MODELS / "fashion_cnn.onnx"
