@@ -271,6 +271,20 @@ def tile_sparse_weight(rng, k: int, n: int, ratio: float, limit: int) -> np.ndar
     return block_sparse_weight(rng, k, n, ratio, limit, 16, 64)
 
 
+def assert_float_op_equals_the_dense_chain(rng, columns, weight, rows):
+    """SparseMatMulIntegerToFloat with per-column scales and a bias equals MatMulInteger -> Cast ->
+    Mul -> Add bit for bit, at each row count in ``rows``."""
+    k, n = weight.shape
+    scale = rng.uniform(0.001, 0.02, n).astype(np.float32)
+    offsets = rng.normal(size=n).astype(np.float32)
+    sparse = open_session(to_float_model(columns, scale, offsets))
+    dense = open_session(dense_integer_chain(weight, scale, offsets), optimized=False)  # Cast, Mul, Add
+    for m in rows:
+        feeds = {"A": rng.integers(0, 256, (m, k)).astype(np.uint8), "a_scale": np.array(0.037, np.float32),
+                 "zp": np.array(121, np.uint8)}
+        np.testing.assert_array_equal(sparse.run(None, feeds)[0], dense.run(None, feeds)[0], err_msg=f"{k}x{n} m={m}")
+
+
 @pytest.mark.parametrize("limit", [63, 64])
 def test_avx2_tile_kernel_equals_the_int64_product(limit, monkeypatch):
     """The AVX2 path's tile kernel (kernel_avx2_tiles.cc: constant weights with most 16 x 64 tiles
@@ -289,14 +303,7 @@ def test_avx2_tile_kernel_equals_the_int64_product(limit, monkeypatch):
             for zero_point in (0, 255, int(rng.integers(0, 256))):
                 np.testing.assert_array_equal(run_integer(weight, a, zero_point), integer_product(a, zero_point, weight),
                                               err_msg=f"{k}x{n} m={m} zp={zero_point}")
-        scale = rng.uniform(0.001, 0.02, n).astype(np.float32)
-        offsets = rng.normal(size=n).astype(np.float32)
-        sparse = open_session(to_float_model(columns, scale, offsets))
-        dense = open_session(dense_integer_chain(weight, scale, offsets), optimized=False)  # Cast, Mul, Add
-        for m in (1, 9):
-            feeds = {"A": rng.integers(0, 256, (m, k)).astype(np.uint8), "a_scale": np.array(0.037, np.float32),
-                     "zp": np.array(121, np.uint8)}
-            np.testing.assert_array_equal(sparse.run(None, feeds)[0], dense.run(None, feeds)[0])
+        assert_float_op_equals_the_dense_chain(rng, columns, weight, rows=(1, 9))
 
 
 def test_avx2_tile_kernel_only_where_it_pays_and_cannot_saturate():
@@ -394,14 +401,7 @@ def test_amx_kernel_equals_the_int64_product_across_its_work_items(ratio, monkey
                 np.testing.assert_array_equal(constant.run(None, feeds)[0], expected, err_msg=f"{k}x{n} m={m}")
                 np.testing.assert_array_equal(per_run.run(None, {**feeds, **values})[0], expected,
                                               err_msg=f"{k}x{n} m={m} fed")
-        scale = rng.uniform(0.001, 0.02, n).astype(np.float32)
-        offsets = rng.normal(size=n).astype(np.float32)
-        sparse = open_session(to_float_model(columns, scale, offsets))
-        dense = open_session(dense_integer_chain(weight, scale, offsets), optimized=False)  # Cast, Mul, Add
-        for m in (2, 40):
-            feeds = {"A": rng.integers(0, 256, (m, k)).astype(np.uint8), "a_scale": np.array(0.037, np.float32),
-                     "zp": np.array(121, np.uint8)}
-            np.testing.assert_array_equal(sparse.run(None, feeds)[0], dense.run(None, feeds)[0], err_msg=f"{k}x{n} m={m}")
+        assert_float_op_equals_the_dense_chain(rng, columns, weight, rows=(2, 40))
 
 
 def test_default_path_on_an_amx_cpu_follows_the_work_of_each_kernel():
