@@ -332,7 +332,7 @@ def test_avx2_panel_kernel_equals_the_int64_product(monkeypatch):
         pytest.skip(f"this CPU/OS/build has no avx2 path (has {', '.join(kernels.supported_isas())})")
     monkeypatch.setenv("GRAPHC_ISA", "avx2")
     rng = np.random.default_rng(8)
-    for k, n in ((768, 64), (129, 23), (33, 5), (3100, 41), (4, 8), (200, 70), (1, 16)):
+    for k, n in ((768, 64), (129, 23), (33, 15), (3100, 41), (4, 8), (200, 70), (1, 16)):
         weight = panel_sparse_weight(rng, k, n, 0.8, 63)
         if k >= 64:
             weight[:, 8:16] = 0  # a whole panel empty
@@ -359,7 +359,7 @@ def test_avx2_panel_kernel_equals_the_int64_product(monkeypatch):
 
 
 def test_avx2_panel_kernel_only_where_it_reads_fewer_bytes_and_cannot_saturate():
-    """The library's rule (ops.cc, kPanelEntryBytes / kGroupBytes): 8-column panels below 4 rows
+    """The library's rule (ops.cc, kPanelEntryBytes / lane_group_bytes): 8-column panels below 4 rows
     when their entries (32 weights and an index each) take fewer bytes than the non-zero 4-groups
     (4 weights and an index each), off the tile kernel, for pairs vpmaddubsw cannot saturate."""
     rng = np.random.default_rng(9)
@@ -370,6 +370,37 @@ def test_avx2_panel_kernel_only_where_it_reads_fewer_bytes_and_cannot_saturate()
     assert kernels.avx2_few_rows_kernel(pack(sparse_weight(rng, 768, 64, "block1x4", 0.8) // 2)) == "columns"
     assert kernels.avx2_few_rows_kernel(pack(rng.integers(-63, 64, (768, 64)).astype(np.int8))) == "tiles"
     assert kernels.avx2_few_rows_kernel(pack(tile_sparse_weight(rng, 256, 64, 0.75, 63))) == "tiles"
+
+
+@pytest.mark.parametrize("limit", [63, 127])
+def test_avx2_one_row_lane_kernel_equals_the_int64_product(limit, monkeypatch):
+    """The AVX2 path's one-row kernel on constant weights (kernel_avx2_gemv.cc, the lane form: the
+    columns sorted by their number of 4-groups into slices of 8, each lane one column): columns of
+    very different lengths in a ragged N (a full one, an empty one, half a column, one group), K on
+    both sides of the one-byte index limit (1024 and 1028: 256 and 257 groups), 7-bit weights
+    (vpmaddubsw) and 8-bit ones (16-bit widening), 1 to 3 rows and 4 past it, A at its extremes,
+    int32 and float outputs."""
+    if "avx2" not in kernels.supported_isas():
+        pytest.skip(f"this CPU/OS/build has no avx2 path (has {', '.join(kernels.supported_isas())})")
+    monkeypatch.setenv("GRAPHC_ISA", "avx2")
+    rng = np.random.default_rng(limit)
+    for k, n in ((1024, 37), (1028, 37), (20, 9), (3072, 70), (768, 8)):
+        weight = np.clip(sparse_weight(rng, k, n, "block1x4", 0.85), -limit, limit)
+        weight[:, 0] = rng.choice([-limit, limit], k)  # every group kept
+        weight[:, 1] = 0  # none
+        weight[: k // 2, 2] = 0
+        weight[: (k - 1) // 4 * 4, 3] = 0  # only the last (ragged) group
+        columns = pack(weight)
+        assert kernels.avx2_few_rows_kernel(columns) == "columns", f"{k}x{n} should run on the one-row kernel"
+        for m in (1, 2, 3, 4):
+            a = rng.integers(0, 256, (2, m, k)).astype(np.uint8)
+            a[0] = 255
+            a[1, :, ::2] = 0
+            for zero_point in (0, 255, int(rng.integers(0, 256))):
+                np.testing.assert_array_equal(run_integer(weight, a, zero_point), integer_product(a, zero_point, weight),
+                                              err_msg=f"{k}x{n} m={m} zp={zero_point} limit={limit}")
+        if limit == 63:  # onnxruntime's MatMulInteger saturates 8-bit weights on AVX2 without VNNI
+            assert_float_op_equals_the_dense_chain(rng, columns, weight, rows=(1, 3))
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.8])

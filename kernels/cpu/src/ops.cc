@@ -174,11 +174,27 @@ struct Weights {
     std::vector<int32_t>().swap(panel_ptr);
     std::vector<int32_t>().swap(panel_k);
   }
-  // the one-row kernel's 2-byte group indices (K below 65793: at most 16448 groups)
-  std::vector<uint16_t> block_k16;
-  void index_groups16() {
-    block_k16.assign(w.block_k, w.block_k + w.col_ptr[w.n]);
-    w.block_k16 = block_k16.data();
+  // the one-row kernel's lane form (sliced ELLPACK, 2-byte group indices)
+  std::vector<int32_t> lane_ptr, lane_column;
+  std::vector<uint16_t> lane_k;
+  std::vector<uint8_t> lane_k8;
+  std::vector<int8_t> lane_values;
+  void pack_lanes() {
+    graphc::lane_index(w, &lane_ptr, &lane_column);
+    const size_t steps = size_t(lane_ptr.back());
+    lane_k.resize(steps * 8 + 1);  // + 1: never empty, so data() is set
+    lane_values.resize(steps * 32 + 1);
+    graphc::lane_fill(w, lane_ptr.data(), lane_column.data(), lane_k.data(), lane_values.data());
+    w.lane_ptr = lane_ptr.data();
+    w.lane_column = lane_column.data();
+    w.lane_values = lane_values.data();
+    if ((w.k + 3) / 4 <= 256) {  // one byte per group index
+      lane_k8.assign(lane_k.begin(), lane_k.end());
+      std::vector<uint16_t>().swap(lane_k);
+      w.lane_k8 = lane_k8.data();
+    } else {
+      w.lane_k = lane_k.data();
+    }
   }
 };
 
@@ -260,12 +276,13 @@ constexpr double kAmxColumnGroupCost = 4.0;
 constexpr double kAvx2ColumnGroupCost = 3.0;
 // AVX2 below 4 rows: the panel kernel (kernel_avx2_panels.cc) where it reads fewer bytes than the
 // kernel that would run instead, kPanelEntryBytes per panel entry (32 weights and a 4-byte index)
-// against 1028 per kept tile (the tile kernel) or kGroupBytes per non-zero 4-group (4 weights and a
-// 4-byte index: the one-row column kernel): at M = 1
+// against 1028 per kept tile (the tile kernel) or lane_group_bytes per non-zero 4-group (4 weights and
+// a 1- or 2-byte index: the one-row kernel's lane form, whose padding is a few percent): at M = 1
 // the weights stream from memory once per call, so their bytes set the time (BERT-base shapes at 80%
 // sparsity, benchmarks/sparse_gemm.py). Blocks spanning 8 outputs (sparsify's block=8x4) read 36 / 32
 // bytes per weight there; scattered 1x4 groups fill most of a panel's union and stay on the columns.
-constexpr double kPanelEntryBytes = 36.0, kGroupBytes = 8.0;
+constexpr double kPanelEntryBytes = 36.0;
+double lane_group_bytes(int64_t k) { return (k + 3) / 4 <= 256 ? 5.0 : 6.0; }
 
 graphc::Isa path_for(const Kernel& kernel, const Weights& weights, int64_t m) {
   if (kernel.forced || kernel.isa != graphc::Isa::amx || m >= kAmxRows) return kernel.isa;
@@ -278,7 +295,7 @@ graphc::Isa path_for(const Kernel& kernel, const Weights& weights, int64_t m) {
 // to pay for decompressing them (and the weights' pairs fit vpmaddubsw), which sends every run of
 // the kernel from 4 rows down the AVX2 tile path (sparse_gemm_u8s8); and the 8-column panels for runs
 // below 4 rows where they read fewer bytes than the tiles or the columns; and, for the one-row kernel,
-// 2-byte group indices
+// the lane form
 void prepack_for(graphc::Isa isa, Weights* weights) {
   if (isa == graphc::Isa::amx) {
     weights->pack_pairs();
@@ -290,7 +307,7 @@ void prepack_for(graphc::Isa isa, Weights* weights) {
     else
       weights->drop_tiles();
     const double few_rows_bytes = tiles ? double(weights->kept_k.size()) * (1024.0 + 4.0)
-                                        : kGroupBytes * double(weights->w.col_ptr[weights->w.n]);
+                                        : lane_group_bytes(weights->w.k) * double(weights->w.col_ptr[weights->w.n]);
     if (kPanelEntryBytes * double(weights->index_panels()) < few_rows_bytes)
       weights->fill_panels();
     else
@@ -299,7 +316,7 @@ void prepack_for(graphc::Isa isa, Weights* weights) {
   // the one-row kernel runs what has neither tiles nor panels below kGemvRows rows on AVX2 (on an AMX CPU too)
   const graphc::SparseWeights& w = weights->w;
   if ((isa == graphc::Isa::avx2 || isa == graphc::Isa::amx) && w.kept_tiles == nullptr && w.panel_values == nullptr)
-    weights->index_groups16();
+    weights->pack_lanes();
 }
 
 OrtStatus* scalar_input(OrtKernelContext* context, size_t index, const char* what, Tensor* out) {

@@ -137,13 +137,23 @@ void pack_panel(void* arg, size_t panel) {
   }
 }
 
-
 void gemv_item(void* arg, size_t item) {
   auto& job = *static_cast<Job*>(arg);
   const int64_t row = int64_t(item) % job.m, col_item = int64_t(item) / job.m;
   const int64_t n0 = col_item * kColumnsPerItem, n1 = std::min(job.w->n, n0 + kColumnsPerItem);
   kernel_avx2_gemv(job.packed + row * job.k4 * 4, *job.w, job.colsum, job.zp, n0, n1, job.c + row * job.ldc);
   to_float(job, row, row + 1, n0, n1);
+}
+
+// the one-row kernel over the lane form: items of kColumnsPerItem / 8 slices of one row
+constexpr int64_t kSlicesPerItem = kColumnsPerItem / 8;
+
+void lanes_item(void* arg, size_t item) {
+  auto& job = *static_cast<Job*>(arg);
+  const int64_t row = int64_t(item) % job.m, slice_item = int64_t(item) / job.m;
+  const int64_t s0 = slice_item * kSlicesPerItem, s1 = std::min((job.w->n + 7) / 8, s0 + kSlicesPerItem);
+  kernel_avx2_gemv_lanes(job.packed + row * job.k4 * 4, *job.w, job.colsum, job.zp, s0, s1, job.c + row * job.ldc,
+                         job.column_scale, job.bias);
 }
 
 // the AVX2 panel path (few rows, w.panel_values set): items of kPanelsPerItem 8-column panels, all rows
@@ -291,6 +301,37 @@ void panel_fill(const SparseWeights& w, const int32_t* panel_ptr, const int32_t*
   }
 }
 
+void lane_index(const SparseWeights& w, std::vector<int32_t>* lane_ptr, std::vector<int32_t>* lane_column) {
+  const int64_t slices = (w.n + 7) / 8;
+  std::vector<int32_t> order(size_t(w.n));
+  for (int64_t n = 0; n < w.n; ++n) order[size_t(n)] = int32_t(n);
+  const auto count = [&w](int32_t n) { return w.col_ptr[n + 1] - w.col_ptr[n]; };
+  std::stable_sort(order.begin(), order.end(), [&count](int32_t x, int32_t y) { return count(x) > count(y); });
+  lane_ptr->assign(size_t(slices + 1), 0);
+  lane_column->assign(size_t(slices * 8), -1);
+  for (int64_t s = 0; s < slices; ++s) {
+    for (int64_t j = 0; j < 8 && s * 8 + j < w.n; ++j) (*lane_column)[size_t(s * 8 + j)] = order[size_t(s * 8 + j)];
+    (*lane_ptr)[size_t(s + 1)] = (*lane_ptr)[size_t(s)] + count(order[size_t(s * 8)]);  // the slice's longest
+  }
+}
+
+void lane_fill(const SparseWeights& w, const int32_t* lane_ptr, const int32_t* lane_column, uint16_t* lane_k,
+               int8_t* lane_values) {
+  const int64_t slices = (w.n + 7) / 8;
+  std::memset(lane_k, 0, size_t(lane_ptr[slices]) * 8 * sizeof(uint16_t));
+  std::memset(lane_values, 0, size_t(lane_ptr[slices]) * 32);
+  for (int64_t s = 0; s < slices; ++s)
+    for (int64_t j = 0; j < 8; ++j) {
+      const int32_t n = lane_column[s * 8 + j];
+      if (n < 0) continue;
+      for (int32_t b = w.col_ptr[n]; b < w.col_ptr[n + 1]; ++b) {
+        const int64_t step = lane_ptr[s] + (b - w.col_ptr[n]);
+        lane_k[step * 8 + j] = uint16_t(w.block_k[b]);
+        std::memcpy(lane_values + step * 32 + j * 4, w.values + int64_t(b) * 4, 4);
+      }
+    }
+}
+
 void amx_pairs_index(const SparseWeights& w, std::vector<int32_t>* pair_ptr, std::vector<int32_t>* pair_steps,
                      std::vector<int64_t>* pair_first_tile) {
   const int64_t pairs = (w.n + 31) / 32, k_tiles = (w.k + 63) / 64;
@@ -436,6 +477,8 @@ void sparse_gemm_u8s8(Isa isa, int64_t m, const uint8_t* a, int64_t lda, uint8_t
     job.packed = packed.data();
     if (w.panel_values != nullptr)
       parallel.run(parallel.self, panels_item, size_t(((w.n + 7) / 8 + kPanelsPerItem - 1) / kPanelsPerItem), &job);
+    else if (w.lane_k != nullptr || w.lane_k8 != nullptr)
+      parallel.run(parallel.self, lanes_item, size_t(m * (((w.n + 7) / 8 + kSlicesPerItem - 1) / kSlicesPerItem)), &job);
     else
       parallel.run(parallel.self, gemv_item, size_t(m * job.col_items), &job);
     return;

@@ -57,10 +57,22 @@ struct SparseWeights {
   const int8_t* panel_values = nullptr;
   const int32_t* panel_ptr = nullptr;
   const int32_t* panel_k = nullptr;
-  // optional, for the AVX2 one-row kernel (constant weights that run on it): block_k as uint16 (K below 65793
-  // keeps a group index below 16448), 2 bytes per group instead of 4: at one row the weights stream from memory once per
-  // call, and a kept group then reads 6 bytes instead of 8; made once by ops.cc
-  const uint16_t* block_k16 = nullptr;
+  // optional, for the AVX2 one-row kernel (constant weights that run on it): the columns in lanes of 8
+  // (sliced ELLPACK), so that each vector lane sums one column and no lane waits on another. The columns
+  // sorted by their number of non-zero 4-groups, most first (ties in column order), are cut into slices
+  // of 8; slice s runs lane_ptr[s] .. lane_ptr[s + 1] - 1 steps (its longest column's count), step t
+  // holds lane j's group index at lane_k[8 t + j] (uint16: K below 65793 keeps it below 16448; or, where K
+  // is at most 1024, lane_k8[8 t + j], one byte: at one row the weights stream from memory, and a kept
+  // group then reads 5 bytes instead of 6; exactly one of the two is set) and its 4
+  // weights at lane_values + 32 t + 4 j; a lane past its column's count, and the lanes of the last
+  // slice past N, hold group 0 with zero weights. lane_column[8 s + j] is the column lane j of slice s
+  // sums (-1 for none). Sorted, a slice's columns differ little in length: little padding. Made once by
+  // lane_index and lane_fill
+  const uint16_t* lane_k = nullptr;
+  const uint8_t* lane_k8 = nullptr;
+  const int8_t* lane_values = nullptr;
+  const int32_t* lane_ptr = nullptr;
+  const int32_t* lane_column = nullptr;
   // every pair of weights (w[4b], w[4b+1]) and (w[4b+2], w[4b+3]) has |w0| + |w1| <= 128, so
   // vpmaddubsw's saturating int16 sum of two u8 x s8 products cannot overflow (255 * 128 = 32640);
   // true of graphc int8's 7-bit weights (|w| <= 63); set by pairs_fit_int16
@@ -121,6 +133,15 @@ constexpr int64_t kGemvRows = 4;
 // 8 groups of A at a time; faster than the 8-row panels below kGemvRows rows
 void kernel_avx2_gemv(const uint8_t* row, const SparseWeights& w, const int32_t* colsum, uint8_t zp, int64_t n0,
                       int64_t n1, int32_t* out);
+// the same over the lane form (w.lane_k or w.lane_k8 set): the columns of slices [s0, s1); column_scale (and bias, may
+// be null): write y = float(product) * column_scale[n] (+ bias[n]) as float
+void kernel_avx2_gemv_lanes(const uint8_t* row, const SparseWeights& w, const int32_t* colsum, uint8_t zp,
+                            int64_t s0, int64_t s1, int32_t* out, const float* column_scale, const float* bias);
+// the lane form of w in two steps: lane_index fills lane_ptr (ceil(n / 8) + 1) and lane_column (8 per
+// slice), lane_fill the group indices (8 per step) and weights (32 bytes per step), lane_ptr.back() steps
+void lane_index(const SparseWeights& w, std::vector<int32_t>* lane_ptr, std::vector<int32_t>* lane_column);
+void lane_fill(const SparseWeights& w, const int32_t* lane_ptr, const int32_t* lane_column, uint16_t* lane_k,
+               int8_t* lane_values);
 // column_scale (and bias, may be null): write y = float(product) * column_scale[n] (+ bias[n]) as float
 void kernel_avx512vnni(const uint8_t* packed, int64_t panels, const SparseWeights& w, const int32_t* colsum,
                        uint8_t zp, int64_t row0, int64_t m, int64_t n0, int64_t n1, int32_t* c, int64_t ldc,
