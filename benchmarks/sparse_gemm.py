@@ -129,7 +129,9 @@ def variants(weights: list[np.ndarray], scale: np.ndarray) -> dict:
     }
 
 
-def sessions(weights, scale, threads: int, isas: list[str]) -> dict:
+def sessions(weights, scale, threads: int, isas: list[str], against: pathlib.Path | None = None) -> dict:
+    """Every variant's session, graphc's once per path; with ``against``, one more: graphc's op on
+    its default path from that library (``graphc-against``), for an A/B of two builds in one run."""
     found = {}
     for name, proto in variants(weights, scale).items():
         for isa in (isas if name == "graphc" else [None]):
@@ -137,6 +139,16 @@ def sessions(weights, scale, threads: int, isas: list[str]) -> dict:
                 os.environ["GRAPHC_ISA"] = isa  # read when the session creates the kernel
             found[f"graphc-{isa}" if isa else name] = open_session(proto, threads=threads, spinning=False)
             os.environ.pop("GRAPHC_ISA", None)
+        if name == "graphc" and against is not None:
+            given = os.environ.get("GRAPHC_KERNELS_LIBRARY")
+            os.environ["GRAPHC_KERNELS_LIBRARY"] = str(against)  # read when the session registers the ops
+            try:
+                found["graphc-against"] = open_session(proto, threads=threads, spinning=False)
+            finally:
+                if given is None:
+                    os.environ.pop("GRAPHC_KERNELS_LIBRARY")
+                else:
+                    os.environ["GRAPHC_KERNELS_LIBRARY"] = given
     return found
 
 
@@ -175,6 +187,10 @@ def main(argv=None) -> int:
                         help="GEMM nodes per session, each with its own weight (the same pattern and sparsity, its own "
                              "draw): a stack of layers, the per-run cost paid once per run, the weights streamed one "
                              "layer after another; times and GOP/s are per layer")
+    parser.add_argument("--against", type=pathlib.Path, metavar="LIBRARY",
+                        help="another build of graphc's kernel library (e.g. one from before a change): its op on the "
+                             "default path runs interleaved with the rest (column graphc-against), and 'vs against' "
+                             "is its time over this library's default path")
     parser.add_argument("--json", type=pathlib.Path)
     parser.add_argument("--weight-bits", type=int, choices=(7, 8), default=default_weight_bits(),
                         help="weight range: what graphc int8 writes on this CPU (7 where u8 x s8 saturates)")
@@ -183,9 +199,13 @@ def main(argv=None) -> int:
     print(f"CPU: {cpu_name()}; graphc kernel paths: {', '.join(isas)} (default {kernels.default_isa()}); "
           f"{args.weight_bits}-bit weights; {args.rounds} interleaved rounds, median, non-spinning sessions"
           + (f"; {args.layers} layers per session, times per layer" if args.layers > 1 else "") + "\n")
+    if args.against is not None and not args.against.is_file():
+        parser.error(f"--against {args.against}: not a file")
     graphc_names = [f"graphc-{isa}" for isa in isas]
+    against = ["graphc-against"] if args.against else []
     header = ["threads", "M", "K x N", "pattern", "sparsity", "ort-fp32", "ort-int8", "ort-dqmm", *graphc_names,
-              "graphc-dqmm", "vs int8", "vs dqmm", "floor us", "vs int8 net"]
+              "graphc-dqmm", *against, "vs int8", "vs dqmm", *(["vs against"] if against else []), "floor us",
+              "vs int8 net"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     rng = np.random.default_rng(0)
@@ -197,7 +217,7 @@ def main(argv=None) -> int:
                     weights = [sparse_weight(rng, k, n, sparsity, pattern, args.weight_bits)
                                for _ in range(args.layers)]
                     scale = rng.uniform(0.001, 0.01, n).astype(np.float32)
-                    runs = sessions(weights, scale, threads, isas)
+                    runs = sessions(weights, scale, threads, isas, args.against)
                     for m in args.m:
                         x = rng.normal(size=(m, k)).astype(np.float32)
                         a = {"A": rng.integers(0, 256, (m, k)).astype(np.uint8), "zp": np.array(128, np.uint8)}
@@ -211,19 +231,24 @@ def main(argv=None) -> int:
                                   "vs_int8": seconds["ort-int8"] / best,
                                   "vs_dqmm": seconds["ort-dqmm"] / seconds["graphc-dqmm"],
                                   "vs_int8_net": net_ratio(seconds["ort-int8"], best, seconds["floor"])}
+                        if against:
+                            record["vs_against"] = seconds["graphc-against"] / seconds[f"graphc-{kernels.default_isa()}"]
                         records.append(record)
                         cells = [str(threads), str(m), f"{k} x {n}", pattern, f"{record['sparsity']:.2f}"]
                         cells += [f"{gops[name]:.0f}" for name in ["ort-fp32", "ort-int8", "ort-dqmm", *graphc_names,
-                                                                    "graphc-dqmm"]]
-                        cells += [f"{record['vs_int8']:.2f}x", f"{record['vs_dqmm']:.2f}x",
-                                  f"{seconds['floor'] * 1e6:.1f}", f"{record['vs_int8_net']:.2f}x"]
+                                                                    "graphc-dqmm", *against]]
+                        cells += [f"{record['vs_int8']:.2f}x", f"{record['vs_dqmm']:.2f}x"]
+                        cells += [f"{record['vs_against']:.2f}x"] if against else []
+                        cells += [f"{seconds['floor'] * 1e6:.1f}", f"{record['vs_int8_net']:.2f}x"]
                         print("| " + " | ".join(cells) + " |", flush=True)
     print("\nGOP/s dense-equivalent (2 M K N / median time); vs: onnxruntime's time / graphc's (above 1: graphc faster);"
           "\nfloor: the median time of a run of a session that only copies A (the per-run cost of Python and"
           "\nonnxruntime, which no kernel removes); vs int8 net: the same ratio with the floor taken from both times"
           + ("\nwith --layers L: each session runs L copies of its node (its own weight draw, its own output) per run; every time"
              "\nabove is the run's median over L, the floor included (a run of L Identity nodes, over L)"
-             if args.layers > 1 else ""))
+             if args.layers > 1 else "")
+          + (f"\ngraphc-against: graphc's op on the default path from {args.against}; vs against: its time over this"
+             f"\nlibrary's default path (above 1: this library faster)" if against else ""))
     if args.json:
         args.json.write_text(json.dumps(records, indent=1) + "\n")
     return 0
