@@ -67,18 +67,19 @@ def compare(names: Sequence[str], reference: Sequence[np.ndarray], candidate: Se
         if ref.shape != new.shape:
             raise VerificationError(f"output {name!r} changed shape: {list(ref.shape)} -> {list(new.shape)}")
         ref64, new64 = ref.astype(np.float64), new.astype(np.float64)
-        abs_error = float(np.abs(ref64 - new64).max()) if ref.size else 0.0
+        diff = np.abs(ref64 - new64)
+        abs_error = float(diff.max()) if ref.size else 0.0
         scale = float(np.abs(ref64).max()) if ref.size else 0.0
         rel_error = abs_error / scale if scale > 0 else abs_error
         axis = (axes or {}).get(name, 0)
         if axis is None or axis >= ref.ndim:
-            ref64, new64 = ref64.reshape(1, -1), new64.reshape(1, -1)
+            ref64, new64, diff = ref64.reshape(1, -1), new64.reshape(1, -1), diff.reshape(1, -1)
         elif axis:
-            ref64, new64 = np.moveaxis(ref64, axis, 0), np.moveaxis(new64, axis, 0)
+            ref64, new64, diff = (np.moveaxis(x, axis, 0) for x in (ref64, new64, diff))
         samples, errors = (), ()
         if ref64.ndim and ref.size:
             samples = tuple(float(c) for c in cosine_per_sample(ref64, new64))
-            errors = tuple(float(e) for e in np.abs(ref64 - new64).reshape(len(ref64), -1).max(1))
+            errors = tuple(float(e) for e in diff.reshape(len(diff), -1).max(1))
         cosine = float(np.mean(samples)) if samples else 1.0
         top1 = None
         if ref.ndim == 2 and ref.shape[1] > 1 and axis == 0:

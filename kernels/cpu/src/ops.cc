@@ -284,10 +284,15 @@ constexpr double kAvx2ColumnGroupCost = 3.0;
 constexpr double kPanelEntryBytes = 36.0;
 double lane_group_bytes(int64_t k) { return (k + 3) / 4 <= 256 ? 5.0 : 6.0; }
 
+// the AMX rule's test: below kAmxRows rows, the column kernels' work is the smaller
+bool amx_yields_to_columns(double group_density, double kept_tile_share) {
+  return kAmxColumnGroupCost * group_density < kept_tile_share;
+}
+
 graphc::Isa path_for(const Kernel& kernel, const Weights& weights, int64_t m) {
   if (kernel.forced || kernel.isa != graphc::Isa::amx || m >= kAmxRows) return kernel.isa;
   const double kept_tiles = kernel.constant != nullptr ? 1.0 - kernel.constant->zero_tile_share : 1.0;
-  if (kAmxColumnGroupCost * weights.group_density() >= kept_tiles) return kernel.isa;
+  if (!amx_yields_to_columns(weights.group_density(), kept_tiles)) return kernel.isa;
   return m < graphc::kGemvRows ? graphc::Isa::avx2 : graphc::Isa::avx512vnni;
 }
 
@@ -295,11 +300,15 @@ graphc::Isa path_for(const Kernel& kernel, const Weights& weights, int64_t m) {
 // to pay for decompressing them (and the weights' pairs fit vpmaddubsw), which sends every run of
 // the kernel from 4 rows down the AVX2 tile path (sparse_gemm_u8s8); and the 8-column panels for runs
 // below 4 rows where they read fewer bytes than the tiles or the columns; and, for the one-row kernel,
-// the lane form
+// the lane form: on AVX2 for what has neither tiles nor panels, on AMX for what path_for sends to the
+// columns (a dense weight there never runs the one-row kernel, and needs no second copy)
 void prepack_for(graphc::Isa isa, Weights* weights) {
   if (isa == graphc::Isa::amx) {
     weights->pack_pairs();
-  } else if (isa == graphc::Isa::avx2 && weights->w.pairs_fit_int16) {
+    if (amx_yields_to_columns(weights->group_density(), 1.0 - weights->zero_tile_share)) weights->pack_lanes();
+    return;
+  }
+  if (isa == graphc::Isa::avx2 && weights->w.pairs_fit_int16) {
     weights->prepack_tiles();
     const bool tiles = 1.0 - weights->zero_tile_share <= kAvx2ColumnGroupCost * weights->group_density();
     if (tiles)
@@ -313,9 +322,8 @@ void prepack_for(graphc::Isa isa, Weights* weights) {
     else
       weights->drop_panel_index();
   }
-  // the one-row kernel runs what has neither tiles nor panels below kGemvRows rows on AVX2 (on an AMX CPU too)
-  const graphc::SparseWeights& w = weights->w;
-  if ((isa == graphc::Isa::avx2 || isa == graphc::Isa::amx) && w.kept_tiles == nullptr && w.panel_values == nullptr)
+  // the one-row kernel runs what has neither tiles nor panels below kGemvRows rows on AVX2
+  if (isa == graphc::Isa::avx2 && weights->w.kept_tiles == nullptr && weights->w.panel_values == nullptr)
     weights->pack_lanes();
 }
 
@@ -505,14 +513,14 @@ __attribute__((visibility("default"))) int graphc_isa_supported(const char* name
   graphc::Isa isa;
   return graphc::parse_isa(name, &isa) && graphc::isa_supported(isa);
 }
-// Constant weights handed in by graphc.kernels (ctypes), prepared as a session prepares them for the
-// AVX2 path; false when they are malformed
-static bool prepared_for_avx2(int64_t k, int64_t n, const int32_t* col_ptr, const int32_t* block_k, const int8_t* values,
-                              Weights* weights) {
+// Constant weights handed in by graphc.kernels (ctypes), prepared as a session on path isa prepares
+// them; false when they are malformed
+static bool prepared_for(graphc::Isa isa, int64_t k, int64_t n, const int32_t* col_ptr, const int32_t* block_k,
+                         const int8_t* values, Weights* weights) {
   weights->w = graphc::SparseWeights{k, n, col_ptr, block_k, values};
   if (n < 0 || graphc::validate(weights->w, col_ptr[n]) != nullptr) return false;
   weights->w.pairs_fit_int16 = graphc::pairs_fit_int16(weights->w);
-  prepack_for(graphc::Isa::avx2, weights);
+  prepack_for(isa, weights);
   return true;
 }
 // When constant weights (the op's col_ptr, block_k, values) run on the AVX2 tile kernel, the share
@@ -522,7 +530,7 @@ __attribute__((visibility("default"))) double graphc_avx2_kept_tile_share(int64_
                                                                           const int32_t* block_k,
                                                                           const int8_t* values) {
   Weights weights;
-  if (!prepared_for_avx2(k, n, col_ptr, block_k, values, &weights)) return -1.0;
+  if (!prepared_for(graphc::Isa::avx2, k, n, col_ptr, block_k, values, &weights)) return -1.0;
   return weights.w.kept_tiles != nullptr ? 1.0 - weights.zero_tile_share : 2.0;
 }
 // The path a session on this CPU runs constant weights on for m rows without GRAPHC_ISA ("amx",
@@ -530,15 +538,9 @@ __attribute__((visibility("default"))) double graphc_avx2_kept_tile_share(int64_
 __attribute__((visibility("default"))) const char* graphc_default_path(int64_t k, int64_t n, const int32_t* col_ptr,
                                                                        const int32_t* block_k, const int8_t* values,
                                                                        int64_t m) {
-  Weights* weights = new Weights;
-  weights->w = graphc::SparseWeights{k, n, col_ptr, block_k, values};
-  if (n < 0 || graphc::validate(weights->w, col_ptr[n]) != nullptr) {
-    delete weights;
-    return "";
-  }
-  weights->w.pairs_fit_int16 = graphc::pairs_fit_int16(weights->w);
+  auto* weights = new Weights;
   const Kernel kernel{Kind::integer, graphc::best_isa(), false, k, weights};  // owns weights
-  prepack_for(kernel.isa, weights);
+  if (!prepared_for(kernel.isa, k, n, col_ptr, block_k, values, weights)) return "";
   return graphc::isa_name(path_for(kernel, *weights, m));
 }
 // Which AVX2 kernel runs constant weights below 4 rows: "tiles", "panels" or "columns" (the one-row
@@ -548,7 +550,7 @@ __attribute__((visibility("default"))) const char* graphc_avx2_few_rows_kernel(i
                                                                                const int32_t* block_k,
                                                                                const int8_t* values) {
   Weights weights;
-  if (!prepared_for_avx2(k, n, col_ptr, block_k, values, &weights)) return "";
+  if (!prepared_for(graphc::Isa::avx2, k, n, col_ptr, block_k, values, &weights)) return "";
   return weights.w.panel_values != nullptr ? "panels" : weights.w.kept_tiles != nullptr ? "tiles" : "columns";
 }
 }
