@@ -4,7 +4,18 @@ All models get the same inputs (the first ``batch`` rows of ``--data``, repeated
 fewer, or synthetic ones from the first model's signature and ``--shape``; rows along each
 input's batch axis, ``--batch-axis``), warm up, then are timed round-robin, one run each per round,
 with the starting model rotated every round so no model always runs right after another.
-Reported: p50/p90 latency, size on disk, and ratios against the first model.
+Reported: p50/p90 latency, size on disk, and ratios against the first model, each with a 95%
+interval (``speedup_interval``).
+
+Rules of the interval: a round's runs of the models ran back to back, so rounds are the unit of
+resampling (a paired bootstrap: the same rounds drawn for both models, which keeps a burst of
+machine noise that hit both runs of a round from widening the interval); the statistic is the
+ratio of the two medians, as reported; 2000 resamples from a fixed seed (the same times give the
+same interval). A ratio whose interval reaches 1 is not a measured difference. The interval covers
+the noise within one call; a lasting difference between two sessions of the same model (where
+their buffers landed, say) is not in it. numpy's generator
+does the resampling: scipy's ``bootstrap`` would add a dependency for one call, and its paired
+form takes the same steps.
 """
 
 from __future__ import annotations
@@ -12,7 +23,7 @@ from __future__ import annotations
 import pathlib
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,9 +41,28 @@ class BenchResult:
     p50_ms: float
     p90_ms: float
     runs: int
+    # milliseconds per run in round order; round i of every model of one call ran back to back
+    times_ms: tuple[float, ...] = field(default=(), repr=False)
 
     def as_dict(self) -> dict:
-        return dict(vars(self))
+        return {key: value for key, value in vars(self).items() if key != "times_ms"}
+
+
+def speedup_interval(base: BenchResult, other: BenchResult, confidence: float = 0.95,
+                     resamples: int = 2000) -> tuple[float, float]:
+    """The ``confidence`` interval of base.p50 / other.p50 (the module's rules); (ratio, ratio)
+    when there are under 2 rounds."""
+    a, b = np.asarray(base.times_ms), np.asarray(other.times_ms)
+    rounds = min(len(a), len(b))
+    if rounds < 2:
+        ratio = base.p50_ms / other.p50_ms
+        return ratio, ratio
+    a, b = a[:rounds], b[:rounds]
+    picks = np.random.default_rng(0).integers(0, rounds, (resamples, rounds))
+    ratios = np.median(a[picks], axis=1) / np.median(b[picks], axis=1)
+    tail = (1.0 - confidence) / 2 * 100
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def _feeds_for(models, data: pathlib.Path | None, shapes, batch: int, batch_axes=None) -> dict[str, np.ndarray]:
@@ -52,7 +82,10 @@ def _feeds_for(models, data: pathlib.Path | None, shapes, batch: int, batch_axes
 
 def bench(paths: Sequence[pathlib.Path], threads: int | None = None, data: pathlib.Path | None = None,
           shapes: Mapping[str, tuple[int, ...]] | None = None, batch: int = 1,
-          warmup: int = 5, runs: int = 30, batch_axes=None) -> list[BenchResult]:
+          warmup: int = 5, runs: int = 30, batch_axes=None, min_seconds: float = 0.0,
+          max_runs: int = 10000) -> list[BenchResult]:
+    """``runs`` interleaved rounds, more while the rounds have taken under ``min_seconds`` in all
+    (at most ``max_runs``): a sub-millisecond model gets enough runs for a narrow interval."""
     models = [load_model(p) for p in paths]
     feeds = _feeds_for(models, data, shapes or {}, batch, batch_axes)
     del models  # sessions open from the files: no proto held beside them
@@ -61,21 +94,25 @@ def bench(paths: Sequence[pathlib.Path], threads: int | None = None, data: pathl
         for _ in range(warmup):
             run_session(session, feeds)
     times: list[list[float]] = [[] for _ in sessions]
-    for round_index in range(runs):
+    started = time.perf_counter()
+    round_index = 0
+    while round_index < runs or (round_index < max_runs and time.perf_counter() - started < min_seconds):
         for k in range(len(sessions)):
             i = (round_index + k) % len(sessions)
             start = time.perf_counter()
             run_session(sessions[i], feeds)
             times[i].append(time.perf_counter() - start)
+        round_index += 1
     return [BenchResult(str(p), file_size(p), float(np.percentile(t, 50) * 1e3), float(np.percentile(t, 90) * 1e3),
-                        len(t)) for p, t in zip(paths, times)]
+                        len(t), tuple(v * 1e3 for v in t)) for p, t in zip(paths, times)]
 
 
 def bench_table(results: Sequence[BenchResult]) -> str:
     base = results[0]
-    rows = [["#", "model", "size", "p50 ms", "p90 ms", "speed-up vs #1 (p50)", "size vs #1"]]
+    rows = [["#", "model", "size", "p50 ms", "p90 ms", "speed-up vs #1 (p50)", "95% interval", "size vs #1"]]
     for i, r in enumerate(results, 1):
+        low, high = speedup_interval(base, r) if i > 1 else (1.0, 1.0)
         rows.append([str(i), r.model, human_bytes(r.size_bytes), f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}",
-                     f"{base.p50_ms / r.p50_ms:.2f}x", f"{r.size_bytes / base.size_bytes:.3f}x"])
+                     f"{base.p50_ms / r.p50_ms:.2f}x", "" if i == 1 else f"{low:.2f}-{high:.2f}x",
+                     f"{r.size_bytes / base.size_bytes:.3f}x"])
     return markdown_table(rows)
-

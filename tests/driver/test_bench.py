@@ -52,3 +52,37 @@ def test_bench_inputs_take_rows_on_each_batch_axis(tmp_path):
     assert feeds["sr"].shape == ()
     feeds = bench_module._feeds_for([model], None, {"time": (5,)}, batch=4)
     assert (feeds["x"].shape, feeds["h0"].shape, feeds["sr"]) == ((4, 5, 8), (1, 4, 16), 16000)
+
+
+def _result(times):
+    import numpy as np
+
+    return bench_module.BenchResult("m", 1, float(np.percentile(times, 50)), float(np.percentile(times, 90)),
+                                    len(times), tuple(times))
+
+
+def test_speedup_interval_is_a_paired_bootstrap_of_the_median_ratio():
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    burst = rng.exponential(3.0, 400)  # machine noise that hit both runs of a round
+    same = _result(1.0 + burst)
+    assert bench_module.speedup_interval(same, _result(1.0 + burst)) == (1.0, 1.0)  # paired: the bursts cancel
+    shuffled = _result(rng.permutation(1.0 + burst))  # the same times, no longer paired with their rounds
+    low, high = bench_module.speedup_interval(same, shuffled)
+    assert low < 1.0 < high and high - low > 0.05
+    base, faster = _result(2.0 + rng.normal(0, 0.1, 400)), _result(1.0 + rng.normal(0, 0.05, 400))
+    low, high = bench_module.speedup_interval(base, faster)
+    assert 1.9 < low < 2.0 < high < 2.1
+    assert bench_module.speedup_interval(base, faster) == (low, high)  # fixed seed: the same times, the same interval
+    one = bench_module.BenchResult("m", 1, 2.0, 2.0, 1, (2.0,))
+    assert bench_module.speedup_interval(one, bench_module.BenchResult("m", 1, 1.0, 1.0, 1, (1.0,))) == (2.0, 2.0)
+
+
+def test_bench_runs_more_rounds_for_min_seconds_up_to_max_runs_and_reports_the_interval():
+    results = bench_module.bench([CNN, CNN], threads=1, warmup=1, runs=3, min_seconds=600.0, max_runs=40)
+    assert [r.runs for r in results] == [40, 40] and all(len(r.times_ms) == 40 for r in results)
+    assert "times_ms" not in results[0].as_dict() and results[0].as_dict()["runs"] == 40
+    table = bench_module.bench_table(results)
+    low, high = bench_module.speedup_interval(*results)
+    assert "95% interval" in table and f"{low:.2f}-{high:.2f}x" in table

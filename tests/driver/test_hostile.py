@@ -25,6 +25,11 @@ def one_line(capsys, argv, pattern, code=2):
     assert len(err.splitlines()) == 1 and pattern in err, err
 
 
+@pytest.mark.parametrize("seconds", ["-1", "nan", "inf", "1e9"])
+def test_bench_seconds_outside_its_range_is_one_line(seconds, capsys):
+    one_line(capsys, ["bench", str(CNN), "--seconds", seconds], "--seconds must be in [0, 3600]")
+
+
 def test_threads_beyond_the_machines_cores_are_refused(tmp_path, capsys):
     many = str((os.cpu_count() or 1) + 1)
     one_line(capsys, ["optimize", str(CNN), "--passes", "fold", "-o", str(tmp_path / "o.onnx"), "--threads", many],
