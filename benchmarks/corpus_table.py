@@ -110,23 +110,26 @@ def main() -> None:
                         help="more rounds until a pair's have taken this long (a sub-millisecond model then gets "
                              "hundreds of runs, for a narrow interval)")
     parser.add_argument("--models", default=None, help="comma-separated corpus names (default: all)")
+    parser.add_argument("--columns", nargs="+", default=PASSES, choices=PASSES, metavar="PASSES",
+                        help=f"the columns to run (default all: {' '.join(PASSES)})")
     parser.add_argument("--json", type=pathlib.Path, default=None)
     args = parser.parse_args()
     names = args.models.split(",") if args.models else sorted(CORPUS)
+    columns = args.columns
     results: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         directory = pathlib.Path(tmp)
         for name in names:
             model = CORPUS[name].build(directory)
-            results[name] = {p: one(model, name, p, directory, args.runs, args.seconds) for p in PASSES}
-            print(f"{name}: " + " | ".join(cell(results[name][p]) for p in PASSES), file=sys.stderr, flush=True)
+            results[name] = {p: one(model, name, p, directory, args.runs, args.seconds) for p in columns}
+            print(f"{name}: " + " | ".join(cell(results[name][p]) for p in columns), file=sys.stderr, flush=True)
     print(f"CPU: {cpu_name()} ({cpu_features().describe()}); batch 1, graphc bench p50 ratios "
           f"(FP32 / optimized, interleaved, non-spinning; >1 is faster)\n")
-    print("| model | origin | " + " | ".join(PASSES) + " |")
-    print("|---|---|" + "---|" * len(PASSES))
+    print("| model | origin | " + " | ".join(columns) + " |")
+    print("|---|---|" + "---|" * len(columns))
     for name in names:
         print(f"| {name} | {CORPUS[name].origin.split(' (')[0]} | "
-              + " | ".join(cell(results[name][p]) for p in PASSES) + " |")
+              + " | ".join(cell(results[name][p]) for p in columns) + " |")
     unchanged = [r["speed"] for n in names for r in results[n].values()
                  if r["status"] == "valid" and not r["changed"] and "speed" in r]
     if unchanged:
@@ -136,7 +139,7 @@ def main() -> None:
           f"{SLOWDOWN}) per pass: "
           + "; ".join(f"{p} {sum(slower(results[n][p]) for n in names)} of {len(names)}"
                       + (f" ({', '.join(n for n in names if slower(results[n][p]))})"
-                         if any(slower(results[n][p]) for n in names) else "") for p in PASSES))
+                         if any(slower(results[n][p]) for n in names) else "") for p in columns))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -5,17 +5,7 @@ fewer, or synthetic ones from the first model's signature and ``--shape``; rows 
 input's batch axis, ``--batch-axis``), warm up, then are timed round-robin, one run each per round,
 with the starting model rotated every round so no model always runs right after another.
 Reported: p50/p90 latency, size on disk, and ratios against the first model, each with a 95%
-interval (``speedup_interval``).
-
-Rules of the interval: a round's runs of the models ran back to back, so rounds are the unit of
-resampling (a paired bootstrap: the same rounds drawn for both models, which keeps a burst of
-machine noise that hit both runs of a round from widening the interval); the statistic is the
-ratio of the two medians, as reported; 2000 resamples from a fixed seed (the same times give the
-same interval). A ratio whose interval reaches 1 is not a measured difference. The interval covers
-the noise within one call; a lasting difference between two sessions of the same model (where
-their buffers landed, say) is not in it. numpy's generator
-does the resampling: scipy's ``bootstrap`` would add a dependency for one call, and its paired
-form takes the same steps.
+interval (``graphc.speedup.ratio_interval``: a paired bootstrap over the rounds).
 """
 
 from __future__ import annotations
@@ -30,6 +20,7 @@ import numpy as np
 from graphc.data import count_rows, load_dataset, model_signature, repeat_rows, synthetic_feeds, validate
 from graphc.model_io import file_size, load_model
 from graphc.report import markdown_table
+from graphc.speedup import ratio_interval
 from graphc.runtime import open_session, run_session
 from graphc.stats import human_bytes
 
@@ -48,21 +39,13 @@ class BenchResult:
         return {key: value for key, value in vars(self).items() if key != "times_ms"}
 
 
-def speedup_interval(base: BenchResult, other: BenchResult, confidence: float = 0.95,
-                     resamples: int = 2000) -> tuple[float, float]:
-    """The ``confidence`` interval of base.p50 / other.p50 (the module's rules); (ratio, ratio)
-    when there are under 2 rounds."""
-    a, b = np.asarray(base.times_ms), np.asarray(other.times_ms)
-    rounds = min(len(a), len(b))
-    if rounds < 2:
+def speedup_interval(base: BenchResult, other: BenchResult, confidence: float = 0.95) -> tuple[float, float]:
+    """The ``confidence`` interval of base.p50 / other.p50 (``graphc.speedup.ratio_interval``);
+    (ratio, ratio) when there are under 2 rounds."""
+    if min(len(base.times_ms), len(other.times_ms)) < 2:
         ratio = base.p50_ms / other.p50_ms
         return ratio, ratio
-    a, b = a[:rounds], b[:rounds]
-    picks = np.random.default_rng(0).integers(0, rounds, (resamples, rounds))
-    ratios = np.median(a[picks], axis=1) / np.median(b[picks], axis=1)
-    tail = (1.0 - confidence) / 2 * 100
-    low, high = np.percentile(ratios, [tail, 100 - tail])
-    return float(low), float(high)
+    return ratio_interval(base.times_ms, other.times_ms, confidence)
 
 
 def _feeds_for(models, data: pathlib.Path | None, shapes, batch: int, batch_axes=None) -> dict[str, np.ndarray]:

@@ -155,9 +155,10 @@ def _warm_rounds(sessions: Sequence, feeds: dict[str, np.ndarray], warmup: int, 
     return int(np.clip(seconds / max(slowest, 1e-6), *rounds))
 
 
-def time_models(models: Sequence[onnx.ModelProto], feeds: Mapping[str, np.ndarray], threads: int | None = None,
-                seconds: float = 0.25, rounds: tuple[int, int] = ROUNDS, warmup: int = 2) -> list[float]:
-    """Rule 3: median wall microseconds per run of each model, timed side by side."""
+def time_models_rounds(models: Sequence[onnx.ModelProto], feeds: Mapping[str, np.ndarray], threads: int | None = None,
+                       seconds: float = 0.25, rounds: tuple[int, int] = ROUNDS, warmup: int = 2) -> list[list[float]]:
+    """Rule 3's timing: wall microseconds of every run of each model, in round order (round i of
+    every model ran back to back, the first model rotating)."""
     sessions = [open_session(model, threads, what="the model to time", spinning=False) for model in models]
     feeds = dict(feeds)
     count = _warm_rounds(sessions, feeds, warmup, seconds, rounds)
@@ -168,7 +169,13 @@ def time_models(models: Sequence[onnx.ModelProto], feeds: Mapping[str, np.ndarra
             start = time.perf_counter()
             sessions[i].run(None, feeds)
             walls[i].append((time.perf_counter() - start) * 1e6)
-    return [float(np.median(w)) for w in walls]
+    return walls
+
+
+def time_models(models: Sequence[onnx.ModelProto], feeds: Mapping[str, np.ndarray], threads: int | None = None,
+                seconds: float = 0.25, rounds: tuple[int, int] = ROUNDS, warmup: int = 2) -> list[float]:
+    """Rule 3: median wall microseconds per run of each model, timed side by side."""
+    return [float(np.median(w)) for w in time_models_rounds(models, feeds, threads, seconds, rounds, warmup)]
 
 
 def _stripped(name: str) -> str:

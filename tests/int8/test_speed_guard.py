@@ -3,6 +3,7 @@
 """
 
 import collections
+import re
 
 import numpy as np
 import onnx
@@ -102,12 +103,13 @@ def _fake_profiles(slow_layers: set[str], confirm: list[float] | None):
     """Stand-ins for graphc.profiling.profile_models (it names unnamed nodes after their first
     output, in place, as the real one does; every executed node is a loaded node;
     FP32 nodes take 10 us, INT8 candidate nodes 1 us, or 100 us in ``slow_layers``, matched
-    by node name) and time_models (the confirmation: wall times ``confirm``)."""
+    by node name) and time_models_rounds (the confirmation: ``confirm`` holds each model's wall
+    times per round, or one time, which every one of 8 rounds then takes)."""
     calls = []
 
     def timed(models, feeds, threads=None, **_):
         calls.append(len(models))
-        return list(confirm)
+        return [list(c) if isinstance(c, (list, tuple, np.ndarray)) else [c] * 8 for c in confirm]
 
     def fake(models, feeds, threads=None, **_):
         calls.append(len(models))
@@ -129,7 +131,7 @@ def _fake_profiles(slow_layers: set[str], confirm: list[float] | None):
 def _run(tmp_path, spec, monkeypatch, slow=(), confirm=None, named=True):
     fake, timed, calls = _fake_profiles(set(slow), confirm)
     monkeypatch.setattr(speed_guard, "profile_models", fake)
-    monkeypatch.setattr(speed_guard, "time_models", timed)
+    monkeypatch.setattr(speed_guard, "time_models_rounds", timed)
     source = _conv_chain(tmp_path, named=named)
     rng = np.random.default_rng(1)
     np.savez(tmp_path / "calib.npz", x=rng.standard_normal((16, 16, 16, 3)).astype(np.float32))
@@ -200,6 +202,26 @@ def test_unnamed_nodes_kept_fp32_are_fp32_in_the_written_model(tmp_path, monkeyp
 def test_an_int8_form_just_past_the_margin_is_written(tmp_path, monkeypatch):
     _, report, _ = _run(tmp_path, "int8", monkeypatch, slow={"conv1"}, confirm=[100.0, 96.5, 99.0])
     assert report.passes[-1].stats["static_nodes"] == 2 and report.passes[-1].stats["speed_guard_fp32_layers"] == 0
+
+
+def test_an_int8_gain_within_the_noise_of_the_rounds_keeps_fp32(tmp_path, monkeypatch):
+    """Medians 5% apart, past the margin, but over 40 rounds this noisy the 95% interval of the
+    speed-up reaches below 1: a tie, FP32 kept; the same medians over quiet rounds: INT8."""
+    rng = np.random.default_rng(5)
+    fp32, int8 = 100.0 + rng.normal(0, 15, 40), 95.0 + rng.normal(0, 15, 40)
+    fp32, int8 = fp32 - np.median(fp32) + 100.0, int8 - np.median(int8) + 95.0
+    _, report, _ = _run(tmp_path, "int8", monkeypatch, confirm=[fp32, int8])
+    step = report.passes[-1]
+    assert step.stats["static_nodes"] == 0 and step.stats["speed_guard_fp32_layers"] == 2
+    assert all("faster than, but within the noise of (95% interval of the speed-up 0." in reason
+               for reason in step.stats["fp32_reasons"].values())
+    low, high = map(float, re.search(r"([\d.]+)-([\d.]+)x over 40 rounds", step.stats["speed_guard_confirm_interval"]).groups())
+    assert low < 1.0 < 1.05 < high
+    quiet = [100.0 + rng.normal(0, 0.5, 40), 95.0 + rng.normal(0, 0.5, 40)]
+    (tmp_path / "quiet").mkdir()
+    _, report, _ = _run(tmp_path / "quiet", "int8", monkeypatch, confirm=quiet)
+    assert report.passes[-1].stats["static_nodes"] == 2 and report.passes[-1].stats["speed_guard_fp32_layers"] == 0
+    assert report.passes[-1].stats["speed_guard_confirm_interval"].startswith("FP32 / all INT8 1.0")
 
 
 def test_nothing_slower_is_still_timed_against_fp32(tmp_path, monkeypatch):
