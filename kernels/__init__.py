@@ -58,10 +58,10 @@ def _library() -> ctypes.CDLL:
     library = ctypes.CDLL(str(library_path()))
     library.graphc_best_isa.restype = ctypes.c_char_p
     library.graphc_isa_supported.argtypes = [ctypes.c_char_p]
-    library.graphc_avx2_kept_tile_share.argtypes = [ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 3
-    library.graphc_avx2_kept_tile_share.restype = ctypes.c_double
-    library.graphc_avx2_few_rows_kernel.argtypes = [ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 3
-    library.graphc_avx2_few_rows_kernel.restype = ctypes.c_char_p
+    library.graphc_kept_tile_share.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 3
+    library.graphc_kept_tile_share.restype = ctypes.c_double
+    library.graphc_few_rows_kernel.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 3
+    library.graphc_few_rows_kernel.restype = ctypes.c_char_p
     library.graphc_default_path.argtypes = [ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 3 + [ctypes.c_int64]
     library.graphc_default_path.restype = ctypes.c_char_p
     return library
@@ -85,30 +85,43 @@ def _ask_about_columns(function, columns):
     return function(columns.k, columns.n, *(a.ctypes.data for a in arrays))
 
 
-def avx2_kept_tile_share(columns) -> float | None:
-    """``columns``: a ``layout.BlockColumns``. When, as constant weights, the AVX2 path runs them on
-    its tile kernel (pairs that fit vpmaddubsw, and fewer kept 16 x 64 tiles than the column kernels'
-    cost of their non-zero 4-groups), the share of the tiles it multiplies; None when it runs them on
-    its column kernels. The library's own rule, asked of the library."""
-    answer = _ask_about_columns(_library().graphc_avx2_kept_tile_share, columns)
+TILE_PATHS = ("avx2", "avx512vnni")  # the paths with a tile kernel and a choice of kernel per weight
+
+
+def _check_tile_path(isa: str) -> bytes:
+    if isa not in TILE_PATHS:
+        raise ValueError(f"{isa!r} has no tile kernel (the paths that have one: {', '.join(TILE_PATHS)})")
+    return isa.encode()
+
+
+def kept_tile_share(columns, isa: str) -> float | None:
+    """``columns``: a ``layout.BlockColumns``; ``isa``: "avx2" or "avx512vnni". When, as constant
+    weights, that path runs them on its tile kernel (few enough kept 16 x 64 tiles against the column
+    kernels' cost of their non-zero 4-groups; on AVX2 also pairs that fit vpmaddubsw), the share of
+    the tiles it multiplies; None when it runs them on its column kernels. The library's own rule,
+    asked of the library."""
+    name = _check_tile_path(isa)
+    answer = _ask_about_columns(lambda *args: _library().graphc_kept_tile_share(name, *args), columns)
     if answer < 0:
         raise ValueError("malformed block columns")
     return None if answer > 1 else float(answer)
 
 
-def avx2_few_rows_kernel(columns) -> str:
-    """Which AVX2 kernel runs ``columns`` (a ``layout.BlockColumns``), as constant weights, below 4
-    rows: "tiles" (kernel_avx2_tiles.cc), "panels" (kernel_avx2_panels.cc: 8-column panels, where they
-    read fewer bytes) or "columns" (the one-row column kernel). The library's own rule."""
-    answer = _ask_about_columns(_library().graphc_avx2_few_rows_kernel, columns)
+def few_rows_kernel(columns, isa: str) -> str:
+    """Which kernel of path ``isa`` ("avx2" or "avx512vnni") runs ``columns`` (a
+    ``layout.BlockColumns``), as constant weights, below 4 rows: "tiles" (the tile kernel), "panels"
+    (AVX2's kernel_avx2_panels.cc: 8-column panels, where they read fewer bytes) or "columns" (the
+    one-row column kernel). The library's own rule."""
+    name = _check_tile_path(isa)
+    answer = _ask_about_columns(lambda *args: _library().graphc_few_rows_kernel(name, *args), columns)
     if not answer:
         raise ValueError("malformed block columns")
     return answer.decode()
 
 
-def avx2_uses_tiles(columns) -> bool:
-    """True when, as constant weights, the AVX2 path runs ``columns`` on its tile kernel."""
-    return avx2_kept_tile_share(columns) is not None
+def uses_tiles(columns, isa: str) -> bool:
+    """True when, as constant weights, path ``isa`` runs ``columns`` on its tile kernel."""
+    return kept_tile_share(columns, isa) is not None
 
 
 def default_path(columns, rows: int) -> str:

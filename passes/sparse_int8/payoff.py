@@ -6,7 +6,7 @@ one interleaved run; the tables in the README).
   0.97-1.24x of onnxruntime, so ``max_density`` (0.5) alone decides.
 - The AVX2 path (AMD EPYC Zen 3, no VNNI, 2026-12-02, ``benchmarks/results/sparse_gemm_avx2.txt``)
   has two kernels, and the library picks one per constant weight (``graphc.kernels.
-  avx2_kept_tile_share``, its own rule):
+  kept_tile_share``, its own rule):
   - the tile kernel multiplies every kept 16 x 64 tile densely, at onnxruntime's dense speed
     (0.92-0.96x with every tile kept, 16x64 blocks at 50%: 1.35-1.84x, medians over the shapes
     at M = 1-128). A layer it runs needs at most ``AVX2_TILE_SHARE`` (60%) of its tiles kept: a
@@ -39,7 +39,7 @@ def machine_refusal(columns: BlockColumns, density: float) -> str:
     """Why this CPU's kernels would not pay off on these weights, or "" when they would."""
     if default_path() != "avx2":
         return ""
-    share = kernels.avx2_kept_tile_share(columns)
+    share = kernels.kept_tile_share(columns, "avx2")
     if share is None:
         if density <= AVX2_COLUMN_DENSITY:
             return ""

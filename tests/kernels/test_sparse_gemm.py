@@ -242,7 +242,7 @@ def test_weights_whose_pairs_fit_int16_and_those_that_do_not(isa, limit):
     scattered = weight.copy()  # 1x4 groups at 85%: the AVX2 column kernels, not its tile kernel
     scattered[np.repeat(rng.random((k // 4, n)) < 0.85, 4, axis=0)] = 0
     if limit == 63:
-        assert kernels.avx2_uses_tiles(pack(weight)) and not kernels.avx2_uses_tiles(pack(scattered))
+        assert kernels.uses_tiles(pack(weight), "avx2") and not kernels.uses_tiles(pack(scattered), "avx2")
     for w in (weight, scattered):
         for m in (21, 3):  # 3: the few-rows (gather) kernel of the AVX2 path
             a = np.full((1, m, k), 255, np.uint8)
@@ -285,24 +285,32 @@ def assert_float_op_equals_the_dense_chain(rng, columns, weight, rows):
         np.testing.assert_array_equal(sparse.run(None, feeds)[0], dense.run(None, feeds)[0], err_msg=f"{k}x{n} m={m}")
 
 
-@pytest.mark.parametrize("limit", [63, 64])
-def test_avx2_tile_kernel_equals_the_int64_product(limit, monkeypatch):
-    """The AVX2 path's tile kernel (kernel_avx2_tiles.cc: constant weights with most 16 x 64 tiles
-    empty): ragged K and N, 1 to 70 rows, A at its extremes, int32 and float outputs."""
-    if "avx2" not in kernels.supported_isas():
-        pytest.skip(f"this CPU/OS/build has no avx2 path (has {', '.join(kernels.supported_isas())})")
-    monkeypatch.setenv("GRAPHC_ISA", "avx2")
-    rng = np.random.default_rng(limit)
-    for k, n in ((200, 70), (768, 48), (64, 48), (129, 17), (3100, 33)):
-        weight = tile_sparse_weight(rng, k, n, 0.7, limit)
+def force_path(monkeypatch, isa: str) -> None:
+    if isa not in kernels.supported_isas():
+        pytest.skip(f"this CPU/OS/build has no {isa} path (has {', '.join(kernels.supported_isas())})")
+    monkeypatch.setenv("GRAPHC_ISA", isa)
+
+
+@pytest.mark.parametrize("isa,limit", [("avx2", 63), ("avx2", 64), ("avx512vnni", 63), ("avx512vnni", 127)])
+def test_tile_kernels_equal_the_int64_product(isa, limit, monkeypatch):
+    """The tile kernels (kernel_avx2_tiles.cc, kernel_avx512vnni_tiles.cc: constant weights with most
+    16 x 64 tiles empty; AVX2's for pairs vpmaddubsw cannot saturate, VNNI's for any 8-bit weights):
+    ragged K and N, 1 to 70 rows (VNNI's 1-3 rows with several accumulators per row, its blocks of 8
+    rows and a ragged last block), dense weights, A at its extremes, int32 and float outputs."""
+    force_path(monkeypatch, isa)
+    # dense (ratio 0): neighbouring panels with the same kept tiles, which VNNI's kernel takes in pairs,
+    # and a lone ragged last panel
+    for k, n, ratio in ((200, 70, 0.7), (768, 48, 0.7), (64, 48, 0.7), (129, 17, 0.7), (3100, 33, 0.7), (300, 40, 0.0)):
+        rng = np.random.default_rng([k, n])  # a draw whose kept tiles are not all ragged edge ones
+        weight = tile_sparse_weight(rng, k, n, ratio, limit)
         columns = pack(weight)
-        assert kernels.avx2_uses_tiles(columns), f"{k}x{n} should run on the tile kernel"
-        for m in (1, 3, 5, 70):
+        assert kernels.uses_tiles(columns, isa), f"{k}x{n} should run on the tile kernel"
+        for m in (1, 2, 3, 5, 8, 70):
             a = rng.integers(0, 256, (1, m, k)).astype(np.uint8)
             a[0, ::2] = 255
             for zero_point in (0, 255, int(rng.integers(0, 256))):
                 np.testing.assert_array_equal(run_integer(weight, a, zero_point), integer_product(a, zero_point, weight),
-                                              err_msg=f"{k}x{n} m={m} zp={zero_point}")
+                                              err_msg=f"{isa} {k}x{n} m={m} zp={zero_point}")
         assert_float_op_equals_the_dense_chain(rng, columns, weight, rows=(1, 9))
 
 
@@ -310,13 +318,13 @@ def test_avx2_tile_kernel_only_where_it_pays_and_cannot_saturate():
     """The library's rule: tiles when the kept 16 x 64 tiles cost less than 3x the non-zero
     4-groups' share (ops.cc, kAvx2ColumnGroupCost), and only for pairs vpmaddubsw cannot saturate."""
     rng = np.random.default_rng(5)
-    share = kernels.avx2_kept_tile_share(pack(tile_sparse_weight(rng, 256, 64, 0.75, 63)))
+    share = kernels.kept_tile_share(pack(tile_sparse_weight(rng, 256, 64, 0.75, 63)), "avx2")
     assert share == pytest.approx(0.25)  # 4 x 16 tiles, 12 of them empty
     dense = pack(rng.integers(-63, 64, (256, 64)).astype(np.int8))
-    assert kernels.avx2_kept_tile_share(dense) == 1.0  # dense: the tile kernel, at onnxruntime's dense speed
-    assert not kernels.avx2_uses_tiles(pack(tile_sparse_weight(rng, 256, 64, 0.8, 127)))  # pairs overflow int16
-    assert not kernels.avx2_uses_tiles(pack(sparse_weight(rng, 256, 64, "block1x4", 0.8) // 2))  # 1x4: every tile kept
-    assert kernels.avx2_uses_tiles(pack(sparse_weight(rng, 256, 64, "block1x4", 0.5) // 2))  # 50%: columns cost 1.5
+    assert kernels.kept_tile_share(dense, "avx2") == 1.0  # dense: the tile kernel, at onnxruntime's dense speed
+    assert not kernels.uses_tiles(pack(tile_sparse_weight(rng, 256, 64, 0.8, 127)), "avx2")  # pairs overflow int16
+    assert not kernels.uses_tiles(pack(sparse_weight(rng, 256, 64, "block1x4", 0.8) // 2), "avx2")  # 1x4: every tile kept
+    assert kernels.uses_tiles(pack(sparse_weight(rng, 256, 64, "block1x4", 0.5) // 2), "avx2")  # 50%: columns cost 1.5
 
 
 def panel_sparse_weight(rng, k: int, n: int, ratio: float, limit: int) -> np.ndarray:
@@ -338,7 +346,7 @@ def test_avx2_panel_kernel_equals_the_int64_product(monkeypatch):
             weight[:, 8:16] = 0  # a whole panel empty
             weight[k // 2:k // 2 + 8] = 0  # and 2 groups of K in every panel
         columns = pack(weight)
-        assert kernels.avx2_few_rows_kernel(columns) == "panels", f"{k}x{n} should run on the panel kernel"
+        assert kernels.few_rows_kernel(columns, "avx2") == "panels", f"{k}x{n} should run on the panel kernel"
         for m in (1, 2, 3, 4):
             a = rng.integers(0, 256, (1, m, k)).astype(np.uint8)
             a[0, ::2] = 255
@@ -358,31 +366,46 @@ def test_avx2_panel_kernel_equals_the_int64_product(monkeypatch):
                                               err_msg=f"{k}x{n} m={m} bias={bias is not None}")
 
 
+def test_vnni_tile_kernel_where_it_costs_less_than_the_columns():
+    """The AVX-512 VNNI path's rule (ops.cc, kVnniColumnGroupCost): tiles when the kept 16 x 64 tiles
+    cost less than 2x the non-zero 4-groups' share, for any 8-bit weights; below 4 rows the tiles or
+    the one-row lane kernel (no panel kernel on this path)."""
+    rng = np.random.default_rng(6)
+    assert kernels.kept_tile_share(pack(tile_sparse_weight(rng, 256, 64, 0.75, 127)), "avx512vnni") == pytest.approx(0.25)
+    dense = pack(rng.integers(-128, 128, (256, 64)).astype(np.int8))
+    assert kernels.kept_tile_share(dense, "avx512vnni") == 1.0
+    assert kernels.few_rows_kernel(dense, "avx512vnni") == "tiles"
+    assert not kernels.uses_tiles(pack(sparse_weight(rng, 256, 64, "block1x4", 0.8)), "avx512vnni")  # 1x4: every tile kept
+    assert kernels.uses_tiles(pack(sparse_weight(rng, 256, 64, "block1x4", 0.4)), "avx512vnni")  # 40%: columns cost 1.2
+    assert kernels.few_rows_kernel(pack(panel_sparse_weight(rng, 768, 64, 0.8, 63)), "avx512vnni") == "columns"
+    with pytest.raises(ValueError, match="no tile kernel"):
+        kernels.uses_tiles(dense, "amx")
+
+
 def test_avx2_panel_kernel_only_where_it_reads_fewer_bytes_and_cannot_saturate():
     """The library's rule (ops.cc, kPanelEntryBytes / lane_group_bytes): 8-column panels below 4 rows
     when their entries (32 weights and an index each) take fewer bytes than the non-zero 4-groups
     (4 weights and an index each), off the tile kernel, for pairs vpmaddubsw cannot saturate."""
     rng = np.random.default_rng(9)
-    assert kernels.avx2_few_rows_kernel(pack(panel_sparse_weight(rng, 768, 64, 0.8, 63))) == "panels"
-    assert kernels.avx2_few_rows_kernel(pack(panel_sparse_weight(rng, 768, 64, 0.5, 63))) == "panels"
-    assert kernels.avx2_few_rows_kernel(pack(panel_sparse_weight(rng, 768, 64, 0.8, 127))) == "columns"  # pairs overflow
+    assert kernels.few_rows_kernel(pack(panel_sparse_weight(rng, 768, 64, 0.8, 63)), "avx2") == "panels"
+    assert kernels.few_rows_kernel(pack(panel_sparse_weight(rng, 768, 64, 0.5, 63)), "avx2") == "panels"
+    assert kernels.few_rows_kernel(pack(panel_sparse_weight(rng, 768, 64, 0.8, 127)), "avx2") == "columns"  # pairs overflow
     # 1x4 groups scattered at 80%: 83% of a panel's union holds a group, 4.2 entry bytes per group byte
-    assert kernels.avx2_few_rows_kernel(pack(sparse_weight(rng, 768, 64, "block1x4", 0.8) // 2)) == "columns"
-    assert kernels.avx2_few_rows_kernel(pack(rng.integers(-63, 64, (768, 64)).astype(np.int8))) == "tiles"
-    assert kernels.avx2_few_rows_kernel(pack(tile_sparse_weight(rng, 256, 64, 0.75, 63))) == "tiles"
+    assert kernels.few_rows_kernel(pack(sparse_weight(rng, 768, 64, "block1x4", 0.8) // 2), "avx2") == "columns"
+    assert kernels.few_rows_kernel(pack(rng.integers(-63, 64, (768, 64)).astype(np.int8)), "avx2") == "tiles"
+    assert kernels.few_rows_kernel(pack(tile_sparse_weight(rng, 256, 64, 0.75, 63)), "avx2") == "tiles"
 
 
 @pytest.mark.parametrize("limit", [63, 127])
-def test_avx2_one_row_lane_kernel_equals_the_int64_product(limit, monkeypatch):
-    """The AVX2 path's one-row kernel on constant weights (kernel_avx2_gemv.cc, the lane form: the
+@pytest.mark.parametrize("isa", kernels.TILE_PATHS)
+def test_one_row_lane_kernels_equal_the_int64_product(isa, limit, monkeypatch):
+    """The one-row kernels on constant weights (kernel_avx2_gemv.cc, kernel_avx512vnni_gemv.cc: the lane form, the
     columns sorted by their number of 4-groups into slices of 8, each lane one column): columns of
     very different lengths in a ragged N (a full one, an empty one, half a column, one group), K on
     both sides of the one-byte index limit (1024 and 1028: 256 and 257 groups), 7-bit weights
-    (vpmaddubsw) and 8-bit ones (16-bit widening), 1 to 3 rows and 4 past it, A at its extremes,
+    (AVX2: vpmaddubsw) and 8-bit ones (AVX2: 16-bit widening; VNNI: vpdpbusd for both), 1 to 3 rows and 4 past it, A at its extremes,
     int32 and float outputs."""
-    if "avx2" not in kernels.supported_isas():
-        pytest.skip(f"this CPU/OS/build has no avx2 path (has {', '.join(kernels.supported_isas())})")
-    monkeypatch.setenv("GRAPHC_ISA", "avx2")
+    force_path(monkeypatch, isa)
     rng = np.random.default_rng(limit)
     for k, n in ((1024, 37), (1028, 37), (20, 9), (3072, 70), (768, 8)):
         weight = np.clip(sparse_weight(rng, k, n, "block1x4", 0.85), -limit, limit)
@@ -391,15 +414,16 @@ def test_avx2_one_row_lane_kernel_equals_the_int64_product(limit, monkeypatch):
         weight[: k // 2, 2] = 0
         weight[: (k - 1) // 4 * 4, 3] = 0  # only the last (ragged) group
         columns = pack(weight)
-        assert kernels.avx2_few_rows_kernel(columns) == "columns", f"{k}x{n} should run on the one-row kernel"
+        assert kernels.few_rows_kernel(columns, isa) == "columns", f"{k}x{n} should run on the one-row kernel"
         for m in (1, 2, 3, 4):
             a = rng.integers(0, 256, (2, m, k)).astype(np.uint8)
             a[0] = 255
             a[1, :, ::2] = 0
             for zero_point in (0, 255, int(rng.integers(0, 256))):
                 np.testing.assert_array_equal(run_integer(weight, a, zero_point), integer_product(a, zero_point, weight),
-                                              err_msg=f"{k}x{n} m={m} zp={zero_point} limit={limit}")
-        if limit == 63:  # onnxruntime's MatMulInteger saturates 8-bit weights on AVX2 without VNNI
+                                              err_msg=f"{isa} {k}x{n} m={m} zp={zero_point} limit={limit}")
+        if limit == 63 or "avx512vnni" in kernels.supported_isas():  # onnxruntime's MatMulInteger saturates
+            # 8-bit weights on AVX2 without VNNI
             assert_float_op_equals_the_dense_chain(rng, columns, weight, rows=(1, 3))
 
 
@@ -437,8 +461,8 @@ def test_amx_kernel_equals_the_int64_product_across_its_work_items(ratio, monkey
 
 def test_default_path_on_an_amx_cpu_follows_the_work_of_each_kernel():
     """Without GRAPHC_ISA on a CPU with AMX (ops.cc path_for): AMX from 16 rows; below, AMX unless
-    4 x the non-zero 4-group share is under the kept 16 x 64 tile share, then AVX2's one-row kernel
-    below 4 rows and AVX-512 VNNI's panels from 4; and the chosen path gives the int64 product."""
+    4 x the non-zero 4-group share is under the kept 16 x 64 tile share, then AVX-512 VNNI's (its
+    one-row lane kernel below 4 rows, its panels from 4); and the chosen path gives the int64 product."""
     if "amx" not in kernels.supported_isas():
         pytest.skip(f"this CPU/OS/build has no amx path (has {', '.join(kernels.supported_isas())})")
     rng = np.random.default_rng(29)
@@ -446,7 +470,7 @@ def test_default_path_on_an_amx_cpu_follows_the_work_of_each_kernel():
     blocks_80 = sparse_weight(rng, 768, 256, "block1x4", 0.8)  # density 0.2, every tile kept: 0.8 < 1
     scattered_90 = sparse_weight(rng, 768, 256, "unstructured", 0.9)  # density 0.34: 1.37 > 1
     tiles_80 = tile_sparse_weight(rng, 768, 256, 0.8, 63)  # density 0.2, kept tiles 0.2: 0.8 > 0.2
-    expected = {1: ("amx", "avx2", "amx", "amx"), 3: ("amx", "avx2", "amx", "amx"),
+    expected = {1: ("amx", "avx512vnni", "amx", "amx"), 3: ("amx", "avx512vnni", "amx", "amx"),
                 8: ("amx", "avx512vnni", "amx", "amx"), 16: ("amx", "amx", "amx", "amx")}
     for rows, paths in expected.items():
         for weight, path in zip((dense, blocks_80, scattered_90, tiles_80), paths):

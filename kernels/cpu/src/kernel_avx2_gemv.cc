@@ -25,13 +25,12 @@
 #include <cstring>
 #include <vector>
 
+#include "lane_steps.h"
 #include "sparse_gemm.h"
 
 namespace graphc {
 
 namespace {
-
-inline int32_t group(const uint8_t* row, uint32_t g) { return load4(reinterpret_cast<const int8_t*>(row) + int64_t(g) * 4); }
 
 template <typename Index>
 inline __m256i gather8(const uint8_t* row, const Index* groups) {
@@ -44,32 +43,6 @@ inline __m256i gather8(const uint8_t* row, const Index* groups) {
   hi = _mm_insert_epi32(hi, group(row, groups[6]), 2);
   hi = _mm_insert_epi32(hi, group(row, groups[7]), 3);
   return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
-}
-
-// a lane step's 8 groups of A: its indices come in 8-byte loads (one of one-byte indices, two of
-// two-byte ones) and are taken apart in registers, 6 or 7 loads fewer per step than reading them
-// one by one: the loads were the step's limit
-template <typename Index>
-inline __m128i gather4(const uint8_t* row, uint64_t g) {
-  constexpr int kBits = 8 * sizeof(Index);
-  const auto at = [row, g](int j) { return group(row, uint32_t(g >> (kBits * j)) & ((1u << kBits) - 1)); };
-  __m128i v = _mm_cvtsi32_si128(at(0));
-  v = _mm_insert_epi32(v, at(1), 1);
-  v = _mm_insert_epi32(v, at(2), 2);
-  return _mm_insert_epi32(v, at(3), 3);
-}
-
-inline __m256i gather_lane(const uint8_t* row, const uint16_t* groups) {
-  uint64_t lo, hi;
-  std::memcpy(&lo, groups, 8);
-  std::memcpy(&hi, groups + 4, 8);
-  return _mm256_inserti128_si256(_mm256_castsi128_si256(gather4<uint16_t>(row, lo)), gather4<uint16_t>(row, hi), 1);
-}
-
-inline __m256i gather_lane(const uint8_t* row, const uint8_t* groups) {
-  uint64_t g;
-  std::memcpy(&g, groups, 8);
-  return _mm256_inserti128_si256(_mm256_castsi128_si256(gather4<uint8_t>(row, g)), gather4<uint8_t>(row, g >> 32), 1);
 }
 
 // lane j: block j's sum of 4 products
@@ -127,39 +100,18 @@ void columns(const uint8_t* row_bytes, const SparseWeights& w, const Index* bloc
   }
 }
 
-template <bool kMaddubs, typename Index>
-void lanes(const uint8_t* row_bytes, const SparseWeights& w, const Index* lane_k, const int32_t* colsum, uint8_t zp,
-           int64_t s0, int64_t s1, int32_t* out, const float* column_scale, const float* bias) {
-  for (int64_t s = s0; s < s1; ++s) {
-    __m256i acc = _mm256_setzero_si256();
-    for (int32_t t = w.lane_ptr[s]; t < w.lane_ptr[s + 1]; ++t) {
-      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.lane_values + int64_t(t) * 32));
-      acc = _mm256_add_epi32(acc, products<kMaddubs>(gather_lane(row_bytes, lane_k + int64_t(t) * 8), v));
-    }
-    alignas(32) int32_t sums[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(sums), acc);
-    for (int64_t j = 0; j < 8; ++j) {
-      const int32_t n = w.lane_column[s * 8 + j];
-      if (n < 0) continue;
-      const int32_t product = int32_t(uint32_t(sums[j]) - uint32_t(zp) * uint32_t(colsum[n]));
-      if (column_scale == nullptr) {
-        out[n] = product;
-      } else {  // the epilogue's operations (sparse_gemm.cc, to_float)
-        float value = float(product) * column_scale[n];
-        if (bias != nullptr) value += bias[n];
-        std::memcpy(out + n, &value, 4);
-      }
-    }
-  }
-}
+template <bool kMaddubs>
+struct MaddDot {
+  static __m256i accumulate(__m256i acc, __m256i a, __m256i w) { return _mm256_add_epi32(acc, products<kMaddubs>(a, w)); }
+};
 
 template <bool kMaddubs>
 void lanes_of(const uint8_t* row, const SparseWeights& w, const int32_t* colsum, uint8_t zp, int64_t s0, int64_t s1,
               int32_t* out, const float* column_scale, const float* bias) {
   if (w.lane_k8 != nullptr)
-    lanes<kMaddubs>(row, w, w.lane_k8, colsum, zp, s0, s1, out, column_scale, bias);
+    lane_slices<MaddDot<kMaddubs>>(row, w, w.lane_k8, colsum, zp, s0, s1, out, column_scale, bias);
   else
-    lanes<kMaddubs>(row, w, w.lane_k, colsum, zp, s0, s1, out, column_scale, bias);
+    lane_slices<MaddDot<kMaddubs>>(row, w, w.lane_k, colsum, zp, s0, s1, out, column_scale, bias);
 }
 
 }  // namespace

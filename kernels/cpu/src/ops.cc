@@ -257,13 +257,14 @@ OrtStatus* output_for(OrtKernelContext* context, const Tensor& a, int64_t n, Ort
 // Without GRAPHC_ISA, on a CPU with AMX: AMX from kAmxRows rows; below that AMX too, unless the
 // column kernels' work (the non-zero 4-groups, skipped one by one) is cheaper than AMX's (the kept
 // 16 x 64 tiles, each multiplied whole with 16-row tiles of mostly padding): the columns when
-// kAmxColumnGroupCost x 4-group density < kept tile share (1 for weights fed at run time), AVX2's
-// one-row kernel below kGemvRows rows, else AVX-512 VNNI's 16-row panels. Measured with
+// kAmxColumnGroupCost x 4-group density < kept tile share (1 for weights fed at run time), the
+// AVX-512 VNNI path's (its one-row lane kernel below kGemvRows rows, else its 16-row panels). Measured with
 // benchmarks/sparse_gemm.py at M = 1 and 8 on 768 x 3072 and 768 x 768 (Xeon with AMX, 2026-12-03): a
 // dense weight ran 4-4.8x faster on AMX than on either column kernel; 1x4 blocks at 80% (density 0.2,
 // every tile kept) 1.1-1.3x faster on the columns, at 90% 1.2-2.2x; unstructured 90% (density 0.34,
 // every tile kept) 1.3-1.5x faster on AMX; below 4 rows the one-row AVX2 kernel beat VNNI's panels by
-// 1.1-1.4x.
+// 1.1-1.4x (since 2026-12-04 the one-row kernel has a VNNI form, vpdpbusd in place of AVX2's three
+// instructions per step, and runs there instead).
 constexpr int64_t kAmxRows = 16;
 constexpr double kAmxColumnGroupCost = 4.0;
 // AVX2: the tile kernel (kernel_avx2_tiles.cc) multiplies every kept 16 x 64 tile densely, at about
@@ -282,6 +283,11 @@ constexpr double kAvx2ColumnGroupCost = 3.0;
 // sparsity, benchmarks/sparse_gemm.py). Blocks spanning 8 outputs (sparsify's block=8x4) read 36 / 32
 // bytes per weight there; scattered 1x4 groups fill most of a panel's union and stay on the columns.
 constexpr double kPanelEntryBytes = 36.0;
+// AVX-512 VNNI (without AMX, or forced): the same choice between its tile kernel
+// (kernel_avx512vnni_tiles.cc, any 8-bit weights) and its column kernels (the 16-row panels from
+// kGemvRows rows, the one-row lane kernel below), with a kept 4-group costing the columns about
+// kVnniColumnGroupCost times its share of the tiles' dense work (measured below, AMD EPYC Zen 4).
+constexpr double kVnniColumnGroupCost = 2.5;
 double lane_group_bytes(int64_t k) { return (k + 3) / 4 <= 256 ? 5.0 : 6.0; }
 
 // the AMX rule's test: below kAmxRows rows, the column kernels' work is the smaller
@@ -293,7 +299,7 @@ graphc::Isa path_for(const Kernel& kernel, const Weights& weights, int64_t m) {
   if (kernel.forced || kernel.isa != graphc::Isa::amx || m >= kAmxRows) return kernel.isa;
   const double kept_tiles = kernel.constant != nullptr ? 1.0 - kernel.constant->zero_tile_share : 1.0;
   if (!amx_yields_to_columns(weights.group_density(), kept_tiles)) return kernel.isa;
-  return m < graphc::kGemvRows ? graphc::Isa::avx2 : graphc::Isa::avx512vnni;
+  return graphc::Isa::avx512vnni;  // its one-row lane kernel below kGemvRows rows, its 16-row panels from there
 }
 
 // constant weights: the pair form for AMX always; for AVX2 kept where enough tiles are empty
@@ -306,6 +312,16 @@ void prepack_for(graphc::Isa isa, Weights* weights) {
   if (isa == graphc::Isa::amx) {
     weights->pack_pairs();
     if (amx_yields_to_columns(weights->group_density(), 1.0 - weights->zero_tile_share)) weights->pack_lanes();
+    return;
+  }
+  if (isa == graphc::Isa::avx512vnni) {
+    weights->prepack_tiles();
+    if (1.0 - weights->zero_tile_share <= kVnniColumnGroupCost * weights->group_density()) {
+      weights->compact_tiles();
+    } else {
+      weights->drop_tiles();
+      weights->pack_lanes();
+    }
     return;
   }
   if (isa == graphc::Isa::avx2 && weights->w.pairs_fit_int16) {
@@ -523,14 +539,15 @@ static bool prepared_for(graphc::Isa isa, int64_t k, int64_t n, const int32_t* c
   prepack_for(isa, weights);
   return true;
 }
-// When constant weights (the op's col_ptr, block_k, values) run on the AVX2 tile kernel, the share
-// of their 16 x 64 tiles it multiplies (in [0, 1]); 2 when they run on the column kernels; -1 when
-// the weights are malformed
-__attribute__((visibility("default"))) double graphc_avx2_kept_tile_share(int64_t k, int64_t n, const int32_t* col_ptr,
-                                                                          const int32_t* block_k,
-                                                                          const int8_t* values) {
+// When constant weights (the op's col_ptr, block_k, values) run on path isa's tile kernel ("avx2" or
+// "avx512vnni"), the share of their 16 x 64 tiles it multiplies (in [0, 1]); 2 when they run on its
+// column kernels; -1 when the weights are malformed or the path unknown
+__attribute__((visibility("default"))) double graphc_kept_tile_share(const char* isa_name, int64_t k, int64_t n,
+                                                                     const int32_t* col_ptr, const int32_t* block_k,
+                                                                     const int8_t* values) {
+  graphc::Isa isa;
   Weights weights;
-  if (!prepared_for(graphc::Isa::avx2, k, n, col_ptr, block_k, values, &weights)) return -1.0;
+  if (!graphc::parse_isa(isa_name, &isa) || !prepared_for(isa, k, n, col_ptr, block_k, values, &weights)) return -1.0;
   return weights.w.kept_tiles != nullptr ? 1.0 - weights.zero_tile_share : 2.0;
 }
 // The path a session on this CPU runs constant weights on for m rows without GRAPHC_ISA ("amx",
@@ -543,14 +560,16 @@ __attribute__((visibility("default"))) const char* graphc_default_path(int64_t k
   if (!prepared_for(kernel.isa, k, n, col_ptr, block_k, values, weights)) return "";
   return graphc::isa_name(path_for(kernel, *weights, m));
 }
-// Which AVX2 kernel runs constant weights below 4 rows: "tiles", "panels" or "columns" (the one-row
-// column kernel); "" when the weights are malformed
-__attribute__((visibility("default"))) const char* graphc_avx2_few_rows_kernel(int64_t k, int64_t n,
-                                                                               const int32_t* col_ptr,
-                                                                               const int32_t* block_k,
-                                                                               const int8_t* values) {
+// Which kernel of path isa ("avx2" or "avx512vnni") runs constant weights below 4 rows: "tiles",
+// "panels" (AVX2 only) or "columns" (the one-row column kernel); "" when the weights are malformed or
+// the path unknown
+__attribute__((visibility("default"))) const char* graphc_few_rows_kernel(const char* isa_name, int64_t k, int64_t n,
+                                                                          const int32_t* col_ptr,
+                                                                          const int32_t* block_k,
+                                                                          const int8_t* values) {
+  graphc::Isa isa;
   Weights weights;
-  if (!prepared_for(graphc::Isa::avx2, k, n, col_ptr, block_k, values, &weights)) return "";
+  if (!graphc::parse_isa(isa_name, &isa) || !prepared_for(isa, k, n, col_ptr, block_k, values, &weights)) return "";
   return weights.w.panel_values != nullptr ? "panels" : weights.w.kept_tiles != nullptr ? "tiles" : "columns";
 }
 }

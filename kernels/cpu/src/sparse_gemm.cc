@@ -152,8 +152,9 @@ void lanes_item(void* arg, size_t item) {
   auto& job = *static_cast<Job*>(arg);
   const int64_t row = int64_t(item) % job.m, slice_item = int64_t(item) / job.m;
   const int64_t s0 = slice_item * kSlicesPerItem, s1 = std::min((job.w->n + 7) / 8, s0 + kSlicesPerItem);
-  kernel_avx2_gemv_lanes(job.packed + row * job.k4 * 4, *job.w, job.colsum, job.zp, s0, s1, job.c + row * job.ldc,
-                         job.column_scale, job.bias);
+  const auto kernel = job.isa == Isa::avx512vnni ? kernel_avx512vnni_gemv_lanes : kernel_avx2_gemv_lanes;
+  kernel(job.packed + row * job.k4 * 4, *job.w, job.colsum, job.zp, s0, s1, job.c + row * job.ldc, job.column_scale,
+         job.bias);
 }
 
 // the AVX2 panel path (few rows, w.panel_values set): items of kPanelsPerItem 8-column panels, all rows
@@ -167,7 +168,7 @@ void panels_item(void* arg, size_t item) {
                        job.column_scale, job.bias);
 }
 
-// the AVX2 tile path: items of kTileRows rows x panels_per_item 16-column panels; below
+// the tile paths (AVX2, AVX-512 VNNI): items of kTileRows rows x panels_per_item 16-column panels; below
 // kTileFewRows rows an item takes kTilePanelsFewRows panels, so that its work outweighs the cost of
 // an item (at M=1, 80% 16x64 sparsity, one panel holds about 2 kept tiles of 768-long K)
 constexpr int64_t kTileRows = 64;
@@ -179,6 +180,11 @@ void tiles_item(void* arg, size_t item) {
   const int64_t row_item = int64_t(item) % job.row_items, panel_item = int64_t(item) / job.row_items;
   const int64_t r0 = row_item * kTileRows, r1 = std::min(job.m, r0 + kTileRows);
   const int64_t p0 = panel_item * job.panels_per_item, p1 = std::min((job.w->n + 15) / 16, p0 + job.panels_per_item);
+  if (job.isa == Isa::avx512vnni) {
+    kernel_avx512vnni_tiles(job.packed, job.k_bytes, *job.w, job.colsum, job.zp, r0, r1, p0, p1, job.c, job.ldc,
+                            job.column_scale, job.bias);
+    return;
+  }
   for (int64_t panel = p0; panel < p1; ++panel)
     kernel_avx2_tiles(job.packed, job.k_bytes, *job.w, job.colsum, job.zp, r0, r1, panel, job.c, job.ldc,
                       job.column_scale, job.bias);
@@ -469,8 +475,11 @@ void sparse_gemm_u8s8(Isa isa, int64_t m, const uint8_t* a, int64_t lda, uint8_t
     parallel.run(parallel.self, amx_item, size_t(job.row_items * col_items), &job);
     return;
   }
-  // few rows: the panels where the weights have them, else the one-row column kernel unless on tiles
-  if (isa == Isa::avx2 && m < kGemvRows && (w.panel_values != nullptr || w.kept_tiles == nullptr)) {
+  // AVX2 and AVX-512 VNNI, few rows: the panels where the weights have them (AVX2 only), else the one-row
+  // column kernel unless on tiles (over the lane form in the ISA's own instructions; the prefix-sum
+  // form, for weights fed at run time, is AVX2's on both)
+  const bool vector = isa == Isa::avx2 || isa == Isa::avx512vnni;
+  if (vector && m < kGemvRows && (w.panel_values != nullptr || w.kept_tiles == nullptr)) {
     // rows copied to whole groups, zero past K
     packed.assign(size_t(m * job.k4 * 4), 0);
     for (int64_t r = 0; r < m; ++r) std::memcpy(packed.data() + r * job.k4 * 4, a + r * lda, size_t(w.k));
@@ -483,13 +492,14 @@ void sparse_gemm_u8s8(Isa isa, int64_t m, const uint8_t* a, int64_t lda, uint8_t
       parallel.run(parallel.self, gemv_item, size_t(m * job.col_items), &job);
     return;
   }
-  if (isa == Isa::avx2 && w.kept_tiles != nullptr) {  // rows copied to k_bytes, zero padded
+  if (vector && w.kept_tiles != nullptr) {  // the tile kernels; rows copied to k_bytes, zero padded
     job.k_bytes = (w.k + 63) / 64 * 64;
     packed.assign(size_t(m * job.k_bytes), 0);
     for (int64_t r = 0; r < m; ++r) std::memcpy(packed.data() + r * job.k_bytes, a + r * lda, size_t(w.k));
     job.packed = packed.data();
     job.row_items = (m + kTileRows - 1) / kTileRows;
-    job.panels_per_item = m < kTileFewRows ? kTilePanelsFewRows : 1;
+    // VNNI: two panels an item from kTileFewRows rows, for its kernel to pair panels with the same kept tiles
+    job.panels_per_item = m < kTileFewRows ? kTilePanelsFewRows : isa == Isa::avx512vnni ? 2 : 1;
     const int64_t panel_items = ((w.n + 15) / 16 + job.panels_per_item - 1) / job.panels_per_item;
     parallel.run(parallel.self, tiles_item, size_t(job.row_items * panel_items), &job);
     return;

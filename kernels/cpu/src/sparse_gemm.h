@@ -146,6 +146,13 @@ void lane_fill(const SparseWeights& w, const int32_t* lane_ptr, const int32_t* l
 void kernel_avx512vnni(const uint8_t* packed, int64_t panels, const SparseWeights& w, const int32_t* colsum,
                        uint8_t zp, int64_t row0, int64_t m, int64_t n0, int64_t n1, int32_t* c, int64_t ldc,
                        const float* column_scale, const float* bias);
+// the AVX-512 VNNI forms of the AVX2 tile kernel (w.kept_tiles set; any 8-bit weights; the panels [p0, p1))
+// and of the one-row lane kernel (w.lane_k or w.lane_k8 set), else the same arguments
+void kernel_avx512vnni_tiles(const uint8_t* a_rows, int64_t k_bytes, const SparseWeights& w, const int32_t* colsum,
+                             uint8_t zp, int64_t r0, int64_t r1, int64_t p0, int64_t p1, int32_t* c, int64_t ldc,
+                             const float* column_scale, const float* bias);
+void kernel_avx512vnni_gemv_lanes(const uint8_t* row, const SparseWeights& w, const int32_t* colsum, uint8_t zp,
+                                  int64_t s0, int64_t s1, int32_t* out, const float* column_scale, const float* bias);
 // AMX: rows m0 .. m0 + 31 (m0 a multiple of 32) x columns [n0, n1) (n0 a multiple of 32), from A copied
 // tile-major to [rows rounded up to 16 / 16][k_bytes / 64][16][64] (k_bytes: K rounded up to 64, zero
 // padded) and w's pair form (w.pair_tiles set)

@@ -1,0 +1,136 @@
+// AVX-512 VNNI kernel over 16 x 64 weight tiles (compiled with -mavx512f -mavx512bw -mavx512vl
+// -mavx512vnni), for constant weights that are dense or whose zeros fill whole tiles: the same
+// compacted kept tiles as the AVX2 tile kernel (SparseWeights::kept_tiles, made by compact_tiles),
+// a kept tile a dense GEMM piece. A tile's group g (4 along K) of its 16 columns is 64 bytes, one
+// zmm: column j's 4 weights in lane j, the layout vpdpbusd reads, so each row's 4 activation bytes
+// broadcast and one vpdpbusd add 16 columns' 4-term products to that row's accumulator, with no
+// saturation (any 8-bit weights). Rows are taken up to kRows at a time, so every weight vector
+// loaded serves that many rows; with fewer than 4 rows each row keeps several accumulators (even
+// and odd groups apart), as one vpdpbusd chain per row would wait on its latency (about 5 cycles).
+//
+// Against the 16-row panel kernel (kernel_avx512vnni.cc), which broadcasts one column's weights
+// and loads 16 rows of A per vpdpbusd, this one loads one weight vector per kRows vpdpbusd and
+// broadcasts the activations: a 512-bit load per product was that kernel's limit on AMD Zen 4
+// (dense BERT-base shapes at 0.46-0.65x of onnxruntime there, benchmarks/sparse_gemm.py).
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "sparse_gemm.h"
+
+namespace graphc {
+
+namespace {
+
+constexpr int kRows = 8;
+
+// R rows x the 16 columns of each of Q panels (Q = 2: two panels with the same kept tiles, e.g. a
+// dense weight's, so that every broadcast serves two vpdpbusd) over their kept tiles; U accumulators
+// per row and panel (groups g with g % U == u go to the u-th)
+template <int R, int U, int Q>
+void rows_of_panels(const uint8_t* a, int64_t k_bytes, const int8_t* const tiles[2], const int32_t* tile_k,
+                    int32_t count, __m512i out[2][kRows]) {
+  __m512i acc[Q][R][U];
+  for (int q = 0; q < Q; ++q)
+    for (int i = 0; i < R; ++i)
+      for (int u = 0; u < U; ++u) acc[q][i][u] = _mm512_setzero_si512();
+  for (int32_t t = 0; t < count; ++t) {
+    const uint8_t* x = a + int64_t(tile_k[t]) * 64;
+#pragma GCC unroll 16
+    for (int g = 0; g < 16; ++g) {
+      __m512i wv[Q];
+      for (int q = 0; q < Q; ++q) wv[q] = _mm512_loadu_si512(tiles[q] + int64_t(t) * 1024 + g * 64);
+#pragma GCC unroll 8
+      for (int i = 0; i < R; ++i) {
+        const __m512i xv = _mm512_set1_epi32(load4(reinterpret_cast<const int8_t*>(x + i * k_bytes + g * 4)));
+        for (int q = 0; q < Q; ++q) acc[q][i][g % U] = _mm512_dpbusd_epi32(acc[q][i][g % U], xv, wv[q]);
+      }
+    }
+  }
+  for (int q = 0; q < Q; ++q)
+    for (int i = 0; i < R; ++i) {
+      __m512i sum = acc[q][i][0];
+      for (int u = 1; u < U; ++u) sum = _mm512_add_epi32(sum, acc[q][i][u]);
+      out[q][i] = sum;
+    }
+}
+
+template <int Q>
+void rows_of(int64_t rows, const uint8_t* a, int64_t k_bytes, const int8_t* const tiles[2], const int32_t* tile_k,
+             int32_t count, __m512i out[2][kRows]) {
+  switch (rows) {
+    case 1: rows_of_panels<1, 4, Q>(a, k_bytes, tiles, tile_k, count, out); break;
+    case 2: rows_of_panels<2, 2, Q>(a, k_bytes, tiles, tile_k, count, out); break;
+    case 3: rows_of_panels<3, 2, Q>(a, k_bytes, tiles, tile_k, count, out); break;
+    case 4: rows_of_panels<4, 1, Q>(a, k_bytes, tiles, tile_k, count, out); break;
+    case 5: rows_of_panels<5, 1, Q>(a, k_bytes, tiles, tile_k, count, out); break;
+    case 6: rows_of_panels<6, 1, Q>(a, k_bytes, tiles, tile_k, count, out); break;
+    case 7: rows_of_panels<7, 1, Q>(a, k_bytes, tiles, tile_k, count, out); break;
+    default: rows_of_panels<8, 1, Q>(a, k_bytes, tiles, tile_k, count, out); break;
+  }
+}
+
+// the epilogue of one panel's rows [r, r + rows)
+struct PanelOut {
+  int64_t n0;
+  __mmask16 cols;
+  __m512i offset;
+  __m512 scale, shift;
+  PanelOut(const SparseWeights& w, int64_t p, const int32_t* colsum, uint8_t zp, const float* column_scale,
+           const float* bias)
+      : n0(p * 16), cols(__mmask16((1u << std::min<int64_t>(16, w.n - p * 16)) - 1)) {
+    offset = _mm512_mullo_epi32(_mm512_set1_epi32(zp), _mm512_maskz_loadu_epi32(cols, colsum + n0));
+    scale = column_scale ? _mm512_maskz_loadu_ps(cols, column_scale + n0) : _mm512_setzero_ps();
+    shift = bias ? _mm512_maskz_loadu_ps(cols, bias + n0) : _mm512_setzero_ps();
+  }
+  void store(const __m512i acc[kRows], int64_t r, int64_t rows, int32_t* c, int64_t ldc, bool to_float,
+             bool with_bias) const {
+    for (int64_t i = 0; i < rows; ++i) {
+      const __m512i product = _mm512_sub_epi32(acc[i], offset);
+      int32_t* dst = c + (r + i) * ldc + n0;
+      if (!to_float) {
+        _mm512_mask_storeu_epi32(dst, cols, product);
+      } else {  // float(product) * scale (+ bias): two roundings, as the Cast -> Mul -> Add nodes
+        __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(product), scale);
+        if (with_bias) y = _mm512_add_ps(y, shift);
+        _mm512_mask_storeu_ps(reinterpret_cast<float*>(dst), cols, y);
+      }
+    }
+  }
+};
+
+bool same_kept_tiles(const SparseWeights& w, int64_t p) {
+  const int32_t first = w.kept_ptr[p], count = w.kept_ptr[p + 1] - first;
+  if (w.kept_ptr[p + 2] - w.kept_ptr[p + 1] != count) return false;
+  return std::equal(w.kept_k + first, w.kept_k + first + count, w.kept_k + first + count);
+}
+
+}  // namespace
+
+void kernel_avx512vnni_tiles(const uint8_t* a_rows, int64_t k_bytes, const SparseWeights& w, const int32_t* colsum,
+                             uint8_t zp, int64_t r0, int64_t r1, int64_t p0, int64_t p1, int32_t* c, int64_t ldc,
+                             const float* column_scale, const float* bias) {
+  const int64_t panels = (w.n + 15) / 16;
+  for (int64_t p = p0; p < p1;) {
+    const bool pair = p + 1 < p1 && p + 1 < panels && same_kept_tiles(w, p);
+    const int32_t first = w.kept_ptr[p], count = w.kept_ptr[p + 1] - first;
+    const int8_t* const tiles[2] = {w.kept_tiles + int64_t(first) * 1024,
+                                    pair ? w.kept_tiles + int64_t(first + count) * 1024 : nullptr};
+    const int32_t* tile_k = w.kept_k + first;
+    const PanelOut out0(w, p, colsum, zp, column_scale, bias);
+    for (int64_t r = r0; r < r1; r += kRows) {
+      const int64_t rows = std::min<int64_t>(kRows, r1 - r);
+      __m512i acc[2][kRows];
+      const uint8_t* a = a_rows + r * k_bytes;
+      if (pair)
+        rows_of<2>(rows, a, k_bytes, tiles, tile_k, count, acc);
+      else
+        rows_of<1>(rows, a, k_bytes, tiles, tile_k, count, acc);
+      out0.store(acc[0], r, rows, c, ldc, column_scale != nullptr, bias != nullptr);
+      if (pair) PanelOut(w, p + 1, colsum, zp, column_scale, bias).store(acc[1], r, rows, c, ldc, column_scale != nullptr, bias != nullptr);
+    }
+    p += pair ? 2 : 1;
+  }
+}
+
+}  // namespace graphc
