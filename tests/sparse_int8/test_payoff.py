@@ -28,7 +28,7 @@ def refusal(path: str, w: np.ndarray, monkeypatch) -> str:
     return payoff.machine_refusal(columns, density)
 
 
-@pytest.mark.parametrize("path", ["avx512vnni", "amx", "scalar"])
+@pytest.mark.parametrize("path", ["amx", "scalar"])
 def test_other_paths_leave_it_to_max_density(path, monkeypatch):
     rng = np.random.default_rng(1)
     assert refusal(path, weight(rng, "1x4", 0.5), monkeypatch) == ""
@@ -46,3 +46,16 @@ def test_avx2_column_kernels_need_more_sparsity_than_the_tile_kernel(monkeypatch
     eight_bit[eight_bit > 0] = 127  # pairs that overflow vpmaddubsw: no tile kernel, 50% of groups kept
     reason = refusal("avx2", eight_bit, monkeypatch)
     assert "column kernels pay off at most 35%" in reason and reason.split("%")[0] in ("49", "50", "51")
+
+
+def test_vnni_has_the_same_rule_over_its_own_kernels_for_any_8_bit_weights(monkeypatch):
+    """On the AVX-512 VNNI path (without AMX) the tile kernel takes 8-bit weights too: the pairs that
+    keep AVX2 off its tiles leave VNNI on them."""
+    rng = np.random.default_rng(3)
+    reason = refusal("avx512vnni", weight(rng, "1x4", 0.5), monkeypatch)  # tiles, every tile kept
+    assert "AVX-512 VNNI tile kernel pays off at most 60%" in reason and reason.startswith("100% of its 16x64")
+    assert refusal("avx512vnni", weight(rng, "1x4", 0.8), monkeypatch) == ""  # the column kernels
+    eight_bit = weight(rng, "16x64", 0.5)
+    eight_bit[eight_bit > 0] = 127
+    assert refusal("avx512vnni", eight_bit, monkeypatch) == ""  # the tile kernel, half the tiles
+    assert "AVX-512 VNNI tile kernel pays off" in refusal("avx512vnni", weight(rng, "16x64", 0.25), monkeypatch)

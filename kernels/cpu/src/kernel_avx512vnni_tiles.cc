@@ -4,14 +4,17 @@
 // a kept tile a dense GEMM piece. A tile's group g (4 along K) of its 16 columns is 64 bytes, one
 // zmm: column j's 4 weights in lane j, the layout vpdpbusd reads, so each row's 4 activation bytes
 // broadcast and one vpdpbusd add 16 columns' 4-term products to that row's accumulator, with no
-// saturation (any 8-bit weights). Rows are taken up to kRows at a time, so every weight vector
-// loaded serves that many rows; with fewer than 4 rows each row keeps several accumulators (even
-// and odd groups apart), as one vpdpbusd chain per row would wait on its latency (about 5 cycles).
+// saturation (any 8-bit weights). Neighbouring panels whose kept tiles are the same (a dense
+// weight's: all of them) are taken 2 or 4 at a time, so that each broadcast serves 2 or 4 vpdpbusd:
+// 8 rows x 1 or 2 panels, 4 rows x 4 panels (16 accumulators either way, of the 32 zmm). With fewer
+// than 4 rows each row keeps several accumulators per panel (even and odd groups apart), as one
+// vpdpbusd chain per row would wait on its latency (about 5 cycles).
 //
 // Against the 16-row panel kernel (kernel_avx512vnni.cc), which broadcasts one column's weights
-// and loads 16 rows of A per vpdpbusd, this one loads one weight vector per kRows vpdpbusd and
+// and loads 16 rows of A per vpdpbusd, this one loads one weight vector per 4 or 8 vpdpbusd and
 // broadcasts the activations: a 512-bit load per product was that kernel's limit on AMD Zen 4
-// (dense BERT-base shapes at 0.46-0.65x of onnxruntime there, benchmarks/sparse_gemm.py).
+// (dense BERT-base shapes at 0.46-0.65x of onnxruntime there; on this kernel 0.89-1.04x at M = 128,
+// 4 panels at a time 1.04x faster than 2 on 768 x 3072; benchmarks/sparse_gemm.py, 2026-12-04).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -23,13 +26,13 @@ namespace graphc {
 namespace {
 
 constexpr int kRows = 8;
+constexpr int kPanels = 4;  // at most this many panels with the same kept tiles at a time, then 4 rows
 
-// R rows x the 16 columns of each of Q panels (Q = 2: two panels with the same kept tiles, e.g. a
-// dense weight's, so that every broadcast serves two vpdpbusd) over their kept tiles; U accumulators
-// per row and panel (groups g with g % U == u go to the u-th)
+// R rows x the 16 columns of each of Q panels with the same kept tiles over those tiles; U
+// accumulators per row and panel (groups g with g % U == u go to the u-th)
 template <int R, int U, int Q>
-void rows_of_panels(const uint8_t* a, int64_t k_bytes, const int8_t* const tiles[2], const int32_t* tile_k,
-                    int32_t count, __m512i out[2][kRows]) {
+void rows_of_panels(const uint8_t* a, int64_t k_bytes, const int8_t* const tiles[kPanels], const int32_t* tile_k,
+                    int32_t count, __m512i out[kPanels][kRows]) {
   __m512i acc[Q][R][U];
   for (int q = 0; q < Q; ++q)
     for (int i = 0; i < R; ++i)
@@ -56,8 +59,8 @@ void rows_of_panels(const uint8_t* a, int64_t k_bytes, const int8_t* const tiles
 }
 
 template <int Q>
-void rows_of(int64_t rows, const uint8_t* a, int64_t k_bytes, const int8_t* const tiles[2], const int32_t* tile_k,
-             int32_t count, __m512i out[2][kRows]) {
+void rows_of(int64_t rows, const uint8_t* a, int64_t k_bytes, const int8_t* const tiles[kPanels], const int32_t* tile_k,
+             int32_t count, __m512i out[kPanels][kRows]) {
   switch (rows) {
     case 1: rows_of_panels<1, 4, Q>(a, k_bytes, tiles, tile_k, count, out); break;
     case 2: rows_of_panels<2, 2, Q>(a, k_bytes, tiles, tile_k, count, out); break;
@@ -99,10 +102,10 @@ struct PanelOut {
   }
 };
 
-bool same_kept_tiles(const SparseWeights& w, int64_t p) {
+bool same_kept_tiles(const SparseWeights& w, int64_t p, int64_t q) {
   const int32_t first = w.kept_ptr[p], count = w.kept_ptr[p + 1] - first;
-  if (w.kept_ptr[p + 2] - w.kept_ptr[p + 1] != count) return false;
-  return std::equal(w.kept_k + first, w.kept_k + first + count, w.kept_k + first + count);
+  if (w.kept_ptr[q + 1] - w.kept_ptr[q] != count) return false;
+  return std::equal(w.kept_k + first, w.kept_k + first + count, w.kept_k + w.kept_ptr[q]);
 }
 
 }  // namespace
@@ -112,24 +115,28 @@ void kernel_avx512vnni_tiles(const uint8_t* a_rows, int64_t k_bytes, const Spars
                              const float* column_scale, const float* bias) {
   const int64_t panels = (w.n + 15) / 16;
   for (int64_t p = p0; p < p1;) {
-    const bool pair = p + 1 < p1 && p + 1 < panels && same_kept_tiles(w, p);
+    int64_t q = 1;  // panels p .. p + q - 1 share their kept tiles: 1, 2 or 4 of them
+    while (q < kPanels && p + q < std::min(p1, panels) && same_kept_tiles(w, p, p + q)) ++q;
+    if (q == 3) q = 2;
     const int32_t first = w.kept_ptr[p], count = w.kept_ptr[p + 1] - first;
-    const int8_t* const tiles[2] = {w.kept_tiles + int64_t(first) * 1024,
-                                    pair ? w.kept_tiles + int64_t(first + count) * 1024 : nullptr};
+    const int8_t* tiles[kPanels] = {};
+    for (int64_t j = 0; j < q; ++j) tiles[j] = w.kept_tiles + int64_t(w.kept_ptr[p + j]) * 1024;
     const int32_t* tile_k = w.kept_k + first;
-    const PanelOut out0(w, p, colsum, zp, column_scale, bias);
-    for (int64_t r = r0; r < r1; r += kRows) {
-      const int64_t rows = std::min<int64_t>(kRows, r1 - r);
-      __m512i acc[2][kRows];
+    const int64_t block = q == 4 ? 4 : kRows;
+    for (int64_t r = r0; r < r1; r += block) {
+      const int64_t rows = std::min<int64_t>(block, r1 - r);
+      __m512i acc[kPanels][kRows];
       const uint8_t* a = a_rows + r * k_bytes;
-      if (pair)
+      if (q == 4)
+        rows_of<4>(rows, a, k_bytes, tiles, tile_k, count, acc);
+      else if (q == 2)
         rows_of<2>(rows, a, k_bytes, tiles, tile_k, count, acc);
       else
         rows_of<1>(rows, a, k_bytes, tiles, tile_k, count, acc);
-      out0.store(acc[0], r, rows, c, ldc, column_scale != nullptr, bias != nullptr);
-      if (pair) PanelOut(w, p + 1, colsum, zp, column_scale, bias).store(acc[1], r, rows, c, ldc, column_scale != nullptr, bias != nullptr);
+      for (int64_t j = 0; j < q; ++j)
+        PanelOut(w, p + j, colsum, zp, column_scale, bias).store(acc[j], r, rows, c, ldc, column_scale != nullptr, bias != nullptr);
     }
-    p += pair ? 2 : 1;
+    p += q;
   }
 }
 

@@ -498,8 +498,8 @@ void sparse_gemm_u8s8(Isa isa, int64_t m, const uint8_t* a, int64_t lda, uint8_t
     for (int64_t r = 0; r < m; ++r) std::memcpy(packed.data() + r * job.k_bytes, a + r * lda, size_t(w.k));
     job.packed = packed.data();
     job.row_items = (m + kTileRows - 1) / kTileRows;
-    // VNNI: two panels an item from kTileFewRows rows, for its kernel to pair panels with the same kept tiles
-    job.panels_per_item = m < kTileFewRows ? kTilePanelsFewRows : isa == Isa::avx512vnni ? 2 : 1;
+    // VNNI: four panels an item from kTileFewRows rows, for its kernel to take panels with the same kept tiles together
+    job.panels_per_item = m < kTileFewRows ? kTilePanelsFewRows : isa == Isa::avx512vnni ? 4 : 1;
     const int64_t panel_items = ((w.n + 15) / 16 + job.panels_per_item - 1) / job.panels_per_item;
     parallel.run(parallel.self, tiles_item, size_t(job.row_items * panel_items), &job);
     return;
