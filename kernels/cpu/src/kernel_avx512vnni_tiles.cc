@@ -31,24 +31,31 @@ constexpr int kPanels = 4;  // at most this many panels with the same kept tiles
 // R rows x the 16 columns of each of Q panels with the same kept tiles over those tiles; U
 // accumulators per row and panel (groups g with g % U == u go to the u-th)
 template <int R, int U, int Q>
-void rows_of_panels(const uint8_t* a, int64_t k_bytes, const int8_t* const tiles[kPanels], const int32_t* tile_k,
-                    int32_t count, __m512i out[kPanels][kRows]) {
+void rows_of_panels(const uint8_t* a, int64_t k_bytes, const int8_t* tiles, int64_t panel_stride,
+                    const int32_t* tile_k, int32_t count, __m512i out[kPanels][kRows]) {
   __m512i acc[Q][R][U];
   for (int q = 0; q < Q; ++q)
     for (int i = 0; i < R; ++i)
       for (int u = 0; u < U; ++u) acc[q][i][u] = _mm512_setzero_si512();
+  // one pointer per row and per panel, each advanced in its own register: computed from an array
+  // and offsets in the loop, they ran out of registers and were reloaded from the stack per step
+  const uint8_t* row[R];
+  for (int i = 0; i < R; ++i) row[i] = a + i * k_bytes;
+  const int8_t* panel[Q];
+  for (int q = 0; q < Q; ++q) panel[q] = tiles + q * panel_stride;
   for (int32_t t = 0; t < count; ++t) {
-    const uint8_t* x = a + int64_t(tile_k[t]) * 64;
+    const int64_t k_offset = int64_t(tile_k[t]) * 64;
 #pragma GCC unroll 16
     for (int g = 0; g < 16; ++g) {
       __m512i wv[Q];
-      for (int q = 0; q < Q; ++q) wv[q] = _mm512_loadu_si512(tiles[q] + int64_t(t) * 1024 + g * 64);
+      for (int q = 0; q < Q; ++q) wv[q] = _mm512_loadu_si512(panel[q] + g * 64);
 #pragma GCC unroll 8
       for (int i = 0; i < R; ++i) {
-        const __m512i xv = _mm512_set1_epi32(load4(reinterpret_cast<const int8_t*>(x + i * k_bytes + g * 4)));
+        const __m512i xv = _mm512_set1_epi32(load4(reinterpret_cast<const int8_t*>(row[i] + k_offset + g * 4)));
         for (int q = 0; q < Q; ++q) acc[q][i][g % U] = _mm512_dpbusd_epi32(acc[q][i][g % U], xv, wv[q]);
       }
     }
+    for (int q = 0; q < Q; ++q) panel[q] += 1024;
   }
   for (int q = 0; q < Q; ++q)
     for (int i = 0; i < R; ++i) {
@@ -59,17 +66,17 @@ void rows_of_panels(const uint8_t* a, int64_t k_bytes, const int8_t* const tiles
 }
 
 template <int Q>
-void rows_of(int64_t rows, const uint8_t* a, int64_t k_bytes, const int8_t* const tiles[kPanels], const int32_t* tile_k,
-             int32_t count, __m512i out[kPanels][kRows]) {
+void rows_of(int64_t rows, const uint8_t* a, int64_t k_bytes, const int8_t* tiles, int64_t panel_stride,
+             const int32_t* tile_k, int32_t count, __m512i out[kPanels][kRows]) {
   switch (rows) {
-    case 1: rows_of_panels<1, 4, Q>(a, k_bytes, tiles, tile_k, count, out); break;
-    case 2: rows_of_panels<2, 2, Q>(a, k_bytes, tiles, tile_k, count, out); break;
-    case 3: rows_of_panels<3, 2, Q>(a, k_bytes, tiles, tile_k, count, out); break;
-    case 4: rows_of_panels<4, 1, Q>(a, k_bytes, tiles, tile_k, count, out); break;
-    case 5: rows_of_panels<5, 1, Q>(a, k_bytes, tiles, tile_k, count, out); break;
-    case 6: rows_of_panels<6, 1, Q>(a, k_bytes, tiles, tile_k, count, out); break;
-    case 7: rows_of_panels<7, 1, Q>(a, k_bytes, tiles, tile_k, count, out); break;
-    default: rows_of_panels<8, 1, Q>(a, k_bytes, tiles, tile_k, count, out); break;
+    case 1: rows_of_panels<1, 4, Q>(a, k_bytes, tiles, panel_stride, tile_k, count, out); break;
+    case 2: rows_of_panels<2, 2, Q>(a, k_bytes, tiles, panel_stride, tile_k, count, out); break;
+    case 3: rows_of_panels<3, 2, Q>(a, k_bytes, tiles, panel_stride, tile_k, count, out); break;
+    case 4: rows_of_panels<4, 1, Q>(a, k_bytes, tiles, panel_stride, tile_k, count, out); break;
+    case 5: rows_of_panels<5, 1, Q>(a, k_bytes, tiles, panel_stride, tile_k, count, out); break;
+    case 6: rows_of_panels<6, 1, Q>(a, k_bytes, tiles, panel_stride, tile_k, count, out); break;
+    case 7: rows_of_panels<7, 1, Q>(a, k_bytes, tiles, panel_stride, tile_k, count, out); break;
+    default: rows_of_panels<8, 1, Q>(a, k_bytes, tiles, panel_stride, tile_k, count, out); break;
   }
 }
 
@@ -118,9 +125,10 @@ void kernel_avx512vnni_tiles(const uint8_t* a_rows, int64_t k_bytes, const Spars
     int64_t q = 1;  // panels p .. p + q - 1 share their kept tiles: 1, 2 or 4 of them
     while (q < kPanels && p + q < std::min(p1, panels) && same_kept_tiles(w, p, p + q)) ++q;
     if (q == 3) q = 2;
+    // the kept tiles are stored panel after panel, so panel p + j's (the same count) start j x count tiles on
     const int32_t first = w.kept_ptr[p], count = w.kept_ptr[p + 1] - first;
-    const int8_t* tiles[kPanels] = {};
-    for (int64_t j = 0; j < q; ++j) tiles[j] = w.kept_tiles + int64_t(w.kept_ptr[p + j]) * 1024;
+    const int8_t* tiles = w.kept_tiles + int64_t(first) * 1024;
+    const int64_t panel_stride = int64_t(count) * 1024;
     const int32_t* tile_k = w.kept_k + first;
     const int64_t block = q == 4 ? 4 : kRows;
     for (int64_t r = r0; r < r1; r += block) {
@@ -128,11 +136,11 @@ void kernel_avx512vnni_tiles(const uint8_t* a_rows, int64_t k_bytes, const Spars
       __m512i acc[kPanels][kRows];
       const uint8_t* a = a_rows + r * k_bytes;
       if (q == 4)
-        rows_of<4>(rows, a, k_bytes, tiles, tile_k, count, acc);
+        rows_of<4>(rows, a, k_bytes, tiles, panel_stride, tile_k, count, acc);
       else if (q == 2)
-        rows_of<2>(rows, a, k_bytes, tiles, tile_k, count, acc);
+        rows_of<2>(rows, a, k_bytes, tiles, panel_stride, tile_k, count, acc);
       else
-        rows_of<1>(rows, a, k_bytes, tiles, tile_k, count, acc);
+        rows_of<1>(rows, a, k_bytes, tiles, panel_stride, tile_k, count, acc);
       for (int64_t j = 0; j < q; ++j)
         PanelOut(w, p + j, colsum, zp, column_scale, bias).store(acc[j], r, rows, c, ldc, column_scale != nullptr, bias != nullptr);
     }
