@@ -286,7 +286,11 @@ constexpr double kPanelEntryBytes = 36.0;
 // AVX-512 VNNI (without AMX, or forced): the same choice between its tile kernel
 // (kernel_avx512vnni_tiles.cc, any 8-bit weights) and its column kernels (the 16-row panels from
 // kGemvRows rows, the one-row lane kernel below), with a kept 4-group costing the columns about
-// kVnniColumnGroupCost times its share of the tiles' dense work (measured below, AMD EPYC Zen 4).
+// kVnniColumnGroupCost times its share of the tiles' dense work. Measured with benchmarks/sparse_gemm.py
+// on an AMD EPYC Zen 4 (2026-12-04, BERT-base shapes, 1 thread): the tile kernel on a dense weight
+// 307-400 GOP/s at M = 128 (about onnxruntime's); the 16-row panels on 1x4 groups at 50% 231-350
+// (a kept group 1.9-2.9x its dense share), at 80% 777-838; so 50% 1x4 goes to the tiles (1 <= 1.25)
+// and 80% to the columns (1 > 0.5).
 constexpr double kVnniColumnGroupCost = 2.5;
 double lane_group_bytes(int64_t k) { return (k + 3) / 4 <= 256 ? 5.0 : 6.0; }
 
@@ -307,7 +311,10 @@ graphc::Isa path_for(const Kernel& kernel, const Weights& weights, int64_t m) {
 // the kernel from 4 rows down the AVX2 tile path (sparse_gemm_u8s8); and the 8-column panels for runs
 // below 4 rows where they read fewer bytes than the tiles or the columns; and, for the one-row kernel,
 // the lane form: on AVX2 for what has neither tiles nor panels, on AMX for what path_for sends to the
-// columns (a dense weight there never runs the one-row kernel, and needs no second copy)
+// columns (a dense weight there never runs the one-row kernel, and needs no second copy). AVX-512 VNNI
+// (without AMX, or forced): the kept tiles where they cost less than kVnniColumnGroupCost x the 4-group
+// density (any 8-bit weights; every run takes its tile kernel then), else the lane form for its
+// one-row kernel below 4 rows (its 16-row panels read the columns as they are)
 void prepack_for(graphc::Isa isa, Weights* weights) {
   if (isa == graphc::Isa::amx) {
     weights->pack_pairs();
