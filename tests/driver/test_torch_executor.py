@@ -89,13 +89,54 @@ def cosine(a, b):
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
 
 
+QUANTIZERS = ("QuantizeLinear", "DynamicQuantizeLinear")
+
+
+def assert_int8_matches_onnxruntime(path, feeds, device="cpu", rtol=1e-5, atol=1e-6):
+    """A graphc int8 model on TorchExecutor against onnxruntime with its graph optimizations off
+    (the same operators, so the same integers, float rounding aside). Each engine computes a
+    QuantizeLinear's float input in its own summation order (torch's, or MLAS's, which follows the
+    CPU's vector width), so a value within an ulp of a rounding tie can land one step apart: seen on
+    an AMD Zen 4 with AVX-512, one row of the bundled CNN and one ViT row moved by up to 5e-3, and
+    such a step in one layer can move a few values of the next ones by a step too (one flip in the
+    bundled CNN's fifth layer became 249 values, 0.5%, five layers on), or by two after an Add of
+    two such tensors. So every quantized tensor is compared as integers: equal, or at most two steps
+    apart at no more than 1% of its elements (at least 1; a wrong scale or zero point moves most
+    values, and by more). The model's outputs are then within float tolerance where no quantized
+    tensor differs, and else within 1% of their largest magnitude with a cosine above 0.9999 (a
+    flipped step moves an output by a few thousandths)."""
+    model = onnx.load(str(path))
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    quantized = [n.output[0] for n in model.graph.node if n.op_type in QUANTIZERS]
+    outputs = len(model.graph.output)
+    model.graph.output.extend(helper.make_tensor_value_info(name, types.get(name, TensorProto.UINT8), None)
+                              for name in quantized)
+    got = TorchExecutor(model, device=device).run_numpy(feeds)
+    want = onnxruntime_outputs(model, feeds, optimize=False)
+    flipped = 0
+    for name, g, w in zip(quantized, got[outputs:], want[outputs:]):
+        assert g.shape == w.shape and g.dtype == w.dtype, (name, g.shape, w.shape, g.dtype, w.dtype)
+        steps = np.abs(g.astype(np.int64) - w.astype(np.int64))
+        assert steps.max(initial=0) <= 2, f"{name}: integers {steps.max()} steps apart"
+        assert np.count_nonzero(steps) <= max(1, steps.size // 100), f"{name}: {np.count_nonzero(steps)} of {steps.size} differ"
+        flipped += int(np.count_nonzero(steps))
+    if not flipped:
+        assert_close(got[:outputs], want[:outputs], rtol=rtol, atol=atol)
+        return
+    for g, w in zip(got[:outputs], want[:outputs]):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, rtol=0, atol=0.01 * max(float(np.abs(w).max(initial=0)), 1.0))
+        assert cosine(g, w) > 0.9999
+
+
 @pytest.mark.parametrize("passes", ["fold,int8", "fold,int8:mode=static"])
 @pytest.mark.parametrize("name", ["resnet", "depthwise", "bert", "gpt", "vit"])
 def test_int8_models_match_onnxruntime(onnx_model, sample_inputs, tmp_path, name, passes):
     path = optimized(onnx_model(name), tmp_path, passes)
     feeds = sample_inputs(name)
+    assert_int8_matches_onnxruntime(path, feeds)
     got = TorchExecutor(path).run_numpy(feeds)
-    assert_close(got, onnxruntime_outputs(path, feeds, optimize=False), rtol=1e-5, atol=1e-6)
     for g, w in zip(got, onnxruntime_outputs(path, feeds)):  # onnxruntime's fused INT8 kernels
         assert cosine(g, w) > 0.999
 
@@ -111,7 +152,7 @@ def test_bundled_cnn_fp32_int8_and_half(tmp_path):
     feeds = cnn_feeds()
     assert_close(TorchExecutor(CNN).run_numpy(feeds), onnxruntime_outputs(CNN, feeds))
     int8 = optimized(CNN, tmp_path, "fold,int8")
-    assert_close(TorchExecutor(int8).run_numpy(feeds), onnxruntime_outputs(int8, feeds, optimize=False), atol=1e-6)
+    assert_int8_matches_onnxruntime(int8, feeds)
     half = TorchExecutor(CNN, half=True)
     assert half.context.float_dtype == torch.float16
     got, want = half.run_numpy(feeds)[0], onnxruntime_outputs(CNN, feeds)[0]
@@ -270,8 +311,7 @@ def test_fused_attention_matches_onnxruntime(onnx_model, sample_inputs, tmp_path
     if "attention_mask" in feeds:
         feeds["attention_mask"][0, 11:] = 0
         feeds["attention_mask"][1, :3] = 0
-    got = TorchExecutor(path).run_numpy(feeds)
-    assert_close(got, onnxruntime_outputs(path, feeds, optimize=False), rtol=1e-5, atol=1e-6)
+    assert_int8_matches_onnxruntime(path, feeds)  # float tolerance alone where nothing is quantized
 
 
 def test_unsupported_operators_are_named_before_anything_runs():
@@ -302,5 +342,4 @@ def test_int8_bert_on_the_gpu(onnx_model, sample_inputs, tmp_path):
         pytest.skip("no CUDA GPU")
     path = optimized(onnx_model("bert"), tmp_path, "fold,int8")
     feeds = sample_inputs("bert")
-    got = TorchExecutor(path, device="cuda").run_numpy(feeds)
-    assert_close(got, onnxruntime_outputs(path, feeds, optimize=False), rtol=1e-4, atol=1e-5)
+    assert_int8_matches_onnxruntime(path, feeds, device="cuda", rtol=1e-4, atol=1e-5)
