@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "sparse_gemm.h"
+#include "vnni_epilogue.h"
 
 namespace graphc {
 
@@ -77,7 +78,6 @@ void kernel_avx512vnni(const uint8_t* packed, int64_t panels, const SparseWeight
                        const float* column_scale, const float* bias) {
   const int64_t panel_bytes = (w.k + 3) / 4 * 64;
   alignas(64) int32_t buf[16][128];
-  const __m512i zpv = _mm512_set1_epi32(zp);
   for (int64_t nb = n0; nb < n1; nb += 16) {
     const int64_t nc = std::min<int64_t>(16, n1 - nb);
     for (int64_t j = 0; j < nc; ++j) {
@@ -92,10 +92,7 @@ void kernel_avx512vnni(const uint8_t* packed, int64_t panels, const SparseWeight
         default: column<8, 1>(packed, panel_bytes, w, nb + j, buf[j]); break;
       }
     }
-    const __mmask16 cols = __mmask16((1u << nc) - 1);
-    const __m512i offset = _mm512_mullo_epi32(zpv, _mm512_maskz_loadu_epi32(cols, colsum + nb));
-    const __m512 scale = column_scale ? _mm512_maskz_loadu_ps(cols, column_scale + nb) : _mm512_setzero_ps();
-    const __m512 shift = bias ? _mm512_maskz_loadu_ps(cols, bias + nb) : _mm512_setzero_ps();
+    const Columns16Out out(nb, nc, colsum, zp, column_scale, bias);
     for (int64_t t = 0; t < panels; ++t) {
       __m512i r[16];
       for (int j = 0; j < 16; ++j) r[j] = j < nc ? _mm512_load_si512(buf[j] + t * 16) : _mm512_setzero_si512();
@@ -103,14 +100,7 @@ void kernel_avx512vnni(const uint8_t* packed, int64_t panels, const SparseWeight
       for (int i = 0; i < 16; ++i) {
         const int64_t row = row0 + t * 16 + i;
         if (row >= m) break;
-        const __m512i product = _mm512_sub_epi32(r[i], offset);
-        if (column_scale == nullptr) {
-          _mm512_mask_storeu_epi32(c + row * ldc + nb, cols, product);
-        } else {  // float(product) * scale (+ bias): two roundings, as the Cast -> Mul -> Add nodes
-          __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(product), scale);
-          if (bias) y = _mm512_add_ps(y, shift);
-          _mm512_mask_storeu_ps(reinterpret_cast<float*>(c + row * ldc + nb), cols, y);
-        }
+        out.store(r[i], c + row * ldc);
       }
     }
   }

@@ -20,6 +20,7 @@
 #include <algorithm>
 
 #include "sparse_gemm.h"
+#include "vnni_epilogue.h"
 
 namespace graphc {
 
@@ -80,35 +81,6 @@ void rows_of(int64_t rows, const uint8_t* a, int64_t k_bytes, const int8_t* tile
   }
 }
 
-// the epilogue of one panel's rows [r, r + rows)
-struct PanelOut {
-  int64_t n0;
-  __mmask16 cols;
-  __m512i offset;
-  __m512 scale, shift;
-  PanelOut(const SparseWeights& w, int64_t p, const int32_t* colsum, uint8_t zp, const float* column_scale,
-           const float* bias)
-      : n0(p * 16), cols(__mmask16((1u << std::min<int64_t>(16, w.n - p * 16)) - 1)) {
-    offset = _mm512_mullo_epi32(_mm512_set1_epi32(zp), _mm512_maskz_loadu_epi32(cols, colsum + n0));
-    scale = column_scale ? _mm512_maskz_loadu_ps(cols, column_scale + n0) : _mm512_setzero_ps();
-    shift = bias ? _mm512_maskz_loadu_ps(cols, bias + n0) : _mm512_setzero_ps();
-  }
-  void store(const __m512i acc[kRows], int64_t r, int64_t rows, int32_t* c, int64_t ldc, bool to_float,
-             bool with_bias) const {
-    for (int64_t i = 0; i < rows; ++i) {
-      const __m512i product = _mm512_sub_epi32(acc[i], offset);
-      int32_t* dst = c + (r + i) * ldc + n0;
-      if (!to_float) {
-        _mm512_mask_storeu_epi32(dst, cols, product);
-      } else {  // float(product) * scale (+ bias): two roundings, as the Cast -> Mul -> Add nodes
-        __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(product), scale);
-        if (with_bias) y = _mm512_add_ps(y, shift);
-        _mm512_mask_storeu_ps(reinterpret_cast<float*>(dst), cols, y);
-      }
-    }
-  }
-};
-
 bool same_kept_tiles(const SparseWeights& w, int64_t p, int64_t q) {
   const int32_t first = w.kept_ptr[p], count = w.kept_ptr[p + 1] - first;
   if (w.kept_ptr[q + 1] - w.kept_ptr[q] != count) return false;
@@ -130,6 +102,9 @@ void kernel_avx512vnni_tiles(const uint8_t* a_rows, int64_t k_bytes, const Spars
     const int8_t* tiles = w.kept_tiles + int64_t(first) * 1024;
     const int64_t panel_stride = int64_t(count) * 1024;
     const int32_t* tile_k = w.kept_k + first;
+    Columns16Out out[kPanels];
+    for (int64_t j = 0; j < q; ++j)
+      out[j] = Columns16Out((p + j) * 16, std::min<int64_t>(16, w.n - (p + j) * 16), colsum, zp, column_scale, bias);
     const int64_t block = q == 4 ? 4 : kRows;
     for (int64_t r = r0; r < r1; r += block) {
       const int64_t rows = std::min<int64_t>(block, r1 - r);
@@ -142,7 +117,7 @@ void kernel_avx512vnni_tiles(const uint8_t* a_rows, int64_t k_bytes, const Spars
       else
         rows_of<1>(rows, a, k_bytes, tiles, panel_stride, tile_k, count, acc);
       for (int64_t j = 0; j < q; ++j)
-        PanelOut(w, p + j, colsum, zp, column_scale, bias).store(acc[j], r, rows, c, ldc, column_scale != nullptr, bias != nullptr);
+        for (int64_t i = 0; i < rows; ++i) out[j].store(acc[j][i], c + (r + i) * ldc);
     }
     p += q;
   }

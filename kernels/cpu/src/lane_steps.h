@@ -44,8 +44,8 @@ inline __m256i gather_lane(const uint8_t* row, const uint8_t* groups) {
 }
 
 template <typename Dot, typename Index>
-void lane_slices(const uint8_t* row_bytes, const SparseWeights& w, const Index* lane_k, const int32_t* colsum, uint8_t zp,
-           int64_t s0, int64_t s1, int32_t* out, const float* column_scale, const float* bias) {
+void lane_slices(const uint8_t* row_bytes, const SparseWeights& w, const Index* lane_k, const int32_t* colsum,
+                 uint8_t zp, int64_t s0, int64_t s1, int32_t* out, const float* column_scale, const float* bias) {
   for (int64_t s = s0; s < s1; ++s) {
     __m256i acc = _mm256_setzero_si256();
     for (int32_t t = w.lane_ptr[s]; t < w.lane_ptr[s + 1]; ++t) {
